@@ -1,0 +1,103 @@
+"""``hyperfleet local``: embedded server + N worker processes + the coordinator, in one command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.search import Coordinator, SearchConfig, SearchOutcome
+from coordinator.server import EmbeddedServer
+from coordinator.store import connect
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalConfig:
+    search: SearchConfig
+    workers: int = 2
+    db_path: Path = Path(".hyperfleet") / "db"
+    db: str = "hyperfleet"
+    worker_args: list[str] = field(default_factory=list)
+    #: one environment per worker (GPU pinning, threads); empty: plain CPU workers
+    worker_envs: list[dict[str, str]] = field(default_factory=list)
+    log_dir: Path | None = None
+
+
+class LocalRun:
+    def __init__(self, config: LocalConfig) -> None:
+        self.config = config
+        self.server = EmbeddedServer(config.db_path)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.log_dir = config.log_dir or Path(config.db_path).resolve().parent / "logs"
+
+    def run(self) -> SearchOutcome:
+        self.server.start()
+        try:
+            store = connect(self.server.uri, self.config.db)
+            self._start_workers()
+            coordinator = Coordinator(store, self.config.search)
+            coordinator.on_tick = lambda trials, counts: self._check_workers()
+            return coordinator.run()
+        finally:
+            self._stop_workers()
+            self.server.stop()
+
+    def _start_workers(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        envs = self.config.worker_envs or [{} for _ in range(self.config.workers)]
+        for i, extra_env in enumerate(envs):
+            env = {**os.environ, "HYPERFLEET_MONGO": self.server.uri, **extra_env}
+            cmd = [
+                sys.executable,
+                "-m",
+                "coordinator",
+                "worker",
+                "--db",
+                self.config.db,
+                "--exp-key",
+                self.config.search.exp_key,
+                *self.config.worker_args,
+            ]
+            log_path = self.log_dir / f"{self.config.search.exp_key}-worker-{i}.log"
+            with open(log_path, "ab") as log:
+                self.procs.append(
+                    subprocess.Popen(
+                        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                    )
+                )
+        logger.info("started %d workers; their logs: %s", len(self.procs), self.log_dir)
+
+    def _check_workers(self) -> None:
+        dead = [p for p in self.procs if p.poll() is not None and p.returncode != 0]
+        if dead and len(dead) == len(self.procs):
+            raise RuntimeError(
+                f"all {len(dead)} workers exited with errors (first: code {dead[0].returncode}); "
+                f"see their logs in {self.log_dir}"
+            )
+
+    def _stop_workers(self, grace_s: float = 30.0) -> None:
+        """Workers leave by themselves once the search is over; stragglers get two SIGTERMs
+        (the second hands any trial back at once), then SIGKILL."""
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
+            time.sleep(0.05)
+        for _ in range(2):
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("worker pid %d did not stop; killing it", proc.pid)
+                proc.kill()
+                proc.wait()

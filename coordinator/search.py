@@ -1,0 +1,236 @@
+"""The coordinator: hyperopt's own FMinIter over :class:`HyperfleetTrials`, plus housekeeping.
+
+hyperopt's loop enqueues suggestions and polls; every ``tick_s`` (from inside its polls, its final
+wait included) the coordinator reaps trials of dead workers, notices cancellation, sizes the queue
+to the live workers and refreshes the progress line. fmin therefore never hangs on a dead worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from hyperopt import anneal, base, rand, tpe
+from hyperopt.fmin import FMinIter
+
+from coordinator.errors import ConfigError, ExperimentMismatch
+from coordinator.states import ExperimentStatus, TrialState
+from coordinator.store import TrialStore, to_bson, utcnow
+from coordinator.trials import HyperfleetTrials
+from search_spaces import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+ALGOS = ("tpe", "rand", "atpe", "anneal")
+
+
+def algo_function(name: str) -> Callable[..., Any]:
+    if name == "tpe":
+        return tpe.suggest
+    if name == "rand":
+        return rand.suggest
+    if name == "anneal":
+        return anneal.suggest
+    if name == "atpe":
+        try:
+            from hyperopt import atpe
+        except ImportError as e:
+            raise ConfigError(
+                f"--algo atpe needs extra packages ({e.name} is missing): "
+                "pip install lightgbm scikit-learn"
+            ) from e
+        return atpe.suggest
+    raise ConfigError(f"unknown --algo {name!r}: choose one of {', '.join(ALGOS)}")
+
+
+def _evaluated_by_workers(params: Any) -> Any:
+    """The Domain's function: the coordinator never evaluates, workers resolve the space by
+    name. Raising here makes a mis-wired synchronous run fail loudly."""
+    raise RuntimeError("hyperfleet trials are evaluated by `hyperfleet worker` processes")
+
+
+@dataclass
+class SearchConfig:
+    space: SearchSpace
+    settings: dict[str, Any]
+    exp_key: str
+    max_evals: int
+    algo: str = "tpe"
+    queue_len: int | None = None  #: None: twice the live workers (at least 2)
+    seed: int | None = None
+    timeout_s: float | None = None
+    loss_threshold: float | None = None
+    max_attempts: int = 3
+    force: bool = False
+    poll_s: float = 0.02
+    tick_s: float = 0.5
+    spaces_source: str | None = None
+    progress: Callable[..., Any] | bool = False
+
+
+@dataclass
+class SearchOutcome:
+    exp_key: str
+    counts: dict[TrialState, int]
+    best: dict[str, Any] | None
+    seconds: float
+    cancelled: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_loss(self) -> float | None:
+        return None if self.best is None else self.best["result"]["loss"]
+
+    @property
+    def best_params(self) -> dict[str, Any] | None:
+        return None if self.best is None else self.best.get("params")
+
+
+def prepare_experiment(store: TrialStore, config: SearchConfig) -> dict[str, Any]:
+    """Create the experiment document, or check that a rerun asks for the same search."""
+    if config.max_evals < 1:
+        raise ConfigError(f"--max-evals must be at least 1, got {config.max_evals}")
+    algo_function(config.algo)
+    fingerprint = config.space.fingerprint(config.settings)
+    wanted = {
+        "space": config.space.name,
+        "settings": to_bson(config.settings),
+        "algo": config.algo,
+        "fingerprint": fingerprint,
+    }
+    existing = store.get_experiment(config.exp_key)
+    if existing is not None and not config.force:
+        differs = [k for k, v in wanted.items() if existing.get(k) != v]
+        if differs:
+            was = ", ".join(f"{k}={existing.get(k)!r}" for k in differs)
+            now = ", ".join(f"{k}={wanted[k]!r}" for k in differs)
+            raise ExperimentMismatch(
+                f"exp key {config.exp_key!r} already holds a search with {was}; this run asks "
+                f"for {now}. Use another --exp-key, or --force to continue it anyway"
+            )
+    doc = {
+        **(existing or {}),
+        "_id": config.exp_key,
+        **wanted,
+        "max_evals": config.max_evals,
+        "max_attempts": config.max_attempts,
+        "seed": config.seed,
+        "spaces_source": config.spaces_source,
+        "status": ExperimentStatus.RUNNING.value,
+        "cancel_requested": False,
+        "coordinator": {"host": socket.gethostname(), "pid": os.getpid()},
+    }
+    doc.setdefault("created", utcnow())
+    doc["resumed"] = existing is not None
+    store.put_experiment(doc)
+    return doc
+
+
+class Coordinator:
+    """Runs one search to completion (or cancellation/timeout) and records its outcome."""
+
+    def __init__(self, store: TrialStore, config: SearchConfig) -> None:
+        self.store = store
+        self.config = config
+        self.fmin_iter: FMinIter | None = None
+        self.on_tick: Callable[[HyperfleetTrials, dict[TrialState, int]], None] | None = None
+        self._cancelled = False
+
+    def run(self) -> SearchOutcome:
+        config = self.config
+        started = time.monotonic()
+        prepare_experiment(self.store, config)
+        trials = HyperfleetTrials(
+            self.store,
+            exp_key=config.exp_key,
+            space_name=config.space.name,
+            on_poll=self._tick,
+            poll_every_s=config.tick_s,
+        )
+        domain = base.Domain(_evaluated_by_workers, config.space.hyperopt_space(config.settings))
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
+        self.fmin_iter = FMinIter(
+            algo_function(config.algo),
+            domain,
+            trials,
+            rstate=np.random.default_rng(seed),
+            asynchronous=True,
+            max_queue_len=config.queue_len or 2,
+            poll_interval_secs=config.poll_s,
+            max_evals=config.max_evals,
+            timeout=config.timeout_s,
+            loss_threshold=config.loss_threshold,
+            verbose=bool(config.progress),
+            show_progressbar=config.progress,
+        )
+        already = len(trials)
+        if already:
+            logger.info("resuming %r: %d trials already stored", config.exp_key, already)
+        self._tick(trials)
+        status = ExperimentStatus.FAILED
+        try:
+            self.fmin_iter.exhaust()
+            status = ExperimentStatus.CANCELLED if self._cancelled else ExperimentStatus.DONE
+        finally:
+            if status is not ExperimentStatus.FAILED:
+                trials.refresh()
+                self._finish(trials, status)
+        return SearchOutcome(
+            exp_key=config.exp_key,
+            counts=self.store.count_by_state(config.exp_key),
+            best=_best(trials),
+            seconds=time.monotonic() - started,
+            cancelled=self._cancelled,
+        )
+
+    def _tick(self, trials: HyperfleetTrials) -> None:
+        """Housekeeping from inside fmin's polls: reap, cancel, size the queue, report."""
+        config = self.config
+        self.store.reap_expired(config.exp_key, max_attempts=config.max_attempts)
+        exp = self.store.get_experiment(config.exp_key) or {}
+        if exp.get("cancel_requested") and not self._cancelled:
+            logger.warning(
+                "search %r cancelled: no new trials; waiting for running ones", config.exp_key
+            )
+            self._cancelled = True
+            trials._fmin_cancelled = True
+        if config.queue_len is None and self.fmin_iter is not None:
+            live = len(self.store.live_workers(max_age_s=30.0))
+            self.fmin_iter.max_queue_len = max(2, 2 * live)
+        if self.on_tick is not None:
+            self.on_tick(trials, self.store.count_by_state(config.exp_key))
+
+    def _finish(self, trials: HyperfleetTrials, status: ExperimentStatus) -> None:
+        best = _best(trials)
+        fields: dict[str, Any] = {"status": status.value, "finished": utcnow()}
+        if best is not None:
+            fields.update(
+                best_tid=best["tid"],
+                best_loss=best["result"]["loss"],
+                best_params=best.get("params"),
+            )
+        self.store.update_experiment(self.config.exp_key, fields)
+
+
+def _best(trials: HyperfleetTrials) -> dict[str, Any] | None:
+    ok = [
+        t
+        for t in trials.trials
+        if t["state"] == TrialState.DONE
+        and t["result"].get("status") == "ok"
+        and isinstance(t["result"].get("loss"), (int, float))
+        and not math.isnan(t["result"]["loss"])
+    ]
+    return min(ok, key=lambda t: t["result"]["loss"]) if ok else None
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,1 @@
+"""hyperfleet's worker: reserves trials from MongoDB, evaluates them, writes results back."""

@@ -1,0 +1,174 @@
+"""Evaluate one trial: resolve its objective, run it, and turn what happened into an Outcome.
+
+This runs inside the process that executes trials (the supervised child, or the worker itself
+with ``--no-isolate``). It keeps resolved objectives per experiment, so imports, data and compiled
+functions stay warm across trials.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from hyperopt import STATUS_FAIL, STATUS_OK, STATUS_STRINGS, base, space_eval
+from hyperopt.utils import coarse_utcnow
+
+from coordinator.errors import ConfigError, SpaceError, TrialLost
+from coordinator.store import Lease, TrialStore, to_bson
+from search_spaces import SearchSpace, get_space, load_spaces
+
+
+@dataclass
+class Outcome:
+    """What one evaluation produced. ``error`` is set when the objective raised."""
+
+    result: dict[str, Any]
+    params: dict[str, Any] | None
+    duration_s: float
+    error: dict[str, Any] | None = None
+    lost: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Resolved:
+    """How to run the trials of one experiment."""
+
+    space: SearchSpace | None
+    settings: dict[str, Any]
+    hyperopt_space: Any
+    domain: base.Domain | None = None
+
+
+class Resolver:
+    """Find the objective of a trial: the named space recorded on its experiment, or (only with
+    ``trust_pickled``) hyperopt's pickled Domain for people who call ``fmin`` themselves."""
+
+    def __init__(
+        self, store: TrialStore, spaces: tuple[str, ...] = (), trust_pickled: bool = False
+    ):
+        self.store = store
+        self.trust_pickled = trust_pickled
+        for path in spaces:
+            load_spaces(path)
+        self._cache: dict[tuple[str | None, str | None], Resolved] = {}
+
+    def resolve(self, doc: dict[str, Any]) -> Resolved:
+        key = (doc.get("exp_key"), doc.get("space"))
+        if key not in self._cache:
+            self._cache[key] = self._resolve(doc)
+        return self._cache[key]
+
+    def _resolve(self, doc: dict[str, Any]) -> Resolved:
+        exp_key, name = doc.get("exp_key"), doc.get("space")
+        if name is not None:
+            space = get_space(name)
+            exp = self.store.get_experiment(exp_key) if exp_key is not None else None
+            try:
+                settings = space.resolve_settings((exp or {}).get("settings", {}))
+            except ConfigError as e:
+                raise SpaceError(f"experiment {exp_key!r}: {e}") from e
+            return Resolved(space, settings, space.hyperopt_space(settings))
+        if not self.trust_pickled:
+            raise SpaceError(
+                f"trial {doc.get('tid')} of {exp_key!r} has no named space; only a worker started "
+                "with --trust-pickled runs hyperopt's pickled objectives"
+            )
+        blob = self.store.get_domain_blob(exp_key)
+        if blob is None:
+            raise SpaceError(f"experiment {exp_key!r} has no FMinIter_Domain attachment")
+        from hyperopt.base import pickler
+
+        domain = pickler.loads(blob)
+        return Resolved(None, {}, domain.expr, domain=domain)
+
+
+class TrialContextImpl:
+    """The ``ctx`` an objective receives (see ``search_spaces.base.TrialContext``)."""
+
+    def __init__(
+        self, store: TrialStore, lease: Lease, settings: dict[str, Any], extra: dict[str, Any]
+    ) -> None:
+        self.store = store
+        self.lease = lease
+        self.settings = settings
+        self.tid = lease.tid
+        self.attempt = lease.attempt
+        self.exp_key = lease.exp_key
+        self.info = extra  #: worker/device facts the objective may add to its result
+        self._stop_checked = 0.0
+        self._stop = False
+
+    def report_epoch(self, metrics: dict[str, Any]) -> None:
+        if not self.store.record_epoch(self.lease, to_bson(metrics)):
+            raise TrialLost(f"trial {self.tid}: lease lost; stopping this trial")
+
+    def heartbeat(self) -> None:
+        """The worker's heartbeat thread renews the lease; objectives need not call this."""
+
+    def should_stop(self) -> bool:
+        """True once the experiment was cancelled (checked at most every 2 s)."""
+        now = time.monotonic()
+        if not self._stop and now - self._stop_checked > 2.0 and self.exp_key is not None:
+            self._stop_checked = now
+            exp = self.store.get_experiment(self.exp_key) or {}
+            self._stop = bool(exp.get("cancel_requested"))
+        return self._stop
+
+    def attach(self, name: str, data: bytes) -> None:
+        if not self.store.attach(self.lease, name, data):
+            raise TrialLost(f"trial {self.tid}: lease lost; attachment {name!r} dropped")
+
+
+def check_result(result: Any) -> dict[str, Any]:
+    """Validate a hyperopt result dict; a NaN or infinite loss turns it into STATUS_FAIL."""
+    if not isinstance(result, dict):
+        raise TypeError(f"the objective returned {type(result).__name__}, expected a dict")
+    result = to_bson(result)
+    status = result.get("status", STATUS_OK if "loss" in result else None)
+    if status not in STATUS_STRINGS:
+        raise ValueError(f"result status {status!r} is not one of {STATUS_STRINGS}")
+    result["status"] = status
+    if status == STATUS_OK:
+        loss = result.get("loss")
+        if not isinstance(loss, (int, float)) or isinstance(loss, bool):
+            raise TypeError(f"result loss {loss!r} is not a number")
+        if not math.isfinite(loss):
+            result["status"] = STATUS_FAIL
+            result["failure"] = f"loss is {loss}: training diverged"
+            result["loss"] = None
+    return result
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "at": coarse_utcnow(),
+    }
+
+
+def evaluate(resolver: Resolver, store: TrialStore, lease: Lease, extra: dict[str, Any]) -> Outcome:
+    """Run the trial held by ``lease`` here and now; exceptions become ``Outcome.error``."""
+    started = time.perf_counter()
+    params = None
+    try:
+        resolved = resolver.resolve(lease.doc)
+        spec = base.spec_from_misc(lease.doc["misc"])
+        params = to_bson(space_eval(resolved.hyperopt_space, spec))
+        if resolved.domain is not None:
+            ctrl = base.Ctrl(None, current_trial=lease.doc)
+            result = resolved.domain.evaluate(spec, ctrl)
+        else:
+            ctx = TrialContextImpl(store, lease, resolved.settings, extra)
+            result = resolved.space.objective(params, ctx)  # type: ignore[union-attr]
+        result = check_result(result)
+    except TrialLost:
+        return Outcome({}, params, time.perf_counter() - started, lost=True)
+    except Exception as e:  # noqa: BLE001 - any objective error is recorded, the worker goes on
+        return Outcome({}, params, time.perf_counter() - started, error=error_info(e))
+    return Outcome(result, params, time.perf_counter() - started)

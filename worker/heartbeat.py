@@ -1,0 +1,70 @@
+"""A lease heartbeat: a thread that renews one trial's lease until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+
+from coordinator.errors import StoreUnavailable
+from coordinator.store import Lease, TrialStore
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Renew ``lease`` every ``interval_s`` (server clock) while the ``with`` block runs.
+
+    ``lost`` is set when a renewal finds the trial no longer ours (reaped, cancelled); the
+    thread then stops. Stopping is immediate: the thread sleeps on an Event.
+    """
+
+    def __init__(
+        self,
+        store: TrialStore,
+        lease: Lease,
+        *,
+        interval_s: float,
+        lease_s: float,
+        on_beat: callable | None = None,  # type: ignore[valid-type]
+    ) -> None:
+        self.store = store
+        self.lease = lease
+        self.interval_s = interval_s
+        self.lease_s = lease_s
+        self.on_beat = on_beat
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-tid-{lease.tid}", daemon=True
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if not self.store.heartbeat(self.lease, self.lease_s):
+                    logger.warning(
+                        "trial %s: lease lost (reaped or cancelled); its result will be dropped",
+                        self.lease.tid,
+                    )
+                    self.lost.set()
+                    return
+                if self.on_beat is not None:
+                    self.on_beat()
+            except StoreUnavailable as e:
+                logger.error("trial %s: heartbeat failed: %s", self.lease.tid, e)
+            except Exception:  # noqa: BLE001 - a heartbeat must never kill the worker
+                logger.exception("trial %s: heartbeat failed", self.lease.tid)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

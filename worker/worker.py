@@ -1,0 +1,286 @@
+"""The worker: reserve a trial, run it under a heartbeat, write its outcome, repeat.
+
+Shutdown has two stages. The first SIGTERM/SIGINT lets the current trial finish, then the worker
+exits 0 (with ``requeue_on_term`` it hands the trial back at once instead). A second signal hands
+the trial back at once (not counted as an attempt) and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from coordinator.errors import SpaceError
+from coordinator.states import AttemptOutcome, ExperimentStatus, TrialState
+from coordinator.store import Lease, TrialStore
+from search_spaces import get_space, load_spaces
+from worker.evaluate import Outcome
+from worker.heartbeat import Heartbeat
+from worker.supervisor import (
+    ChildRunner,
+    InProcessRunner,
+    Interrupted,
+    Runner,
+    RunnerConfig,
+    TrialCrashed,
+)
+
+logger = logging.getLogger(__name__)
+
+IDLE_POLL_MIN_S = 0.005
+
+
+@dataclass
+class WorkerConfig:
+    uri: str
+    db: str = "hyperfleet"
+    exp_key: str | None = None
+    max_trials: int | None = None
+    idle_timeout_s: float | None = None
+    heartbeat_s: float = 5.0
+    lease_s: float = 30.0
+    poll_s: float = 0.1
+    isolate: bool = True
+    trust_pickled: bool = False
+    requeue_on_term: bool = False
+    spaces: tuple[str, ...] = ()
+    outage_s: float = 60.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, store: TrialStore, config: WorkerConfig) -> None:
+        self.store = store
+        self.config = config
+        self.id = new_worker_id()
+        self.info = {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "exp_key": config.exp_key,
+            **config.info,
+        }
+        for path in config.spaces:
+            load_spaces(path)
+        runner_config = RunnerConfig(
+            config.uri, config.db, config.spaces, config.trust_pickled, config.outage_s
+        )
+        self.runner: Runner = (
+            ChildRunner(runner_config) if config.isolate else InProcessRunner(runner_config)
+        )
+        self.trials_done = 0
+        self.signals = 0
+        self.interrupt = threading.Event()  # hand the current trial back now
+        self._current: Lease | None = None
+        self._in_process_trial = False
+        self._max_attempts: dict[str | None, int] = {}
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def work(self) -> int:
+        """Run until stopped, idle too long, out of trials or the search is over; exit code."""
+        self._install_signal_handlers()
+        logger.info("worker %s started (exp key: %s)", self.id, self.config.exp_key or "any")
+        idle_since = time.monotonic()
+        delay = IDLE_POLL_MIN_S
+        reason = "stopped"
+        try:
+            while True:
+                if self.signals:
+                    reason = "stopped by signal"
+                    break
+                if (
+                    self.config.max_trials is not None
+                    and self.trials_done >= self.config.max_trials
+                ):
+                    reason = f"ran --max-trials {self.config.max_trials}"
+                    break
+                lease = self._reserve()
+                if lease is None:
+                    idle = time.monotonic() - idle_since
+                    if (
+                        self.config.idle_timeout_s is not None
+                        and idle >= self.config.idle_timeout_s
+                    ):
+                        reason = f"idle for {idle:.0f} s (--idle-timeout)"
+                        break
+                    if self._search_over():
+                        reason = f"search {self.config.exp_key!r} is over"
+                        break
+                    self._beat_idle()
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.config.poll_s)
+                    continue
+                self._run(lease)
+                idle_since = time.monotonic()
+                delay = IDLE_POLL_MIN_S
+        finally:
+            self.runner.close()
+            self.store.worker_stopped(self.id, reason)
+            logger.info("worker %s exits: %s (%d trials)", self.id, reason, self.trials_done)
+        return 0
+
+    def _reserve(self) -> Lease | None:
+        return self.store.reserve_trial(
+            self.id,
+            exp_key=self.config.exp_key,
+            lease_s=self.config.lease_s,
+            trusted=self.config.trust_pickled,
+            worker=self.info,
+        )
+
+    def _run(self, lease: Lease) -> None:
+        self._current = lease
+        try:
+            self._check_space(lease)
+            logger.info(
+                "trial %s of %s: started (attempt %s)", lease.tid, lease.exp_key, lease.attempt
+            )
+            self.store.worker_heartbeat(self.info, lease.tid)
+            with Heartbeat(
+                self.store,
+                lease,
+                interval_s=self.config.heartbeat_s,
+                lease_s=self.config.lease_s,
+                on_beat=lambda: self.store.worker_heartbeat(self.info, lease.tid),
+            ) as beat:
+                outcome = self._execute(lease)
+                if beat.lost.is_set():
+                    outcome = None
+            if outcome is not None:
+                self._record(lease, outcome)
+            else:
+                logger.warning("trial %s: lost the lease while running; result dropped", lease.tid)
+        except Interrupted:
+            self._release(lease, AttemptOutcome.REQUEUED, "worker stopped by signal")
+        except TrialCrashed as crash:
+            self._release(lease, AttemptOutcome.CRASHED, crash.reason)
+        finally:
+            self._current = None
+            self.trials_done += 1
+
+    def _execute(self, lease: Lease) -> Outcome:
+        self._in_process_trial = not self.config.isolate
+        try:
+            return self.runner.run(lease, dict(self.info), self.interrupt)
+        finally:
+            self._in_process_trial = False
+
+    def _record(self, lease: Lease, outcome: Outcome) -> None:
+        fields = {
+            "params": outcome.params,
+            "duration_s": round(outcome.duration_s, 6),
+            **outcome.fields,
+        }
+        if outcome.lost:
+            logger.warning("trial %s: lost the lease; another worker owns it now", lease.tid)
+            return
+        if outcome.error is not None:
+            ok = self.store.fail(lease, outcome.error, fields)
+            logger.error(
+                "trial %s: objective raised %s: %s",
+                lease.tid,
+                outcome.error["type"],
+                outcome.error["message"],
+            )
+        else:
+            ok = self.store.finish(lease, outcome.result, fields)
+            logger.info(
+                "trial %s: %s loss=%s (%.2f s)",
+                lease.tid,
+                outcome.result["status"],
+                outcome.result.get("loss"),
+                outcome.duration_s,
+            )
+        if not ok:
+            logger.warning(
+                "trial %s: lost the lease before writing the result (reaped while "
+                "paused?); the new owner's result stands",
+                lease.tid,
+            )
+
+    def _release(self, lease: Lease, outcome: AttemptOutcome, reason: str) -> None:
+        state = self.store.release(
+            lease, outcome, reason, max_attempts=self._attempt_limit(lease.exp_key)
+        )
+        if state is None:
+            logger.warning("trial %s: already taken over; nothing to hand back", lease.tid)
+        elif state is TrialState.ERROR:
+            logger.error("trial %s: %s; gave up on it (max attempts reached)", lease.tid, reason)
+        else:
+            logger.warning("trial %s: %s; handed back to the queue", lease.tid, reason)
+
+    def _attempt_limit(self, exp_key: str | None) -> int:
+        if exp_key not in self._max_attempts:
+            exp = self.store.get_experiment(exp_key) if exp_key else None
+            self._max_attempts[exp_key] = int((exp or {}).get("max_attempts", 3))
+        return self._max_attempts[exp_key]
+
+    def _check_space(self, lease: Lease) -> None:
+        name = lease.doc.get("space")
+        if name is None:
+            return
+        try:
+            get_space(name)
+        except SpaceError as e:
+            self._release(lease, AttemptOutcome.REQUEUED, f"space {name!r} unknown here")
+            raise SystemExit(
+                f"trial {lease.tid} of {lease.exp_key!r} needs search space {name!r}, which this "
+                "worker does not know; start it with --spaces PATH (the file the search used)"
+            ) from e
+
+    def _search_over(self) -> bool:
+        if self.config.exp_key is None:
+            return False
+        exp = self.store.get_experiment(self.config.exp_key)
+        if exp is None or exp.get("status") == ExperimentStatus.RUNNING.value:
+            return False
+        queued = self.store.count(self.config.exp_key, [int(TrialState.NEW)])
+        return queued == 0
+
+    _last_idle_beat = 0.0
+
+    def _beat_idle(self) -> None:
+        now = time.monotonic()
+        if now - self._last_idle_beat >= self.config.heartbeat_s:
+            self._last_idle_beat = now
+            self.store.worker_heartbeat(self.info, None)
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        name = signal.Signals(signum).name
+        running = self._current is not None
+        if self.signals == 1 and not self.config.requeue_on_term:
+            if running:
+                logger.warning(
+                    "%s: finishing trial %s, then exiting (send it again to hand the "
+                    "trial back now)",
+                    name,
+                    self._current.tid,
+                )  # type: ignore[union-attr]
+            return
+        if running:
+            logger.warning("%s: handing trial %s back now", name, self._current.tid)  # type: ignore[union-attr]
+            self.interrupt.set()
+            if self._in_process_trial:
+                raise Interrupted()
