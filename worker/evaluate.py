@@ -80,7 +80,7 @@ class Resolver:
         blob = self.store.get_domain_blob(exp_key)
         if blob is None:
             raise SpaceError(f"experiment {exp_key!r} has no FMinIter_Domain attachment")
-        from hyperopt.base import pickler
+        from hyperopt.fmin import pickler
 
         domain = pickler.loads(blob)
         return Resolved(None, {}, domain.expr, domain=domain)

@@ -1,0 +1,97 @@
+"""Shared fixtures: a real SecantusDB server over TCP, a fresh database per test, CLI helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.server import EmbeddedServer
+from coordinator.store import TrialStore, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_SPACES = str(Path(__file__).resolve().parent / "spaces_for_tests.py")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    srv = EmbeddedServer(tmp_path_factory.mktemp("db"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def db_name() -> str:
+    return f"t_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def store(server: EmbeddedServer, db_name: str) -> Iterator[TrialStore]:
+    s = connect(server.uri, db_name)
+    yield s
+    s.close()
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERFLEET_")}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def hyperfleet(
+    *args: str,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or cli_env(),
+        cwd=cwd,
+    )
+
+
+def start_worker(
+    uri: str, db: str, *args: str, log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "worker", "--mongo", uri, "--db", db, *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env or cli_env(),
+    )
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop_all(procs: list[subprocess.Popen[str]], timeout: float = 20) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

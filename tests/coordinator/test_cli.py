@@ -1,0 +1,278 @@
+"""The real ``hyperfleet`` command in separate processes against a real server."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from coordinator.states import TrialState
+from coordinator.store import connect
+from coordinator.trials import HyperfleetTrials
+from tests.conftest import ROOT, TEST_SPACES, cli_env, hyperfleet, start_worker, stop_all
+
+
+def test_local_quadratic_two_workers(tmp_path: Path) -> None:
+    db_path = tmp_path / "db"
+    out = hyperfleet(
+        "local",
+        "quadratic",
+        "--workers",
+        "2",
+        "--max-evals",
+        "30",
+        "--seed",
+        "1",
+        "--exp-key",
+        "q",
+        "--db-path",
+        str(db_path),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    loss = float(re.search(r"best trial: tid \d+, loss (\S+)", out.stdout)[1])
+    assert loss < 0.5
+    assert 'best params: {"x":' in out.stdout
+    # results stay on disk: a new server on the same path reads them
+    from coordinator.server import EmbeddedServer
+
+    with EmbeddedServer(db_path) as srv:
+        store = connect(srv.uri)
+        docs = store.find_trials({"exp_key": "q"})
+        assert len(docs) == 30
+        assert all(d["state"] == TrialState.DONE for d in docs)
+        assert all(set(d["params"]) == {"x"} for d in docs)
+        owners = {d["worker"]["id"] for d in docs}
+        assert len(owners) == 2, "both workers should have run trials"
+        assert all(d["worker"]["host"] and d["worker"]["pid"] for d in docs)
+        assert all(d["duration_s"] >= 0 and d["ended"] >= d["book_time"] for d in docs)
+
+
+def test_server_workers_and_search_as_separate_processes(tmp_path: Path) -> None:
+    srv = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "server",
+            "--port",
+            "0",
+            "--db-path",
+            str(tmp_path / "db"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        line = srv.stdout.readline()
+        uri = re.search(r"(mongodb://\S+)", line)[1]
+        workers = [start_worker(uri, "hyperfleet", "--exp-key", "branin-test") for _ in range(2)]
+        out = hyperfleet(
+            "search",
+            "branin",
+            "--mongo",
+            uri,
+            "--exp-key",
+            "branin-test",
+            "--max-evals",
+            "40",
+            "--seed",
+            "3",
+        )
+        assert out.returncode == 0, out.stderr
+        assert "best params" in out.stdout
+        trials = HyperfleetTrials(connect(uri), exp_key="branin-test")
+        losses = trials.losses()
+        assert len(losses) == 40 and all(loss is not None for loss in losses)
+        assert min(losses) < 3.0
+        # workers leave by themselves once the search is over
+        for w in workers:
+            assert w.wait(30) == 0
+    finally:
+        srv.send_signal(signal.SIGINT)
+        srv.wait(30)
+    assert srv.returncode == 0
+
+
+def test_plain_hyperopt_fmin_with_trust_pickled_worker(
+    server, db_name: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "plain.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        from hyperopt import fmin, hp, tpe
+        from coordinator.trials import HyperfleetTrials
+        trials = HyperfleetTrials({server.uri!r}, exp_key="plain", db={db_name!r})
+        best = fmin(lambda x: (x - 1) ** 2, hp.uniform("x", -3, 3), algo=tpe.suggest,
+                    max_evals=10, trials=trials, max_queue_len=2, show_progressbar=False)
+        print("BEST", best, len(trials.losses()))
+    """)
+    )
+    untrusted = start_worker(server.uri, db_name, "--idle-timeout", "3")
+    trusted = start_worker(server.uri, db_name, "--trust-pickled", "--idle-timeout", "5")
+    try:
+        out = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=ROOT
+        )
+        assert out.returncode == 0, out.stderr
+        assert re.search(r"BEST \{'x': [-0-9.e]+\} 10", out.stdout)
+        docs = connect(server.uri, db_name).find_trials({"exp_key": "plain"})
+        owners = {d["owner"] for d in docs}
+        assert len(owners) == 1, "only the --trust-pickled worker may run pickled objectives"
+        assert all(d["params"] is not None for d in docs)
+    finally:
+        stop_all([untrusted, trusted])
+
+
+def test_objective_error_is_recorded_and_worker_goes_on(server, db_name: str) -> None:
+    worker = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, "--exp-key", "boom")
+    try:
+        out = hyperfleet(
+            "search",
+            "boom",
+            "--mongo",
+            server.uri,
+            "--db",
+            db_name,
+            "--exp-key",
+            "boom",
+            "--max-evals",
+            "8",
+            "--algo",
+            "rand",
+            "--seed",
+            "0",
+            "--spaces",
+            TEST_SPACES,
+        )
+        store = connect(server.uri, db_name)
+        errors = store.find_trials({"exp_key": "boom", "state": int(TrialState.ERROR)})
+        done = store.find_trials({"exp_key": "boom", "state": int(TrialState.DONE)})
+        assert errors and done and len(errors) + len(done) == 8
+        err = errors[0]["error"]
+        assert err["type"] == "ValueError" and "too large" in err["message"]
+        assert "Traceback" in err["traceback"] and "_boom" in err["traceback"]
+        assert out.returncode == 0, out.stderr
+    finally:
+        stop_all([worker])
+
+
+def test_nan_loss_fails_the_trial_and_search_completes(server, db_name: str) -> None:
+    worker = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, "--exp-key", "nan")
+    try:
+        out = hyperfleet(
+            "search",
+            "nan",
+            "--mongo",
+            server.uri,
+            "--db",
+            db_name,
+            "--exp-key",
+            "nan",
+            "--max-evals",
+            "3",
+            "--spaces",
+            TEST_SPACES,
+        )
+        assert out.returncode == 1 and "no trial of 'nan' succeeded" in out.stderr
+        docs = connect(server.uri, db_name).find_trials({"exp_key": "nan"})
+        assert len(docs) == 3
+        assert all(d["state"] == TrialState.DONE and d["result"]["status"] == "fail" for d in docs)
+        assert all("loss is nan" in d["result"]["failure"] for d in docs)
+    finally:
+        stop_all([worker])
+
+
+BAD_INPUT = [
+    (["search", "nosuch", "--mongo", "{uri}"], "unknown search space 'nosuch'"),
+    (["search", "quadratic", "--mongo", "{uri}", "--set", "nope=1"], "unknown setting 'nope'"),
+    (["search", "quadratic", "--mongo", "{uri}", "--set", "sleep=abc"], "not a valid float"),
+    (["search", "quadratic", "--mongo", "{uri}", "--set", "sleep=-1"], "must be >= 0.0"),
+    (["search", "quadratic", "--mongo", "{uri}", "--set", "sleep"], "expected KEY=VALUE"),
+    (["search", "quadratic", "--mongo", "mongodb://h:notaport"], "malformed MongoDB URI"),
+    (["search", "quadratic", "--mongo", "localhost:27017"], "malformed MongoDB URI"),
+    (
+        ["search", "quadratic", "--mongo", "{uri}", "--max-evals", "0"],
+        "--max-evals must be at least 1",
+    ),
+    (["search", "quadratic", "--mongo", "{uri}", "--algo", "sa"], "unknown --algo 'sa'"),
+    (["search", "quadratic", "--mongo", "{uri}", "--spaces", "{broken}"], "syntax error at line 2"),
+    (["worker", "--mongo", "{uri}", "--gpu", "x1"], "--gpu 'x1'"),
+    (["cancel", "--mongo", "{uri}", "--exp-key", "nosuch"], "no experiment 'nosuch'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[m for _, m in BAD_INPUT])
+def test_bad_input_is_one_clear_line(server, db_name: str, tmp_path: Path, args, message) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("x = 1\ndef oops(:\n")
+    argv = [a.format(uri=server.uri, broken=broken) for a in args] + ["--db", db_name]
+    out = hyperfleet(*argv, timeout=30)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert message in lines[0] and "Traceback" not in out.stderr
+
+
+def test_unreachable_server_fails_fast() -> None:
+    import time
+
+    started = time.monotonic()
+    out = hyperfleet("search", "quadratic", "--mongo", "mongodb://127.0.0.1:9/", timeout=30)
+    assert out.returncode == 1
+    assert "cannot reach MongoDB at mongodb://127.0.0.1:9/" in out.stderr
+    assert time.monotonic() - started < 15
+
+
+def test_password_comes_from_env_and_is_redacted() -> None:
+    out = hyperfleet(
+        "search",
+        "quadratic",
+        timeout=30,
+        env=cli_env(HYPERFLEET_MONGO="mongodb://bob:hunter2@127.0.0.1:9/"),
+    )
+    assert out.returncode == 1
+    assert "hunter2" not in out.stderr and "bob:***@127.0.0.1:9" in out.stderr
+
+
+def test_db_path_held_by_another_server(tmp_path: Path) -> None:
+    from coordinator.server import EmbeddedServer
+
+    with EmbeddedServer(tmp_path / "db"):
+        out = hyperfleet("server", "--port", "0", "--db-path", str(tmp_path / "db"), timeout=60)
+    assert out.returncode == 1
+    assert "is already used by another running server" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_wrong_credentials_against_auth_server(tmp_path: Path) -> None:
+    from coordinator.server import EmbeddedServer
+
+    db_path = tmp_path / "db"
+    with EmbeddedServer(db_path) as srv:
+        import pymongo
+
+        pymongo.MongoClient(srv.uri).admin.command(
+            "createUser", "alice", pwd="right", roles=[{"role": "root", "db": "admin"}]
+        )
+    with EmbeddedServer(db_path, auth=True) as srv:
+        host = srv.uri.removeprefix("mongodb://")
+        bad = hyperfleet(
+            "search",
+            "quadratic",
+            "--mongo",
+            f"mongodb://alice:wrong@{host}?authSource=admin",
+            timeout=30,
+        )
+        assert bad.returncode == 1
+        assert "refused the credentials" in bad.stderr and "wrong" not in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+        good = hyperfleet("reap", "--mongo", f"mongodb://alice:right@{host}?authSource=admin")
+        assert good.returncode == 0 and "reaped 0 trials" in good.stdout

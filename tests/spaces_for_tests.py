@@ -1,0 +1,82 @@
+"""Search spaces used by the tests through ``--spaces``: objectives that raise, diverge, crash
+their process or take their time, so the tests can drive real failures through real workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from hyperopt import hp
+
+from search_spaces import SearchSpace, Setting
+
+
+def _x_space(settings):
+    return {"x": hp.uniform("x", -1.0, 1.0)}
+
+
+def _boom(params, ctx):
+    if params["x"] > ctx.settings["threshold"]:
+        raise ValueError(f"x={params['x']:.3f} is too large for this objective")
+    return {"loss": params["x"] ** 2, "status": "ok"}
+
+
+def _nan(params, ctx):
+    return {"loss": float("nan"), "status": "ok"}
+
+
+def _crash(params, ctx):
+    mode = ctx.settings["mode"]
+    marker = ctx.settings["once_dir"]
+    if marker:  # crash only on a trial's first attempt
+        path = os.path.join(marker, f"{ctx.exp_key}-{ctx.tid}")
+        if os.path.exists(path):
+            return {"loss": params["x"] ** 2, "status": "ok"}
+        open(path, "w").close()
+    if mode == "exit":
+        os._exit(3)
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"loss": params["x"] ** 2, "status": "ok"}
+
+
+def _epochs(params, ctx):
+    for epoch in range(ctx.settings["epochs"]):
+        time.sleep(ctx.settings["sleep"])
+        ctx.report_epoch({"epoch": epoch + 1, "loss": params["x"] ** 2 + 1.0 / (epoch + 1)})
+        if ctx.should_stop():
+            return {
+                "loss": params["x"] ** 2,
+                "status": "ok",
+                "stopped_early": True,
+                "epochs_run": epoch + 1,
+            }
+    return {"loss": params["x"] ** 2, "status": "ok", "epochs_run": ctx.settings["epochs"]}
+
+
+boom = SearchSpace(
+    "boom",
+    _x_space,
+    _boom,
+    (Setting("threshold", 0.0, "raise when x is above", float),),
+    "raises ValueError for x > threshold",
+)
+nan = SearchSpace("nan", _x_space, _nan, (), "always a NaN loss")
+crash = SearchSpace(
+    "crash",
+    _x_space,
+    _crash,
+    (
+        Setting("mode", "exit", "how the trial dies", str, choices=("exit", "kill", "none")),
+        Setting("once_dir", "", "crash only on the first attempt (marker files here)", str),
+    ),
+    "kills its own process",
+)
+epochs = SearchSpace(
+    "epochs",
+    _x_space,
+    _epochs,
+    (Setting("epochs", 5, "epochs", int, min=1), Setting("sleep", 0.2, "seconds per epoch", float)),
+    "reports per-epoch metrics",
+)
