@@ -549,6 +549,27 @@ def cancel(mongo: str, db: str, exp_key: str) -> None:
     click.echo(f"cancelled {exp_key}: {n} queued trials cancelled, {running} running will stop")
 
 
+# -- commands that live in their own modules ------------------------------------------------------
+# (each module defines click commands and registers them on ``main`` when imported)
+# - coordinator.inspect_cli: status, top, show, export, plot, workers (inspection)
+# - coordinator.keras_cli: best (Keras models)
+# - coordinator.launch_cli: launch (docker)
+
+
+def _register_command_modules() -> None:
+    import importlib
+
+    for name in ("coordinator.inspect_cli", "coordinator.keras_cli", "coordinator.launch_cli"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+
+
+_register_command_modules()
+
+
 def run() -> None:
     """Console-script entry point."""
     main(prog_name="hyperfleet")

