@@ -29,6 +29,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import math
+import os
 import random
 import re
 import time
@@ -65,6 +67,14 @@ def redact_uri(uri: str) -> str:
 def utcnow() -> dt.datetime:
     """Naive UTC now, the form pymongo returns dates in (for client-side bookkeeping only)."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _outage_budget() -> float:
+    raw = os.environ.get("HYPERFLEET_OUTAGE_S", "")
+    try:
+        return float(raw) if raw else DEFAULT_OUTAGE_S
+    except ValueError:
+        raise ConfigError(f"HYPERFLEET_OUTAGE_S={raw!r} is not a number of seconds") from None
 
 
 def _retrying(method: Callable[..., T]) -> Callable[..., T]:
@@ -151,15 +161,19 @@ def connect(
     db: str = DEFAULT_DB,
     *,
     timeout_s: float = 5.0,
-    outage_s: float = DEFAULT_OUTAGE_S,
+    outage_s: float | None = None,
     check: bool = True,
 ) -> TrialStore:
     """Open a :class:`TrialStore` on ``uri`` (any standard ``mongodb://`` or ``mongodb+srv://``).
 
     With ``check`` the server must answer ``ping`` within ``timeout_s``; otherwise a clear
     :class:`StoreUnavailable`, :class:`AuthError` or :class:`ConfigError` is raised.
+    ``outage_s`` (default: $HYPERFLEET_OUTAGE_S or 60) is how long operations retry while the
+    server is unreachable before giving up.
     """
     safe = redact_uri(uri)
+    if outage_s is None:
+        outage_s = _outage_budget()
     if not uri.startswith(("mongodb://", "mongodb+srv://")):
         raise ConfigError(
             f"malformed MongoDB URI {safe!r}: it must start with mongodb:// or mongodb+srv://"
@@ -324,8 +338,6 @@ class TrialStore(MongoJobs):
         query["state"] = int(TrialState.NEW)
         if exp_key is not None:
             query["exp_key"] = exp_key
-        if not trusted:
-            query["space"] = {"$exists": True}
         claim = [
             {
                 "$set": {
@@ -343,9 +355,7 @@ class TrialStore(MongoJobs):
             }
         ]
         for _ in range(8):
-            candidates = list(
-                self.jobs.find(query, projection={"_id": 1}, sort=[("tid", 1)], limit=4)
-            )
+            candidates = self._reserve_candidates(query, trusted)
             if not candidates:
                 return None
             random.shuffle(candidates)
@@ -358,6 +368,24 @@ class TrialStore(MongoJobs):
                     if doc is not None:
                         return Lease.from_doc(doc)
         return None
+
+    def _reserve_candidates(self, query: dict[str, Any], trusted: bool) -> list[dict[str, Any]]:
+        """Up to 4 NEW trials, oldest first; untrusted workers only get named-space ones.
+
+        ``space`` is checked here rather than with ``$exists`` in the query: SecantusDB then
+        scans every trial of the experiment (230 ms at 5,000 trials instead of 2 ms).
+        """
+        found = list(
+            self.jobs.find(query, projection={"_id": 1, "space": 1}, sort=[("tid", 1)], limit=4)
+        )
+        if trusted:
+            return found
+        named = [doc for doc in found if "space" in doc]
+        if named or len(found) < 4:
+            return named
+        # the oldest queued trials are all pickled ones: look past them (rare, slow path)
+        query = {**query, "space": {"$exists": True}}
+        return list(self.jobs.find(query, projection={"_id": 1}, sort=[("tid", 1)], limit=4))
 
     @_retrying
     def heartbeat(self, lease: Lease, lease_s: float) -> bool:
@@ -632,6 +660,18 @@ class TrialStore(MongoJobs):
         )
 
     @_retrying
+    def list_workers(self, *, alive_only: bool = True) -> list[dict[str, Any]]:
+        """Rows of the ``workers`` registry (all, or only those not marked stopped), newest
+        ``last_seen`` first; staleness is the caller's call (compare with :meth:`server_time`)."""
+        query = {"state": "alive"} if alive_only else {}
+        return list(self.workers.find(query, sort=[("last_seen", -1)]))
+
+    @_retrying
+    def get_trial(self, exp_key: str, tid: int) -> dict[str, Any] | None:
+        """One trial document of ``exp_key`` by ``tid``; ``None`` if there is none."""
+        return self.jobs.find_one({"exp_key": exp_key, "tid": tid})
+
+    @_retrying
     def live_workers(self, max_age_s: float) -> list[dict[str, Any]]:
         since = self.server_time() - dt.timedelta(seconds=max_age_s)
         return list(self.workers.find({"state": "alive", "last_seen": {"$gte": since}}))
@@ -652,6 +692,67 @@ class TrialStore(MongoJobs):
             self.gfs.delete(file_id)
         except gridfs.errors.NoFile:
             logger.debug("file %s already deleted", file_id)
+
+    def get_attachment(self, doc: dict[str, Any], name: str) -> bytes | None:
+        """The bytes of attachment ``name`` of trial ``doc`` (None if it has none)."""
+        for att_name, file_id in doc.get("_attachments", []):
+            if att_name == name:
+                return self.get_file(file_id)
+        return None
+
+    @_retrying
+    def best_trial(
+        self, exp_key: str | None, *, with_attachment: str | None = None
+    ) -> dict[str, Any] | None:
+        """The DONE trial of ``exp_key`` with the lowest finite ``ok`` loss (optionally only
+        among trials that hold attachment ``with_attachment``); None if there is none."""
+        query = {"exp_key": exp_key, "state": int(TrialState.DONE), "result.status": "ok"}
+        rows = self.jobs.find(query, projection={"result.loss": 1, "_attachments": 1, "tid": 1})
+        best: dict[str, Any] | None = None
+        for row in rows:
+            loss = row.get("result", {}).get("loss")
+            if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+                continue
+            names = {a[0] for a in row.get("_attachments", [])}
+            if with_attachment is not None and with_attachment not in names:
+                continue
+            if best is None or (loss, row["tid"]) < (best["result"]["loss"], best["tid"]):
+                best = row
+        return None if best is None else self.jobs.find_one({"_id": best["_id"]})
+
+    @_retrying
+    def prune_attachments(
+        self, exp_key: str | None, name: str, worse_than: float, *, keep_tid: int
+    ) -> int:
+        """Delete attachment ``name`` (and its GridFS file) from the DONE trials of ``exp_key``
+        whose loss is above ``worse_than``, except ``keep_tid``; returns how many went.
+
+        The one write to finished trials: it removes a superseded model, never a result. Each
+        update is conditional on the attachment list it read, so concurrent prunes are safe."""
+        query = {
+            "exp_key": exp_key,
+            "state": int(TrialState.DONE),
+            "tid": {"$ne": keep_tid},
+            "_attachments": {"$exists": True},
+        }
+        pruned = 0
+        for row in self.jobs.find(query, projection={"result": 1, "_attachments": 1}):
+            loss = row.get("result", {}).get("loss")
+            if isinstance(loss, (int, float)) and math.isfinite(loss) and loss <= worse_than:
+                continue
+            old = row.get("_attachments", [])
+            gone = [a for a in old if a[0] == name]
+            if not gone:
+                continue
+            kept = [a for a in old if a[0] != name]
+            updated = self.jobs.update_one(
+                {"_id": row["_id"], "_attachments": old}, {"$set": {"_attachments": kept}}
+            )
+            if updated.matched_count == 1:
+                for _name, file_id in gone:
+                    self.delete_file(file_id)
+                pruned += 1
+        return pruned
 
     @_retrying
     def get_domain_blob(self, exp_key: str | None) -> bytes | None:

@@ -6,13 +6,15 @@ and the object offers the whole Trials API (``trials``, ``results``, ``losses()`
 
 Stock ``refresh()`` downloads every trial of the experiment on every poll (O(n) per poll, tens of
 milliseconds at a few hundred trials). Here finished trials are cached: each refresh reads the
-unfinished trials (at most the queue plus the running ones) and the finished trials whose ``mtime``
-(server time, set by every write of the store) is newer than what was already seen.
+unfinished trials (at most the queue plus the running ones) and, by ``_id``, those trials of the
+previous refresh's unfinished ones that have finished since (states only move forward). A full
+refresh every ``FULL_REFRESH_EVERY_S`` also picks up what that cannot see (finished trials
+inserted or edited by other programs). Counts of finished states come from the same cache, since
+counting thousands of matches in the database is O(n) per call.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -21,13 +23,12 @@ from typing import Any
 from bson import ObjectId
 from hyperopt.mongoexp import MongoTrials
 
+from coordinator.errors import ConfigError
 from coordinator.states import TrialState
-from coordinator.store import TrialStore, connect
+from coordinator.store import TrialStore, connect, utcnow
 
 logger = logging.getLogger(__name__)
 
-#: finished trials re-read around the newest ``mtime`` seen, to cover writes that commit late
-MTIME_SLACK = dt.timedelta(seconds=2)
 #: a full refresh every so often, as a safety net for the incremental one
 FULL_REFRESH_EVERY_S = 60.0
 
@@ -83,8 +84,8 @@ class HyperfleetTrials(MongoTrials):
 
     def _reset_cache(self) -> None:
         self._finished: dict[ObjectId, dict[str, Any]] = {}
-        self._recent_ids: set[ObjectId] = set()
-        self._newest_mtime: dt.datetime | None = None
+        self._watched: set[ObjectId] = set()  #: ids that were NEW or RUNNING at the last refresh
+        self._synced = False
         self._last_full = 0.0
 
     def refresh_tids(self, tids: Iterable[int] | None) -> None:
@@ -94,27 +95,26 @@ class HyperfleetTrials(MongoTrials):
         base: dict[str, Any] = {} if self._exp_key is None else {"exp_key": self._exp_key}
         store: TrialStore = self.handle
 
-        if self._newest_mtime is None:
-            self._last_full = time.monotonic()
-            changed = store.find_trials({**base, "state": {"$in": _VISIBLE_FINISHED}})
-        else:
-            since = self._newest_mtime - MTIME_SLACK
-            changed = store.find_trials(
-                {
-                    **base,
-                    "state": {"$in": _VISIBLE_FINISHED},
-                    "mtime": {"$gte": since},
-                    "_id": {"$nin": list(self._recent_ids)},
-                }
-            )
-        for doc in changed:
-            self._finished[doc["_id"]] = doc
-        self._advance_mtime(changed)
-
+        # unfinished first: a trial that finishes between the two reads is then seen in one
         unfinished = store.find_trials({**base, "state": {"$in": _UNFINISHED}})
-        for doc in unfinished:
-            # a trial can only be unfinished if it was never seen finished (states never go back)
-            self._finished.pop(doc["_id"], None)
+        unfinished_ids = {doc["_id"] for doc in unfinished}
+        if not self._synced:
+            self._last_full = time.monotonic()
+            finished = store.find_trials({**base, "state": {"$in": _VISIBLE_FINISHED}})
+            self._synced = True
+        else:
+            # states only move forward, so a watched trial missing from ``unfinished`` has
+            # finished: fetch just those, by ``_id`` (an indexed read, unlike a state scan)
+            gone = [i for i in self._watched if i not in unfinished_ids]
+            finished = (
+                store.find_trials({"_id": {"$in": gone}, "state": {"$in": _VISIBLE_FINISHED}})
+                if gone
+                else []
+            )
+        for doc in finished:
+            self._finished[doc["_id"]] = doc
+        unfinished = [doc for doc in unfinished if doc["_id"] not in self._finished]
+        self._watched = {doc["_id"] for doc in unfinished}
         docs = list(self._finished.values()) + unfinished
         docs.sort(key=lambda d: d["tid"])
         self._trials = docs
@@ -122,28 +122,22 @@ class HyperfleetTrials(MongoTrials):
         self._results = [d["result"] for d in docs]
         self._miscs = [d["misc"] for d in docs]
 
-    def _advance_mtime(self, changed: list[dict[str, Any]]) -> None:
-        stamps = [d["mtime"] for d in changed if d.get("mtime") is not None]
-        if not stamps and self._newest_mtime is not None:
-            return
-        newest = max(stamps) if stamps else dt.datetime(1970, 1, 1)
-        if self._newest_mtime is not None:
-            newest = max(newest, self._newest_mtime)
-        self._newest_mtime = newest
-        window = newest - MTIME_SLACK
-        self._recent_ids = {
-            _id
-            for _id, d in self._finished.items()
-            if d.get("mtime") is not None and d["mtime"] >= window
-        }
-
     def refresh(self) -> None:
         self.refresh_tids(None)
 
     # -- writes and counts ----------------------------------------------------------------------
 
     def _insert_trial_docs(self, docs: list[dict[str, Any]]) -> list[ObjectId]:
+        if self._exp_key is not None and self.space_name is not None:
+            exp = self.handle.get_experiment(self._exp_key) or {}
+            if exp.get("cancel_requested"):
+                self._fmin_cancelled = True  # fmin stops queueing; nothing new reaches workers
+                return []
+        # client clock (``book_time`` is the server's): the dispatch latency queued -> reserved
+        # is exact only where both run on one host, as in ``hyperfleet local`` and bench/
+        queued = utcnow()
         for doc in docs:
+            doc.setdefault("queued", queued)
             doc.setdefault("attempt", 0)
             doc.setdefault("attempts", 0)
             if self.space_name is not None:
@@ -155,7 +149,13 @@ class HyperfleetTrials(MongoTrials):
         states = [arg] if isinstance(arg, int) else list(arg)
         for state in states:
             TrialState(state)  # raises ValueError on an unknown state, as hyperopt does
-        return self.handle.count(self._exp_key, states)
+        if not self._synced:
+            return self.handle.count(self._exp_key, states)
+        # finished trials as of the last refresh (fmin refreshes just before it counts them)
+        cached = [s for s in states if s in _VISIBLE_FINISHED]
+        n = sum(1 for doc in self._finished.values() if doc["state"] in cached) if cached else 0
+        live = [s for s in states if s not in _VISIBLE_FINISHED]
+        return n + (self.handle.count(self._exp_key, live) if live else 0)
 
     def _maybe_poll(self) -> None:
         if self.on_poll is None:
@@ -191,3 +191,42 @@ class HyperfleetTrials(MongoTrials):
 def open_trials(uri: str, exp_key: str, db: str = "hyperfleet") -> HyperfleetTrials:
     """Open one experiment's trials for reading (e.g. in a notebook)."""
     return HyperfleetTrials(connect(uri, db), exp_key=exp_key)
+
+
+def trial_rows(
+    trials: HyperfleetTrials | str,
+    exp_key: str | None = None,
+    db: str = "hyperfleet",
+    *,
+    dataframe: bool | None = None,
+) -> Any:
+    """One experiment's trials as flat rows, for notebooks: a list of dicts (the columns of
+    ``hyperfleet export``: ``tid``, ``state``, ``loss``, ``params.*``, ``result.*``, timing,
+    ``worker.*``), or a pandas DataFrame when ``dataframe`` is true (default: when pandas is
+    installed).
+
+    ``trials`` is what :func:`open_trials` returned, or a MongoDB URI (then ``exp_key`` names
+    the experiment).
+    """
+    from coordinator.inspect import load_rows
+
+    if isinstance(trials, HyperfleetTrials):
+        store, key = trials.store, trials._exp_key if exp_key is None else exp_key
+    else:
+        store, key = connect(trials, db), exp_key
+    if key is None:
+        raise ConfigError("trial_rows needs an exp_key (or trials opened with one)")
+    rows = load_rows(store, key)
+    if dataframe is False:
+        return rows
+    try:
+        import pandas as pd
+    except ImportError:
+        if dataframe:
+            raise ConfigError(
+                "trial_rows(dataframe=True) needs pandas: pip install pandas"
+            ) from None
+        return rows
+    from coordinator.inspect import columns
+
+    return pd.DataFrame(rows, columns=columns(rows))

@@ -21,7 +21,7 @@ TEST_SPACES = str(Path(__file__).resolve().parent / "spaces_for_tests.py")
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    srv = EmbeddedServer(tmp_path_factory.mktemp("db"))
+    srv = EmbeddedServer(tmp_path_factory.mktemp("db"), sync=False)  # nobody kills this one
     srv.start()
     yield srv
     srv.stop()
@@ -95,3 +95,23 @@ def stop_all(procs: list[subprocess.Popen[str]], timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def queue_trials(store: TrialStore, n: int, exp_key: str = "exp", space: str | None = "quadratic",
+                 settings: dict | None = None, max_attempts: int = 3):
+    """Queue ``n`` NEW trials the way fmin does (hyperopt's own trial documents, rand.suggest),
+    with an experiment document carrying ``settings`` so workers can resolve the space."""
+    from hyperopt import hp, rand
+    from hyperopt.base import Domain
+
+    from coordinator.trials import HyperfleetTrials
+
+    if space is not None:
+        store.put_experiment({"_id": exp_key, "space": space, "settings": settings or {},
+                              "status": "running", "max_attempts": max_attempts})
+    trials = HyperfleetTrials(store, exp_key=exp_key, space_name=space)
+    domain = Domain(lambda p: 0.0, {"x": hp.uniform("x", -1, 1)})
+    docs = rand.suggest(trials.new_trial_ids(n), domain, trials, n)
+    trials.insert_trial_docs(docs)
+    trials.refresh()
+    return trials

@@ -80,3 +80,24 @@ epochs = SearchSpace(
     (Setting("epochs", 5, "epochs", int, min=1), Setting("sleep", 0.2, "seconds per epoch", float)),
     "reports per-epoch metrics",
 )
+
+
+def _whoami(params, ctx):
+    time.sleep(ctx.settings["sleep"])
+    return {"loss": params["x"] ** 2, "status": "ok", "worker_pid": ctx.info["pid"]}
+
+
+def _counted(params, ctx):
+    with open(ctx.settings["log"], "a") as log:
+        log.write(f"{ctx.tid}\n")
+    return {"loss": params["x"] ** 2, "status": "ok"}
+
+
+whoami = SearchSpace(
+    "whoami", _x_space, _whoami, (Setting("sleep", 1.0, "seconds per trial", float),),
+    "records the pid of the worker that evaluated it",
+)
+counted = SearchSpace(
+    "counted", _x_space, _counted, (Setting("log", "", "file that gets one line per evaluation"),),
+    "appends its tid to a file on every evaluation",
+)

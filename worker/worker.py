@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from coordinator.errors import SpaceError
+from coordinator.errors import SpaceError, StoreUnavailable
 from coordinator.states import AttemptOutcome, ExperimentStatus, TrialState
 from coordinator.store import Lease, TrialStore
 from search_spaces import get_space, load_spaces
@@ -126,11 +126,20 @@ class Worker:
                 self._run(lease)
                 idle_since = time.monotonic()
                 delay = IDLE_POLL_MIN_S
+        except StoreUnavailable as e:
+            reason = f"MongoDB unreachable: {e}"
+            raise
         finally:
             self.runner.close()
-            self.store.worker_stopped(self.id, reason)
+            self._unregister(reason)
             logger.info("worker %s exits: %s (%d trials)", self.id, reason, self.trials_done)
         return 0
+
+    def _unregister(self, reason: str) -> None:
+        try:
+            self.store.worker_stopped(self.id, reason)
+        except StoreUnavailable:
+            logger.warning("could not mark worker %s stopped: MongoDB unreachable", self.id)
 
     def _reserve(self) -> Lease | None:
         return self.store.reserve_trial(

@@ -6,22 +6,11 @@ import multiprocessing as mp
 import time
 
 import pytest
-from hyperopt import hp, rand
-from hyperopt.base import Domain
 
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store import TrialStore, connect, redact_uri
 from coordinator.trials import HyperfleetTrials
-
-
-def queue_trials(store: TrialStore, n: int, exp_key: str = "exp", space: str | None = "quadratic"):
-    """Insert ``n`` NEW trials the way fmin does (hyperopt's own trial documents)."""
-    trials = HyperfleetTrials(store, exp_key=exp_key, space_name=space)
-    domain = Domain(lambda p: 0.0, {"x": hp.uniform("x", -1, 1)})
-    docs = rand.suggest(trials.new_trial_ids(n), domain, trials, 1)
-    trials.insert_trial_docs(docs)
-    trials.refresh()
-    return trials
+from tests.conftest import queue_trials
 
 
 def test_reserve_finish_roundtrip(store: TrialStore) -> None:
