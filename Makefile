@@ -17,8 +17,11 @@ $(BIN)/hyperfleet: setup.cfg pyproject.toml
 
 venv: $(BIN)/hyperfleet
 
+# an MNIST search with 2 workers (a few minutes on 2 cores): best params, validation and test
+# accuracy of the best model, which is also written to best.keras
 demo: venv
-	$(BIN)/hyperfleet local quadratic --workers 2 --max-evals 40
+	$(BIN)/hyperfleet local mnist_mlp --workers 2 --max-evals 8 --seed 1 \
+		--set epochs=2 --set train_size=10000 --evaluate --save-model best.keras
 
 test: venv
 	$(BIN)/ruff check .
@@ -27,7 +30,11 @@ test: venv
 test-slow: venv
 	$(BIN)/python -m pytest -m slow
 
-test-all: test test-slow
+# real mongosh from npm (installed into .cache/mongosh on first use)
+test-mongosh: venv
+	$(BIN)/python -m pytest -m mongosh
+
+test-all: test test-slow test-mongosh
 
 lint: venv
 	$(BIN)/ruff check .

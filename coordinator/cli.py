@@ -19,6 +19,7 @@ from coordinator.search import ALGOS, SearchConfig, SearchOutcome
 from coordinator.server import DEFAULT_DB_PATH
 from coordinator.states import TrialState
 from coordinator.store import DEFAULT_DB, TrialStore, connect, redact_uri
+from search_spaces.keras_space import SAVE_MODES
 
 logger = logging.getLogger("hyperfleet")
 
@@ -236,11 +237,14 @@ def _print_outcome(outcome: SearchOutcome) -> None:
     help="address to listen on (0.0.0.0 for other machines)",
 )
 @click.option("--auth", is_flag=True, help="require SCRAM authentication")
-def server(db_path: str, port: int, host: str, auth: bool) -> None:
+@click.option("--sync/--no-sync", default=True, show_default=True,
+              help="make each commit durable before acknowledging it (--no-sync: faster, but a "
+              "killed server forgets its last writes)")
+def server(db_path: str, port: int, host: str, auth: bool, sync: bool) -> None:
     """Run the embedded MongoDB-compatible server (SecantusDB) in the foreground."""
     from coordinator.server import EmbeddedServer
 
-    srv = EmbeddedServer(db_path, host=host, port=port, auth=auth)
+    srv = EmbeddedServer(db_path, host=host, port=port, auth=auth, sync=sync)
     srv.start()
     shown_host = "127.0.0.1" if host == "0.0.0.0" else host
     click.echo(f"hyperfleet server ready: mongodb://{shown_host}:{srv.port}/ (data: {srv.db_path})")
@@ -365,11 +369,24 @@ def _parse_gpu(value: str | None) -> str | None:
 @click.option(
     "--gpu",
     default=None,
+    envvar="HYPERFLEET_GPU",
     metavar="ID|none",
-    help="pin to this GPU (sets CUDA_VISIBLE_DEVICES); none forces the CPU",
+    help="pin to this GPU (sets CUDA_VISIBLE_DEVICES); none forces the CPU [env: HYPERFLEET_GPU]",
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), default=None, help="bound the framework's CPU threads"
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="HYPERFLEET_THREADS",
+    help="bound the framework's CPU threads [env: HYPERFLEET_THREADS]",
+)
+@click.option(
+    "--save-models",
+    type=click.Choice(SAVE_MODES),
+    default="best",
+    show_default=True,
+    envvar="HYPERFLEET_SAVE_MODELS",
+    help="Keras models kept as .keras attachments: the best so far, all, or none",
 )
 @click.option(
     "--check",
@@ -391,6 +408,7 @@ def worker(
     spaces: tuple[str, ...],
     gpu: str | None,
     threads: int | None,
+    save_models: str,
     check: bool,
 ) -> None:
     """Evaluate trials from MongoDB until stopped, idle or the search is over."""
@@ -420,7 +438,7 @@ def worker(
         trust_pickled=trust_pickled,
         requeue_on_term=requeue_on_term,
         spaces=spaces,
-        info=env_info,
+        info={**env_info, "save_models": save_models},
     )
     sys.exit(Worker(store, config).work())
 
@@ -477,6 +495,44 @@ def search(
     show_default=True,
     help="run trials in supervised child processes",
 )
+@click.option(
+    "--gpus",
+    default=None,
+    metavar="IDS",
+    help="GPU workers instead of CPU ones: --per-gpu workers pinned to each listed GPU (0,1)",
+)
+@click.option(
+    "--per-gpu",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="workers sharing each GPU of --gpus",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads per worker [default: the cores divided among the workers]",
+)
+@click.option(
+    "--save-models",
+    type=click.Choice(SAVE_MODES),
+    default="best",
+    show_default=True,
+    help="Keras models kept as attachments: the best so far, all, or none",
+)
+@click.option(
+    "--evaluate",
+    is_flag=True,
+    help="Keras spaces: evaluate the best model on the test set at the end",
+)
+@click.option(
+    "--save-model",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="Keras spaces: write the best model here (.keras) at the end",
+)
 @search_options
 @space_options
 def local(
@@ -485,25 +541,54 @@ def local(
     exp_key: str | None,
     db_path: str,
     isolate: bool,
+    gpus: str | None,
+    per_gpu: int,
+    threads: int | None,
+    save_models: str,
+    evaluate: bool,
+    save_model: str | None,
     set_pairs: tuple[str, ...],
     spaces: tuple[str, ...],
     progress: bool | None,
     **opts: Any,
 ) -> None:
     """Run a whole search on this machine: embedded server, workers and coordinator."""
-    from coordinator.local import LocalConfig, LocalRun
+    from coordinator.local import LocalConfig, LocalRun, local_worker_envs
 
     space, settings = _resolve_space(space_name, spaces, set_pairs)
     key = exp_key or f"{space.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     config = _search_config(space, settings, key, spaces, progress, **opts)
-    worker_args = [f"--spaces={p}" for p in spaces]
+    worker_args = [f"--spaces={p}" for p in spaces] + [f"--save-models={save_models}"]
     if not isolate:
         worker_args.append("--no-isolate")
+    gpu_ids = None if gpus is None else _parse_gpu(gpus)
+    if gpu_ids == "none":
+        raise ConfigError("--gpus none: leave --gpus out for CPU workers")
+    envs = local_worker_envs(workers, gpu_ids, per_gpu, threads)
+    report: list[str] = []
+
+    def after(store: TrialStore, outcome: SearchOutcome) -> None:
+        if outcome.best is not None and (evaluate or save_model):
+            from coordinator.keras_cli import report_best
+
+            lines = report_best(store, key, save_model=save_model, evaluate=evaluate)
+            report.extend(line for line in lines if not line.startswith("best "))
+
     run = LocalRun(
-        LocalConfig(search=config, workers=workers, db_path=Path(db_path), worker_args=worker_args)
+        LocalConfig(
+            search=config,
+            workers=len(envs),
+            db_path=Path(db_path),
+            worker_args=worker_args,
+            worker_envs=envs,
+            after=after,
+        )
     )
+    where = f"GPUs {gpu_ids}" if gpu_ids else "CPU"
     click.echo(
-        f"experiment {key}: {workers} workers, results in {Path(db_path).resolve()}", err=True
+        f"experiment {key}: {len(envs)} workers ({where}, {envs[0]['HYPERFLEET_THREADS']} "
+        f"threads each), results in {Path(db_path).resolve()}",
+        err=True,
     )
     try:
         outcome = run.run()
@@ -513,6 +598,8 @@ def local(
             "to continue"
         ) from None
     _print_outcome(outcome)
+    for line in report:
+        click.echo(line)
     click.echo(f"read them later: hyperfleet server --db-path {db_path}", err=True)
 
 

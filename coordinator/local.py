@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.search import Coordinator, SearchConfig, SearchOutcome
 from coordinator.server import EmbeddedServer
-from coordinator.store import connect
+from coordinator.store import TrialStore, connect
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,20 @@ class LocalConfig:
     #: one environment per worker (GPU pinning, threads); empty: plain CPU workers
     worker_envs: list[dict[str, str]] = field(default_factory=list)
     log_dir: Path | None = None
+    #: called with the store and the outcome before the embedded server stops
+    after: Callable[[TrialStore, SearchOutcome], None] | None = None
+
+
+def local_worker_envs(
+    workers: int, gpus: str | None, per_gpu: int, threads: int | None
+) -> list[dict[str, str]]:
+    """One environment per worker: ``--per-gpu`` workers pinned to each GPU of ``gpus`` (else
+    ``workers`` CPU workers), each with ``threads`` CPU threads (default: the cores divided
+    among the workers, so they do not oversubscribe them)."""
+    pins = [g for g in gpus.split(",") for _ in range(per_gpu)] if gpus else ["none"] * workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_worker = threads or max(1, (cores or 1) // len(pins))
+    return [{"HYPERFLEET_GPU": pin, "HYPERFLEET_THREADS": str(per_worker)} for pin in pins]
 
 
 class LocalRun:
@@ -44,7 +59,10 @@ class LocalRun:
             self._start_workers()
             coordinator = Coordinator(store, self.config.search)
             coordinator.on_tick = lambda trials, counts: self._check_workers()
-            return coordinator.run()
+            outcome = coordinator.run()
+            if self.config.after is not None:
+                self.config.after(store, outcome)
+            return outcome
         finally:
             self._stop_workers()
             self.server.stop()

@@ -22,6 +22,7 @@ from hyperopt import anneal, base, rand, tpe
 from hyperopt.fmin import FMinIter
 
 from coordinator.errors import ConfigError, ExperimentMismatch
+from coordinator.progress import SearchProgress, best_loss
 from coordinator.states import ExperimentStatus, TrialState
 from coordinator.store import TrialStore, to_bson, utcnow
 from coordinator.trials import HyperfleetTrials
@@ -73,7 +74,8 @@ class SearchConfig:
     poll_s: float = 0.02
     tick_s: float = 0.5
     spaces_source: str | None = None
-    progress: Callable[..., Any] | bool = False
+    progress: bool = False  #: a tqdm bar; otherwise a log line every ``progress_every`` trials
+    progress_every: int | None = None  #: None: every tenth of max_evals
 
 
 @dataclass
@@ -143,6 +145,7 @@ class Coordinator:
         self.fmin_iter: FMinIter | None = None
         self.on_tick: Callable[[HyperfleetTrials, dict[TrialState, int]], None] | None = None
         self._cancelled = False
+        self._progress: SearchProgress | None = None
 
     def run(self) -> SearchOutcome:
         config = self.config
@@ -168,21 +171,26 @@ class Coordinator:
             max_evals=config.max_evals,
             timeout=config.timeout_s,
             loss_threshold=config.loss_threshold,
-            verbose=bool(config.progress),
-            show_progressbar=config.progress,
+            verbose=False,
+            show_progressbar=False,
         )
         already = len(trials)
         if already:
             logger.info("resuming %r: %d trials already stored", config.exp_key, already)
-        self._tick(trials)
+        self._progress = SearchProgress(
+            config.exp_key, config.max_evals, bar=config.progress, every=config.progress_every
+        )
         status = ExperimentStatus.FAILED
         try:
+            self._tick(trials)
             self.fmin_iter.exhaust()
             status = ExperimentStatus.CANCELLED if self._cancelled else ExperimentStatus.DONE
         finally:
             if status is not ExperimentStatus.FAILED:
                 trials.refresh()
                 self._finish(trials, status)
+                self._report(trials)
+            self._progress.close()
         return SearchOutcome(
             exp_key=config.exp_key,
             counts=self.store.count_by_state(config.exp_key),
@@ -203,10 +211,17 @@ class Coordinator:
             self._cancelled = True
             trials._fmin_cancelled = True
         if config.queue_len is None and self.fmin_iter is not None:
-            live = len(self.store.live_workers(max_age_s=30.0))
+            live = len(self.store.live_workers(max_age_s=30.0, exp_key=config.exp_key))
             self.fmin_iter.max_queue_len = max(2, 2 * live)
+        counts = self._report(trials)
         if self.on_tick is not None:
-            self.on_tick(trials, self.store.count_by_state(config.exp_key))
+            self.on_tick(trials, counts)
+
+    def _report(self, trials: HyperfleetTrials) -> dict[TrialState, int]:
+        counts = self.store.count_by_state(self.config.exp_key)
+        if self._progress is not None:
+            self._progress.update(counts, best_loss(trials.trials))
+        return counts
 
     def _finish(self, trials: HyperfleetTrials, status: ExperimentStatus) -> None:
         best = _best(trials)

@@ -26,6 +26,7 @@ Contract
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -247,6 +248,11 @@ class TrialStore(MongoJobs):
         self.jobs.create_index([("exp_key", 1), ("state", 1), ("tid", 1)])
         self.jobs.create_index([("state", 1), ("lease_expires", 1)])
         self.jobs.create_index([("exp_key", 1), ("mtime", 1)])
+        try:
+            self.db.job_ids.create_index("a", unique=True)
+        except pymongo.errors.OperationFailure as e:  # e.g. duplicates left by an older version
+            logger.warning("db.job_ids has no unique index on 'a' (%s); trial ids may repeat "
+                           "if two searches start at the same instant", e)
         self._indexed = True
 
     def create_drivers_indexes(self) -> None:
@@ -583,15 +589,23 @@ class TrialStore(MongoJobs):
 
     @_retrying
     def allocate_tids(self, n: int) -> list[int]:
-        """``n`` fresh trial ids, unique across the database (hyperopt's ``job_ids`` counter)."""
-        doc = self.db.job_ids.find_one_and_update(
-            {"a": 0},
-            {"$inc": {"last_id": n}},
-            upsert=True,
-            return_document=pymongo.ReturnDocument.AFTER,
-        )
-        last = doc["last_id"]
-        return list(range(last - n, last))
+        """``n`` fresh trial ids, unique across the database (hyperopt's ``job_ids`` counter).
+
+        The counter document is created once (a unique index on ``a`` makes concurrent creators
+        agree on one document), then incremented atomically. An upserting findAndModify is not
+        used: under concurrency SecantusDB can answer it with no document.
+        """
+        self.create_jobs_indexes()
+        for _ in range(50):
+            doc = self.db.job_ids.find_one_and_update(
+                {"a": 0}, {"$inc": {"last_id": n}}, return_document=pymongo.ReturnDocument.AFTER
+            )
+            if doc is not None:
+                last = doc["last_id"]
+                return list(range(last - n, last))
+            with contextlib.suppress(pymongo.errors.DuplicateKeyError):  # another one won
+                self.db.job_ids.update_one({"a": 0}, {"$setOnInsert": {"last_id": 0}}, upsert=True)
+        raise HyperoptOperationFailure("could not allocate trial ids from db.job_ids")
 
     # -- experiments ----------------------------------------------------------------------------
 
@@ -672,9 +686,14 @@ class TrialStore(MongoJobs):
         return self.jobs.find_one({"exp_key": exp_key, "tid": tid})
 
     @_retrying
-    def live_workers(self, max_age_s: float) -> list[dict[str, Any]]:
+    def live_workers(self, max_age_s: float, exp_key: str | None = None) -> list[dict[str, Any]]:
+        """Workers that heartbeated in the last ``max_age_s`` seconds (server time); with
+        ``exp_key``, only those serving that experiment or any experiment."""
         since = self.server_time() - dt.timedelta(seconds=max_age_s)
-        return list(self.workers.find({"state": "alive", "last_seen": {"$gte": since}}))
+        query: dict[str, Any] = {"state": "alive", "last_seen": {"$gte": since}}
+        if exp_key is not None:
+            query["exp_key"] = {"$in": [None, exp_key]}
+        return list(self.workers.find(query))
 
     # -- attachments ----------------------------------------------------------------------------
 

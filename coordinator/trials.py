@@ -10,7 +10,8 @@ unfinished trials (at most the queue plus the running ones) and, by ``_id``, tho
 previous refresh's unfinished ones that have finished since (states only move forward). A full
 refresh every ``FULL_REFRESH_EVERY_S`` also picks up what that cannot see (finished trials
 inserted or edited by other programs). Counts of finished states come from the same cache, since
-counting thousands of matches in the database is O(n) per call.
+counting thousands of matches in the database is O(n) per call; counts of unfinished ones too when
+asked within ``COUNTS_FROM_REFRESH_S`` of a refresh, as fmin does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: a full refresh every so often, as a safety net for the incremental one
 FULL_REFRESH_EVERY_S = 60.0
+#: counts asked for this soon after a refresh come from it (fmin counts right after refreshing)
+COUNTS_FROM_REFRESH_S = 0.01
 
 _UNFINISHED = [int(TrialState.NEW), int(TrialState.RUNNING)]
 _VISIBLE_FINISHED = [int(TrialState.DONE), int(TrialState.CANCEL)]
@@ -87,6 +90,7 @@ class HyperfleetTrials(MongoTrials):
         self._watched: set[ObjectId] = set()  #: ids that were NEW or RUNNING at the last refresh
         self._synced = False
         self._last_full = 0.0
+        self._refreshed_at = 0.0
 
     def refresh_tids(self, tids: Iterable[int] | None) -> None:
         # ``tids`` narrows stock hyperopt's refresh; here any explicit request is a full refresh
@@ -115,6 +119,8 @@ class HyperfleetTrials(MongoTrials):
             self._finished[doc["_id"]] = doc
         unfinished = [doc for doc in unfinished if doc["_id"] not in self._finished]
         self._watched = {doc["_id"] for doc in unfinished}
+        self._unfinished_states = [doc["state"] for doc in unfinished]
+        self._refreshed_at = time.monotonic()
         docs = list(self._finished.values()) + unfinished
         docs.sort(key=lambda d: d["tid"])
         self._trials = docs
@@ -155,6 +161,9 @@ class HyperfleetTrials(MongoTrials):
         cached = [s for s in states if s in _VISIBLE_FINISHED]
         n = sum(1 for doc in self._finished.values() if doc["state"] in cached) if cached else 0
         live = [s for s in states if s not in _VISIBLE_FINISHED]
+        if live and time.monotonic() - self._refreshed_at < COUNTS_FROM_REFRESH_S:
+            n += sum(1 for state in self._unfinished_states if state in live)
+            live = [s for s in live if s not in _UNFINISHED]
         return n + (self.handle.count(self._exp_key, live) if live else 0)
 
     def _maybe_poll(self) -> None:

@@ -122,6 +122,15 @@ class TrialContextImpl:
         if not self.store.attach(self.lease, name, data):
             raise TrialLost(f"trial {self.tid}: lease lost; attachment {name!r} dropped")
 
+    def best_loss(self) -> float | None:
+        """The lowest loss among this experiment's successful trials so far (None: none yet)."""
+        best = self.store.best_trial(self.exp_key)
+        return None if best is None else best["result"]["loss"]
+
+    def prune_attachments(self, name: str, worse_than: float) -> int:
+        """Delete attachment ``name`` of finished trials whose loss is above ``worse_than``."""
+        return self.store.prune_attachments(self.exp_key, name, worse_than, keep_tid=self.tid)
+
 
 def check_result(result: Any) -> dict[str, Any]:
     """Validate a hyperopt result dict; a NaN or infinite loss turns it into STATUS_FAIL."""

@@ -46,6 +46,7 @@ class RunnerConfig:
 
 
 class Runner(Protocol):
+    def start(self) -> None: ...
     def run(self, lease: Lease, extra: dict[str, Any], interrupt: threading.Event) -> Outcome: ...
     def close(self) -> None: ...
 
@@ -67,8 +68,13 @@ class InProcessRunner:
     """Runs trials in the worker process: no crash isolation (``--no-isolate``)."""
 
     def __init__(self, config: RunnerConfig) -> None:
-        self.store = connect(config.uri, config.db, outage_s=config.outage_s)
+        # no ping here: the worker already checked, and a server that is down right now is
+        # retried by every store operation (outage budget) instead of killing this process
+        self.store = connect(config.uri, config.db, outage_s=config.outage_s, check=False)
         self.resolver = Resolver(self.store, config.spaces, config.trust_pickled)
+
+    def start(self) -> None:
+        """Nothing to warm up: trials run in this process."""
 
     def run(self, lease: Lease, extra: dict[str, Any], interrupt: threading.Event) -> Outcome:
         return evaluate(self.resolver, self.store, lease, extra)
@@ -111,6 +117,10 @@ class ChildRunner:
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
         self._conn: mpc.Connection | None = None
+
+    def start(self) -> None:
+        """Start the child now, so its imports overlap the worker's wait for the first trial."""
+        self._ensure_child()
 
     def _ensure_child(self) -> None:
         if self._proc is not None and self._proc.is_alive():

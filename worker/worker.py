@@ -36,6 +36,7 @@ from worker.supervisor import (
 logger = logging.getLogger(__name__)
 
 IDLE_POLL_MIN_S = 0.005
+SEARCH_OVER_EVERY_S = 0.5
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Worker:
         delay = IDLE_POLL_MIN_S
         reason = "stopped"
         try:
+            self.runner.start()
             while True:
                 if self.signals:
                     reason = "stopped by signal"
@@ -250,9 +252,17 @@ class Worker:
                 "worker does not know; start it with --spaces PATH (the file the search used)"
             ) from e
 
+    _last_over_check = 0.0
+
     def _search_over(self) -> bool:
+        """Whether the search is finished and its queue empty (asked at most every 0.5 s, so
+        that fast idle polls cost the server one read, not two)."""
         if self.config.exp_key is None:
             return False
+        now = time.monotonic()
+        if now - self._last_over_check < SEARCH_OVER_EVERY_S:
+            return False
+        self._last_over_check = now
         exp = self.store.get_experiment(self.config.exp_key)
         if exp is None or exp.get("status") == ExperimentStatus.RUNNING.value:
             return False

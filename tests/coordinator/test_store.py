@@ -162,3 +162,26 @@ def test_connect_rejects_malformed_uri(uri: str) -> None:
 
     with pytest.raises(ConfigError, match="malformed MongoDB URI"):
         connect(uri)
+
+
+def test_concurrent_tid_allocation_on_fresh_db(server, db_name: str) -> None:
+    """Regression: an upserting findAndModify answered None under concurrency (SecantusDB)."""
+    import threading
+
+    got: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def allocate() -> None:
+        try:
+            got.append(connect(server.uri, db_name).allocate_tids(3))
+        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=allocate) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    flat = [tid for batch in got for tid in batch]
+    assert sorted(flat) == list(range(18))

@@ -232,7 +232,8 @@ def test_outage_longer_than_budget_ends_worker_with_clear_error(tmp_path) -> Non
     srv = EmbeddedServer(tmp_path / "db").start()
     w = start_worker(srv.uri, "hyperfleet", log=tmp_path / "w.log",
                      env=cli_env(HYPERFLEET_OUTAGE_S="4"))
-    time.sleep(2)
+    store = connect(srv.uri)
+    wait_for(lambda: store.workers.count_documents({}) == 1, 60, what="the worker to register")
     srv.kill()
     try:
         code = w.wait(60)

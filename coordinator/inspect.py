@@ -1,0 +1,440 @@
+"""Reading a search back: flat trial rows, experiment summaries, worker views, exports.
+
+Everything here reads through :class:`~coordinator.store.TrialStore` and never writes. The CLI
+(``coordinator.inspect_cli``), the plots (``coordinator.plots``) and the notebook API
+(``coordinator.trials.trial_rows``) share these functions, so a column has one name everywhere.
+
+A *row* is one trial flattened into ``{column: scalar}``: nested parameter choices become dotted
+columns (``params.optimizer.name``, ``params.optimizer.lr``), list items get their index
+(``params.layers.0``). Dates stay ``datetime`` (naive UTC) in rows and become ISO 8601 in exports.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coordinator.errors import ConfigError, SpaceError
+from coordinator.states import ExperimentStatus, TrialState
+from coordinator.store import TrialStore
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("csv", "json", "jsonl")
+#: a worker whose last heartbeat is older than this is flagged stale
+DEFAULT_STALE_S = 30.0
+#: columns shown first, in this order, wherever they exist
+_LEADING = ("tid", "state", "status", "loss")
+_TRAILING_PREFIXES = ("worker.", "error.")
+_TRAILING = (
+    "epochs",
+    "duration_s",
+    "book_time",
+    "ended",
+    "attempt",
+    "attempts",
+)
+_RESULT_SKIPPED = frozenset({"loss", "status", "history", "params"})
+_WORKER_FIELDS = ("id", "host", "pid", "gpu", "cuda_visible_devices", "threads")
+
+
+# -- rows ------------------------------------------------------------------------------------------
+
+
+def flatten(value: Any, prefix: str) -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [2, 3]}`` under ``p`` -> ``{"p.a.b": 1, "p.c.0": 2, "p.c.1": 3}``."""
+    if isinstance(value, Mapping):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(value, (list, tuple)):
+        flat = {}
+        for i, item in enumerate(value):
+            flat.update(flatten(item, f"{prefix}.{i}" if prefix else str(i)))
+        return flat
+    return {prefix: value}
+
+
+def state_name(state: Any) -> str:
+    try:
+        return TrialState(state).name.lower()
+    except ValueError:
+        return str(state)
+
+
+def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One trial document as a flat row (see the module docstring for the column names).
+
+    ``params`` replaces the document's own decoded ``params`` (for trials not yet evaluated).
+    """
+    result = doc.get("result") or {}
+    loss = result.get("loss")
+    row: dict[str, Any] = {
+        "tid": doc.get("tid"),
+        "state": state_name(doc.get("state")),
+        "status": result.get("status"),
+        "loss": loss if isinstance(loss, (int, float)) and not isinstance(loss, bool) else None,
+    }
+    row.update(flatten(params if params is not None else doc.get("params") or {}, "params"))
+    # ``history`` repeats ``epochs`` and ``params`` the params: both stay out of the row
+    extras = {k: v for k, v in result.items() if k not in _RESULT_SKIPPED}
+    row.update(flatten(extras, "result"))
+    epochs = doc.get("epochs") or []
+    if epochs:
+        row.update(flatten(epochs[-1], "last_epoch"))
+    row["epochs"] = len(epochs)
+    row["duration_s"] = doc.get("duration_s")
+    row["book_time"] = doc.get("book_time")
+    row["ended"] = doc.get("ended")
+    row["attempt"] = doc.get("attempt", 0)
+    row["attempts"] = doc.get("attempts", 0)
+    worker = doc.get("worker") or {}
+    for name in _WORKER_FIELDS:
+        row[f"worker.{name}"] = worker.get(name)
+    error = doc.get("error") or {}
+    row["error.type"] = error.get("type")
+    row["error.message"] = error.get("message")
+    return row
+
+
+def columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The union of the rows' columns: id and outcome first, params, metrics, timing, worker."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    names = list(seen)
+    lead = [c for c in _LEADING if c in seen]
+    tail = [c for c in _TRAILING if c in seen] + [
+        c for c in names if c.startswith(_TRAILING_PREFIXES)
+    ]
+    params = sorted(c for c in names if c.startswith("params."))
+    middle = [c for c in names if c not in lead and c not in tail and c not in params]
+    return lead + params + middle + tail
+
+
+# -- experiments and trials ------------------------------------------------------------------------
+
+
+def get_experiment(store: TrialStore, exp_key: str) -> dict[str, Any]:
+    """The experiment document of ``exp_key``; an unknown key is a :class:`ConfigError` that
+    names the known ones."""
+    exp = store.get_experiment(exp_key)
+    if exp is not None:
+        return exp
+    if store.count(exp_key, list(TrialState)):  # plain hyperopt fmin: trials, no experiment doc
+        return {"_id": exp_key, "status": "unknown"}
+    known = [e["_id"] for e in store.list_experiments()]
+    hint = f"known: {', '.join(known)}" if known else "the database holds no experiments"
+    raise ConfigError(f"no experiment {exp_key!r} in database {store.db_name!r} ({hint})")
+
+
+def load_trials(store: TrialStore, exp_key: str) -> list[dict[str, Any]]:
+    """Every trial document of ``exp_key`` by tid (without hyperopt's bulky ``spec``)."""
+    return store.find_trials({"exp_key": exp_key}, projection={"spec": 0}, sort=[("tid", 1)])
+
+
+def load_rows(
+    store: TrialStore, exp_key: str, *, spaces: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """Flat rows of every trial of ``exp_key``; queued and running trials get their params
+    decoded from ``misc.vals`` when the experiment's search space is known here."""
+    exp = get_experiment(store, exp_key)
+    docs = load_trials(store, exp_key)
+    decode = ParamDecoder(exp, spaces)
+    return [trial_row(d, None if d.get("params") else decode(d)) for d in docs]
+
+
+class ParamDecoder:
+    """Decodes ``misc.vals`` (hyperopt's index lists) into params with the experiment's space,
+    for trials no worker has decoded yet. Unknown spaces decode to ``None``."""
+
+    def __init__(self, exp: Mapping[str, Any], spaces: Iterable[str] = ()) -> None:
+        self._space: Any = None
+        name = exp.get("space")
+        if not name:
+            return
+        try:
+            from search_spaces import get_space, load_spaces
+
+            for path in spaces:
+                load_spaces(path)
+            space = get_space(name)
+            self._space = space.hyperopt_space(space.resolve_settings(exp.get("settings") or {}))
+        except (SpaceError, ConfigError) as e:
+            logger.debug("cannot decode params of %s: %s", exp.get("_id"), e)
+
+    @property
+    def space(self) -> Any:
+        return self._space
+
+    def __call__(self, doc: Mapping[str, Any]) -> dict[str, Any] | None:
+        if self._space is None or not doc.get("misc", {}).get("vals"):
+            return None
+        from hyperopt import base, space_eval
+
+        try:
+            return space_eval(self._space, base.spec_from_misc(doc["misc"]))
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            logger.debug("trial %s: params not decodable: %s", doc.get("tid"), e)
+            return None
+
+
+_LOG_DISTS = {"loguniform", "qloguniform", "lognormal", "qlognormal"}
+_CATEGORICAL_DISTS = {"randint", "categorical", "uniformint"}
+
+
+def param_scales(space: Any) -> dict[str, str]:
+    """``{label: "log" | "categorical" | "linear"}`` for every hyperparameter of a hyperopt
+    space (``{}`` for ``None``)."""
+    if space is None:
+        return {}
+    from hyperopt import pyll
+
+    scales: dict[str, str] = {}
+    for node in pyll.dfs(pyll.as_apply(space)):
+        if node.name != "hyperopt_param":
+            continue
+        label = node.pos_args[0].obj
+        dist = node.pos_args[1].name
+        if dist in _LOG_DISTS:
+            scales[label] = "log"
+        elif dist in _CATEGORICAL_DISTS:
+            scales[label] = "categorical"
+        else:
+            scales[label] = "linear"
+    return scales
+
+
+def sort_rows(
+    rows: list[dict[str, Any]], by: str = "loss", *, descending: bool = False
+) -> list[dict[str, Any]]:
+    """``rows`` sorted on column ``by`` (rows without a value last); an unknown column is a
+    :class:`ConfigError` listing the sortable ones."""
+    known = [c for c in columns(rows) if any(_sortable(r.get(c)) for r in rows)]
+    if rows and by not in known:
+        raise ConfigError(
+            f"unknown field {by!r} for --by; sortable fields here: {', '.join(known)}"
+        )
+    present = [r for r in rows if _sortable(r.get(by))]
+    missing = [r for r in rows if not _sortable(r.get(by))]
+    present.sort(key=lambda r: (_sort_key(r[by]), r.get("tid") or 0), reverse=descending)
+    return present + missing
+
+
+def _sortable(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return value is not None
+    if isinstance(value, float):
+        return not math.isnan(value)
+    return isinstance(value, (int, str, dt.datetime))
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, (int, float)):
+        return (0, value)
+    if isinstance(value, dt.datetime):
+        return (1, value.timestamp())
+    return (2, str(value))
+
+
+def ok_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of DONE trials with status ``ok`` and a finite loss."""
+    return [
+        r
+        for r in rows
+        if r["state"] == "done"
+        and r["status"] == "ok"
+        and isinstance(r["loss"], (int, float))
+        and math.isfinite(r["loss"])
+    ]
+
+
+# -- summaries ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerView:
+    id: str
+    host: str | None
+    pid: int | None
+    gpu: str | None
+    exp_key: str | None
+    current_tid: int | None
+    state: str
+    last_seen: dt.datetime | None
+    age_s: float | None
+    stale: bool
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any], now: dt.datetime, stale_s: float) -> WorkerView:
+        seen = doc.get("last_seen")
+        age = (now - seen).total_seconds() if seen is not None else None
+        state = doc.get("state", "alive")
+        return cls(
+            id=str(doc["_id"]),
+            host=doc.get("host"),
+            pid=doc.get("pid"),
+            gpu=doc.get("gpu") or doc.get("cuda_visible_devices") or None,
+            exp_key=doc.get("exp_key"),
+            current_tid=doc.get("current_tid"),
+            state=state,
+            last_seen=seen,
+            age_s=age,
+            stale=state == "alive" and (age is None or age > stale_s),
+        )
+
+
+def worker_views(
+    store: TrialStore, *, stale_s: float = DEFAULT_STALE_S, include_stopped: bool = False
+) -> list[WorkerView]:
+    """Workers from the heartbeat registry, ages in server time, stale ones flagged."""
+    now = store.server_time()
+    docs = store.list_workers(alive_only=not include_stopped)
+    return [WorkerView.from_doc(d, now, stale_s) for d in docs]
+
+
+@dataclass
+class ExperimentSummary:
+    exp_key: str
+    status: str
+    space: str | None
+    max_evals: int | None
+    counts: dict[TrialState, int]
+    best_tid: int | None
+    best_loss: float | None
+    rate_per_min: float | None
+    eta_s: float | None
+    workers: list[WorkerView] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return sum(n for s, n in self.counts.items() if s.finished)
+
+
+def summarize(
+    store: TrialStore, exp: Mapping[str, Any], workers: list[WorkerView]
+) -> ExperimentSummary:
+    """Counts, best trial, throughput and ETA of one experiment (times in server time)."""
+    exp_key = exp["_id"]
+    docs = store.find_trials(
+        {"exp_key": exp_key},
+        projection={"tid": 1, "state": 1, "result": 1, "book_time": 1, "ended": 1},
+    )
+    counts = dict.fromkeys(TrialState, 0)
+    for d in docs:
+        if d.get("state") in TrialState._value2member_map_:
+            counts[TrialState(d["state"])] += 1
+    best = min(ok_rows(trial_row(d) for d in docs), key=lambda r: r["loss"], default=None)
+    finished = sum(n for s, n in counts.items() if s.finished)
+    running = exp.get("status") == ExperimentStatus.RUNNING.value
+    starts = [d["book_time"] for d in docs if d.get("book_time")]
+    ends = [d["ended"] for d in docs if d.get("ended")]
+    rate = eta = None
+    if starts and ends:
+        end = store.server_time() if running else max(ends)
+        minutes = (end - min(starts)).total_seconds() / 60
+        if minutes > 0:
+            rate = len(ends) / minutes
+    max_evals = exp.get("max_evals")
+    if running and rate and max_evals:
+        eta = max(0, max_evals - finished) / rate * 60
+    mine = [w for w in workers if w.exp_key in (None, exp_key)]
+    return ExperimentSummary(
+        exp_key=exp_key,
+        status=exp.get("status", "unknown"),
+        space=exp.get("space"),
+        max_evals=max_evals,
+        counts=counts,
+        best_tid=None if best is None else best["tid"],
+        best_loss=None if best is None else best["loss"],
+        rate_per_min=rate,
+        eta_s=eta,
+        workers=mine,
+    )
+
+
+# -- exports and tables ------------------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """Row values for JSON and CSV: dates as ISO 8601 UTC (``...Z``), NaN/inf as ``None``."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value.isoformat(timespec="milliseconds") + "Z"
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def render_export(rows: list[dict[str, Any]], fmt: str) -> str:
+    """``rows`` as CSV (one column per field, empty where a trial lacks it), a JSON array or
+    JSON lines."""
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}: choose {', '.join(EXPORT_FORMATS)}")
+    names = columns(rows)
+    clean = [{c: jsonable(r.get(c)) for c in names if c in r} for r in rows]
+    if fmt == "json":
+        return json.dumps(clean, indent=1) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in clean)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(clean)
+    return buf.getvalue()
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``; failures become one clear :class:`ConfigError`."""
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def fmt_value(value: Any, width: int = 24) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    elif isinstance(value, dt.datetime):
+        text = value.strftime("%Y-%m-%d %H:%M:%S")
+    else:
+        text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_table(
+    rows: list[Mapping[str, Any]], names: list[str], headers: list[str] | None = None
+) -> str:
+    """A plain-text table: one header line, then one line per row, columns padded."""
+    headers = headers or names
+    cells = [[fmt_value(r.get(c)) for c in names] for r in rows]
+    widths = [max([len(h)] + [len(line[i]) for line in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for line in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

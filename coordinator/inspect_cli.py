@@ -1,0 +1,331 @@
+"""Inspection commands: ``status``, ``top``, ``show``, ``export``, ``plot``, ``workers``.
+
+They only read; the queries and the flattening live in :mod:`coordinator.inspect`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coordinator import inspect as ins
+from coordinator.cli import _open_store, main, mongo_options
+from coordinator.errors import ConfigError
+from coordinator.states import TrialState
+
+_EXP_KEY_HELP = "the experiment (its --exp-key)"
+_SPACES_OPTION = click.option(
+    "--spaces",
+    "spaces",
+    multiple=True,
+    metavar="PATH",
+    help="extra search spaces (the --spaces the search used), to decode queued trials' params",
+)
+_STALE_OPTION = click.option(
+    "--stale-after",
+    "stale_s",
+    type=click.FloatRange(min=0),
+    default=ins.DEFAULT_STALE_S,
+    show_default=True,
+    help="flag a worker stale when its last heartbeat is older than this many seconds",
+)
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+@main.command()
+@mongo_options
+@click.option("--exp-key", default=None, help="only this experiment [default: all]")
+@_STALE_OPTION
+def status(mongo: str, db: str, exp_key: str | None, stale_s: float) -> None:
+    """Experiments: trials by state, best loss, trials/min, live workers, ETA."""
+    store = _open_store(mongo, db)
+    exps = [ins.get_experiment(store, exp_key)] if exp_key else store.list_experiments()
+    if not exps:
+        click.echo(f"no experiments in database {db!r}")
+        return
+    workers = ins.worker_views(store, stale_s=stale_s)
+    for i, exp in enumerate(exps):
+        if i:
+            click.echo()
+        _print_summary(ins.summarize(store, exp, workers))
+
+
+def _print_summary(s: ins.ExperimentSummary) -> None:
+    total = f"/{s.max_evals}" if s.max_evals else ""
+    click.echo(f"experiment {s.exp_key}  [{s.status}]" + (f"  space {s.space}" if s.space else ""))
+    click.echo(f"  trials    {s.finished}{total} finished: " + _counts(s.counts))
+    if s.best_loss is not None:
+        click.echo(f"  best      loss {s.best_loss:.6g} (tid {s.best_tid})")
+    else:
+        click.echo("  best      - (no successful trial yet)")
+    rate = "-" if s.rate_per_min is None else f"{s.rate_per_min:.3g} trials/min"
+    eta = f", ETA {ins.fmt_duration(s.eta_s)}" if s.eta_s is not None else ""
+    click.echo(f"  rate      {rate}{eta}")
+    live = [w for w in s.workers if not w.stale]
+    stale = [w for w in s.workers if w.stale]
+    click.echo(f"  workers   {len(live)} live" + (f", {len(stale)} STALE" if stale else ""))
+    for w in s.workers:
+        click.echo("    " + _worker_line(w))
+
+
+def _counts(counts: dict[TrialState, int]) -> str:
+    return ", ".join(f"{s.name.lower()} {counts.get(s, 0)}" for s in TrialState)
+
+
+def _worker_line(w: ins.WorkerView) -> str:
+    trial = f"trial {w.current_tid}" if w.current_tid is not None else "idle"
+    gpu = f" gpu {w.gpu}" if w.gpu and w.gpu != "none" else ""
+    seen = "never" if w.age_s is None else f"{ins.fmt_duration(w.age_s)} ago"
+    flag = "  STALE (no heartbeat)" if w.stale else ""
+    return f"{w.id}{gpu}: {trial}, last heartbeat {seen}{flag}"
+
+
+# -- workers -----------------------------------------------------------------------------------
+
+
+@main.command()
+@mongo_options
+@_STALE_OPTION
+@click.option("--all", "include_stopped", is_flag=True, help="also list stopped workers")
+def workers(mongo: str, db: str, stale_s: float, include_stopped: bool) -> None:
+    """Workers from their heartbeats: host, GPU, current trial, last heartbeat."""
+    store = _open_store(mongo, db)
+    views = ins.worker_views(store, stale_s=stale_s, include_stopped=include_stopped)
+    if not views:
+        click.echo("no live workers" + ("" if include_stopped else " (--all lists stopped ones)"))
+        return
+    rows = [
+        {
+            "worker": w.id,
+            "host": w.host,
+            "pid": w.pid,
+            "gpu": w.gpu,
+            "exp_key": w.exp_key or "any",
+            "trial": w.current_tid,
+            "last_heartbeat": w.last_seen,
+            "age": ins.fmt_duration(w.age_s),
+            "state": "STALE" if w.stale else w.state,
+        }
+        for w in views
+    ]
+    names = list(rows[0])
+    click.echo(ins.format_table(rows, names, [n.replace("_", " ") for n in names]))
+
+
+# -- top ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@mongo_options
+@click.option("--exp-key", required=True, help=_EXP_KEY_HELP)
+@click.option("-n", "limit", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--by",
+    default="loss",
+    show_default=True,
+    metavar="FIELD",
+    help="column to rank on, e.g. loss, duration_s, result.val_accuracy, params.lr",
+)
+@click.option("--desc", is_flag=True, help="largest first (e.g. for accuracy)")
+@click.option("--all-states", is_flag=True, help="include failed, running and queued trials")
+@_SPACES_OPTION
+def top(
+    mongo: str,
+    db: str,
+    exp_key: str,
+    limit: int,
+    by: str,
+    desc: bool,
+    all_states: bool,
+    spaces: tuple[str, ...],
+) -> None:
+    """The best trials: decoded params and main metrics, best first."""
+    store = _open_store(mongo, db)
+    rows = ins.load_rows(store, exp_key, spaces=spaces)
+    pool = rows if all_states else ins.ok_rows(rows)
+    if not pool:
+        known = ins.columns(rows)
+        if by not in known and rows:
+            ins.sort_rows(rows, by)  # raises the unknown-field error
+        click.echo(f"experiment {exp_key}: no successful trials yet ({len(rows)} trials)")
+        return
+    ranked = ins.sort_rows(pool, by, descending=desc)[:limit]
+    metrics = [c for c in ins.columns(ranked) if c.startswith("result.") and _numeric(ranked, c)]
+    metrics.sort(key=lambda c: (not c.startswith("result.val_"), "acc" not in c))
+    params = [c for c in ins.columns(ranked) if c.startswith("params.")]
+    names = ["tid"] + (["state"] if all_states else []) + ["loss"]
+    if by not in names:
+        names.append(by)
+    names += [c for c in metrics[:4] if c not in names]
+    names += ["duration_s", "worker.host"]
+    names += [c for c in ("worker.gpu",) if any(r.get(c) not in (None, "none") for r in ranked)]
+    names += [c for c in params if c not in names]
+    for rank, row in enumerate(ranked, 1):
+        row["#"] = rank
+    headers = ["#"] + [c.removeprefix("params.").removeprefix("result.") for c in names]
+    click.echo(ins.format_table(ranked, ["#", *names], headers))
+
+
+def _numeric(rows: list[dict[str, Any]], column: str) -> bool:
+    values = [r.get(column) for r in rows if r.get(column) is not None]
+    return bool(values) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    )
+
+
+# -- show --------------------------------------------------------------------------------------
+
+
+@main.command()
+@mongo_options
+@click.option("--exp-key", required=True, help=_EXP_KEY_HELP)
+@click.argument("tid", type=int)
+@_SPACES_OPTION
+def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -> None:
+    """One trial: params, result, per-epoch metrics, timing, worker, attempts, error."""
+    store = _open_store(mongo, db)
+    exp = ins.get_experiment(store, exp_key)
+    doc = store.get_trial(exp_key, tid)
+    if doc is None:
+        raise ConfigError(
+            f"experiment {exp_key!r} has no trial {tid}; `hyperfleet top --all-states` lists them"
+        )
+    params = doc.get("params") or ins.ParamDecoder(exp, spaces)(doc)
+    result = doc.get("result") or {}
+    click.echo(f"trial {tid} of {exp_key}: {ins.state_name(doc.get('state'))}")
+    # a Keras result's ``history`` and ``params`` repeat the epochs and params shown below
+    _section("result", {k: v for k, v in result.items() if k not in ("history", "params")})
+    _section("params", ins.flatten(params or {}, ""))
+    now = store.server_time()
+    running_s = (
+        (now - doc["book_time"]).total_seconds()
+        if doc.get("state") == TrialState.RUNNING and doc.get("book_time")
+        else None
+    )
+    _section(
+        "timing",
+        {
+            "started": doc.get("book_time"),
+            "ended": doc.get("ended"),
+            "duration_s": doc.get("duration_s"),
+            "running for": ins.fmt_duration(running_s) if running_s is not None else None,
+            "last heartbeat": doc.get("refresh_time"),
+            "lease expires": doc.get("lease_expires"),
+        },
+    )
+    _section("worker", {**(doc.get("worker") or {}), "owner": doc.get("owner")})
+    _section("attempts", {"attempt": doc.get("attempt", 0), "failed": doc.get("attempts", 0)})
+    for h in doc.get("attempt_history") or []:
+        click.echo(
+            f"    attempt {h.get('attempt')} by {h.get('owner')}: {h.get('outcome')} "
+            f"({h.get('reason')}) at {ins.fmt_value(h.get('at'))}"
+        )
+    epochs = doc.get("epochs") or []
+    if epochs:
+        click.echo(f"epochs ({len(epochs)})")
+        flat = [ins.flatten(e, "") for e in epochs]
+        names = list(dict.fromkeys(["epoch"] + [c for row in flat for c in row]))
+        click.echo(_indent(ins.format_table(flat, names)))
+    error = doc.get("error")
+    if error:
+        click.echo(f"error: {error.get('type')}: {error.get('message')}")
+        if error.get("traceback"):
+            click.echo(_indent(error["traceback"].rstrip()))
+
+
+def _section(title: str, values: dict[str, Any]) -> None:
+    shown = {k: v for k, v in values.items() if v is not None and k != "traceback"}
+    if not shown:
+        return
+    click.echo(title)
+    width = max(len(k) for k in shown)
+    for key, value in shown.items():
+        text = json.dumps(value) if isinstance(value, (dict, list)) else ins.fmt_value(value, 200)
+        click.echo(f"    {key.ljust(width)}  {text}")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+@main.command()
+@mongo_options
+@click.option("--exp-key", required=True, help=_EXP_KEY_HELP)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(ins.EXPORT_FORMATS),
+    default=None,
+    help="[default: from the file's extension, else csv]",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="file to write [default: stdout]",
+)
+@_SPACES_OPTION
+def export(
+    mongo: str,
+    db: str,
+    exp_key: str,
+    fmt: str | None,
+    output: Path | None,
+    spaces: tuple[str, ...],
+) -> None:
+    """Every trial as one flat row: params (nested ones too), metrics, timing, worker, state."""
+    if fmt is None:
+        suffix = output.suffix.lstrip(".").lower() if output else ""
+        fmt = suffix if suffix in ins.EXPORT_FORMATS else "csv"
+    store = _open_store(mongo, db)
+    rows = ins.load_rows(store, exp_key, spaces=spaces)
+    text = ins.render_export(rows, fmt)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    ins.write_text(output, text)
+    click.echo(f"wrote {len(rows)} trials of {exp_key} to {output} ({fmt})", err=True)
+
+
+# -- plot --------------------------------------------------------------------------------------
+
+
+@main.command()
+@mongo_options
+@click.option("--exp-key", required=True, help=_EXP_KEY_HELP)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="directory for the PNG files (created if needed)",
+)
+@_SPACES_OPTION
+def plot(mongo: str, db: str, exp_key: str, out_dir: Path, spaces: tuple[str, ...]) -> None:
+    """PNGs: loss over time, each parameter against loss, learning curves, worker timeline."""
+    try:
+        from coordinator import plots
+    except ImportError as e:
+        raise ConfigError(f"plotting needs matplotlib ({e}): pip install 'hyperfleet[plot]'") from e
+    store = _open_store(mongo, db)
+    exp = ins.get_experiment(store, exp_key)
+    docs = ins.load_trials(store, exp_key)
+    decoder = ins.ParamDecoder(exp, spaces)
+    written, skipped = plots.plot_all(
+        exp_key, docs, out_dir, scales=ins.param_scales(decoder.space), now=store.server_time()
+    )
+    for path in written:
+        click.echo(str(path))
+    for name, why in skipped.items():
+        click.echo(f"skipped {name}: {why}", err=True)

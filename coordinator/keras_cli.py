@@ -1,0 +1,125 @@
+"""``hyperfleet best``: the best trial of a Keras search, its saved model and its test metrics."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coordinator.cli import _open_store, main, mongo_options
+from coordinator.errors import ConfigError, HyperfleetError
+from coordinator.store import TrialStore, utcnow
+from search_spaces.keras_space import MODEL_ATTACHMENT
+
+
+def _keras_space(exp: dict[str, Any]) -> Any:
+    from search_spaces import get_space, load_spaces
+    from search_spaces.keras_space import KerasSearchSpace
+
+    for path in filter(None, (exp.get("spaces_source") or "").split(",")):
+        load_spaces(path)
+    space = get_space(exp["space"])
+    if not isinstance(space, KerasSearchSpace) or space.data is None:
+        raise ConfigError(
+            f"space {space.name!r} is not a Keras space with a test set; --evaluate works for "
+            "Keras spaces such as mnist_mlp and mnist_cnn"
+        )
+    return space
+
+
+def evaluate_model(store: TrialStore, exp: dict[str, Any], tid: int, data: bytes) -> dict[str, Any]:
+    """Test metrics of a saved ``.keras`` model on its space's test set (never used to select)."""
+    space = _keras_space(exp)
+    settings = space.resolve_settings(exp.get("settings", {}))
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="hyperfleet-best-") as tmp:
+        path = Path(tmp) / MODEL_ATTACHMENT
+        path.write_bytes(data)
+        model = keras.saving.load_model(path)
+    x_test, y_test = space.data(tuple(model.input_shape[1:]), settings).test
+    metrics = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    return {
+        "tid": tid,
+        "loss": float(metrics["loss"]),
+        "accuracy": float(metrics["accuracy"]),
+        "n": int(len(y_test)),
+        "backend": keras.backend.backend(),
+        "at": utcnow(),
+    }
+
+
+def report_best(
+    store: TrialStore, exp_key: str, *, save_model: str | None = None, evaluate: bool = False
+) -> list[str]:
+    """Describe the best trial of ``exp_key``; write its model to ``save_model``; with
+    ``evaluate``, record its test metrics on the experiment. Returns the lines to print."""
+    exp = store.get_experiment(exp_key)
+    if exp is None:
+        raise ConfigError(f"no experiment {exp_key!r} in database {store.db_name!r}")
+    best = store.best_trial(exp_key)
+    if best is None:
+        raise HyperfleetError(
+            f"no trial of {exp_key!r} succeeded yet; see the errors with the mongo shell: "
+            "db.jobs.find({state: 3}, {tid: 1, error: 1})"
+        )
+    result = best["result"]
+    lines = [
+        f"best trial: tid {best['tid']}, loss {result['loss']:.6g} "
+        f"({result.get('objective', 'loss')})",
+        "best params: " + json.dumps(best.get("params"), sort_keys=True, default=str),
+    ]
+    if "val_accuracy" in result:
+        lines.append(f"validation accuracy: {result['val_accuracy']:.4f}")
+    if not (save_model or evaluate):
+        return lines
+    holder = store.best_trial(exp_key, with_attachment=MODEL_ATTACHMENT)
+    if holder is None:
+        raise HyperfleetError(
+            f"no trial of {exp_key!r} has a saved model (were the workers started with "
+            "--save-models none?); rerun the search with --save-models best"
+        )
+    if holder["tid"] != best["tid"]:
+        lines.append(
+            f"note: trial {best['tid']} has no saved model; using trial {holder['tid']}, the best "
+            "one that has"
+        )
+    data = store.get_attachment(holder, MODEL_ATTACHMENT)
+    if data is None:
+        raise HyperfleetError(f"trial {holder['tid']}: its model file vanished; rerun `best`")
+    if save_model:
+        Path(save_model).write_bytes(data)
+        lines.append(f"model of trial {holder['tid']} written to {save_model}")
+    if evaluate:
+        test = evaluate_model(store, exp, holder["tid"], data)
+        store.update_experiment(exp_key, {"test": test})
+        lines.append(
+            f"test accuracy: {test['accuracy']:.4f} (loss {test['loss']:.4f}, {test['n']} "
+            f"images, model of trial {holder['tid']})"
+        )
+    return lines
+
+
+@main.command()
+@mongo_options
+@click.option("--exp-key", required=True, help="the experiment")
+@click.option(
+    "--save-model",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="write the best model here (.keras format)",
+)
+@click.option(
+    "--evaluate",
+    is_flag=True,
+    help="evaluate the best model on the test set and record the metrics on the experiment",
+)
+def best(mongo: str, db: str, exp_key: str, save_model: str | None, evaluate: bool) -> None:
+    """Show the best trial of a search; save its Keras model; evaluate it on the test set."""
+    store = _open_store(mongo, db)
+    for line in report_best(store, exp_key, save_model=save_model, evaluate=evaluate):
+        click.echo(line)
