@@ -3,7 +3,7 @@
 Each GPU gets ``per_gpu`` worker containers pinned to it with a device request for that GPU
 alone. Inside such a container the NVIDIA runtime shows only that GPU, and CUDA numbers it 0, so
 the container's ``CUDA_VISIBLE_DEVICES`` is ``"0"``; the host's GPU id is kept in the
-``hyperfleet.gpu`` label and ``HYPERFLEET_GPU``. CPU workers hide every GPU.
+``hyperfleet.gpu`` label and ``HYPERFLEET_HOST_GPU``. CPU workers hide every GPU.
 
 Containers carry labels (role, GPU, exp key, launch id) so that ``--ps`` and ``--stop`` find
 them again without any local state. The ``docker`` package is imported only here, and only when
@@ -98,7 +98,7 @@ class LaunchPlan:
             "HYPERFLEET_DB": self.db,
             # the container sees only its own GPU, numbered 0 by CUDA; "" hides every GPU
             "CUDA_VISIBLE_DEVICES": "" if gpu == NO_GPU else "0",
-            "HYPERFLEET_GPU": gpu,
+            "HYPERFLEET_HOST_GPU": gpu,
         }
         labels = {
             **self.labels,

@@ -42,6 +42,8 @@ def pin_devices(gpu: str | None, threads: int | None) -> dict[str, Any]:
             ).strip()
     return {
         "gpu": gpu,
+        # the host's GPU id where a container sees its one GPU as 0 (compose, `hyperfleet launch`)
+        "host_gpu": os.environ.get("HYPERFLEET_HOST_GPU"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "threads": threads,
     }

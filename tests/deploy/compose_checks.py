@@ -130,10 +130,10 @@ def model_problems(model: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: pin exactly one GPU with device_ids (has {ids})")
             continue
         gpu = ids[0]
-        if label != gpu or env.get("HYPERFLEET_GPU") != gpu:
+        if label != gpu or env.get("HYPERFLEET_HOST_GPU") != gpu:
             problems.append(
                 f"{name}: device_ids [{gpu}] but label hyperfleet.gpu={label!r} and "
-                f"HYPERFLEET_GPU={env.get('HYPERFLEET_GPU')!r}"
+                f"HYPERFLEET_HOST_GPU={env.get('HYPERFLEET_HOST_GPU')!r}"
             )
         if env.get("CUDA_VISIBLE_DEVICES") != "0":
             problems.append(

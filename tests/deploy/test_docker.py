@@ -80,7 +80,7 @@ def test_launch_creates_gpu_pinned_containers(
                     ("nvidia", [spec.gpu], [["gpu"]])
                 ]
                 assert env["CUDA_VISIBLE_DEVICES"] == "0"  # its only GPU, as CUDA numbers it
-            assert env["HYPERFLEET_GPU"] == spec.gpu
+            assert env["HYPERFLEET_HOST_GPU"] == spec.gpu
             assert env["HYPERFLEET_MONGO"] == plan.mongo and "pw" not in " ".join(config["Cmd"])
             assert config["Labels"]["hyperfleet.role"] == "worker"
             assert config["Labels"]["hyperfleet.gpu"] == spec.gpu
