@@ -218,7 +218,7 @@ class Coordinator:
             self.on_tick(trials, counts)
 
     def _report(self, trials: HyperfleetTrials) -> dict[TrialState, int]:
-        counts = self.store.count_by_state(self.config.exp_key)
+        counts = trials.state_counts()  # from fmin's last refresh: no O(n) aggregate per tick
         if self._progress is not None:
             self._progress.update(counts, best_loss(trials.trials))
         return counts

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -87,6 +88,11 @@ class HyperfleetTrials(MongoTrials):
 
     def _reset_cache(self) -> None:
         self._finished: dict[ObjectId, dict[str, Any]] = {}
+        #: the finished trials sorted by tid, their hyperopt columns and counts by state: kept
+        #: up to date as trials finish, so a refresh costs O(changes), not O(n) in Python
+        self._fin: list[dict[str, Any]] = []
+        self._fin_columns: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+        self._fin_counts: Counter[int] = Counter()
         self._watched: set[ObjectId] = set()  #: ids that were NEW or RUNNING at the last refresh
         self._synced = False
         self._last_full = 0.0
@@ -115,18 +121,47 @@ class HyperfleetTrials(MongoTrials):
                 if gone
                 else []
             )
-        for doc in finished:
-            self._finished[doc["_id"]] = doc
+        if finished:
+            self._add_finished(finished)
         unfinished = [doc for doc in unfinished if doc["_id"] not in self._finished]
+        unfinished.sort(key=lambda d: d["tid"])
         self._watched = {doc["_id"] for doc in unfinished}
         self._unfinished_states = [doc["state"] for doc in unfinished]
         self._refreshed_at = time.monotonic()
-        docs = list(self._finished.values()) + unfinished
-        docs.sort(key=lambda d: d["tid"])
-        self._trials = docs
-        self._specs = [d["spec"] for d in docs]
-        self._results = [d["result"] for d in docs]
-        self._miscs = [d["misc"] for d in docs]
+        specs, results, miscs = self._fin_columns
+        if not unfinished or not self._fin or unfinished[0]["tid"] > self._fin[-1]["tid"]:
+            # the usual case: queued and running trials are the newest, so lists concatenate
+            self._trials = self._fin + unfinished
+            self._specs = specs + [d["spec"] for d in unfinished]
+            self._results = results + [d["result"] for d in unfinished]
+            self._miscs = miscs + [d["misc"] for d in unfinished]
+        else:
+            docs = sorted(self._fin + unfinished, key=lambda d: d["tid"])
+            self._trials = docs
+            self._specs = [d["spec"] for d in docs]
+            self._results = [d["result"] for d in docs]
+            self._miscs = [d["misc"] for d in docs]
+
+    def _add_finished(self, docs: list[dict[str, Any]]) -> None:
+        docs = sorted(docs, key=lambda d: d["tid"])
+        in_order = not self._fin or docs[0]["tid"] > self._fin[-1]["tid"]
+        if in_order and not any(d["_id"] in self._finished for d in docs):
+            self._fin.extend(docs)
+            for column, key in zip(self._fin_columns, ("spec", "result", "misc"), strict=True):
+                column.extend(d[key] for d in docs)
+            for doc in docs:
+                self._finished[doc["_id"]] = doc
+                self._fin_counts[doc["state"]] += 1
+            return
+        for doc in docs:  # out of order or seen again: rebuild (rare)
+            self._finished[doc["_id"]] = doc
+        self._fin = sorted(self._finished.values(), key=lambda d: d["tid"])
+        self._fin_columns = (
+            [d["spec"] for d in self._fin],
+            [d["result"] for d in self._fin],
+            [d["misc"] for d in self._fin],
+        )
+        self._fin_counts = Counter(d["state"] for d in self._fin)
 
     def refresh(self) -> None:
         self.refresh_tids(None)
@@ -159,12 +194,25 @@ class HyperfleetTrials(MongoTrials):
             return self.handle.count(self._exp_key, states)
         # finished trials as of the last refresh (fmin refreshes just before it counts them)
         cached = [s for s in states if s in _VISIBLE_FINISHED]
-        n = sum(1 for doc in self._finished.values() if doc["state"] in cached) if cached else 0
+        n = sum(self._fin_counts[state] for state in cached)
         live = [s for s in states if s not in _VISIBLE_FINISHED]
         if live and time.monotonic() - self._refreshed_at < COUNTS_FROM_REFRESH_S:
             n += sum(1 for state in self._unfinished_states if state in live)
             live = [s for s in live if s not in _UNFINISHED]
         return n + (self.handle.count(self._exp_key, live) if live else 0)
+
+    def state_counts(self) -> dict[TrialState, int]:
+        """Trials by state as of the last refresh (ERROR, which refresh hides, is counted in the
+        database): no O(n) count or aggregate in the database, unlike ``store.count_by_state``."""
+        if not self._synced:
+            return self.handle.count_by_state(self._exp_key)
+        counts = dict.fromkeys(TrialState, 0)
+        for state, n in self._fin_counts.items():
+            counts[TrialState(state)] = n
+        for state in self._unfinished_states:
+            counts[TrialState(state)] += 1
+        counts[TrialState.ERROR] = self.handle.count(self._exp_key, [int(TrialState.ERROR)])
+        return counts
 
     def _maybe_poll(self) -> None:
         if self.on_poll is None:

@@ -41,7 +41,8 @@ def test_plan_pins_each_container_to_one_gpu() -> None:
     ]
     gpu, cpu = specs[2], specs[4]
     assert (
-        gpu.environment["CUDA_VISIBLE_DEVICES"] == "0" and gpu.environment["HYPERFLEET_HOST_GPU"] == "5"
+        gpu.environment["CUDA_VISIBLE_DEVICES"] == "0"
+        and gpu.environment["HYPERFLEET_HOST_GPU"] == "5"
     )
     assert gpu.labels["hyperfleet.gpu"] == "5" and gpu.labels["hyperfleet.launch"] == "L"
     assert gpu.command == ["worker", "--exp-key", "e 1", "--idle-timeout", "30", "--threads", "4"]
