@@ -43,6 +43,11 @@ test-slurm: venv
 
 test-all: test test-slow test-mongosh test-docker test-slurm
 
+# coordination throughput and latency vs stock hyperopt, Optuna, in-memory hyperopt; Keras worker
+# overhead (about 25 minutes; `bench/run.py --sizes 100` for a quick look). See docs/benchmarks.md
+bench: venv
+	$(BIN)/python bench/run.py
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

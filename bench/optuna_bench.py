@@ -1,0 +1,80 @@
+"""Optuna on the same objective: N processes sharing one RDB storage (SQLite or PostgreSQL).
+
+Runs in bench/.venvs/optuna. Each process runs ``study.optimize`` with the default TPE sampler
+until the study holds ``--n`` complete trials; the clock runs from the moment all processes are
+connected (a barrier) to the last one's return. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import time
+from typing import Any
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+
+def objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -10.0, 10.0)
+    return x**2
+
+
+def _worker(
+    storage: str, name: str, n: int, timeout: float | None, barrier: Any, seed: int
+) -> tuple[float, float]:
+    optuna.logging.set_verbosity(logging.WARNING)
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed)
+    )
+    barrier.wait()
+    started = time.time()
+    study.optimize(
+        objective,
+        callbacks=[MaxTrialsCallback(n, states=(TrialState.COMPLETE,))],
+        timeout=timeout,
+    )
+    return started, time.time()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--storage", required=True, help="SQLAlchemy URL")
+    parser.add_argument("--label", default="sqlite")
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=None)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(logging.WARNING)
+    name = f"bench-{args.n}-{time.time_ns()}"
+    optuna.create_study(study_name=name, storage=args.storage)
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(args.procs)
+    with ctx.Pool(args.procs) as pool:
+        spans = pool.starmap(
+            _worker,
+            [(args.storage, name, args.n, args.timeout, barrier, i) for i in range(args.procs)],
+        )
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    study = optuna.load_study(study_name=name, storage=args.storage)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    print(
+        json.dumps(
+            {
+                "system": f"optuna {optuna.__version__} ({args.label}, {args.procs} processes)",
+                "n": args.n,
+                "done": done,
+                "seconds": round(wall, 3),
+                "trials_per_s": round(done / wall, 2),
+                "overhead_ms": round(wall * args.procs / max(1, done) * 1000, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

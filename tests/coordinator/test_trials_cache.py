@@ -1,0 +1,38 @@
+"""HyperfleetTrials' incremental cache (issue 7's fixes) agrees with the database."""
+
+from __future__ import annotations
+
+from coordinator.states import AttemptOutcome, TrialState
+from coordinator.store import TrialStore
+from coordinator.trials import HyperfleetTrials
+from tests.conftest import queue_trials
+
+
+def test_cache_counts_and_order_match_a_fresh_read(store: TrialStore) -> None:
+    trials = queue_trials(store, 8)
+    leases = [store.reserve_trial("w", exp_key="exp") for _ in range(6)]
+    # finish out of tid order, fail one, hand one back, with refreshes in between
+    for i in (3, 0, 5):
+        store.finish(leases[i], {"loss": float(i), "status": "ok"}, {})
+        trials.refresh()
+    store.fail(leases[1], {"type": "E", "message": "m"}, {})
+    store.release(leases[2], AttemptOutcome.REQUEUED, "test")
+    trials.refresh()
+    store.finish(leases[4], {"loss": 4.0, "status": "ok"}, {})
+    trials.refresh()
+
+    fresh = HyperfleetTrials(store, exp_key="exp")
+    assert [t["tid"] for t in trials.trials] == [t["tid"] for t in fresh.trials]
+    assert [t["state"] for t in trials.trials] == [t["state"] for t in fresh.trials]
+    assert trials.state_counts() == store.count_by_state("exp")
+    for state in TrialState:
+        assert trials.count_by_state_unsynced(int(state)) == store.count("exp", [int(state)])
+    assert sorted(x for x in trials.losses() if x is not None) == [0.0, 3.0, 4.0, 5.0]
+    assert [t["tid"] for t in trials.trials] == sorted(t["tid"] for t in trials.trials)
+
+
+def test_untrusted_reserve_looks_past_pickled_trials(store: TrialStore) -> None:
+    queue_trials(store, 5, exp_key="pickled", space=None)
+    queue_trials(store, 1, exp_key="named")
+    lease = store.reserve_trial("w", trusted=False)
+    assert lease is not None and lease.exp_key == "named"
