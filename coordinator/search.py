@@ -158,6 +158,7 @@ class Coordinator:
             on_poll=self._tick,
             poll_every_s=config.tick_s,
         )
+        trials.refresh_reuse_s = 0.005  # fmin refreshes twice in a row around each insert
         domain = base.Domain(_evaluated_by_workers, config.space.hyperopt_space(config.settings))
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.fmin_iter = FMinIter(
@@ -187,6 +188,7 @@ class Coordinator:
             status = ExperimentStatus.CANCELLED if self._cancelled else ExperimentStatus.DONE
         finally:
             if status is not ExperimentStatus.FAILED:
+                trials.refresh_reuse_s = 0.0
                 trials.refresh()
                 self._finish(trials, status)
                 self._report(trials)

@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 #: a full refresh every so often, as a safety net for the incremental one
 FULL_REFRESH_EVERY_S = 60.0
+#: trial ids reserved from the database counter at a time
+TID_BLOCK = 32
+#: how often queueing checks whether the search was cancelled
+CANCEL_CHECK_S = 0.25
 #: counts asked for this soon after a refresh come from it (fmin counts right after refreshing)
 COUNTS_FROM_REFRESH_S = 0.01
 
@@ -67,6 +71,9 @@ class HyperfleetTrials(MongoTrials):
         self.poll_every_s = poll_every_s
         self._last_poll = 0.0
         self._fmin_cancelled = False
+        self._tid_pool: list[int] = []
+        #: a refresh asked for this soon after the previous one reuses it (0: never)
+        self.refresh_reuse_s = 0.0
         self._reset_cache()
         super().__init__(store, exp_key=exp_key, refresh=refresh)
 
@@ -102,6 +109,10 @@ class HyperfleetTrials(MongoTrials):
         # ``tids`` narrows stock hyperopt's refresh; here any explicit request is a full refresh
         if tids is not None or time.monotonic() - self._last_full > FULL_REFRESH_EVERY_S:
             self._reset_cache()
+        elif self._synced and time.monotonic() - self._refreshed_at < self.refresh_reuse_s:
+            # fmin refreshes after inserting and again before its next suggestion, a millisecond
+            # later: the second would read the same documents (the coordinator opts in)
+            return
         base: dict[str, Any] = {} if self._exp_key is None else {"exp_key": self._exp_key}
         store: TrialStore = self.handle
 
@@ -168,12 +179,24 @@ class HyperfleetTrials(MongoTrials):
 
     # -- writes and counts ----------------------------------------------------------------------
 
+    _cancel_checked = 0.0
+
+    def _cancel_requested(self) -> bool:
+        """Whether ``hyperfleet cancel`` was run for this experiment (read at most every
+        ``CANCEL_CHECK_S``; the cancel command sweeps the queue again after that)."""
+        if self._exp_key is None or self.space_name is None:
+            return False
+        now = time.monotonic()
+        if now - self._cancel_checked < CANCEL_CHECK_S:
+            return self._fmin_cancelled
+        self._cancel_checked = now
+        exp = self.handle.get_experiment(self._exp_key) or {}
+        return bool(exp.get("cancel_requested"))
+
     def _insert_trial_docs(self, docs: list[dict[str, Any]]) -> list[ObjectId]:
-        if self._exp_key is not None and self.space_name is not None:
-            exp = self.handle.get_experiment(self._exp_key) or {}
-            if exp.get("cancel_requested"):
-                self._fmin_cancelled = True  # fmin stops queueing; nothing new reaches workers
-                return []
+        if self._cancel_requested():
+            self._fmin_cancelled = True  # fmin stops queueing; nothing new reaches workers
+            return []
         # client clock (``book_time`` is the server's): the dispatch latency queued -> reserved
         # is exact only where both run on one host, as in ``hyperfleet local`` and bench/
         queued = utcnow()
@@ -223,7 +246,13 @@ class HyperfleetTrials(MongoTrials):
             self.on_poll(self)
 
     def new_trial_ids(self, n: int) -> list[int]:
-        return self.handle.allocate_tids(n)
+        """``n`` unused trial ids. They are reserved from the database's counter in blocks of
+        ``TID_BLOCK`` (hyperopt asks for several and often uses one), so most calls cost nothing;
+        ids stay unique across the database, and unused ones are simply never seen."""
+        if len(self._tid_pool) < n:
+            self._tid_pool.extend(self.handle.allocate_tids(max(n, TID_BLOCK)))
+        ids, self._tid_pool = self._tid_pool[:n], self._tid_pool[n:]
+        return ids
 
     def delete_all(self, cond: dict[str, Any] | None = None) -> None:
         cond = dict(cond or {})

@@ -35,7 +35,7 @@ from worker.supervisor import (
 
 logger = logging.getLogger(__name__)
 
-IDLE_POLL_MIN_S = 0.005
+IDLE_POLL_MIN_S = 0.01  # first idle re-poll; doubles up to --poll
 SEARCH_OVER_EVERY_S = 0.5
 
 
@@ -121,7 +121,7 @@ class Worker:
                     if self._search_over():
                         reason = f"search {self.config.exp_key!r} is over"
                         break
-                    self._beat_idle()
+                    self._register(None)
                     time.sleep(delay)
                     delay = min(delay * 2, self.config.poll_s)
                     continue
@@ -159,13 +159,13 @@ class Worker:
             logger.info(
                 "trial %s of %s: started (attempt %s)", lease.tid, lease.exp_key, lease.attempt
             )
-            self.store.worker_heartbeat(self.info, lease.tid)
+            self._register(lease.tid)
             with Heartbeat(
                 self.store,
                 lease,
                 interval_s=self.config.heartbeat_s,
                 lease_s=self.config.lease_s,
-                on_beat=lambda: self.store.worker_heartbeat(self.info, lease.tid),
+                on_beat=lambda: self._register(lease.tid, force=True),
             ) as beat:
                 outcome = self._execute(lease)
                 if beat.lost.is_set():
@@ -269,13 +269,15 @@ class Worker:
         queued = self.store.count(self.config.exp_key, [int(TrialState.NEW)])
         return queued == 0
 
-    _last_idle_beat = 0.0
+    _last_registered = 0.0
 
-    def _beat_idle(self) -> None:
+    def _register(self, tid: int | None, force: bool = False) -> None:
+        """Refresh this worker's row in ``workers`` (host, GPU, current trial, last seen), at most
+        once per heartbeat interval: short trials would otherwise pay one write each."""
         now = time.monotonic()
-        if now - self._last_idle_beat >= self.config.heartbeat_s:
-            self._last_idle_beat = now
-            self.store.worker_heartbeat(self.info, None)
+        if force or now - self._last_registered >= self.config.heartbeat_s:
+            self._last_registered = now
+            self.store.worker_heartbeat(self.info, tid)
 
     # -- signals --------------------------------------------------------------------------------
 
