@@ -31,6 +31,7 @@ from search_spaces import SearchSpace
 logger = logging.getLogger(__name__)
 
 ALGOS = ("tpe", "rand", "atpe", "anneal")
+MIN_POLL_S = 0.002  #: the shortest sleep of fmin's loop, while trials finish very fast
 
 
 def algo_function(name: str) -> Callable[..., Any]:
@@ -145,6 +146,7 @@ class Coordinator:
         self.fmin_iter: FMinIter | None = None
         self.on_tick: Callable[[HyperfleetTrials, dict[TrialState, int]], None] | None = None
         self._cancelled = False
+        self._last_rate_check: tuple[float, int] | None = None
         self._progress: SearchProgress | None = None
 
     def run(self) -> SearchOutcome:
@@ -216,8 +218,21 @@ class Coordinator:
             live = len(self.store.live_workers(max_age_s=30.0, exp_key=config.exp_key))
             self.fmin_iter.max_queue_len = max(2, 2 * live)
         counts = self._report(trials)
+        self._adapt_poll(counts)
         if self.on_tick is not None:
             self.on_tick(trials, counts)
+
+    def _adapt_poll(self, counts: dict[TrialState, int]) -> None:
+        """Poll fmin's queue about twice per finished trial while trials are fast (workers must
+        not wait for it), and every ``poll_s`` while they are slow (no needless load)."""
+        finished = sum(counts[s] for s in (TrialState.DONE, TrialState.ERROR, TrialState.CANCEL))
+        now = time.monotonic()
+        if self.fmin_iter is not None and self._last_rate_check is not None:
+            seconds = now - self._last_rate_check[0]
+            rate = (finished - self._last_rate_check[1]) / seconds if seconds > 0 else 0.0
+            fast = 0.5 / rate if rate > 0 else self.config.poll_s
+            self.fmin_iter.poll_interval_secs = min(self.config.poll_s, max(MIN_POLL_S, fast))
+        self._last_rate_check = (now, finished)
 
     def _report(self, trials: HyperfleetTrials) -> dict[TrialState, int]:
         counts = trials.state_counts()  # from fmin's last refresh: no O(n) aggregate per tick
