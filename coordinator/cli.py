@@ -237,9 +237,13 @@ def _print_outcome(outcome: SearchOutcome) -> None:
     help="address to listen on (0.0.0.0 for other machines)",
 )
 @click.option("--auth", is_flag=True, help="require SCRAM authentication")
-@click.option("--sync/--no-sync", default=True, show_default=True,
-              help="make each commit durable before acknowledging it (--no-sync: faster, but a "
-              "killed server forgets its last writes)")
+@click.option(
+    "--sync/--no-sync",
+    default=True,
+    show_default=True,
+    help="make each commit durable before acknowledging it (--no-sync: faster, but a "
+    "killed server forgets its last writes)",
+)
 def server(db_path: str, port: int, host: str, auth: bool, sync: bool) -> None:
     """Run the embedded MongoDB-compatible server (SecantusDB) in the foreground."""
     from coordinator.server import EmbeddedServer

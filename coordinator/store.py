@@ -251,8 +251,11 @@ class TrialStore(MongoJobs):
         try:
             self.db.job_ids.create_index("a", unique=True)
         except pymongo.errors.OperationFailure as e:  # e.g. duplicates left by an older version
-            logger.warning("db.job_ids has no unique index on 'a' (%s); trial ids may repeat "
-                           "if two searches start at the same instant", e)
+            logger.warning(
+                "db.job_ids has no unique index on 'a' (%s); trial ids may repeat "
+                "if two searches start at the same instant",
+                e,
+            )
         self._indexed = True
 
     def create_drivers_indexes(self) -> None:

@@ -206,7 +206,9 @@ class HyperfleetTrials(MongoTrials):
             doc.setdefault("attempts", 0)
             if self.space_name is not None:
                 doc["space"] = self.space_name
-        return self.handle.insert_many(docs)
+        ids = self.handle.insert_many(docs)
+        self._refreshed_at = 0.0  # the next refresh must read them: never reuse across an insert
+        return ids
 
     def count_by_state_unsynced(self, arg: int | Iterable[int]) -> int:
         self._maybe_poll()

@@ -97,8 +97,14 @@ def stop_all(procs: list[subprocess.Popen[str]], timeout: float = 20) -> None:
             p.wait()
 
 
-def queue_trials(store: TrialStore, n: int, exp_key: str = "exp", space: str | None = "quadratic",
-                 settings: dict | None = None, max_attempts: int = 3):
+def queue_trials(
+    store: TrialStore,
+    n: int,
+    exp_key: str = "exp",
+    space: str | None = "quadratic",
+    settings: dict | None = None,
+    max_attempts: int = 3,
+):
     """Queue ``n`` NEW trials the way fmin does (hyperopt's own trial documents, rand.suggest),
     with an experiment document carrying ``settings`` so workers can resolve the space."""
     from hyperopt import hp, rand
@@ -107,11 +113,47 @@ def queue_trials(store: TrialStore, n: int, exp_key: str = "exp", space: str | N
     from coordinator.trials import HyperfleetTrials
 
     if space is not None:
-        store.put_experiment({"_id": exp_key, "space": space, "settings": settings or {},
-                              "status": "running", "max_attempts": max_attempts})
+        store.put_experiment(
+            {
+                "_id": exp_key,
+                "space": space,
+                "settings": settings or {},
+                "status": "running",
+                "max_attempts": max_attempts,
+            }
+        )
     trials = HyperfleetTrials(store, exp_key=exp_key, space_name=space)
     domain = Domain(lambda p: 0.0, {"x": hp.uniform("x", -1, 1)})
     docs = rand.suggest(trials.new_trial_ids(n), domain, trials, n)
     trials.insert_trial_docs(docs)
     trials.refresh()
     return trials
+
+
+def run_search_with_workers(
+    uri: str,
+    db: str,
+    exp_key: str,
+    space: str,
+    search_args: list[str],
+    logs: Path,
+    spaces: str | None = None,
+    gpus: tuple[str, ...] = ("0", "1"),
+) -> subprocess.CompletedProcess[str]:
+    """A finished search of ``space`` by one real worker per entry of ``gpus`` (pinned with
+    ``--gpu``: harmless on a CPU machine); the workers are stopped afterwards."""
+    extra = ["--spaces", spaces] if spaces else []
+    workers = [
+        start_worker(
+            uri, db, *extra, "--exp-key", exp_key, "--gpu", gpu, log=logs / f"{exp_key}-w{gpu}.log"
+        )
+        for gpu in gpus
+    ]
+    try:
+        out = hyperfleet(
+            "search", space, "--mongo", uri, "--db", db, "--exp-key", exp_key, *extra, *search_args
+        )
+        assert out.returncode == 0, out.stderr
+        return out
+    finally:
+        stop_all(workers)

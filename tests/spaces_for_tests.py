@@ -94,10 +94,16 @@ def _counted(params, ctx):
 
 
 whoami = SearchSpace(
-    "whoami", _x_space, _whoami, (Setting("sleep", 1.0, "seconds per trial", float),),
+    "whoami",
+    _x_space,
+    _whoami,
+    (Setting("sleep", 1.0, "seconds per trial", float),),
     "records the pid of the worker that evaluated it",
 )
 counted = SearchSpace(
-    "counted", _x_space, _counted, (Setting("log", "", "file that gets one line per evaluation"),),
+    "counted",
+    _x_space,
+    _counted,
+    (Setting("log", "", "file that gets one line per evaluation"),),
     "appends its tid to a file on every evaluation",
 )

@@ -19,7 +19,7 @@ from coordinator.inspect import columns, flatten, jsonable, render_export, sort_
 from coordinator.states import TrialState
 from coordinator.store import connect
 from coordinator.trials import open_trials, trial_rows
-from tests.conftest import hyperfleet, start_worker, stop_all, wait_for
+from tests.conftest import hyperfleet, run_search_with_workers, start_worker, stop_all, wait_for
 
 SPACES = str(Path(__file__).with_name("inspect_spaces.py"))
 CURVES, QUAD = "curves-t", "quad-t"
@@ -29,29 +29,12 @@ CURVES, QUAD = "curves-t", "quad-t"
 def search(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     db = f"t_{uuid.uuid4().hex[:10]}"
     logs = tmp_path_factory.mktemp("inspect-logs")
-    workers = [
-        start_worker(
-            server.uri,
-            db,
-            "--spaces",
-            SPACES,
-            "--exp-key",
-            CURVES,
-            "--gpu",
-            gpu,
-            log=logs / f"w{gpu}.log",
-        )  # fmt: skip
-        for gpu in ("0", "1")
-    ]
-    try:
-        curves = hyperfleet(
-            "search", "curves", "--mongo", server.uri, "--db", db, "--exp-key", CURVES,
-            "--spaces", SPACES, "--set", "fail_every=5", "--max-evals", "12",
-            "--algo", "rand", "--seed", "2", "--progress",
-        )  # fmt: skip
-        assert curves.returncode == 0, curves.stderr
-    finally:
-        stop_all(workers)
+    curves = run_search_with_workers(
+        server.uri, db, CURVES, "curves",
+        ["--set", "fail_every=5", "--max-evals", "12", "--algo", "rand", "--seed", "2",
+         "--progress"],
+        logs, spaces=SPACES,
+    )  # fmt: skip
     worker = start_worker(server.uri, db, "--exp-key", QUAD, log=logs / "quad.log")
     try:
         quad = hyperfleet(

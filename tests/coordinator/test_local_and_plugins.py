@@ -16,11 +16,29 @@ from tests.conftest import cli_env, hyperfleet, wait_for
 
 
 def test_local_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path: Path) -> None:
-    args = ["local", "quadratic", "--workers", "2", "--max-evals", "12", "--exp-key", "ctrlc",
-            "--set", "sleep=0.5", "--db-path", str(tmp_path / "db"), "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator", *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env())
+    args = [
+        "local",
+        "quadratic",
+        "--workers",
+        "2",
+        "--max-evals",
+        "12",
+        "--exp-key",
+        "ctrlc",
+        "--set",
+        "sleep=0.5",
+        "--db-path",
+        str(tmp_path / "db"),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     head = ""
     while "embedded server ready at" not in head:
         line = proc.stderr.readline()
@@ -47,7 +65,8 @@ def test_local_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path: Path) -> None:
 def test_spaces_from_entry_point_group(tmp_path: Path) -> None:
     site = tmp_path / "site"
     (site / "hf_plugin-0.1.dist-info").mkdir(parents=True)
-    (site / "hf_plugin.py").write_text(textwrap.dedent("""
+    (site / "hf_plugin.py").write_text(
+        textwrap.dedent("""
         from hyperopt import hp
         from search_spaces import SearchSpace, Setting
 
@@ -55,11 +74,14 @@ def test_spaces_from_entry_point_group(tmp_path: Path) -> None:
             "plugin_cubic", lambda s: {"x": hp.uniform("x", -2, 2)},
             lambda p, ctx: {"loss": abs(p["x"]) ** 3, "status": "ok"},
             (Setting("scale", 1, "an int setting", int, min=1),), "a space from a plugin")
-    """))
+    """)
+    )
     (site / "hf_plugin-0.1.dist-info" / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: hf-plugin\nVersion: 0.1\n")
+        "Metadata-Version: 2.1\nName: hf-plugin\nVersion: 0.1\n"
+    )
     (site / "hf_plugin-0.1.dist-info" / "entry_points.txt").write_text(
-        "[hyperfleet.search_spaces]\ncubic = hf_plugin:plugin_space\n")
+        "[hyperfleet.search_spaces]\ncubic = hf_plugin:plugin_space\n"
+    )
     out = hyperfleet("spaces", env=cli_env(PYTHONPATH=str(site)))
     assert out.returncode == 0, out.stderr
     assert "plugin_cubic: a space from a plugin  [entry point hf_plugin:plugin_space]" in out.stdout

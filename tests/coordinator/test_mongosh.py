@@ -23,7 +23,7 @@ import pytest
 
 from coordinator.states import TrialState
 from coordinator.store import connect
-from tests.conftest import ROOT, cli_env, hyperfleet, start_worker, stop_all, wait_for
+from tests.conftest import ROOT, cli_env, run_search_with_workers, start_worker, stop_all, wait_for
 
 pytestmark = pytest.mark.mongosh
 
@@ -83,29 +83,12 @@ def searches(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
     trials; and a second search with one trial held RUNNING by a live worker."""
     db = f"t_{uuid.uuid4().hex[:10]}"
     logs = tmp_path_factory.mktemp("mongosh-logs")
-    workers = [
-        start_worker(
-            server.uri,
-            db,
-            "--spaces",
-            SPACES,
-            "--exp-key",
-            EXP,
-            "--gpu",
-            gpu,
-            log=logs / f"w{gpu}.log",
-        )  # fmt: skip
-        for gpu in ("0", "1")
-    ]
-    try:
-        out = hyperfleet(
-            "search", "curves", "--mongo", server.uri, "--db", db, "--exp-key", EXP,
-            "--spaces", SPACES, "--set", "fail_every=5", "--max-evals", "12",
-            "--algo", "rand", "--seed", "2", "--no-progress",
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-    finally:
-        stop_all(workers)
+    run_search_with_workers(
+        server.uri, db, EXP, "curves",
+        ["--set", "fail_every=5", "--max-evals", "12", "--algo", "rand", "--seed", "2",
+         "--no-progress"],
+        logs, spaces=SPACES,
+    )  # fmt: skip
     live_worker = start_worker(
         server.uri, db, "--spaces", SPACES, "--exp-key", LIVE, "--requeue-on-term",
         log=logs / "live.log",

@@ -36,3 +36,30 @@ def test_untrusted_reserve_looks_past_pickled_trials(store: TrialStore) -> None:
     queue_trials(store, 1, exp_key="named")
     lease = store.reserve_trial("w", trusted=False)
     assert lease is not None and lease.exp_key == "named"
+
+
+def test_refresh_reuse_never_hides_a_fresh_insert(store) -> None:
+    """Regression: with refresh reuse on (as in the coordinator), a trial inserted right after a
+    refresh must still be seen once a worker finishes it."""
+    from tests.conftest import queue_trials
+
+    trials = queue_trials(store, 1, exp_key="reuse")
+    trials.refresh_reuse_s = 10.0  # reuse everything, except across an insert
+    lease = store.reserve_trial("w", exp_key="reuse")
+    store.finish(lease, {"loss": 1.0, "status": "ok"}, {})
+    trials.refresh()  # reused: the finish is not seen yet, as designed
+    more = queue_trials(store, 1, exp_key="reuse")  # another object inserts: not ours
+    assert len(more.trials) == 2
+    from hyperopt import hp, rand
+    from hyperopt.base import Domain
+
+    domain = Domain(lambda p: 0.0, {"x": hp.uniform("x", -1, 1)})
+    trials.insert_trial_docs(rand.suggest(trials.new_trial_ids(1), domain, trials, 7))
+    trials.refresh()  # not reused: it follows our insert
+    lease = store.reserve_trial("w", exp_key="reuse")
+    while lease is not None:
+        store.finish(lease, {"loss": 2.0, "status": "ok"}, {})
+        lease = store.reserve_trial("w", exp_key="reuse")
+    trials.refresh_reuse_s = 0.0
+    trials.refresh()
+    assert sorted(trials.losses()) == [1.0, 2.0, 2.0]

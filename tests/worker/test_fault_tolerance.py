@@ -55,10 +55,23 @@ def assert_each_tid_done_once(store: TrialStore, exp_key: str, n: int) -> list[d
 
 def test_sigkill_workers_mid_trial_search_completes(server, db_name, tmp_path) -> None:
     store = connect(server.uri, db_name)
-    workers = [start_worker(server.uri, db_name, *FAST_LEASE, log=tmp_path / "w.log")
-               for _ in range(3)]
-    search = search_proc(server.uri, db_name, "quadratic", "--exp-key", "kill", "--max-evals",
-                         "20", "--set", "sleep=0.4", "--seed", "1", log=tmp_path / "search.log")
+    workers = [
+        start_worker(server.uri, db_name, *FAST_LEASE, log=tmp_path / "w.log") for _ in range(3)
+    ]
+    search = search_proc(
+        server.uri,
+        db_name,
+        "quadratic",
+        "--exp-key",
+        "kill",
+        "--max-evals",
+        "20",
+        "--set",
+        "sleep=0.4",
+        "--seed",
+        "1",
+        log=tmp_path / "search.log",
+    )
     killed_tids: set[int] = set()
     try:
         for _ in range(5):
@@ -69,8 +82,7 @@ def test_sigkill_workers_mid_trial_search_completes(server, db_name, tmp_path) -
             victim.wait()
             killed_tids.add(doc["tid"])
             workers.remove(victim)
-            workers.append(start_worker(server.uri, db_name, *FAST_LEASE,
-                                        log=tmp_path / "w.log"))
+            workers.append(start_worker(server.uri, db_name, *FAST_LEASE, log=tmp_path / "w.log"))
         assert search.wait(120) == 0, (tmp_path / "search.log").read_text()[-2000:]
     finally:
         stop_all([search, *workers])
@@ -96,8 +108,11 @@ def test_paused_worker_cannot_overwrite_new_owner(server, db_name, tmp_path) -> 
         a.send_signal(signal.SIGSTOP)
         wait_for(lambda: store.reap_expired("pause"), 10, interval=0.2, what="the reaper")
         b = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, *FAST_LEASE)
-        done = wait_for(lambda: store.jobs.find_one({"state": int(TrialState.DONE)}), 30,
-                        what="worker B's result")
+        done = wait_for(
+            lambda: store.jobs.find_one({"state": int(TrialState.DONE)}),
+            30,
+            what="worker B's result",
+        )
         a.send_signal(signal.SIGCONT)
         wait_for(lambda: "lost the lease" in log_a.read_text(), 20, what="A to notice")
         final = store.jobs.find_one({"_id": done["_id"]})
@@ -142,12 +157,12 @@ def test_second_signal_or_requeue_flag_hands_trial_back(server, db_name, how) ->
     assert back["attempt_history"][-1]["outcome"] == "requeued"
 
 
-@pytest.mark.parametrize(("mode", "reason"), [("exit", "exited with code 3"),
-                                             ("kill", "killed by SIGKILL")])
+@pytest.mark.parametrize(
+    ("mode", "reason"), [("exit", "exited with code 3"), ("kill", "killed by SIGKILL")]
+)
 def test_crashing_trials_are_recorded_and_worker_continues(server, db_name, mode, reason) -> None:
     store = connect(server.uri, db_name)
-    queue_trials(store, 2, exp_key="crash", space="crash", settings={"mode": mode},
-                 max_attempts=2)
+    queue_trials(store, 2, exp_key="crash", space="crash", settings={"mode": mode}, max_attempts=2)
     w = start_worker(server.uri, db_name, "--spaces", TEST_SPACES)
     try:
         wait_for(lambda: store.count("crash", [TrialState.ERROR]) == 2, 90, what="2 errors")
@@ -166,8 +181,13 @@ def test_crashing_trials_are_recorded_and_worker_continues(server, db_name, mode
 
 def test_crash_only_once_then_succeeds(server, db_name, tmp_path) -> None:
     store = connect(server.uri, db_name)
-    queue_trials(store, 3, exp_key="once", space="crash",
-                 settings={"mode": "kill", "once_dir": str(tmp_path)})
+    queue_trials(
+        store,
+        3,
+        exp_key="once",
+        space="crash",
+        settings={"mode": "kill", "once_dir": str(tmp_path)},
+    )
     w = start_worker(server.uri, db_name, "--spaces", TEST_SPACES)
     try:
         wait_for(lambda: store.count("once", [TrialState.DONE]) == 3, 90, what="3 done")
@@ -180,8 +200,17 @@ def test_crash_only_once_then_succeeds(server, db_name, tmp_path) -> None:
 def test_kill_coordinator_and_rerun_gives_exactly_max_evals(server, db_name, tmp_path) -> None:
     store = connect(server.uri, db_name)
     workers = [start_worker(server.uri, db_name, "--exp-key", "resume") for _ in range(2)]
-    args = ("quadratic", "--exp-key", "resume", "--max-evals", "16", "--set", "sleep=0.3",
-            "--seed", "5")
+    args = (
+        "quadratic",
+        "--exp-key",
+        "resume",
+        "--max-evals",
+        "16",
+        "--set",
+        "sleep=0.3",
+        "--seed",
+        "5",
+    )
     try:
         search = search_proc(server.uri, db_name, *args, log=tmp_path / "s.log")
         wait_for(lambda: store.count("resume", [TrialState.DONE]) >= 4, 60, what="4 done")
@@ -197,10 +226,30 @@ def test_kill_coordinator_and_rerun_gives_exactly_max_evals(server, db_name, tmp
 
 def test_reusing_exp_key_with_other_settings_is_refused(server, db_name) -> None:
     store = connect(server.uri, db_name)
-    store.put_experiment({"_id": "same", "space": "quadratic", "settings": {"sleep": 0.0,
-                          "bound": 10.0}, "algo": "tpe", "fingerprint": "x", "status": "done"})
-    out = hyperfleet("search", "quadratic", "--mongo", server.uri, "--db", db_name,
-                     "--exp-key", "same", "--set", "bound=2", "--max-evals", "1")
+    store.put_experiment(
+        {
+            "_id": "same",
+            "space": "quadratic",
+            "settings": {"sleep": 0.0, "bound": 10.0},
+            "algo": "tpe",
+            "fingerprint": "x",
+            "status": "done",
+        }
+    )
+    out = hyperfleet(
+        "search",
+        "quadratic",
+        "--mongo",
+        server.uri,
+        "--db",
+        db_name,
+        "--exp-key",
+        "same",
+        "--set",
+        "bound=2",
+        "--max-evals",
+        "1",
+    )
     assert out.returncode == 1
     assert "already holds a search with" in out.stderr and "--force" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -210,10 +259,22 @@ def test_server_killed_and_restarted_mid_search(tmp_path) -> None:
     srv = EmbeddedServer(tmp_path / "db").start()
     uri, port = srv.uri, srv.port
     store = connect(uri)
-    workers = [start_worker(uri, "hyperfleet", "--exp-key", "outage", log=tmp_path / "w.log")
-               for _ in range(2)]
-    search = search_proc(uri, "hyperfleet", "quadratic", "--exp-key", "outage", "--max-evals",
-                         "20", "--set", "sleep=0.2", log=tmp_path / "s.log")
+    workers = [
+        start_worker(uri, "hyperfleet", "--exp-key", "outage", log=tmp_path / "w.log")
+        for _ in range(2)
+    ]
+    search = search_proc(
+        uri,
+        "hyperfleet",
+        "quadratic",
+        "--exp-key",
+        "outage",
+        "--max-evals",
+        "20",
+        "--set",
+        "sleep=0.2",
+        log=tmp_path / "s.log",
+    )
     try:
         wait_for(lambda: store.count("outage", [TrialState.DONE]) >= 5, 60, what="5 done")
         srv.kill()
@@ -230,8 +291,9 @@ def test_server_killed_and_restarted_mid_search(tmp_path) -> None:
 
 def test_outage_longer_than_budget_ends_worker_with_clear_error(tmp_path) -> None:
     srv = EmbeddedServer(tmp_path / "db").start()
-    w = start_worker(srv.uri, "hyperfleet", log=tmp_path / "w.log",
-                     env=cli_env(HYPERFLEET_OUTAGE_S="4"))
+    w = start_worker(
+        srv.uri, "hyperfleet", log=tmp_path / "w.log", env=cli_env(HYPERFLEET_OUTAGE_S="4")
+    )
     store = connect(srv.uri)
     wait_for(lambda: store.workers.count_documents({}) == 1, 60, what="the worker to register")
     srv.kill()
@@ -247,11 +309,28 @@ def test_outage_longer_than_budget_ends_worker_with_clear_error(tmp_path) -> Non
 
 def test_cancel_stops_queue_and_running_trials_at_epoch_boundary(server, db_name, tmp_path):
     store = connect(server.uri, db_name)
-    workers = [start_worker(server.uri, db_name, "--spaces", TEST_SPACES, "--exp-key", "cx")
-               for _ in range(2)]
-    search = search_proc(server.uri, db_name, "epochs", "--exp-key", "cx", "--max-evals", "30",
-                         "--set", "epochs=50", "--set", "sleep=0.2", "--queue-len", "6",
-                         "--spaces", TEST_SPACES, log=tmp_path / "s.log")
+    workers = [
+        start_worker(server.uri, db_name, "--spaces", TEST_SPACES, "--exp-key", "cx")
+        for _ in range(2)
+    ]
+    search = search_proc(
+        server.uri,
+        db_name,
+        "epochs",
+        "--exp-key",
+        "cx",
+        "--max-evals",
+        "30",
+        "--set",
+        "epochs=50",
+        "--set",
+        "sleep=0.2",
+        "--queue-len",
+        "6",
+        "--spaces",
+        TEST_SPACES,
+        log=tmp_path / "s.log",
+    )
     try:
         wait_for(lambda: store.count("cx", [TrialState.RUNNING]) == 2, 60, what="2 running")
         out = hyperfleet("cancel", "--mongo", server.uri, "--db", db_name, "--exp-key", "cx")
@@ -275,13 +354,29 @@ def test_cancel_stops_queue_and_running_trials_at_epoch_boundary(server, db_name
 def test_16_workers_2000_trials_each_evaluated_once(tmp_path) -> None:
     log = tmp_path / "evaluations.txt"
     with EmbeddedServer(tmp_path / "db") as srv:
-        workers = [start_worker(srv.uri, "hyperfleet", "--spaces", TEST_SPACES, "--exp-key",
-                                "many") for _ in range(16)]
+        workers = [
+            start_worker(srv.uri, "hyperfleet", "--spaces", TEST_SPACES, "--exp-key", "many")
+            for _ in range(16)
+        ]
         started = time.monotonic()
         try:
-            out = hyperfleet("search", "counted", "--mongo", srv.uri, "--exp-key", "many",
-                             "--max-evals", "2000", "--algo", "rand", "--set", f"log={log}",
-                             "--spaces", TEST_SPACES, timeout=1200)
+            out = hyperfleet(
+                "search",
+                "counted",
+                "--mongo",
+                srv.uri,
+                "--exp-key",
+                "many",
+                "--max-evals",
+                "2000",
+                "--algo",
+                "rand",
+                "--set",
+                f"log={log}",
+                "--spaces",
+                TEST_SPACES,
+                timeout=1200,
+            )
             seconds = time.monotonic() - started
             assert out.returncode == 0, out.stderr[-2000:]
         finally:
