@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -141,6 +142,9 @@ def search_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _setup_logging(level: str) -> None:
+    # TensorFlow's C++ start-up notices (oneDNN, CPU features) are noise in a terminal; a user
+    # who wants them sets TF_CPP_MIN_LOG_LEVEL=0 (workers and `best --evaluate` inherit this)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
