@@ -8,7 +8,6 @@ connected (a barrier) to the last one's return. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing as mp
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
+from records import print_rate  # bench/, this script's directory
 
 
 def objective(trial: optuna.Trial) -> float:
@@ -62,17 +62,12 @@ def main() -> None:
     wall = max(end for _, end in spans) - min(start for start, _ in spans)
     study = optuna.load_study(study_name=name, storage=args.storage)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    print(
-        json.dumps(
-            {
-                "system": f"optuna {optuna.__version__} ({args.label}, {args.procs} processes)",
-                "n": args.n,
-                "done": done,
-                "seconds": round(wall, 3),
-                "trials_per_s": round(done / wall, 2),
-                "overhead_ms": round(wall * args.procs / max(1, done) * 1000, 2),
-            }
-        )
+    print_rate(
+        f"optuna {optuna.__version__} ({args.label}, {args.procs} processes)",
+        args.n,
+        done,
+        wall,
+        args.procs,
     )
 
 

@@ -12,7 +12,6 @@ Stock workers write ``book_time`` from their own clock and no queued time, so no
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from hyperopt import STATUS_OK, hp, tpe
 from hyperopt.base import JOB_STATE_DONE, Domain
 from hyperopt.fmin import FMinIter
 from hyperopt.mongoexp import MongoTrials
+from records import print_rate  # bench/, this script's directory
 
 
 def objective(params: dict[str, Any]) -> dict[str, Any]:
@@ -87,18 +87,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    print(
-        json.dumps(
-            {
-                "system": f"stock hyperopt ({args.mode})",
-                "n": args.n,
-                "done": done,
-                "seconds": round(wall, 3),
-                "trials_per_s": round(done / wall, 2),
-                "overhead_ms": round(wall * args.workers / max(1, done) * 1000, 2),
-            }
-        )
-    )
+    print_rate(f"stock hyperopt ({args.mode})", args.n, done, wall, args.workers)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.errors import HyperfleetError
 from coordinator.search import Coordinator, SearchConfig, SearchOutcome
 from coordinator.server import EmbeddedServer
 from coordinator.store import TrialStore, connect
@@ -95,7 +96,7 @@ class LocalRun:
     def _check_workers(self) -> None:
         dead = [p for p in self.procs if p.poll() is not None and p.returncode != 0]
         if dead and len(dead) == len(self.procs):
-            raise RuntimeError(
+            raise HyperfleetError(
                 f"all {len(dead)} workers exited with errors (first: code {dead[0].returncode}); "
                 f"see their logs in {self.log_dir}"
             )

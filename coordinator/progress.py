@@ -10,31 +10,13 @@ trials have finished, and once at the end; ``--log-level warning`` silences thos
 from __future__ import annotations
 
 import logging
-import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from coordinator.states import TrialState
 
 logger = logging.getLogger("hyperfleet.progress")
-
-
-def best_loss(trials: Iterable[Mapping[str, Any]]) -> float | None:
-    """The smallest finite loss among DONE/ok trial documents."""
-    best = None
-    for t in trials:
-        result = t.get("result") or {}
-        loss = result.get("loss")
-        if (
-            t.get("state") == TrialState.DONE
-            and result.get("status") == "ok"
-            and isinstance(loss, (int, float))
-            and math.isfinite(loss)
-            and (best is None or loss < best)
-        ):
-            best = loss
-    return best
 
 
 class SearchProgress:

@@ -8,10 +8,8 @@ to the live workers and refreshes the progress line. fmin therefore never hangs 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +20,10 @@ from hyperopt import anneal, base, rand, tpe
 from hyperopt.fmin import FMinIter
 
 from coordinator.errors import ConfigError, ExperimentMismatch
-from coordinator.progress import SearchProgress, best_loss
+from coordinator.progress import SearchProgress
 from coordinator.states import ExperimentStatus, TrialState
 from coordinator.store import TrialStore, to_bson, utcnow
-from coordinator.trials import HyperfleetTrials
+from coordinator.trials import HyperfleetTrials, best_ok_trial
 from search_spaces import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -198,7 +196,7 @@ class Coordinator:
         return SearchOutcome(
             exp_key=config.exp_key,
             counts=self.store.count_by_state(config.exp_key),
-            best=_best(trials),
+            best=best_ok_trial(trials.trials),
             seconds=time.monotonic() - started,
             cancelled=self._cancelled,
         )
@@ -237,11 +235,12 @@ class Coordinator:
     def _report(self, trials: HyperfleetTrials) -> dict[TrialState, int]:
         counts = trials.state_counts()  # from fmin's last refresh: no O(n) aggregate per tick
         if self._progress is not None:
-            self._progress.update(counts, best_loss(trials.trials))
+            best = best_ok_trial(trials.trials)
+            self._progress.update(counts, None if best is None else best["result"]["loss"])
         return counts
 
     def _finish(self, trials: HyperfleetTrials, status: ExperimentStatus) -> None:
-        best = _best(trials)
+        best = best_ok_trial(trials.trials)
         fields: dict[str, Any] = {"status": status.value, "finished": utcnow()}
         if best is not None:
             fields.update(
@@ -250,19 +249,3 @@ class Coordinator:
                 best_params=best.get("params"),
             )
         self.store.update_experiment(self.config.exp_key, fields)
-
-
-def _best(trials: HyperfleetTrials) -> dict[str, Any] | None:
-    ok = [
-        t
-        for t in trials.trials
-        if t["state"] == TrialState.DONE
-        and t["result"].get("status") == "ok"
-        and isinstance(t["result"].get("loss"), (int, float))
-        and not math.isnan(t["result"]["loss"])
-    ]
-    return min(ok, key=lambda t: t["result"]["loss"]) if ok else None
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()

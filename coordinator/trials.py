@@ -17,6 +17,7 @@ asked within ``COUNTS_FROM_REFRESH_S`` of a refresh, as fmin does.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -266,14 +267,23 @@ class HyperfleetTrials(MongoTrials):
 
     # -- convenience ----------------------------------------------------------------------------
 
-    def done_trials(self) -> list[dict[str, Any]]:
-        """DONE trials with ``status == 'ok'``, best first."""
-        ok = [
-            t
-            for t in self.trials
-            if t["state"] == TrialState.DONE and t["result"].get("status") == "ok"
-        ]
-        return sorted(ok, key=lambda t: t["result"]["loss"])
+
+def is_ok_trial(doc: dict[str, Any]) -> bool:
+    """A DONE trial whose result is ``ok`` with a finite numeric loss."""
+    result = doc.get("result") or {}
+    loss = result.get("loss")
+    return (
+        doc.get("state") == TrialState.DONE
+        and result.get("status") == "ok"
+        and isinstance(loss, (int, float))
+        and math.isfinite(loss)
+    )
+
+
+def best_ok_trial(docs: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The successful trial with the lowest loss (the lowest tid among equals), or None."""
+    ok = [d for d in docs if is_ok_trial(d)]
+    return min(ok, key=lambda d: (d["result"]["loss"], d["tid"])) if ok else None
 
 
 def open_trials(uri: str, exp_key: str, db: str = "hyperfleet") -> HyperfleetTrials:
