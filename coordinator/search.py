@@ -143,7 +143,6 @@ class Coordinator:
         self.config = config
         self.fmin_iter: FMinIter | None = None
         self.on_tick: Callable[[HyperfleetTrials, dict[TrialState, int]], None] | None = None
-        self._cancelled = False
         self._last_rate_check: tuple[float, int] | None = None
         self._progress: SearchProgress | None = None
 
@@ -185,7 +184,7 @@ class Coordinator:
         try:
             self._tick(trials)
             self.fmin_iter.exhaust()
-            status = ExperimentStatus.CANCELLED if self._cancelled else ExperimentStatus.DONE
+            status = ExperimentStatus.CANCELLED if trials.cancelled else ExperimentStatus.DONE
         finally:
             if status is not ExperimentStatus.FAILED:
                 trials.refresh_reuse_s = 0.0
@@ -198,7 +197,7 @@ class Coordinator:
             counts=self.store.count_by_state(config.exp_key),
             best=best_ok_trial(trials.trials),
             seconds=time.monotonic() - started,
-            cancelled=self._cancelled,
+            cancelled=trials.cancelled,
         )
 
     def _tick(self, trials: HyperfleetTrials) -> None:
@@ -206,12 +205,8 @@ class Coordinator:
         config = self.config
         self.store.reap_expired(config.exp_key, max_attempts=config.max_attempts)
         exp = self.store.get_experiment(config.exp_key) or {}
-        if exp.get("cancel_requested") and not self._cancelled:
-            logger.warning(
-                "search %r cancelled: no new trials; waiting for running ones", config.exp_key
-            )
-            self._cancelled = True
-            trials._fmin_cancelled = True
+        if exp.get("cancel_requested"):
+            trials.mark_cancelled()
         if config.queue_len is None and self.fmin_iter is not None:
             live = len(self.store.live_workers(max_age_s=30.0, exp_key=config.exp_key))
             self.fmin_iter.max_queue_len = max(2, 2 * live)

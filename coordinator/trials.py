@@ -182,6 +182,18 @@ class HyperfleetTrials(MongoTrials):
 
     _cancel_checked = 0.0
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether this search was cancelled (hyperopt's own flag, which stops fmin queueing)."""
+        return self._fmin_cancelled
+
+    def mark_cancelled(self) -> None:
+        if not self._fmin_cancelled:
+            logger.warning(
+                "search %r cancelled: no new trials; waiting for running ones", self._exp_key
+            )
+        self._fmin_cancelled = True
+
     def _cancel_requested(self) -> bool:
         """Whether ``hyperfleet cancel`` was run for this experiment (read at most every
         ``CANCEL_CHECK_S``; the cancel command sweeps the queue again after that)."""
@@ -196,7 +208,7 @@ class HyperfleetTrials(MongoTrials):
 
     def _insert_trial_docs(self, docs: list[dict[str, Any]]) -> list[ObjectId]:
         if self._cancel_requested():
-            self._fmin_cancelled = True  # fmin stops queueing; nothing new reaches workers
+            self.mark_cancelled()  # fmin stops queueing; nothing new reaches workers
             return []
         # client clock (``book_time`` is the server's): the dispatch latency queued -> reserved
         # is exact only where both run on one host, as in ``hyperfleet local`` and bench/
