@@ -24,7 +24,6 @@ class TrialState(enum.IntEnum):
 
 
 FINISHED_STATES = frozenset({TrialState.DONE, TrialState.ERROR, TrialState.CANCEL})
-UNFINISHED_STATES = frozenset({TrialState.NEW, TrialState.RUNNING})
 
 
 class ExperimentStatus(enum.StrEnum):
@@ -34,6 +33,13 @@ class ExperimentStatus(enum.StrEnum):
     DONE = "done"
     CANCELLED = "cancelled"
     FAILED = "failed"
+
+
+class WorkerStatus(enum.StrEnum):
+    """State of a row in the ``workers`` registry; staleness is read from ``last_seen``."""
+
+    ALIVE = "alive"  #: running and heartbeating (or killed before it could say otherwise)
+    STOPPED = "stopped"  #: exited cleanly; ``stop_reason`` says why
 
 
 class AttemptOutcome(enum.StrEnum):

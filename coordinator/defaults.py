@@ -1,0 +1,26 @@
+"""hyperfleet's defaults: the one place each is written down.
+
+Everything a user can change (an option, an environment variable, an experiment setting) starts
+from a value here; modules import the name, never repeat the literal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: MongoDB database that holds ``jobs``, ``experiments``, ``workers`` and GridFS (``--db``)
+DB_NAME = "hyperfleet"
+#: where ``hyperfleet server``/``local`` keep the embedded server's data (``--db-path``)
+DB_PATH = Path(".hyperfleet") / "db"
+#: seconds a reserved trial stays its worker's without a heartbeat (``--lease``)
+LEASE_S = 30.0
+#: seconds between a worker's heartbeats; must stay below LEASE_S (``--heartbeat``)
+HEARTBEAT_S = 5.0
+#: attempts (lost or crashed workers) before a trial is marked ERROR (``--max-attempts``)
+MAX_ATTEMPTS = 3
+#: seconds every process keeps retrying an unreachable MongoDB ($HYPERFLEET_OUTAGE_S)
+OUTAGE_S = 60.0
+#: a worker whose last heartbeat is older than this counts as gone (``status``, ``workers``)
+STALE_WORKER_S = 30.0
+#: longest sleep between a worker's polls of an empty queue (``--poll``)
+POLL_S = 0.1
