@@ -24,3 +24,8 @@ OUTAGE_S = 60.0
 STALE_WORKER_S = 30.0
 #: longest sleep between a worker's polls of an empty queue (``--poll``)
 POLL_S = 0.1
+#: ``--save-models``: keep the best trial's model, every trial's, or none
+SAVE_MODES = ("best", "all", "none")
+SAVE_MODE = "best"
+#: the GridFS attachment of a trial that holds its saved Keras model
+MODEL_ATTACHMENT = "model.keras"
