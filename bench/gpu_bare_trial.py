@@ -19,7 +19,7 @@ def main() -> None:
     args = parser.parse_args()
     import keras
 
-    from worker.keras_data import mnist_splits
+    from search_spaces.keras.data import mnist_splits
 
     splits = mnist_splits((784,), 50_000, 10_000)
     model = keras.Sequential(

@@ -38,7 +38,7 @@ def bare(epochs: int, train_size: int, repeats: int, threads: int) -> list[float
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    from worker.keras_data import mnist_splits
+    from search_spaces.keras.data import mnist_splits
 
     splits = mnist_splits((784,), train_size, 10_000)
 

@@ -13,15 +13,38 @@ from coordinator.errors import ConfigError
 
 
 class TrialContext(Protocol):
-    """What an objective receives besides its params (implemented by the worker)."""
+    """What an objective receives besides its params (implemented by the worker).
 
-    settings: Mapping[str, Any]
+    The worker's heartbeat keeps the trial's lease alive on its own; an objective only reports,
+    asks whether to stop, and stores files. Writes raise ``TrialLost`` once the lease is gone.
+    """
+
+    settings: Mapping[str, Any]  #: the experiment's resolved settings
     tid: int
+    attempt: int
+    exp_key: str | None
+    info: Mapping[str, Any]  #: worker and device facts (``save_models``, ``threads``, ``pid``...)
 
-    def report_epoch(self, metrics: dict[str, Any]) -> None: ...
-    def heartbeat(self) -> None: ...
-    def should_stop(self) -> bool: ...
-    def attach(self, name: str, data: bytes) -> None: ...
+    def report_epoch(self, metrics: dict[str, Any]) -> None:
+        """Append one epoch's metrics to the trial document."""
+        ...
+
+    def should_stop(self) -> bool:
+        """Whether the objective should stop early (the search was cancelled)."""
+        ...
+
+    def attach(self, name: str, data: bytes) -> None:
+        """Store ``data`` as the trial's attachment ``name`` (replacing an older one)."""
+        ...
+
+    def best_loss(self) -> float | None:
+        """The lowest loss among the experiment's successful trials so far (None: none yet)."""
+        ...
+
+    def drop_superseded_models(self, name: str, worse_than: float) -> int:
+        """Delete attachment ``name`` of other finished trials whose loss is above
+        ``worse_than``; returns how many were deleted."""
+        ...
 
 
 Objective = Callable[[dict[str, Any], TrialContext], dict[str, Any]]

@@ -1,10 +1,11 @@
 """Keras MNIST spaces: the lecture's dense network made searchable, a small conv net, and the
 lecture's exact model as a one-point space (a baseline and a reproduction check).
 
-All three share the data (``worker.keras_data``) and the training (``worker.keras_trial``); they
-differ only in their hyperopt space and ``build_model``. Validation is the last 10,000 training
-images, as in the lecture; the test set only evaluates the best model (``hyperfleet best
---evaluate``), it never selects one. Keras is imported in the worker, not here.
+All three share the data (``search_spaces.keras.data``) and the training
+(``search_spaces.keras.training``); they differ only in their hyperopt space and ``build_model``.
+Validation is the last 10,000 training images, as in the lecture; the test set only evaluates the
+best model (``hyperfleet best --evaluate``), it never selects one. Keras is imported in the
+process that runs trials, not here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from hyperopt import hp
 
 from search_spaces.base import Setting
-from search_spaces.keras_space import TRAINING_SETTINGS, keras_space
+from search_spaces.keras import TRAINING_SETTINGS, keras_space
 
 MNIST_SETTINGS = (
     *TRAINING_SETTINGS,
@@ -156,7 +157,7 @@ def build_cnn(params: Mapping[str, Any], settings: Mapping[str, Any]) -> Any:
 
 def mnist_data(input_shape: tuple[int, ...], settings: Mapping[str, Any]) -> Any:
     """The MNIST splits shaped for a model with ``input_shape`` (cached per worker process)."""
-    from worker.keras_data import mnist_splits
+    from search_spaces.keras.data import mnist_splits
 
     return mnist_splits(tuple(input_shape), settings["train_size"], settings["val_size"])
 

@@ -16,9 +16,12 @@ from typing import Any
 from hyperopt import STATUS_FAIL, STATUS_OK, STATUS_STRINGS, base, space_eval
 from hyperopt.utils import coarse_utcnow
 
+from coordinator import rules
 from coordinator.errors import ConfigError, SpaceError, TrialLost
 from coordinator.store import Lease, TrialStore, to_bson
 from search_spaces import SearchSpace, get_space, load_spaces
+
+CANCEL_CHECK_S = 2.0  #: how often a running objective's ``should_stop`` asks the store
 
 
 @dataclass
@@ -87,7 +90,8 @@ class Resolver:
 
 
 class TrialContextImpl:
-    """The ``ctx`` an objective receives (see ``search_spaces.base.TrialContext``)."""
+    """The ``ctx`` an objective receives (see ``search_spaces.base.TrialContext``): every write
+    is fenced on the trial's lease and raises ``TrialLost`` once the lease is gone."""
 
     def __init__(
         self, store: TrialStore, lease: Lease, settings: dict[str, Any], extra: dict[str, Any]
@@ -106,16 +110,12 @@ class TrialContextImpl:
         if not self.store.record_epoch(self.lease, to_bson(metrics)):
             raise TrialLost(f"trial {self.tid}: lease lost; stopping this trial")
 
-    def heartbeat(self) -> None:
-        """The worker's heartbeat thread renews the lease; objectives need not call this."""
-
     def should_stop(self) -> bool:
-        """True once the experiment was cancelled (checked at most every 2 s)."""
+        """True once the experiment was cancelled (asked at most every ``CANCEL_CHECK_S``)."""
         now = time.monotonic()
-        if not self._stop and now - self._stop_checked > 2.0 and self.exp_key is not None:
+        if not self._stop and now - self._stop_checked > CANCEL_CHECK_S and self.exp_key:
             self._stop_checked = now
-            exp = self.store.get_experiment(self.exp_key) or {}
-            self._stop = bool(exp.get("cancel_requested"))
+            self._stop = rules.cancel_requested(self.store.get_experiment(self.exp_key))
         return self._stop
 
     def attach(self, name: str, data: bytes) -> None:
@@ -127,9 +127,10 @@ class TrialContextImpl:
         best = self.store.best_trial(self.exp_key)
         return None if best is None else best["result"]["loss"]
 
-    def prune_attachments(self, name: str, worse_than: float) -> int:
-        """Delete attachment ``name`` of finished trials whose loss is above ``worse_than``."""
-        return self.store.prune_attachments(self.exp_key, name, worse_than, keep_tid=self.tid)
+    def drop_superseded_models(self, name: str, worse_than: float) -> int:
+        """Delete attachment ``name`` of the experiment's other finished trials whose loss is
+        above ``worse_than``; returns how many went."""
+        return self.store.drop_superseded_models(self.exp_key, name, worse_than, keep_tid=self.tid)
 
 
 def check_result(result: Any) -> dict[str, Any]:

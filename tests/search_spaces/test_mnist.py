@@ -14,8 +14,8 @@ from hyperopt.pyll import stochastic
 
 from coordinator.errors import ConfigError
 from search_spaces import get_space
+from search_spaces.keras.data import load_mnist, mnist_splits
 from tests.conftest import ROOT, cli_env, hyperfleet
-from worker.keras_data import load_mnist, mnist_splits
 
 SPACES = ("mnist_mlp", "mnist_cnn", "mnist_lecture")
 LECTURE_VAL_ACCURACY = 0.9593  # the lecture's second-epoch validation accuracy

@@ -8,7 +8,7 @@ from typing import Any
 
 from hyperopt import hp
 
-from search_spaces.keras_space import keras_space
+from search_spaces.keras import keras_space
 from search_spaces.mnist import MNIST_SETTINGS, build_mlp, mnist_data
 
 

@@ -1,12 +1,13 @@
-"""Train one Keras trial inside a worker: compile, fit, report each epoch, keep the best model.
+"""Train one Keras trial: compile, fit, report each epoch, keep the best model.
 
 Imported lazily by Keras spaces' objectives, so Keras loads in the worker's long-lived trial
-process once and stays loaded with the data (``worker.keras_data``) across trials.
+process once and stays loaded with the data (:mod:`search_spaces.keras.data`) across trials.
 
-The callback is a thin adapter: it forwards each epoch's metrics to ``ctx.report_epoch`` (which
-appends them to the trial document and fails with ``TrialLost`` if the lease is gone) and stops
-training when ``ctx.should_stop()`` says the experiment was cancelled. Divergence is Keras's own
-``TerminateOnNaN``; the result then says STATUS_FAIL with the reason.
+Everything the runner needs from the worker goes through the ``ctx`` it is given
+(:class:`search_spaces.base.TrialContext`). :class:`EpochReporter` is a thin adapter: it forwards
+each epoch's metrics to ``ctx.report_epoch`` (which fails with ``TrialLost`` if the lease is gone)
+and stops training when ``ctx.should_stop()`` says so; whether to stop is the context's decision.
+Divergence is Keras's own ``TerminateOnNaN``; the result then says STATUS_FAIL with the reason.
 """
 
 from __future__ import annotations
@@ -19,26 +20,20 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import keras
 from hyperopt import STATUS_FAIL, STATUS_OK
 
+from coordinator.defaults import MODEL_ATTACHMENT, SAVE_MODE
 from search_spaces.base import TrialContext
-from search_spaces.keras_space import MODEL_ATTACHMENT, SAVE_MODES, BuildModel, LoadData
+
+if TYPE_CHECKING:
+    from search_spaces.keras.space import BuildModel, LoadData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODEL_ATTACHMENT", "SAVE_MODES", "EpochReporter", "devices", "run_trial"]
-
-
-class KerasTrialContext(TrialContext, Protocol):
-    """What the runner needs from the worker besides the basic ``TrialContext``."""
-
-    info: Mapping[str, Any]
-
-    def best_loss(self) -> float | None: ...
-    def prune_attachments(self, name: str, worse_than: float) -> int: ...
+__all__ = ["EpochReporter", "devices", "make_optimizer", "model_bytes", "run_trial"]
 
 
 def _bound_tensorflow_threads() -> None:
@@ -62,7 +57,7 @@ _bound_tensorflow_threads()
 
 
 class EpochReporter(keras.callbacks.Callback):
-    """Report each epoch's metrics to the trial document; stop when the search is cancelled."""
+    """Forward each epoch's metrics to ``ctx``; stop training when ``ctx`` says so."""
 
     def __init__(self, ctx: TrialContext) -> None:
         super().__init__()
@@ -78,7 +73,6 @@ class EpochReporter(keras.callbacks.Callback):
         metrics.update({k: float(v) for k, v in (logs or {}).items()})
         metrics["seconds"] = round(time.perf_counter() - self._started, 4)
         self.ctx.report_epoch(metrics)
-        self.ctx.heartbeat()
         if self.ctx.should_stop():
             self.stopped = True
             self.model.stop_training = True
@@ -130,9 +124,9 @@ def _divergence(history: Mapping[str, list[float]]) -> str | None:
     return None
 
 
-def _save_model(model: Any, ctx: KerasTrialContext, loss: float) -> bool:
+def _save_model(model: Any, ctx: TrialContext, loss: float) -> bool:
     """Attach the model per ``--save-models``: ``best`` keeps only the best so far."""
-    mode = ctx.info.get("save_models", "best")
+    mode = ctx.info.get("save_models", SAVE_MODE)
     if mode == "none":
         return False
     if mode == "best":
@@ -141,13 +135,13 @@ def _save_model(model: Any, ctx: KerasTrialContext, loss: float) -> bool:
             return False
     ctx.attach(MODEL_ATTACHMENT, model_bytes(model))
     if mode == "best":
-        ctx.prune_attachments(MODEL_ATTACHMENT, worse_than=loss)
+        ctx.drop_superseded_models(MODEL_ATTACHMENT, worse_than=loss)
     return True
 
 
 def run_trial(
     params: dict[str, Any],
-    ctx: KerasTrialContext,
+    ctx: TrialContext,
     *,
     build_model: BuildModel,
     data: LoadData,

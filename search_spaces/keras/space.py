@@ -1,13 +1,13 @@
 """Keras search spaces: a :class:`SearchSpace` whose trials train a Keras model.
 
-A Keras space gives two functions and gets the training for free (``worker.keras_trial``):
-``build_model(params, settings)`` returns an uncompiled ``keras.Model`` (its input shape decides
-how the images are shaped) and ``data(input_shape, settings)`` returns
-:class:`worker.keras_data.Splits`. Parameters must hold ``optimizer`` (``{"name": ..., **kwargs}``)
-and ``batch_size``; settings must hold ``epochs`` and ``objective``.
+A Keras space gives two functions and gets the training for free
+(:mod:`search_spaces.keras.training`): ``build_model(params, settings)`` returns an uncompiled
+``keras.Model`` (its input shape decides how the images are shaped) and ``data(input_shape,
+settings)`` returns :class:`search_spaces.keras.data.Splits`. Parameters must hold ``optimizer``
+(``{"name": ..., **kwargs}``) and ``batch_size``; settings must hold ``epochs`` and ``objective``.
 
-Importing this module imports neither Keras nor TensorFlow: they load in the worker, on the
-first trial.
+Importing this module imports neither Keras nor TensorFlow: they load in the process that runs
+trials, on the first trial.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from typing import Any
 from search_spaces.base import SearchSpace, Setting, TrialContext
 
 OBJECTIVES = ("val_loss", "val_error")
-SAVE_MODES = ("best", "all", "none")  #: ``hyperfleet worker --save-models``
-MODEL_ATTACHMENT = "model.keras"  #: the trial attachment holding a saved model
 
 #: settings every Keras space understands (add your data's own, like ``train_size``)
 TRAINING_SETTINGS = (
@@ -48,10 +46,10 @@ class KerasSearchSpace(SearchSpace):
     data: LoadData | None = None
 
 
-def _run_keras_trial(
+def _train(
     build_model: BuildModel, data: LoadData, params: dict[str, Any], ctx: TrialContext
 ) -> dict[str, Any]:
-    from worker.keras_trial import run_trial  # imports Keras: only in the worker
+    from search_spaces.keras.training import run_trial  # imports Keras: only when a trial runs
 
     return run_trial(params, ctx, build_model=build_model, data=data)
 
@@ -68,7 +66,7 @@ def keras_space(
     return KerasSearchSpace(
         name=name,
         build=build,
-        objective=functools.partial(_run_keras_trial, build_model, data),
+        objective=functools.partial(_train, build_model, data),
         settings=settings,
         description=description,
         build_model=build_model,
