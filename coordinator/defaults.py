@@ -29,3 +29,7 @@ SAVE_MODES = ("best", "all", "none")
 SAVE_MODE = "best"
 #: the GridFS attachment of a trial that holds its saved Keras model
 MODEL_ATTACHMENT = "model.keras"
+#: ``--algo``: hyperopt's suggestion algorithms a search may use (tpe is the default)
+ALGOS = ("tpe", "rand", "atpe", "anneal")
+#: ``hyperfleet export --format``
+EXPORT_FORMATS = ("csv", "json", "jsonl")
