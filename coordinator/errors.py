@@ -36,3 +36,7 @@ class SpaceError(HyperfleetError):
 
 class TrialLost(HyperfleetError):
     """This worker no longer owns the trial (its lease was reaped or it was cancelled)."""
+
+
+class DockerUnavailable(HyperfleetError):
+    """The Docker engine could not be reached, or the docker SDK is not installed."""

@@ -20,8 +20,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from coordinator.errors import ConfigError, HyperfleetError
-from coordinator.store import redact_uri
+from coordinator.errors import ConfigError, DockerUnavailable, HyperfleetError
 
 if TYPE_CHECKING:
     import docker
@@ -31,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "hyperfleet:latest"
 DEFAULT_NETWORK = "hyperfleet"
+#: seconds ``launch --stop`` lets a worker finish its trial before Docker kills it
+STOP_TIMEOUT_S = 600
 LABEL_ROLE = "hyperfleet.role"
 LABEL_GPU = "hyperfleet.gpu"
 LABEL_EXP_KEY = "hyperfleet.exp_key"
@@ -39,10 +40,6 @@ ROLE_WORKER = "worker"
 NO_GPU = "none"
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_.-]+")
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
-
-
-class DockerUnavailable(HyperfleetError):
-    """The Docker engine could not be reached, or the docker SDK is not installed."""
 
 
 @dataclass(frozen=True)
@@ -110,20 +107,6 @@ class LaunchPlan:
         return WorkerSpec(name, gpu, self.image, command, environment, labels, self.network)
 
 
-def parse_gpus(value: str | None) -> list[str]:
-    """``"0,1,2,3"`` -> ``["0", "1", "2", "3"]``; ``None``/``""``/``"none"`` -> ``[]``."""
-    if value is None or value.strip().lower() in ("", NO_GPU):
-        return []
-    ids = [v.strip() for v in value.split(",")]
-    if not all(v.isdigit() for v in ids):
-        raise ConfigError(f"--gpus {value!r}: expected GPU ids like 0,1,2,3 (see nvidia-smi -L)")
-    if len(set(ids)) != len(ids):
-        raise ConfigError(
-            f"--gpus {value!r}: a GPU is listed twice; use --per-gpu for more workers"
-        )
-    return ids
-
-
 def parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
     labels = {}
     for pair in pairs:
@@ -140,6 +123,8 @@ def check_mongo_reachable_from_containers(mongo: str, network: str) -> None:
     """A localhost URI means the container itself, unless it shares the host's network."""
     if network == "host" or not mongo.startswith("mongodb://"):
         return
+    from coordinator.store import redact_uri
+
     hosts = urllib.parse.urlsplit(mongo).netloc.rpartition("@")[2]
     for host in hosts.split(","):
         name = host[: host.find("]") + 1] if host.startswith("[") else host.rsplit(":", 1)[0]
@@ -224,7 +209,7 @@ class Launcher:
         self,
         exp_key: str | None = None,
         labels: dict[str, str] | None = None,
-        timeout_s: int = 600,
+        timeout_s: int = STOP_TIMEOUT_S,
     ) -> list[str]:
         """SIGTERM each worker (it finishes its trial), wait up to ``timeout_s``, then remove it.
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator import defaults
 from coordinator.errors import HyperfleetError
 from coordinator.search import Coordinator, SearchConfig, SearchOutcome
 from coordinator.server import EmbeddedServer
@@ -24,8 +25,8 @@ logger = logging.getLogger(__name__)
 class LocalConfig:
     search: SearchConfig
     workers: int = 2
-    db_path: Path = Path(".hyperfleet") / "db"
-    db: str = "hyperfleet"
+    db_path: Path = defaults.DB_PATH
+    db: str = defaults.DB_NAME
     worker_args: list[str] = field(default_factory=list)
     #: one environment per worker (GPU pinning, threads); empty: plain CPU workers
     worker_envs: list[dict[str, str]] = field(default_factory=list)
@@ -35,12 +36,12 @@ class LocalConfig:
 
 
 def local_worker_envs(
-    workers: int, gpus: str | None, per_gpu: int, threads: int | None
+    workers: int, gpus: list[str] | None, per_gpu: int, threads: int | None
 ) -> list[dict[str, str]]:
-    """One environment per worker: ``--per-gpu`` workers pinned to each GPU of ``gpus`` (else
+    """One environment per worker: ``per_gpu`` workers pinned to each GPU id of ``gpus`` (else
     ``workers`` CPU workers), each with ``threads`` CPU threads (default: the cores divided
     among the workers, so they do not oversubscribe them)."""
-    pins = [g for g in gpus.split(",") for _ in range(per_gpu)] if gpus else ["none"] * workers
+    pins = [g for g in gpus for _ in range(per_gpu)] if gpus else ["none"] * workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     per_worker = threads or max(1, (cores or 1) // len(pins))
     return [{"HYPERFLEET_GPU": pin, "HYPERFLEET_THREADS": str(per_worker)} for pin in pins]

@@ -5,17 +5,8 @@ from __future__ import annotations
 import pytest
 
 from coordinator.errors import ConfigError
-from coordinator.launch import LaunchPlan, parse_gpus, parse_labels
+from coordinator.launch import LaunchPlan, parse_labels
 from tests.conftest import hyperfleet
-
-
-def test_parse_gpus() -> None:
-    assert parse_gpus("0,1, 2,3") == ["0", "1", "2", "3"]
-    assert parse_gpus(None) == parse_gpus("none") == parse_gpus("") == []
-    with pytest.raises(ConfigError, match="expected GPU ids"):
-        parse_gpus("0,gpu1")
-    with pytest.raises(ConfigError, match="listed twice"):
-        parse_gpus("1,1")
 
 
 def test_labels_cannot_forge_hyperfleet_ones() -> None:
@@ -65,3 +56,9 @@ def test_cli_errors_are_one_line() -> None:
     out = hyperfleet("launch", "--gpus", "0", "--docker-host", "unix:///nonexistent/docker.sock")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("Error: cannot reach the Docker engine at unix:///")
+    # the GPU list is read by the CLI's one parser (tests/coordinator/test_cli_options.py)
+    out = hyperfleet("launch", "--gpus", "0,gpu1", "--docker-host", "unix:///nonexistent/d.sock")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "Error: --gpus '0,gpu1': expected GPU ids like 0 or 0,1 (see nvidia-smi -L), or none"
+    )

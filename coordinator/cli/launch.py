@@ -1,64 +1,52 @@
 """``hyperfleet launch``: GPU-pinned worker containers on a Docker host.
 
-The Docker logic is in :mod:`coordinator.launch`.
+The Docker logic is in :mod:`coordinator.launch` (it imports the docker SDK only when asked).
 """
 
 from __future__ import annotations
 
 import click
 
-from coordinator.cli import main
+from coordinator.cli.options import (
+    exp_key_option,
+    gpus_options,
+    idle_timeout_option,
+    mongo_options,
+    threads_option,
+)
 from coordinator.errors import ConfigError
 from coordinator.launch import (
     DEFAULT_IMAGE,
     DEFAULT_NETWORK,
+    STOP_TIMEOUT_S,
     Launcher,
     LaunchPlan,
     connect_docker,
     describe,
-    parse_gpus,
     parse_labels,
 )
-from coordinator.store import DEFAULT_DB
 
 
-# Not the shared mongo_options: --ps and --stop need no database, so --mongo is optional here.
-@main.command()
-@click.option("--gpus", default=None, metavar="IDS", help="host GPU ids, one worker set per GPU")
-@click.option(
-    "--per-gpu",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="worker containers per GPU (they share its memory)",
+# --mongo is optional here: --ps and --stop need no database.
+@click.command()
+@gpus_options(
+    gpus_help="host GPU ids, one worker set per GPU",
+    per_gpu_help="worker containers per GPU (they share its memory)",
 )
 @click.option(
     "--cpu-workers", type=click.IntRange(min=0), default=0, help="CPU-only worker containers"
 )
 @click.option("--image", default=DEFAULT_IMAGE, show_default=True, help="hyperfleet image")
-@click.option(
-    "--mongo",
-    envvar="HYPERFLEET_MONGO",
-    default=None,
-    metavar="URI",
-    help="MongoDB URI as seen from the containers [env: HYPERFLEET_MONGO]",
-)
-@click.option("--db", envvar="HYPERFLEET_DB", default=DEFAULT_DB, show_default=True)
-@click.option("--exp-key", default=None, help="workers serve only this experiment [default: any]")
+@mongo_options(required=False, help="MongoDB URI as seen from the containers")
+@exp_key_option("workers serve only this experiment [default: any]")
 @click.option(
     "--network",
     default=DEFAULT_NETWORK,
     show_default=True,
     help="Docker network (created if missing; `host` shares the host's)",
 )
-@click.option(
-    "--idle-timeout",
-    "idle_timeout_s",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="workers leave after this many seconds without a trial",
-)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per worker")
+@idle_timeout_option("workers leave after this many seconds without a trial")
+@threads_option("CPU threads per worker")
 @click.option("--label", "label_pairs", multiple=True, metavar="KEY=VALUE", help="extra labels")
 @click.option(
     "--docker-host",
@@ -72,12 +60,12 @@ from coordinator.store import DEFAULT_DB
 @click.option(
     "--stop-timeout",
     type=click.IntRange(min=0),
-    default=600,
+    default=STOP_TIMEOUT_S,
     show_default=True,
     help="with --stop: seconds a worker may finish its trial before it is killed",
 )
 def launch(
-    gpus: str | None,
+    gpus: list[str] | None,
     per_gpu: int,
     cpu_workers: int,
     image: str,
@@ -123,7 +111,7 @@ def launch(
         mongo=mongo,
         db=db,
         exp_key=exp_key,
-        gpus=parse_gpus(gpus),
+        gpus=gpus or [],
         per_gpu=per_gpu,
         cpu_workers=cpu_workers,
         image=image,

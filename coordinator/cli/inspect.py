@@ -1,6 +1,7 @@
-"""Inspection commands: ``status``, ``top``, ``show``, ``export``, ``plot``, ``workers``.
+"""Inspection commands: ``status``, ``workers``, ``top``, ``show``, ``export``, ``plot``.
 
-They only read; the queries and the flattening live in :mod:`coordinator.inspect`.
+They only read; the queries and the flattening live in :mod:`coordinator.inspect`, imported
+inside each command (it needs the store, hence pymongo).
 """
 
 from __future__ import annotations
@@ -8,43 +9,35 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from coordinator import inspect as ins
-from coordinator.cli import _open_store, main, mongo_options
+from coordinator.cli.options import exp_key_option, mongo_options, spaces_option, stale_option
+from coordinator.defaults import EXPORT_FORMATS
 from coordinator.errors import ConfigError
 from coordinator.states import TrialState
 
+if TYPE_CHECKING:
+    from coordinator import inspect as ins
+
 _EXP_KEY_HELP = "the experiment (its --exp-key)"
-_SPACES_OPTION = click.option(
-    "--spaces",
-    "spaces",
-    multiple=True,
-    metavar="PATH",
-    help="extra search spaces (the --spaces the search used), to decode queued trials' params",
-)
-_STALE_OPTION = click.option(
-    "--stale-after",
-    "stale_s",
-    type=click.FloatRange(min=0),
-    default=ins.DEFAULT_STALE_S,
-    show_default=True,
-    help="flag a worker stale when its last heartbeat is older than this many seconds",
-)
+_SPACES_HELP = "extra search spaces (the --spaces the search used), to decode queued trials' params"
 
 
 # -- status ------------------------------------------------------------------------------------
 
 
-@main.command()
-@mongo_options
-@click.option("--exp-key", default=None, help="only this experiment [default: all]")
-@_STALE_OPTION
+@click.command()
+@mongo_options()
+@exp_key_option("only this experiment [default: all]")
+@stale_option()
 def status(mongo: str, db: str, exp_key: str | None, stale_s: float) -> None:
     """Experiments: trials by state, best loss, trials/min, live workers, ETA."""
-    store = _open_store(mongo, db)
+    from coordinator import inspect as ins
+    from coordinator.store import connect
+
+    store = connect(mongo, db)
     exps = [ins.get_experiment(store, exp_key)] if exp_key else store.list_experiments()
     if not exps:
         click.echo(f"no experiments in database {db!r}")
@@ -57,6 +50,8 @@ def status(mongo: str, db: str, exp_key: str | None, stale_s: float) -> None:
 
 
 def _print_summary(s: ins.ExperimentSummary) -> None:
+    from coordinator import inspect as ins
+
     total = f"/{s.max_evals}" if s.max_evals else ""
     click.echo(f"experiment {s.exp_key}  [{s.status}]" + (f"  space {s.space}" if s.space else ""))
     click.echo(f"  trials    {s.finished}{total} finished: " + _counts(s.counts))
@@ -79,6 +74,8 @@ def _counts(counts: dict[TrialState, int]) -> str:
 
 
 def _worker_line(w: ins.WorkerView) -> str:
+    from coordinator import inspect as ins
+
     trial = f"trial {w.current_tid}" if w.current_tid is not None else "idle"
     gpu = f" gpu {w.gpu}" if w.gpu and w.gpu != "none" else ""
     seen = "never" if w.age_s is None else f"{ins.fmt_duration(w.age_s)} ago"
@@ -89,13 +86,16 @@ def _worker_line(w: ins.WorkerView) -> str:
 # -- workers -----------------------------------------------------------------------------------
 
 
-@main.command()
-@mongo_options
-@_STALE_OPTION
+@click.command()
+@mongo_options()
+@stale_option()
 @click.option("--all", "include_stopped", is_flag=True, help="also list stopped workers")
 def workers(mongo: str, db: str, stale_s: float, include_stopped: bool) -> None:
     """Workers from their heartbeats: host, GPU, current trial, last heartbeat."""
-    store = _open_store(mongo, db)
+    from coordinator import inspect as ins
+    from coordinator.store import connect
+
+    store = connect(mongo, db)
     views = ins.worker_views(store, stale_s=stale_s, include_stopped=include_stopped)
     if not views:
         click.echo("no live workers" + ("" if include_stopped else " (--all lists stopped ones)"))
@@ -121,9 +121,9 @@ def workers(mongo: str, db: str, stale_s: float, include_stopped: bool) -> None:
 # -- top ---------------------------------------------------------------------------------------
 
 
-@main.command()
-@mongo_options
-@click.option("--exp-key", required=True, help=_EXP_KEY_HELP)
+@click.command()
+@mongo_options()
+@exp_key_option(_EXP_KEY_HELP, required=True)
 @click.option("-n", "limit", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option(
     "--by",
@@ -134,7 +134,7 @@ def workers(mongo: str, db: str, stale_s: float, include_stopped: bool) -> None:
 )
 @click.option("--desc", is_flag=True, help="largest first (e.g. for accuracy)")
 @click.option("--all-states", is_flag=True, help="include failed, running and queued trials")
-@_SPACES_OPTION
+@spaces_option(_SPACES_HELP)
 def top(
     mongo: str,
     db: str,
@@ -146,7 +146,10 @@ def top(
     spaces: tuple[str, ...],
 ) -> None:
     """The best trials: decoded params and main metrics, best first."""
-    store = _open_store(mongo, db)
+    from coordinator import inspect as ins
+    from coordinator.store import connect
+
+    store = connect(mongo, db)
     rows = ins.load_rows(store, exp_key, spaces=spaces)
     pool = rows if all_states else ins.ok_rows(rows)
     if not pool:
@@ -182,14 +185,17 @@ def _numeric(rows: list[dict[str, Any]], column: str) -> bool:
 # -- show --------------------------------------------------------------------------------------
 
 
-@main.command()
-@mongo_options
-@click.option("--exp-key", required=True, help=_EXP_KEY_HELP)
+@click.command()
+@mongo_options()
+@exp_key_option(_EXP_KEY_HELP, required=True)
 @click.argument("tid", type=int)
-@_SPACES_OPTION
+@spaces_option(_SPACES_HELP)
 def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -> None:
     """One trial: params, result, per-epoch metrics, timing, worker, attempts, error."""
-    store = _open_store(mongo, db)
+    from coordinator import inspect as ins
+    from coordinator.store import connect
+
+    store = connect(mongo, db)
     exp = ins.get_experiment(store, exp_key)
     doc = store.get_trial(exp_key, tid)
     if doc is None:
@@ -240,6 +246,8 @@ def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -
 
 
 def _section(title: str, values: dict[str, Any]) -> None:
+    from coordinator import inspect as ins
+
     shown = {k: v for k, v in values.items() if v is not None and k != "traceback"}
     if not shown:
         return
@@ -257,13 +265,13 @@ def _indent(text: str) -> str:
 # -- export ------------------------------------------------------------------------------------
 
 
-@main.command()
-@mongo_options
-@click.option("--exp-key", required=True, help=_EXP_KEY_HELP)
+@click.command()
+@mongo_options()
+@exp_key_option(_EXP_KEY_HELP, required=True)
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(ins.EXPORT_FORMATS),
+    type=click.Choice(EXPORT_FORMATS),
     default=None,
     help="[default: from the file's extension, else csv]",
 )
@@ -274,7 +282,7 @@ def _indent(text: str) -> str:
     default=None,
     help="file to write [default: stdout]",
 )
-@_SPACES_OPTION
+@spaces_option(_SPACES_HELP)
 def export(
     mongo: str,
     db: str,
@@ -286,8 +294,11 @@ def export(
     """Every trial as one flat row: params (nested ones too), metrics, timing, worker, state."""
     if fmt is None:
         suffix = output.suffix.lstrip(".").lower() if output else ""
-        fmt = suffix if suffix in ins.EXPORT_FORMATS else "csv"
-    store = _open_store(mongo, db)
+        fmt = suffix if suffix in EXPORT_FORMATS else "csv"
+    from coordinator import inspect as ins
+    from coordinator.store import connect
+
+    store = connect(mongo, db)
     rows = ins.load_rows(store, exp_key, spaces=spaces)
     text = ins.render_export(rows, fmt)
     if output is None:
@@ -300,9 +311,9 @@ def export(
 # -- plot --------------------------------------------------------------------------------------
 
 
-@main.command()
-@mongo_options
-@click.option("--exp-key", required=True, help=_EXP_KEY_HELP)
+@click.command()
+@mongo_options()
+@exp_key_option(_EXP_KEY_HELP, required=True)
 @click.option(
     "-o",
     "--output",
@@ -311,14 +322,17 @@ def export(
     required=True,
     help="directory for the PNG files (created if needed)",
 )
-@_SPACES_OPTION
+@spaces_option(_SPACES_HELP)
 def plot(mongo: str, db: str, exp_key: str, out_dir: Path, spaces: tuple[str, ...]) -> None:
     """PNGs: loss over time, each parameter against loss, learning curves, worker timeline."""
     try:
         from coordinator import plots
     except ImportError as e:
         raise ConfigError(f"plotting needs matplotlib ({e}): pip install 'hyperfleet[plot]'") from e
-    store = _open_store(mongo, db)
+    from coordinator import inspect as ins
+    from coordinator.store import connect
+
+    store = connect(mongo, db)
     exp = ins.get_experiment(store, exp_key)
     docs = ins.load_trials(store, exp_key)
     decoder = ins.ParamDecoder(exp, spaces)

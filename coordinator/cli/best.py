@@ -5,19 +5,21 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from coordinator.cli import _open_store, main, mongo_options
+from coordinator.cli.options import best_model_options, exp_key_option, mongo_options
+from coordinator.defaults import MODEL_ATTACHMENT
 from coordinator.errors import ConfigError, HyperfleetError
-from coordinator.store import TrialStore, utcnow
-from search_spaces.keras_space import MODEL_ATTACHMENT
+
+if TYPE_CHECKING:
+    from coordinator.store import TrialStore
 
 
 def _keras_space(exp: dict[str, Any]) -> Any:
     from search_spaces import get_space, load_spaces
-    from search_spaces.keras_space import KerasSearchSpace
+    from search_spaces.keras import KerasSearchSpace
 
     for path in filter(None, (exp.get("spaces_source") or "").split(",")):
         load_spaces(path)
@@ -32,6 +34,8 @@ def _keras_space(exp: dict[str, Any]) -> Any:
 
 def evaluate_model(store: TrialStore, exp: dict[str, Any], tid: int, data: bytes) -> dict[str, Any]:
     """Test metrics of a saved ``.keras`` model on its space's test set (never used to select)."""
+    from coordinator.store import utcnow
+
     space = _keras_space(exp)
     settings = space.resolve_settings(exp.get("settings", {}))
     import keras
@@ -103,23 +107,18 @@ def report_best(
     return lines
 
 
-@main.command()
-@mongo_options
-@click.option("--exp-key", required=True, help="the experiment")
-@click.option(
-    "--save-model",
-    type=click.Path(dir_okay=False),
-    default=None,
-    metavar="PATH",
-    help="write the best model here (.keras format)",
-)
-@click.option(
-    "--evaluate",
-    is_flag=True,
-    help="evaluate the best model on the test set and record the metrics on the experiment",
+@click.command()
+@mongo_options()
+@exp_key_option("the experiment", required=True)
+@best_model_options(
+    save_model_help="write the best model here (.keras format)",
+    evaluate_help="evaluate the best model on the test set and record the metrics on the "
+    "experiment",
 )
 def best(mongo: str, db: str, exp_key: str, save_model: str | None, evaluate: bool) -> None:
     """Show the best trial of a search; save its Keras model; evaluate it on the test set."""
-    store = _open_store(mongo, db)
+    from coordinator.store import connect
+
+    store = connect(mongo, db)
     for line in report_best(store, exp_key, save_model=save_model, evaluate=evaluate):
         click.echo(line)

@@ -1,0 +1,93 @@
+"""The ``hyperfleet`` command: the group, its one-line errors, and the one list of its commands.
+
+Commands live in the module of their group and share the options of :mod:`.options`:
+
+- :mod:`.server`: ``server`` (the embedded MongoDB-compatible server)
+- :mod:`.worker`: ``worker``
+- :mod:`.search`: ``search``, ``local``, ``spaces``
+- :mod:`.maintenance`: ``reap``, ``cancel``
+- :mod:`.inspect`: ``status``, ``workers``, ``top``, ``show``, ``export``, ``plot``
+- :mod:`.best`: ``best`` (Keras models)
+- :mod:`.launch`: ``launch`` (worker containers on a Docker host)
+
+Command modules import hyperopt, pymongo, numpy and Keras inside the command functions, never at
+import time, so ``hyperfleet --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from coordinator.cli import best, inspect, launch, maintenance, search, server, worker
+from coordinator.cli.options import log_level_option
+from coordinator.errors import ConfigError, HyperfleetError, SpaceError
+
+
+class _BadInput(click.ClickException):
+    """Bad input (a ConfigError or SpaceError): one line and exit code 2, like a usage error."""
+
+    exit_code = 2
+
+
+class HyperfleetGroup(click.Group):
+    """Turns hyperfleet's errors into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, SpaceError) as e:
+            raise _BadInput(str(e)) from e
+        except HyperfleetError as e:
+            raise click.ClickException(str(e)) from e
+
+
+def _setup_logging(level: str) -> None:
+    # TensorFlow's C++ start-up notices (oneDNN, CPU features) are noise in a terminal; a user
+    # who wants them sets TF_CPP_MIN_LOG_LEVEL=0 (workers and `best --evaluate` inherit this)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("pymongo", "hyperopt", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+@click.group(cls=HyperfleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@log_level_option()
+def main(log_level: str) -> None:
+    """hyperfleet: distributed hyperparameter search for Keras models over MongoDB."""
+    _setup_logging(log_level)
+
+
+# -- the commands: registered here and nowhere else ---------------------------------------------
+main.add_command(server.server)
+main.add_command(worker.worker)
+main.add_command(search.search)
+main.add_command(search.local)
+main.add_command(search.spaces)
+main.add_command(maintenance.reap)
+main.add_command(maintenance.cancel)
+main.add_command(inspect.status)
+main.add_command(inspect.workers)
+main.add_command(inspect.top)
+main.add_command(inspect.show)
+main.add_command(inspect.export)
+main.add_command(inspect.plot)
+main.add_command(best.best)
+main.add_command(launch.launch)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    main(prog_name="hyperfleet")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,37 @@
+"""Housekeeping any machine may run at any time: ``reap`` (requeue lost trials) and ``cancel``."""
+
+from __future__ import annotations
+
+import click
+
+from coordinator.cli.options import exp_key_option, max_attempts_option, mongo_options
+from coordinator.errors import ConfigError
+from coordinator.states import TrialState
+
+
+@click.command()
+@mongo_options()
+@exp_key_option("only this experiment [default: all]")
+@max_attempts_option("used for experiments that do not record their own")
+def reap(mongo: str, db: str, exp_key: str | None, max_attempts: int) -> None:
+    """Requeue trials whose worker stopped heartbeating (safe to run any time, anywhere)."""
+    from coordinator.store import connect
+
+    store = connect(mongo, db)
+    tids = store.reap_expired(exp_key, max_attempts=max_attempts)
+    click.echo(f"reaped {len(tids)} trials" + (f": {', '.join(map(str, tids))}" if tids else ""))
+
+
+@click.command()
+@mongo_options()
+@exp_key_option("the experiment to stop", required=True)
+def cancel(mongo: str, db: str, exp_key: str) -> None:
+    """Stop a search: queued trials become CANCEL, running ones stop at their next epoch."""
+    from coordinator.store import connect
+
+    store = connect(mongo, db)
+    if store.get_experiment(exp_key) is None:
+        raise ConfigError(f"no experiment {exp_key!r} in database {db!r}")
+    n = store.cancel_experiment(exp_key)
+    running = store.count(exp_key, [int(TrialState.RUNNING)])
+    click.echo(f"cancelled {exp_key}: {n} queued trials cancelled, {running} running will stop")

@@ -1,0 +1,318 @@
+"""Every option that more than one command takes, declared once, and the one GPU-list parser.
+
+Each function returns a click decorator; where commands differ (required or not, the help line,
+an environment variable) that is a parameter, never a second declaration. Options that read an
+environment variable say so in their help as ``[env: NAME]``.
+
+Nothing here imports hyperopt, pymongo, numpy or a framework: ``hyperfleet --help`` builds every
+command's options and must stay fast.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from coordinator import defaults
+from coordinator.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+Decorator = Callable[[F], F]
+
+_GPU_ID = re.compile(r"[0-9]+")
+#: what ``--gpu``/``--gpus`` accept for "no GPU, the CPU"
+CPU_WORDS = ("none", "cpu", "-1", "")
+
+
+def _stack(*decorators: Decorator) -> Decorator:
+    """One decorator of several options, listed in ``--help`` in the order given."""
+
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+def _env(help: str, var: str | None) -> str:
+    return f"{help} [env: {var}]" if var else help
+
+
+# -- MongoDB and the experiment ------------------------------------------------------------------
+
+
+def mongo_options(
+    *, required: bool = True, help: str = "MongoDB URI (mongodb:// or mongodb+srv://)"
+) -> Decorator:
+    """``--mongo`` (or $HYPERFLEET_MONGO, so passwords stay out of process lists) and ``--db``."""
+    return _stack(
+        click.option(
+            "--mongo",
+            "mongo",
+            envvar="HYPERFLEET_MONGO",
+            required=required,
+            metavar="URI",
+            help=_env(help, "HYPERFLEET_MONGO"),
+        ),
+        click.option(
+            "--db",
+            "db",
+            envvar="HYPERFLEET_DB",
+            default=defaults.DB_NAME,
+            show_default=True,
+            help=_env("database name", "HYPERFLEET_DB"),
+        ),
+    )
+
+
+def exp_key_option(help: str, *, required: bool = False) -> Decorator:
+    """``--exp-key`` (or $HYPERFLEET_EXP_KEY): the experiment a command creates, serves or reads.
+
+    ``help`` says what the key means to the command (the one to stop; serve only this one; ...).
+    """
+    return click.option(
+        "--exp-key",
+        "exp_key",
+        envvar="HYPERFLEET_EXP_KEY",
+        required=required,
+        help=_env(help, "HYPERFLEET_EXP_KEY"),
+    )
+
+
+# -- search spaces and searches ------------------------------------------------------------------
+
+
+def spaces_option(
+    help: str = "extra search spaces: a .py file or an importable module (repeatable)",
+) -> Decorator:
+    return click.option("--spaces", "spaces", multiple=True, metavar="PATH", help=help)
+
+
+def space_options() -> Decorator:
+    """``--set KEY=VALUE`` and ``--spaces``: which space a search runs, with which settings."""
+    return _stack(
+        click.option(
+            "--set",
+            "set_pairs",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="override a setting of the space (repeatable); `hyperfleet spaces` lists them",
+        ),
+        spaces_option(),
+    )
+
+
+def max_attempts_option(help: str) -> Decorator:
+    return click.option(
+        "--max-attempts",
+        type=click.IntRange(min=1),
+        default=defaults.MAX_ATTEMPTS,
+        show_default=True,
+        help=help,
+    )
+
+
+def search_options() -> Decorator:
+    """The options of a search (``search`` and ``local``); they become a ``SearchConfig``."""
+    return _stack(
+        click.option(
+            "--max-evals",
+            type=int,
+            default=50,
+            show_default=True,
+            help="number of trials to evaluate in all (a rerun continues up to it)",
+        ),
+        click.option(
+            "--algo",
+            default="tpe",
+            show_default=True,
+            help=f"suggestion algorithm: {', '.join(defaults.ALGOS)}",
+        ),
+        click.option(
+            "--queue-len",
+            type=click.IntRange(min=1),
+            default=None,
+            help="trials queued ahead of the workers [default: 2 x live workers, min 2]",
+        ),
+        click.option("--seed", type=int, default=None, help="random seed of the algorithm"),
+        click.option(
+            "--timeout",
+            "timeout_s",
+            type=click.FloatRange(min=0),
+            default=None,
+            help="stop queueing new trials after this many seconds",
+        ),
+        click.option(
+            "--loss-threshold",
+            type=float,
+            default=None,
+            help="stop once a trial's loss is below this",
+        ),
+        max_attempts_option("a trial whose worker is lost or crashes this often becomes ERROR"),
+        click.option(
+            "--force",
+            is_flag=True,
+            help="continue an exp key even if its space, settings or algo differ",
+        ),
+        click.option(
+            "--progress/--no-progress",
+            default=None,
+            help="progress bar [default: on when stderr is a terminal]",
+        ),
+    )
+
+
+# -- where and how trials run --------------------------------------------------------------------
+
+
+def parse_gpu_ids(value: str | None, option: str = "--gpus") -> list[str] | None:
+    """The one reading of a GPU list, for ``--gpu``, ``--gpus`` and $HYPERFLEET_GPU.
+
+    ``None`` (not given) -> ``None``; ``none``, ``cpu``, ``-1`` or empty -> ``[]`` (the CPU);
+    ``"0, 2"`` -> ``["0", "2"]``. Ids are whole numbers from 0, as ``nvidia-smi -L`` numbers
+    them, each listed once (``"01"`` is GPU 1). Anything else is a one-line ConfigError that
+    names ``option``.
+    """
+    if value is None:
+        return None
+    if value.strip().lower() in CPU_WORDS:
+        return []
+    parts = [part.strip() for part in value.split(",")]
+    if not all(_GPU_ID.fullmatch(part) for part in parts):
+        raise ConfigError(
+            f"{option} {value!r}: expected GPU ids like 0 or 0,1 (see nvidia-smi -L), or none"
+        )
+    ids = [str(int(part)) for part in parts]
+    twice = sorted({i for i in ids if ids.count(i) > 1}, key=int)
+    if twice:
+        raise ConfigError(
+            f"{option} {value!r}: GPU {twice[0]} is listed twice; list each GPU once "
+            "(--per-gpu runs several workers on one)"
+        )
+    return ids
+
+
+def _gpu_ids_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    return parse_gpu_ids(value, param.opts[0])
+
+
+def gpu_option() -> Decorator:
+    """``--gpu`` of one worker (or $HYPERFLEET_GPU): parsed to a list, ``[]`` for the CPU."""
+    return click.option(
+        "--gpu",
+        default=None,
+        envvar="HYPERFLEET_GPU",
+        metavar="ID|none",
+        callback=_gpu_ids_callback,
+        help=_env(
+            "pin to this GPU (sets CUDA_VISIBLE_DEVICES); none forces the CPU", "HYPERFLEET_GPU"
+        ),
+    )
+
+
+def gpus_options(*, gpus_help: str, per_gpu_help: str) -> Decorator:
+    """``--gpus IDS`` (parsed to a list) and ``--per-gpu N``: workers for each listed GPU."""
+    return _stack(
+        click.option(
+            "--gpus", default=None, metavar="IDS", callback=_gpu_ids_callback, help=gpus_help
+        ),
+        click.option(
+            "--per-gpu",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help=per_gpu_help,
+        ),
+    )
+
+
+def threads_option(help: str, *, envvar: str | None = None) -> Decorator:
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        envvar=envvar,
+        help=_env(help, envvar),
+    )
+
+
+def isolate_option(help: str) -> Decorator:
+    return click.option("--isolate/--no-isolate", default=True, show_default=True, help=help)
+
+
+def idle_timeout_option(help: str) -> Decorator:
+    return click.option(
+        "--idle-timeout",
+        "idle_timeout_s",
+        type=click.FloatRange(min=0),
+        default=None,
+        help=help,
+    )
+
+
+def db_path_option(help: str) -> Decorator:
+    """``--db-path``: the embedded server's storage directory."""
+    return click.option(
+        "--db-path",
+        type=click.Path(file_okay=False),
+        default=str(defaults.DB_PATH),
+        show_default=True,
+        help=help,
+    )
+
+
+# -- Keras models --------------------------------------------------------------------------------
+
+
+def save_models_option(help: str, *, envvar: str | None = None) -> Decorator:
+    """``--save-models best|all|none``: which trials keep their Keras model as an attachment."""
+    return click.option(
+        "--save-models",
+        type=click.Choice(defaults.SAVE_MODES),
+        default=defaults.SAVE_MODE,
+        show_default=True,
+        envvar=envvar,
+        help=help,
+    )
+
+
+def best_model_options(*, save_model_help: str, evaluate_help: str) -> Decorator:
+    """``--save-model PATH`` and ``--evaluate``: what to do with the best trial's Keras model."""
+    return _stack(
+        click.option(
+            "--save-model",
+            type=click.Path(dir_okay=False),
+            default=None,
+            metavar="PATH",
+            help=save_model_help,
+        ),
+        click.option("--evaluate", is_flag=True, help=evaluate_help),
+    )
+
+
+# -- inspection and the group ---------------------------------------------------------------------
+
+
+def stale_option() -> Decorator:
+    return click.option(
+        "--stale-after",
+        "stale_s",
+        type=click.FloatRange(min=0),
+        default=defaults.STALE_WORKER_S,
+        show_default=True,
+        help="flag a worker stale when its last heartbeat is older than this many seconds",
+    )
+
+
+def log_level_option() -> Decorator:
+    return click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        default="info",
+        show_default=True,
+        envvar="HYPERFLEET_LOG_LEVEL",
+    )

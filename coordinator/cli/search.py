@@ -1,0 +1,213 @@
+"""Running searches: ``search`` (the coordinator alone), ``local`` (server, workers and
+coordinator on this machine) and ``spaces`` (what can be searched)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from coordinator.cli.options import (
+    best_model_options,
+    db_path_option,
+    exp_key_option,
+    gpus_options,
+    isolate_option,
+    mongo_options,
+    save_models_option,
+    search_options,
+    space_options,
+    spaces_option,
+    threads_option,
+)
+from coordinator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from coordinator.search import SearchConfig, SearchOutcome
+    from coordinator.store import TrialStore
+
+
+def _resolve_space(
+    name: str, spaces: tuple[str, ...], set_pairs: tuple[str, ...]
+) -> tuple[Any, dict[str, Any]]:
+    from search_spaces import get_space, load_spaces, parse_set_options
+
+    for path in spaces:
+        load_spaces(path)
+    space = get_space(name)
+    return space, space.resolve_settings(parse_set_options(set_pairs))
+
+
+def _search_config(
+    space: Any,
+    settings: dict[str, Any],
+    exp_key: str,
+    spaces: tuple[str, ...],
+    progress: bool | None,
+    **opts: Any,
+) -> SearchConfig:
+    from coordinator.search import SearchConfig
+
+    show = sys.stderr.isatty() if progress is None else progress
+    return SearchConfig(
+        space=space,
+        settings=settings,
+        exp_key=exp_key,
+        spaces_source=",".join(spaces) or None,
+        progress=show,
+        **opts,
+    )
+
+
+def _print_outcome(outcome: SearchOutcome) -> None:
+    counts = ", ".join(f"{s.name.lower()} {n}" for s, n in outcome.counts.items() if n)
+    click.echo(
+        f"experiment {outcome.exp_key}: {counts or 'no trials'} in {outcome.seconds:.1f} s"
+        + (" (cancelled)" if outcome.cancelled else "")
+    )
+    if outcome.best is None:
+        raise click.ClickException(
+            f"no trial of {outcome.exp_key!r} succeeded; see the errors with the mongo shell: "
+            "db.jobs.find({state: 3}, {tid: 1, error: 1})"
+        )
+    click.echo(f"best trial: tid {outcome.best['tid']}, loss {outcome.best_loss:.6g}")
+    click.echo("best params: " + json.dumps(outcome.best_params, sort_keys=True, default=str))
+
+
+@click.command()
+@click.argument("space_name", metavar="SPACE")
+@mongo_options()
+@exp_key_option("experiment name [default: the space's name]")
+@search_options()
+@space_options()
+def search(
+    space_name: str,
+    mongo: str,
+    db: str,
+    exp_key: str | None,
+    set_pairs: tuple[str, ...],
+    spaces: tuple[str, ...],
+    progress: bool | None,
+    **opts: Any,
+) -> None:
+    """Run a search: queue trials of SPACE in MongoDB for workers and wait for them."""
+    from coordinator.search import Coordinator
+    from coordinator.store import connect
+
+    space, settings = _resolve_space(space_name, spaces, set_pairs)
+    config = _search_config(space, settings, exp_key or space.name, spaces, progress, **opts)
+    store = connect(mongo, db)
+    outcome = Coordinator(store, config).run()
+    _print_outcome(outcome)
+
+
+@click.command()
+@click.argument("space_name", metavar="SPACE")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="CPU worker processes",
+)
+@exp_key_option("experiment name [default: SPACE-<date-time>]")
+@db_path_option("where the embedded server keeps the results")
+@isolate_option("run trials in supervised child processes")
+@gpus_options(
+    gpus_help="GPU workers instead of CPU ones: --per-gpu workers pinned to each listed GPU (0,1)",
+    per_gpu_help="workers sharing each GPU of --gpus",
+)
+@threads_option("CPU threads per worker [default: the cores divided among the workers]")
+@save_models_option("Keras models kept as attachments: the best so far, all, or none")
+@best_model_options(
+    save_model_help="Keras spaces: write the best model here (.keras) at the end",
+    evaluate_help="Keras spaces: evaluate the best model on the test set at the end",
+)
+@search_options()
+@space_options()
+def local(
+    space_name: str,
+    workers: int,
+    exp_key: str | None,
+    db_path: str,
+    isolate: bool,
+    gpus: list[str] | None,
+    per_gpu: int,
+    threads: int | None,
+    save_models: str,
+    evaluate: bool,
+    save_model: str | None,
+    set_pairs: tuple[str, ...],
+    spaces: tuple[str, ...],
+    progress: bool | None,
+    **opts: Any,
+) -> None:
+    """Run a whole search on this machine: embedded server, workers and coordinator."""
+    if gpus == []:
+        raise ConfigError("--gpus none: leave --gpus out for CPU workers")
+    from coordinator.local import LocalConfig, LocalRun, local_worker_envs
+
+    space, settings = _resolve_space(space_name, spaces, set_pairs)
+    key = exp_key or f"{space.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    config = _search_config(space, settings, key, spaces, progress, **opts)
+    worker_args = [f"--spaces={p}" for p in spaces] + [f"--save-models={save_models}"]
+    if not isolate:
+        worker_args.append("--no-isolate")
+    envs = local_worker_envs(workers, gpus, per_gpu, threads)
+    report: list[str] = []
+
+    def after(store: TrialStore, outcome: SearchOutcome) -> None:
+        if outcome.best is not None and (evaluate or save_model):
+            from coordinator.cli.best import report_best
+
+            lines = report_best(store, key, save_model=save_model, evaluate=evaluate)
+            report.extend(line for line in lines if not line.startswith("best "))
+
+    run = LocalRun(
+        LocalConfig(
+            search=config,
+            workers=len(envs),
+            db_path=Path(db_path),
+            worker_args=worker_args,
+            worker_envs=envs,
+            after=after,
+        )
+    )
+    where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
+    click.echo(
+        f"experiment {key}: {len(envs)} workers ({where}, {envs[0]['HYPERFLEET_THREADS']} "
+        f"threads each), results in {Path(db_path).resolve()}",
+        err=True,
+    )
+    try:
+        outcome = run.run()
+    except KeyboardInterrupt:
+        raise click.ClickException(
+            f"interrupted; finished trials are kept in {db_path}: rerun with --exp-key {key} "
+            "to continue"
+        ) from None
+    _print_outcome(outcome)
+    for line in report:
+        click.echo(line)
+    click.echo(f"read them later: hyperfleet server --db-path {db_path}", err=True)
+
+
+@click.command()
+@spaces_option("extra search spaces: a .py file or an importable module")
+def spaces(spaces: tuple[str, ...]) -> None:
+    """List the search spaces with their settings."""
+    from search_spaces import available_spaces, load_spaces
+
+    for path in spaces:
+        load_spaces(path)
+    for space in available_spaces():
+        click.echo(
+            f"{space.name}: {space.description}"
+            + (f"  [{space.source}]" if space.source and space.source != "built-in" else "")
+        )
+        for setting in space.settings:
+            click.echo(f"    --set {setting.describe()}")

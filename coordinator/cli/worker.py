@@ -1,0 +1,127 @@
+"""``hyperfleet worker``: evaluate trials from MongoDB (the loop is :mod:`worker.worker`)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from coordinator import defaults
+from coordinator.cli.options import (
+    exp_key_option,
+    gpu_option,
+    idle_timeout_option,
+    isolate_option,
+    mongo_options,
+    save_models_option,
+    spaces_option,
+    threads_option,
+)
+from coordinator.errors import ConfigError
+
+
+@click.command()
+@mongo_options()
+@exp_key_option("serve only this experiment [default: any]")
+@click.option(
+    "--max-trials", type=click.IntRange(min=1), default=None, help="exit after this many trials"
+)
+@idle_timeout_option("exit after this many seconds without a trial")
+@click.option(
+    "--heartbeat",
+    "heartbeat_s",
+    type=click.FloatRange(min=0.05),
+    default=defaults.HEARTBEAT_S,
+    show_default=True,
+    help="seconds between lease renewals",
+)
+@click.option(
+    "--lease",
+    "lease_s",
+    type=click.FloatRange(min=0.1),
+    default=defaults.LEASE_S,
+    show_default=True,
+    help="seconds a trial stays ours without a heartbeat",
+)
+@click.option(
+    "--poll",
+    "poll_s",
+    type=click.FloatRange(min=0.001),
+    default=defaults.POLL_S,
+    show_default=True,
+    help="longest sleep between polls when idle",
+)
+@isolate_option("run trials in a supervised child process (survives crashes)")
+@click.option(
+    "--trust-pickled",
+    is_flag=True,
+    help="also run trials of plain hyperopt fmin (unpickles code from the database)",
+)
+@click.option(
+    "--requeue-on-term",
+    is_flag=True,
+    help="on the first SIGTERM/SIGINT hand the running trial back at once",
+)
+@spaces_option("extra search spaces (the same --spaces the search used)")
+@gpu_option()
+@threads_option("bound the framework's CPU threads", envvar="HYPERFLEET_THREADS")
+@save_models_option(
+    "Keras models kept as .keras attachments: the best so far, all, or none",
+    envvar="HYPERFLEET_SAVE_MODELS",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="only check that MongoDB answers (for container healthchecks) and exit",
+)
+def worker(
+    mongo: str,
+    db: str,
+    exp_key: str | None,
+    max_trials: int | None,
+    idle_timeout_s: float | None,
+    heartbeat_s: float,
+    lease_s: float,
+    poll_s: float,
+    isolate: bool,
+    trust_pickled: bool,
+    requeue_on_term: bool,
+    spaces: tuple[str, ...],
+    gpu: list[str] | None,
+    threads: int | None,
+    save_models: str,
+    check: bool,
+) -> None:
+    """Evaluate trials from MongoDB until stopped, idle or the search is over."""
+    from worker.environment import pin_devices
+
+    # before any framework is imported; [] is the CPU
+    env_info = pin_devices(None if gpu is None else ",".join(gpu) or "none", threads)
+    if heartbeat_s >= lease_s:
+        raise ConfigError(
+            f"--heartbeat ({heartbeat_s} s) must be shorter than --lease ({lease_s} s)"
+        )
+    from coordinator.store import connect, redact_uri
+
+    store = connect(mongo, db)
+    if check:
+        click.echo(f"ok: MongoDB at {redact_uri(mongo)} answers")
+        return
+    from worker.worker import Worker, WorkerConfig
+
+    config = WorkerConfig(
+        uri=mongo,
+        db=db,
+        exp_key=exp_key,
+        max_trials=max_trials,
+        idle_timeout_s=idle_timeout_s,
+        heartbeat_s=heartbeat_s,
+        lease_s=lease_s,
+        poll_s=poll_s,
+        isolate=isolate,
+        trust_pickled=trust_pickled,
+        requeue_on_term=requeue_on_term,
+        spaces=spaces,
+        info={**env_info, "save_models": save_models},
+    )
+    sys.exit(Worker(store, config).work())

@@ -1,0 +1,152 @@
+"""The CLI's shared options (coordinator/cli/options.py): the one GPU-list parser, the
+HYPERFLEET_EXP_KEY variable on every command that takes --exp-key, and a --help that imports
+nothing heavy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from coordinator.cli import main
+from coordinator.cli.options import parse_gpu_ids
+from coordinator.errors import ConfigError
+from tests.conftest import ROOT, cli_env, hyperfleet
+
+GPU_LISTS = [
+    (None, None),
+    ("0", ["0"]),
+    ("0,1, 2 ,3", ["0", "1", "2", "3"]),
+    (" 7 ", ["7"]),
+    ("01,2", ["1", "2"]),
+    ("none", []),
+    ("NONE", []),
+    ("cpu", []),
+    ("-1", []),
+    ("", []),
+    ("  ", []),
+]
+
+
+@pytest.mark.parametrize(("value", "ids"), GPU_LISTS, ids=[repr(v) for v, _ in GPU_LISTS])
+def test_gpu_list(value: str | None, ids: list[str] | None) -> None:
+    assert parse_gpu_ids(value) == ids
+
+
+BAD_GPU_LISTS = [
+    ("x1", "expected GPU ids"),
+    ("0,gpu1", "expected GPU ids"),
+    ("0,,1", "expected GPU ids"),
+    ("0,", "expected GPU ids"),
+    ("-2", "expected GPU ids"),
+    ("0,-1", "expected GPU ids"),
+    ("1.5", "expected GPU ids"),
+    ("0 1", "expected GPU ids"),
+    ("²", "expected GPU ids"),  # a digit to str.isdigit, not a GPU id
+    ("1,1", "GPU 1 is listed twice"),
+    ("2,0,02", "GPU 2 is listed twice"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_GPU_LISTS, ids=[v for v, _ in BAD_GPU_LISTS])
+def test_bad_gpu_list_is_one_line_naming_the_option(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_gpu_ids(value, "--gpu")
+    text = str(caught.value)
+    assert text.startswith(f"--gpu {value!r}: ") and "\n" not in text
+
+
+def test_gpu_options_use_the_one_parser() -> None:
+    """worker --gpu, local --gpus and launch --gpus all answer with the same rule and line."""
+    runner = CliRunner()
+    for argv in (
+        ["worker", "--mongo", "mongodb://127.0.0.1:9/", "--gpu", "3,3"],
+        ["local", "quadratic", "--gpus", "3,3"],
+        ["launch", "--gpus", "3,3", "--mongo", "mongodb://db.example.org/"],
+    ):
+        out = runner.invoke(main, argv, catch_exceptions=False)
+        assert out.exit_code == 2, out.output
+        assert out.stderr.strip().endswith("'3,3': GPU 3 is listed twice; list each GPU once "
+                                           "(--per-gpu runs several workers on one)")  # fmt: skip
+
+
+def test_local_gpus_none_is_refused() -> None:
+    out = CliRunner().invoke(main, ["local", "quadratic", "--gpus", "none"])
+    assert out.exit_code == 2
+    assert out.stderr.strip() == "Error: --gpus none: leave --gpus out for CPU workers"
+
+
+def _commands_with(param_name: str) -> dict[str, click.Command]:
+    return {
+        name: cmd
+        for name, cmd in main.commands.items()
+        if any(p.name == param_name for p in cmd.params)
+    }
+
+
+def test_every_exp_key_option_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    commands = _commands_with("exp_key")
+    assert set(commands) == {
+        "worker", "search", "local", "reap", "cancel", "status", "top", "show", "export", "plot",
+        "best", "launch",
+    }  # fmt: skip
+    monkeypatch.setenv("HYPERFLEET_EXP_KEY", "from-env")
+    monkeypatch.setenv("HYPERFLEET_MONGO", "mongodb://127.0.0.1:9/")
+    for name, cmd in commands.items():
+        (exp_key,) = (p for p in cmd.params if p.name == "exp_key")
+        assert exp_key.envvar == "HYPERFLEET_EXP_KEY", name
+        assert "[env: HYPERFLEET_EXP_KEY]" in (exp_key.help or ""), name
+        required = {"space_name": ["SPACE"], "tid": ["1"], "out_dir": ["-o", "plots"]}
+        args = [a for p in cmd.params for a in required.get(p.name or "", [])]
+        with cmd.make_context(name, list(args), parent=click.Context(main)) as ctx:
+            assert ctx.params["exp_key"] == "from-env", name
+        # the command line still wins over the environment
+        with cmd.make_context(
+            name, [*args, "--exp-key", "argv"], parent=click.Context(main)
+        ) as ctx:
+            assert ctx.params["exp_key"] == "argv", name
+
+
+def test_required_exp_key_may_come_from_the_environment(
+    server, db_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = cli_env(HYPERFLEET_MONGO=server.uri, HYPERFLEET_DB=db_name)
+    out = hyperfleet("cancel", env=env, timeout=30)
+    assert out.returncode == 2 and "Missing option '--exp-key'" in out.stderr
+    out = hyperfleet("cancel", env={**env, "HYPERFLEET_EXP_KEY": "from-env"}, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"Error: no experiment 'from-env' in database '{db_name}'"
+
+
+HEAVY = ("hyperopt", "scipy", "pymongo", "bson", "numpy", "tensorflow", "keras", "jax", "docker")
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """`hyperfleet --help` and every `hyperfleet CMD --help` build without hyperopt, pymongo,
+    numpy or a framework (that is what keeps them well under 0.5 s)."""
+    script = textwrap.dedent(f"""
+        import sys
+        from coordinator.cli import main
+        for argv in [[], *([name] for name in sorted(main.commands))]:
+            try:
+                main([*argv, "--help"], prog_name="hyperfleet")
+            except SystemExit as e:
+                assert e.code == 0, (argv, e.code)
+        loaded = sorted(m for m in {HEAVY!r} if m in sys.modules)
+        print("HEAVY", loaded, file=sys.stderr)
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=cli_env(),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stderr, out.stderr
+    assert "Usage: hyperfleet launch" in out.stdout and "Commands:" in out.stdout
