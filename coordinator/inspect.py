@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator import defaults, rules
 from coordinator.errors import ConfigError, SpaceError
-from coordinator.states import ExperimentStatus, TrialState
+from coordinator.states import ExperimentStatus, TrialState, WorkerStatus
 from coordinator.store import TrialStore
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("csv", "json", "jsonl")
 #: a worker whose last heartbeat is older than this is flagged stale
-DEFAULT_STALE_S = 30.0
+DEFAULT_STALE_S = defaults.STALE_WORKER_S
 #: columns shown first, in this order, wherever they exist
 _LEADING = ("tid", "state", "status", "loss")
 _TRAILING_PREFIXES = ("worker.", "error.")
@@ -139,7 +140,7 @@ def get_experiment(store: TrialStore, exp_key: str) -> dict[str, Any]:
 
 def load_trials(store: TrialStore, exp_key: str) -> list[dict[str, Any]]:
     """Every trial document of ``exp_key`` by tid (without hyperopt's bulky ``spec``)."""
-    return store.find_trials({"exp_key": exp_key}, projection={"spec": 0}, sort=[("tid", 1)])
+    return store.trials(exp_key, with_spec=False)
 
 
 def load_rows(
@@ -246,16 +247,23 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (2, str(value))
 
 
+def _as_trial(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a row that :mod:`coordinator.rules` reads, in trial-document form."""
+    name = str(row.get("state", "")).upper()
+    state = TrialState[name] if name in TrialState.__members__ else row.get("state")
+    result = {"status": row.get("status"), "loss": row.get("loss")}
+    return {"tid": row.get("tid"), "state": state, "result": result, "row": row}
+
+
 def ok_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of DONE trials with status ``ok`` and a finite loss."""
-    return [
-        r
-        for r in rows
-        if r["state"] == "done"
-        and r["status"] == "ok"
-        and isinstance(r["loss"], (int, float))
-        and math.isfinite(r["loss"])
-    ]
+    """Rows of successful trials (:func:`coordinator.rules.is_ok_trial`)."""
+    return [r for r in rows if rules.is_ok_trial(_as_trial(r))]
+
+
+def best_row(rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of the best trial (:func:`coordinator.rules.best_trial`), or ``None``."""
+    best = rules.best_trial(_as_trial(r) for r in rows)
+    return None if best is None else best["row"]
 
 
 # -- summaries ---------------------------------------------------------------------------------
@@ -278,7 +286,7 @@ class WorkerView:
     def from_doc(cls, doc: Mapping[str, Any], now: dt.datetime, stale_s: float) -> WorkerView:
         seen = doc.get("last_seen")
         age = (now - seen).total_seconds() if seen is not None else None
-        state = doc.get("state", "alive")
+        state = doc.get("state", WorkerStatus.ALIVE.value)
         return cls(
             id=str(doc["_id"]),
             host=doc.get("host"),
@@ -289,7 +297,7 @@ class WorkerView:
             state=state,
             last_seen=seen,
             age_s=age,
-            stale=state == "alive" and (age is None or age > stale_s),
+            stale=state == WorkerStatus.ALIVE and (age is None or age > stale_s),
         )
 
 
@@ -325,15 +333,12 @@ def summarize(
 ) -> ExperimentSummary:
     """Counts, best trial, throughput and ETA of one experiment (times in server time)."""
     exp_key = exp["_id"]
-    docs = store.find_trials(
-        {"exp_key": exp_key},
-        projection={"tid": 1, "state": 1, "result": 1, "book_time": 1, "ended": 1},
-    )
+    docs = store.trial_outcomes(exp_key)
     counts = dict.fromkeys(TrialState, 0)
     for d in docs:
         if d.get("state") in TrialState._value2member_map_:
             counts[TrialState(d["state"])] += 1
-    best = min(ok_rows(trial_row(d) for d in docs), key=lambda r: r["loss"], default=None)
+    best = rules.best_trial(docs)
     finished = sum(n for s, n in counts.items() if s.finished)
     running = exp.get("status") == ExperimentStatus.RUNNING.value
     starts = [d["book_time"] for d in docs if d.get("book_time")]
@@ -355,7 +360,7 @@ def summarize(
         max_evals=max_evals,
         counts=counts,
         best_tid=None if best is None else best["tid"],
-        best_loss=None if best is None else best["loss"],
+        best_loss=None if best is None else rules.ok_loss(best),
         rate_per_min=rate,
         eta_s=eta,
         workers=mine,

@@ -23,8 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from coordinator import rules
 from coordinator.errors import ConfigError
-from coordinator.inspect import flatten, ok_rows, trial_row
+from coordinator.inspect import best_row, flatten, ok_rows, trial_row
 
 _STATE_COLORS = {"done": "tab:green", "error": "tab:red", "running": "tab:blue"}
 _RETRY_COLOR = "tab:gray"
@@ -161,7 +162,8 @@ def params_vs_loss(
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows))
-    best = min(ok, key=lambda r: r["loss"])
+    best = best_row(ok)
+    assert best is not None  # ``ok`` is not empty
     log_loss = _use_log([r["loss"] for r in ok])
     rng = random.Random(0)
     for i, name in enumerate(names):
@@ -210,7 +212,8 @@ def _natural(text: str) -> tuple[int, float, str]:
 def learning_curves(exp_key: str, docs: list[dict[str, Any]]) -> Figure | str:
     with_epochs = [d for d in docs if d.get("epochs")]
     ranked = sorted(
-        (d for d in with_epochs if ok_rows([trial_row(d)])), key=lambda d: d["result"]["loss"]
+        (d for d in with_epochs if rules.is_ok_trial(d)),
+        key=lambda d: (rules.ok_loss(d), d["tid"]),
     )[:TOP_CURVES]
     if not ranked:
         return "no successful trial reported per-epoch metrics"

@@ -57,9 +57,10 @@ def cancel_requested(exp: Mapping[str, Any] | None) -> bool:
     return bool(exp) and exp.get("cancel_requested") is True
 
 
-def max_attempts(exp: Mapping[str, Any] | None) -> int:
-    """How many lost or crashed attempts a trial of experiment ``exp`` gets before it is ERROR."""
+def max_attempts(exp: Mapping[str, Any] | None, default: int = defaults.MAX_ATTEMPTS) -> int:
+    """How many lost or crashed attempts a trial of experiment ``exp`` gets before it is ERROR
+    (``default`` where ``exp`` records no valid ``max_attempts``)."""
     value = (exp or {}).get("max_attempts")
     if _is_number(value) and value >= 1:
         return int(value)
-    return defaults.MAX_ATTEMPTS
+    return default

@@ -12,18 +12,19 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from hyperopt import anneal, base, rand, tpe
 from hyperopt.fmin import FMinIter
 
-from coordinator.errors import ConfigError, ExperimentMismatch
+from coordinator import defaults, rules
+from coordinator.errors import ConfigError, ExperimentMismatch, HyperfleetError
 from coordinator.progress import SearchProgress
 from coordinator.states import ExperimentStatus, TrialState
 from coordinator.store import TrialStore, to_bson, utcnow
-from coordinator.trials import HyperfleetTrials, best_ok_trial
+from coordinator.trials import HyperfleetTrials
 from search_spaces import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class SearchConfig:
     seed: int | None = None
     timeout_s: float | None = None
     loss_threshold: float | None = None
-    max_attempts: int = 3
+    max_attempts: int = defaults.MAX_ATTEMPTS
     force: bool = False
     poll_s: float = 0.02
     tick_s: float = 0.5
@@ -84,7 +85,6 @@ class SearchOutcome:
     best: dict[str, Any] | None
     seconds: float
     cancelled: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_loss(self) -> float | None:
@@ -95,8 +95,18 @@ class SearchOutcome:
         return None if self.best is None else self.best.get("params")
 
 
+#: how often starting an experiment re-reads it when another process wrote in between
+_START_TRIES = 5
+
+
 def prepare_experiment(store: TrialStore, config: SearchConfig) -> dict[str, Any]:
-    """Create the experiment document, or check that a rerun asks for the same search."""
+    """Create the experiment document, or check that a rerun asks for the same search and mark
+    it RUNNING again.
+
+    The write is conditional on the document's ``version`` as read: if anything wrote in between,
+    the document is read and checked again. A ``cancel`` that landed in between is kept (the
+    coordinator then stops at its first tick), never overwritten.
+    """
     if config.max_evals < 1:
         raise ConfigError(f"--max-evals must be at least 1, got {config.max_evals}")
     algo_function(config.algo)
@@ -107,7 +117,37 @@ def prepare_experiment(store: TrialStore, config: SearchConfig) -> dict[str, Any
         "algo": config.algo,
         "fingerprint": fingerprint,
     }
-    existing = store.get_experiment(config.exp_key)
+    for _ in range(_START_TRIES):
+        existing = store.get_experiment(config.exp_key)
+        doc = _started_doc(existing, wanted, config)
+        if existing is None:
+            if store.create_experiment(doc):
+                return doc
+        elif store.replace_experiment(doc, version=existing.get("version")):
+            return doc
+        now = store.get_experiment(config.exp_key)
+        if now is not None and _cancelled_since(existing, now):
+            logger.warning("search %r was cancelled while it started", config.exp_key)
+            return now
+    raise HyperfleetError(
+        f"exp key {config.exp_key!r} kept changing while this search started; is another "
+        "coordinator starting it? Check with `hyperfleet status`, then rerun"
+    )
+
+
+def _cancelled_since(before: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    """Whether a cancel was requested after ``before`` was read (each one stamps
+    ``cancelled_at`` anew)."""
+    return rules.cancel_requested(now) and now.get("cancelled_at") != (before or {}).get(
+        "cancelled_at"
+    )
+
+
+def _started_doc(
+    existing: dict[str, Any] | None, wanted: dict[str, Any], config: SearchConfig
+) -> dict[str, Any]:
+    """The experiment document of a search starting (or resuming) with ``config``; raises
+    :class:`ExperimentMismatch` if ``existing`` holds another search (unless ``force``)."""
     if existing is not None and not config.force:
         differs = [k for k, v in wanted.items() if existing.get(k) != v]
         if differs:
@@ -129,9 +169,9 @@ def prepare_experiment(store: TrialStore, config: SearchConfig) -> dict[str, Any
         "cancel_requested": False,
         "coordinator": {"host": socket.gethostname(), "pid": os.getpid()},
     }
+    doc.pop("version", None)
     doc.setdefault("created", utcnow())
     doc["resumed"] = existing is not None
-    store.put_experiment(doc)
     return doc
 
 
@@ -195,7 +235,7 @@ class Coordinator:
         return SearchOutcome(
             exp_key=config.exp_key,
             counts=self.store.count_by_state(config.exp_key),
-            best=best_ok_trial(trials.trials),
+            best=rules.best_trial(trials.trials),
             seconds=time.monotonic() - started,
             cancelled=trials.cancelled,
         )
@@ -204,11 +244,13 @@ class Coordinator:
         """Housekeeping from inside fmin's polls: reap, cancel, size the queue, report."""
         config = self.config
         self.store.reap_expired(config.exp_key, max_attempts=config.max_attempts)
-        exp = self.store.get_experiment(config.exp_key) or {}
-        if exp.get("cancel_requested"):
+        if self.store.cancel_requested(config.exp_key):
             trials.mark_cancelled()
         if config.queue_len is None and self.fmin_iter is not None:
-            live = len(self.store.live_workers(max_age_s=30.0, exp_key=config.exp_key))
+            live = self.store.live_workers(
+                max_age_s=defaults.STALE_WORKER_S, exp_key=config.exp_key
+            )
+            live = len(live)
             self.fmin_iter.max_queue_len = max(2, 2 * live)
         counts = self._report(trials)
         self._adapt_poll(counts)
@@ -230,17 +272,21 @@ class Coordinator:
     def _report(self, trials: HyperfleetTrials) -> dict[TrialState, int]:
         counts = trials.state_counts()  # from fmin's last refresh: no O(n) aggregate per tick
         if self._progress is not None:
-            best = best_ok_trial(trials.trials)
+            best = rules.best_trial(trials.trials)
             self._progress.update(counts, None if best is None else best["result"]["loss"])
         return counts
 
     def _finish(self, trials: HyperfleetTrials, status: ExperimentStatus) -> None:
-        best = best_ok_trial(trials.trials)
-        fields: dict[str, Any] = {"status": status.value, "finished": utcnow()}
+        best = rules.best_trial(trials.trials)
+        fields: dict[str, Any] = {"finished": utcnow()}
         if best is not None:
             fields.update(
                 best_tid=best["tid"],
                 best_loss=best["result"]["loss"],
                 best_params=best.get("params"),
             )
-        self.store.update_experiment(self.config.exp_key, fields)
+        if not self.store.finish_experiment(self.config.exp_key, status, fields):
+            logger.warning(
+                "search %r: status left as recorded (changed while it ran, e.g. cancelled)",
+                self.config.exp_key,
+            )

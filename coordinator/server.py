@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import pymongo
-import pymongo.errors
-
+from coordinator import defaults
 from coordinator.errors import ServerStartError
+from coordinator.store.connection import ping
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DB_PATH = Path(".hyperfleet") / "db"
+DEFAULT_DB_PATH = defaults.DB_PATH
 _LISTENING_RE = re.compile(r"listening on (?P<host>[^\s:]+):(?P<port>\d+)")
 
 
@@ -150,18 +149,7 @@ class EmbeddedServer:
         )
 
     def _ping(self) -> bool:
-        client: pymongo.MongoClient = pymongo.MongoClient(
-            self.uri, serverSelectionTimeoutMS=300, connectTimeoutMS=300
-        )
-        try:
-            client.admin.command("ping")
-            return True
-        except pymongo.errors.OperationFailure:
-            return True  # answered (auth required): it is up
-        except pymongo.errors.PyMongoError:
-            return False
-        finally:
-            client.close()
+        return ping(self.uri, timeout_s=0.3)  # an answer asking for credentials counts: it is up
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM and wait (a clean shutdown takes a few seconds); SIGKILL after ``timeout_s``."""

@@ -17,18 +17,17 @@ asked within ``COUNTS_FROM_REFRESH_S`` of a refresh, as fmin does.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bson import ObjectId
 from hyperopt.mongoexp import MongoTrials
 
+from coordinator import defaults
 from coordinator.errors import ConfigError
 from coordinator.states import TrialState
-from coordinator.store import TrialStore, connect, utcnow
+from coordinator.store import DocId, TrialStore, connect, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ class HyperfleetTrials(MongoTrials):
         arg: TrialStore | str,
         exp_key: str | None = None,
         *,
-        db: str = "hyperfleet",
+        db: str = defaults.DB_NAME,
         space_name: str | None = None,
         refresh: bool = True,
         on_poll: Callable[[HyperfleetTrials], None] | None = None,
@@ -95,13 +94,13 @@ class HyperfleetTrials(MongoTrials):
     # -- refresh --------------------------------------------------------------------------------
 
     def _reset_cache(self) -> None:
-        self._finished: dict[ObjectId, dict[str, Any]] = {}
+        self._finished: dict[DocId, dict[str, Any]] = {}
         #: the finished trials sorted by tid, their hyperopt columns and counts by state: kept
         #: up to date as trials finish, so a refresh costs O(changes), not O(n) in Python
         self._fin: list[dict[str, Any]] = []
         self._fin_columns: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
         self._fin_counts: Counter[int] = Counter()
-        self._watched: set[ObjectId] = set()  #: ids that were NEW or RUNNING at the last refresh
+        self._watched: set[DocId] = set()  #: ids that were NEW or RUNNING at the last refresh
         self._synced = False
         self._last_full = 0.0
         self._refreshed_at = 0.0
@@ -114,25 +113,20 @@ class HyperfleetTrials(MongoTrials):
             # fmin refreshes after inserting and again before its next suggestion, a millisecond
             # later: the second would read the same documents (the coordinator opts in)
             return
-        base: dict[str, Any] = {} if self._exp_key is None else {"exp_key": self._exp_key}
         store: TrialStore = self.handle
 
         # unfinished first: a trial that finishes between the two reads is then seen in one
-        unfinished = store.find_trials({**base, "state": {"$in": _UNFINISHED}})
+        unfinished = store.unfinished_trials(self._exp_key)
         unfinished_ids = {doc["_id"] for doc in unfinished}
         if not self._synced:
             self._last_full = time.monotonic()
-            finished = store.find_trials({**base, "state": {"$in": _VISIBLE_FINISHED}})
+            finished = store.trials(self._exp_key, _VISIBLE_FINISHED)
             self._synced = True
         else:
             # states only move forward, so a watched trial missing from ``unfinished`` has
             # finished: fetch just those, by ``_id`` (an indexed read, unlike a state scan)
             gone = [i for i in self._watched if i not in unfinished_ids]
-            finished = (
-                store.find_trials({"_id": {"$in": gone}, "state": {"$in": _VISIBLE_FINISHED}})
-                if gone
-                else []
-            )
+            finished = store.trials_by_ids(gone, _VISIBLE_FINISHED) if gone else []
         if finished:
             self._add_finished(finished)
         unfinished = [doc for doc in unfinished if doc["_id"] not in self._finished]
@@ -203,10 +197,9 @@ class HyperfleetTrials(MongoTrials):
         if now - self._cancel_checked < CANCEL_CHECK_S:
             return self._fmin_cancelled
         self._cancel_checked = now
-        exp = self.handle.get_experiment(self._exp_key) or {}
-        return bool(exp.get("cancel_requested"))
+        return self.handle.cancel_requested(self._exp_key)
 
-    def _insert_trial_docs(self, docs: list[dict[str, Any]]) -> list[ObjectId]:
+    def _insert_trial_docs(self, docs: list[dict[str, Any]]) -> list[DocId]:
         if self._cancel_requested():
             self.mark_cancelled()  # fmin stops queueing; nothing new reaches workers
             return []
@@ -219,7 +212,7 @@ class HyperfleetTrials(MongoTrials):
             doc.setdefault("attempts", 0)
             if self.space_name is not None:
                 doc["space"] = self.space_name
-        ids = self.handle.insert_many(docs)
+        ids = self.handle.insert_trials(docs)
         self._refreshed_at = 0.0  # the next refresh must read them: never reuse across an insert
         return ids
 
@@ -270,35 +263,12 @@ class HyperfleetTrials(MongoTrials):
         return ids
 
     def delete_all(self, cond: dict[str, Any] | None = None) -> None:
-        cond = dict(cond or {})
-        if self._exp_key:
-            cond["exp_key"] = self._exp_key
-        self.handle.delete_all(cond)
+        self.handle.delete_all(cond, exp_key=self._exp_key or None)
         self._reset_cache()
         self.refresh()
 
-    # -- convenience ----------------------------------------------------------------------------
 
-
-def is_ok_trial(doc: dict[str, Any]) -> bool:
-    """A DONE trial whose result is ``ok`` with a finite numeric loss."""
-    result = doc.get("result") or {}
-    loss = result.get("loss")
-    return (
-        doc.get("state") == TrialState.DONE
-        and result.get("status") == "ok"
-        and isinstance(loss, (int, float))
-        and math.isfinite(loss)
-    )
-
-
-def best_ok_trial(docs: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The successful trial with the lowest loss (the lowest tid among equals), or None."""
-    ok = [d for d in docs if is_ok_trial(d)]
-    return min(ok, key=lambda d: (d["result"]["loss"], d["tid"])) if ok else None
-
-
-def open_trials(uri: str, exp_key: str, db: str = "hyperfleet") -> HyperfleetTrials:
+def open_trials(uri: str, exp_key: str, db: str = defaults.DB_NAME) -> HyperfleetTrials:
     """Open one experiment's trials for reading (e.g. in a notebook)."""
     return HyperfleetTrials(connect(uri, db), exp_key=exp_key)
 
@@ -306,7 +276,7 @@ def open_trials(uri: str, exp_key: str, db: str = "hyperfleet") -> HyperfleetTri
 def trial_rows(
     trials: HyperfleetTrials | str,
     exp_key: str | None = None,
-    db: str = "hyperfleet",
+    db: str = defaults.DB_NAME,
     *,
     dataframe: bool | None = None,
 ) -> Any:

@@ -113,7 +113,7 @@ def queue_trials(
     from coordinator.trials import HyperfleetTrials
 
     if space is not None:
-        store.put_experiment(
+        store.create_experiment(
             {
                 "_id": exp_key,
                 "space": space,

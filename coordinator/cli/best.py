@@ -99,7 +99,7 @@ def report_best(
         lines.append(f"model of trial {holder['tid']} written to {save_model}")
     if evaluate:
         test = evaluate_model(store, exp, holder["tid"], data)
-        store.update_experiment(exp_key, {"test": test})
+        store.annotate_experiment(exp_key, {"test": test})
         lines.append(
             f"test accuracy: {test['accuracy']:.4f} (loss {test['loss']:.4f}, {test['n']} "
             f"images, model of trial {holder['tid']})"

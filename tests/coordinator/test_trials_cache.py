@@ -31,13 +31,6 @@ def test_cache_counts_and_order_match_a_fresh_read(store: TrialStore) -> None:
     assert [t["tid"] for t in trials.trials] == sorted(t["tid"] for t in trials.trials)
 
 
-def test_untrusted_reserve_looks_past_pickled_trials(store: TrialStore) -> None:
-    queue_trials(store, 5, exp_key="pickled", space=None)
-    queue_trials(store, 1, exp_key="named")
-    lease = store.reserve_trial("w", trusted=False)
-    assert lease is not None and lease.exp_key == "named"
-
-
 def test_refresh_reuse_never_hides_a_fresh_insert(store) -> None:
     """Regression: with refresh reuse on (as in the coordinator), a trial inserted right after a
     refresh must still be seen once a worker finishes it."""
@@ -63,3 +56,16 @@ def test_refresh_reuse_never_hides_a_fresh_insert(store) -> None:
     trials.refresh_reuse_s = 0.0
     trials.refresh()
     assert sorted(trials.losses()) == [1.0, 2.0, 2.0]
+
+
+def test_incremental_refresh_sees_every_change(store: TrialStore) -> None:
+    trials = queue_trials(store, 30)
+    for i in range(30):
+        lease = store.reserve_trial("w", exp_key="exp")
+        store.finish(lease, {"loss": float(i), "status": "ok"}, {})
+        if i % 7 == 0:
+            trials.refresh()
+    trials.refresh()
+    assert sorted(trials.losses()) == [float(i) for i in range(30)]
+    full = HyperfleetTrials(store, exp_key="exp")
+    assert [t["tid"] for t in full.trials] == [t["tid"] for t in trials.trials]

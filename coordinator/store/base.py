@@ -1,0 +1,313 @@
+"""The trial store's contract: what coordinator, workers and tools may rely on, whatever backs it.
+
+Backends (today :class:`coordinator.store.mongo.TrialStore`) implement :class:`TrialStoreBase`;
+``tests/coordinator/store`` checks any of them against this contract.
+
+Invariants
+----------
+* **One atomic write per state change**, filtered on the state it expects to replace. A write
+  whose expectation no longer holds changes nothing and says so (``False`` or ``None``): it never
+  overwrites what another process did in between.
+* **The fence.** A worker's writes to its trial are also filtered on ``owner`` and ``attempt``
+  (:attr:`Lease.fence`): once its lease was reaped (or the trial handed to someone else), its
+  writes report ``False`` and change nothing.
+* **Finished trials never change state** (DONE, ERROR, CANCEL). The one later write to a
+  finished trial is :meth:`TrialStoreBase.drop_superseded_models`, which removes a model file,
+  never a result.
+* **The database clock** sets every timestamp that liveness depends on (``lease_expires``,
+  ``refresh_time``, a worker's ``last_seen``); callers' clocks may disagree with each other.
+* **Reaping is idempotent** and safe from any number of processes at once: each release is
+  fenced and re-checks the expiry, so every expired lease is released exactly once.
+* **Attempts.** A lost (lease expired) or crashed attempt counts; the one that reaches the
+  experiment's limit (:meth:`TrialStoreBase.attempt_limit`) makes the trial ERROR. A requeue on
+  shutdown does not count.
+* **Experiment status changes are conditional** on the status they expect, so e.g. a cancel that
+  lands while a coordinator starts or finishes is never silently undone. Every experiment write
+  increments the document's ``version``.
+* **Errors.** Every method may raise :class:`~coordinator.errors.StoreUnavailable` (the server
+  stayed unreachable longer than the outage budget; nothing was lost) and
+  :class:`~coordinator.errors.AuthError` (credentials refused). Operations retry through short
+  outages on their own.
+
+Documents follow hyperopt's job protocol (see ``docs/schema.md``): integer states
+(:class:`~coordinator.states.TrialState`), ``tid``, ``spec``, ``result``, ``misc``.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from coordinator import defaults
+from coordinator.states import AttemptOutcome, ExperimentStatus, TrialState
+
+#: a trial document's ``_id``: opaque to callers (compare, hash, pass back)
+DocId: TypeAlias = Hashable
+Doc: TypeAlias = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's claim on one RUNNING trial; its fields fence every write the worker makes."""
+
+    id: DocId
+    tid: int
+    exp_key: str | None
+    owner: str
+    attempt: int
+    doc: Doc
+
+    @property
+    def fence(self) -> dict[str, Any]:
+        """What every write under this lease is conditioned on: this trial, still RUNNING,
+        still ``owner``'s, still this ``attempt``."""
+        return {
+            "_id": self.id,
+            "state": int(TrialState.RUNNING),
+            "owner": self.owner,
+            "attempt": self.attempt,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Doc) -> Lease:
+        return cls(
+            id=doc["_id"],
+            tid=doc["tid"],
+            exp_key=doc.get("exp_key"),
+            owner=doc["owner"],
+            attempt=doc.get("attempt", 0),
+            doc=doc,
+        )
+
+
+class TrialStoreBase(abc.ABC):
+    """The store contract (see the module docstring for the invariants every method keeps).
+
+    ``exp_key=None`` in a read or count means every experiment in the database.
+    """
+
+    db_name: str
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; the store is unusable afterwards."""
+
+    @abc.abstractmethod
+    def server_time(self) -> dt.datetime:
+        """The database server's clock (naive UTC), the one leases are measured on."""
+
+    # -- workers: the lease protocol ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def reserve_trial(
+        self,
+        owner: str,
+        *,
+        exp_key: str | None = None,
+        lease_s: float = defaults.LEASE_S,
+        trusted: bool = False,
+        worker: dict[str, Any] | None = None,
+    ) -> Lease | None:
+        """Claim one NEW trial (one of the oldest) for ``owner``: NEW -> RUNNING, ``attempt`` + 1,
+        a lease of ``lease_s`` seconds of server time. ``None`` when nothing is queued.
+
+        No two callers ever get the same trial and attempt. Untrusted workers only get trials of
+        named spaces (``space`` set), never pickled hyperopt Domains.
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self, lease: Lease, lease_s: float) -> bool:
+        """Renew ``lease`` for ``lease_s`` seconds from now (server time); ``False`` if lost."""
+
+    @abc.abstractmethod
+    def record_epoch(self, lease: Lease, metrics: dict[str, Any]) -> bool:
+        """Append one epoch's metrics to the trial's ``epochs``; ``False`` if the lease is lost."""
+
+    @abc.abstractmethod
+    def finish(self, lease: Lease, result: dict[str, Any], fields: dict[str, Any]) -> bool:
+        """RUNNING -> DONE with ``result`` (and extra ``fields``); ``False`` if the lease is lost
+        (another worker's result then stands)."""
+
+    @abc.abstractmethod
+    def fail(self, lease: Lease, error: dict[str, Any], fields: dict[str, Any]) -> bool:
+        """RUNNING -> ERROR, recording ``error`` (``type``, ``message``, ``traceback``);
+        ``False`` if the lease is lost."""
+
+    @abc.abstractmethod
+    def release(
+        self,
+        lease: Lease,
+        outcome: AttemptOutcome,
+        reason: str,
+        *,
+        max_attempts: int | None = None,
+    ) -> TrialState | None:
+        """Hand a RUNNING trial back: NEW, or ERROR once counted attempts reach the limit
+        (``max_attempts``, by default :meth:`attempt_limit` of the trial's experiment).
+        Returns the new state, ``None`` if the lease was lost. Every release is appended to
+        ``attempt_history``."""
+
+    @abc.abstractmethod
+    def attach(self, lease: Lease, name: str, data: bytes) -> bool:
+        """Store ``data`` as the trial's attachment ``name``, replacing an older one;
+        ``False`` (and nothing kept) if the lease is lost."""
+
+    @abc.abstractmethod
+    def attempt_limit(self, exp_key: str | None, default: int = defaults.MAX_ATTEMPTS) -> int:
+        """Counted attempts a trial of ``exp_key`` gets before it is ERROR: the experiment's
+        ``max_attempts`` (:func:`coordinator.rules.max_attempts`), ``default`` where the
+        experiment records none. Cached briefly."""
+
+    # -- coordinator: queueing and liveness ---------------------------------------------------
+
+    @abc.abstractmethod
+    def allocate_tids(self, n: int) -> list[int]:
+        """``n`` fresh trial ids, unique across the database even under concurrent callers."""
+
+    @abc.abstractmethod
+    def insert_trials(self, docs: list[Doc]) -> list[DocId]:
+        """Insert NEW trial documents (hyperopt's); a retry after a lost reply inserts nothing
+        twice. Returns their ids."""
+
+    @abc.abstractmethod
+    def reap_expired(
+        self, exp_key: str | None = None, *, max_attempts: int | None = None
+    ) -> list[int]:
+        """Release (as LOST) every RUNNING trial whose lease expired by the server's clock;
+        returns the tids this call released. Idempotent and safe to run concurrently.
+        ``max_attempts`` is the limit for experiments that record none."""
+
+    # -- named reads (readers never write) ----------------------------------------------------
+
+    @abc.abstractmethod
+    def trials(
+        self,
+        exp_key: str | None,
+        states: Iterable[TrialState | int] | None = None,
+        *,
+        with_spec: bool = True,
+    ) -> list[Doc]:
+        """Trial documents of ``exp_key`` (all states, or ``states``), in tid order; without
+        hyperopt's bulky ``spec`` unless ``with_spec``."""
+
+    @abc.abstractmethod
+    def unfinished_trials(self, exp_key: str | None) -> list[Doc]:
+        """The NEW and RUNNING trials of ``exp_key`` (any order): the queue and the running."""
+
+    @abc.abstractmethod
+    def trials_by_ids(
+        self, ids: Iterable[DocId], states: Iterable[TrialState | int] | None = None
+    ) -> list[Doc]:
+        """The trials with these ids (those in ``states``, if given), any order."""
+
+    @abc.abstractmethod
+    def trial_outcomes(self, exp_key: str | None) -> list[Doc]:
+        """Lean trial documents for summaries: ``tid``, ``state``, ``result``, ``queued``,
+        ``book_time``, ``ended``, ``duration_s``, ``attempts``; tid order."""
+
+    @abc.abstractmethod
+    def get_trial(self, exp_key: str | None, tid: int) -> Doc | None:
+        """One trial document by ``tid``; ``None`` if there is none."""
+
+    @abc.abstractmethod
+    def count(self, exp_key: str | None, states: Iterable[TrialState | int]) -> int:
+        """How many trials of ``exp_key`` are in one of ``states``."""
+
+    @abc.abstractmethod
+    def count_by_state(self, exp_key: str | None) -> dict[TrialState, int]:
+        """Trials of ``exp_key`` by state (every state present, zero where none)."""
+
+    # -- experiments --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_experiment(self, exp_key: str) -> Doc | None:
+        """The experiment document (``_id`` is the exp key); ``None`` if there is none."""
+
+    @abc.abstractmethod
+    def list_experiments(self) -> list[Doc]:
+        """Every experiment document, oldest first."""
+
+    @abc.abstractmethod
+    def cancel_requested(self, exp_key: str) -> bool:
+        """Whether the experiment asks every process to stop (:func:`rules.cancel_requested`)."""
+
+    @abc.abstractmethod
+    def create_experiment(self, doc: Doc) -> bool:
+        """Insert a new experiment document (``version`` 1); ``False`` if ``doc["_id"]`` exists
+        (nothing is changed then)."""
+
+    @abc.abstractmethod
+    def replace_experiment(self, doc: Doc, *, version: int | None) -> bool:
+        """Replace the experiment document only if its ``version`` is still ``version`` (as
+        read; ``None``: a document written before versions existed). ``False`` when anything
+        wrote to it in between: re-read and decide again."""
+
+    @abc.abstractmethod
+    def finish_experiment(
+        self,
+        exp_key: str,
+        status: ExperimentStatus,
+        fields: dict[str, Any],
+        *,
+        expect: ExperimentStatus = ExperimentStatus.RUNNING,
+    ) -> bool:
+        """Record a search's outcome ``fields``, and set ``status`` only if the status is still
+        ``expect``. ``False`` when the status had changed (e.g. cancelled): it stands."""
+
+    @abc.abstractmethod
+    def cancel_experiment(self, exp_key: str, settle_s: float = 1.0) -> int:
+        """Ask every process to stop ``exp_key`` (sets ``cancel_requested``; a RUNNING status
+        becomes CANCELLED) and mark its queued trials CANCEL; returns how many were queued.
+        Sweeps the queue twice, ``settle_s`` apart, to catch a trial queued just before the
+        coordinator noticed."""
+
+    @abc.abstractmethod
+    def annotate_experiment(self, exp_key: str, fields: dict[str, Any]) -> bool:
+        """Set informational ``fields`` (never ``status``, ``cancel_requested``, ``version``:
+        :class:`ValueError`); ``False`` if there is no such experiment."""
+
+    # -- worker registry ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def worker_heartbeat(self, info: dict[str, Any], current_tid: int | None) -> None:
+        """Upsert this worker's row (``info["id"]``) as ALIVE, ``last_seen`` in server time."""
+
+    @abc.abstractmethod
+    def worker_stopped(self, worker_id: str, reason: str) -> None:
+        """Mark the worker's row STOPPED with ``stop_reason``."""
+
+    @abc.abstractmethod
+    def list_workers(self, *, alive_only: bool = True) -> list[Doc]:
+        """Registry rows (all, or those not STOPPED), newest ``last_seen`` first; staleness is
+        the caller's call (compare with :meth:`server_time`)."""
+
+    @abc.abstractmethod
+    def live_workers(self, max_age_s: float, exp_key: str | None = None) -> list[Doc]:
+        """ALIVE workers seen in the last ``max_age_s`` seconds of server time; with
+        ``exp_key``, those serving it or any experiment."""
+
+    # -- attachments and models ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_attachment(self, doc: Doc, name: str) -> bytes | None:
+        """The bytes of attachment ``name`` of trial ``doc``; ``None`` if it has none."""
+
+    @abc.abstractmethod
+    def best_trial(self, exp_key: str | None, *, with_attachment: str | None = None) -> Doc | None:
+        """The best successful trial (:func:`coordinator.rules.best_trial`: lowest loss, then
+        lowest tid), optionally among those holding attachment ``with_attachment``."""
+
+    @abc.abstractmethod
+    def drop_superseded_models(
+        self, exp_key: str | None, name: str, worse_than: float, *, keep_tid: int
+    ) -> int:
+        """Delete attachment ``name`` from the DONE trials of ``exp_key`` that are not
+        successful with a loss at or below ``worse_than``, except ``keep_tid``; returns how many
+        went. Conditional on the attachment list read, so concurrent calls are safe."""
+
+    @abc.abstractmethod
+    def get_domain_blob(self, exp_key: str | None) -> bytes | None:
+        """hyperopt's pickled ``FMinIter_Domain`` for ``exp_key`` (for trusted workers only)."""

@@ -1,0 +1,137 @@
+"""Experiment documents: one per exp key, every status change conditional.
+
+Status changes are filtered on the status they expect, and every write increments ``version``,
+so a coordinator that read the document, decided, and writes back can tell whether anything (a
+``cancel``, another coordinator) wrote in between, instead of silently undoing it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pymongo.errors
+from pymongo.collection import Collection
+
+from coordinator import rules
+from coordinator.states import ExperimentStatus, TrialState
+from coordinator.store.connection import retrying
+
+#: fields only the status-changing methods write
+_STATUS_FIELDS = frozenset({"_id", "status", "cancel_requested", "cancelled_at", "version"})
+
+
+def _bump() -> dict[str, Any]:
+    return {"$inc": {"version": 1}, "$currentDate": {"updated": True}}
+
+
+class Experiments:
+    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
+
+    jobs: Collection
+    experiments: Collection
+
+    @retrying
+    def get_experiment(self, exp_key: str) -> dict[str, Any] | None:
+        return self.experiments.find_one({"_id": exp_key})
+
+    @retrying
+    def list_experiments(self) -> list[dict[str, Any]]:
+        return list(self.experiments.find({}, sort=[("created", 1)]))
+
+    def cancel_requested(self, exp_key: str) -> bool:
+        """Whether ``hyperfleet cancel`` asked this experiment to stop (one read)."""
+        return rules.cancel_requested(self.get_experiment(exp_key))
+
+    @retrying
+    def create_experiment(self, doc: dict[str, Any]) -> bool:
+        """Insert ``doc`` (``_id``: the exp key) as version 1; ``False`` if the key exists."""
+        try:
+            self.experiments.insert_one({**doc, "version": 1})
+        except pymongo.errors.DuplicateKeyError:
+            return False
+        return True
+
+    @retrying
+    def replace_experiment(self, doc: dict[str, Any], *, version: int | None) -> bool:
+        """Replace the document if its ``version`` is still ``version``; ``False`` otherwise."""
+        replaced = self.experiments.replace_one(
+            {"_id": doc["_id"], "version": version}, {**doc, "version": (version or 0) + 1}
+        )
+        return replaced.matched_count == 1
+
+    @retrying
+    def finish_experiment(
+        self,
+        exp_key: str,
+        status: ExperimentStatus,
+        fields: dict[str, Any],
+        *,
+        expect: ExperimentStatus = ExperimentStatus.RUNNING,
+    ) -> bool:
+        """Record ``fields``; set ``status`` only if it is still ``expect`` (``False``: it was
+        not, and the status that was there stands)."""
+        _check_fields(fields)
+        changed = self.experiments.update_one(
+            {"_id": exp_key, "status": expect.value},
+            {"$set": {**fields, "status": status.value}, **_bump()},
+        )
+        if changed.matched_count == 1:
+            return True
+        if fields:
+            self.experiments.update_one({"_id": exp_key}, {"$set": fields, **_bump()})
+        return False
+
+    def cancel_experiment(self, exp_key: str, settle_s: float = 1.0) -> int:
+        """Set ``cancel_requested`` (a RUNNING status becomes CANCELLED; a finished one stays)
+        and mark queued trials CANCEL; returns how many were queued.
+
+        The queue is swept twice, ``settle_s`` apart: a coordinator checks the cancel flag only
+        every quarter second, so it may still queue a trial just after the first sweep.
+        """
+        self._request_cancel(exp_key)
+        n = self._cancel_queued(exp_key)
+        time.sleep(settle_s)
+        return n + self._cancel_queued(exp_key)
+
+    @retrying
+    def _request_cancel(self, exp_key: str) -> None:
+        flag = {"cancel_requested": True}
+        stamp = {"updated": True, "cancelled_at": True}
+        running = self.experiments.update_one(
+            {"_id": exp_key, "status": ExperimentStatus.RUNNING.value},
+            {
+                "$set": {**flag, "status": ExperimentStatus.CANCELLED.value},
+                "$inc": {"version": 1},
+                "$currentDate": stamp,
+            },
+        )
+        if running.matched_count == 0:
+            self.experiments.update_one(
+                {"_id": exp_key}, {"$set": flag, "$inc": {"version": 1}, "$currentDate": stamp}
+            )
+
+    @retrying
+    def _cancel_queued(self, exp_key: str) -> int:
+        cancelled = self.jobs.update_many(
+            {"exp_key": exp_key, "state": int(TrialState.NEW)},
+            {
+                "$set": {"state": int(TrialState.CANCEL), "result": {"status": "new"}},
+                "$currentDate": {"mtime": True, "refresh_time": True},
+                "$inc": {"version": 1},
+            },
+        )
+        return cancelled.modified_count
+
+    @retrying
+    def annotate_experiment(self, exp_key: str, fields: dict[str, Any]) -> bool:
+        """Set informational ``fields`` (e.g. a test score); never the status or cancel flag."""
+        _check_fields(fields)
+        done = self.experiments.update_one({"_id": exp_key}, {"$set": fields, **_bump()})
+        return done.matched_count == 1
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    bad = sorted(_STATUS_FIELDS.intersection(fields))
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: written only by the experiment's status changes")

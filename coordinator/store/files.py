@@ -1,0 +1,128 @@
+"""Attachments in GridFS (hyperopt's ``_attachments``) and keeping only the best trial's model.
+
+A trial's attachments are ``[name, file_id]`` pairs on its document. Writing one is fenced on
+the lease like any other worker write; dropping superseded models is the one write to finished
+trials, conditional on the attachment list it read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gridfs
+from bson import ObjectId
+from pymongo.collection import Collection
+
+from coordinator import rules
+from coordinator.states import TrialState
+from coordinator.store.base import Lease
+from coordinator.store.connection import retrying
+
+logger = logging.getLogger(__name__)
+
+
+def _names(doc: dict[str, Any]) -> set[str]:
+    return {a[0] for a in doc.get("_attachments", [])}
+
+
+class Attachments:
+    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
+
+    jobs: Collection
+    gfs: gridfs.GridFS
+
+    @retrying
+    def attach(self, lease: Lease, name: str, data: bytes) -> bool:
+        """Store ``data`` in GridFS as the trial's attachment ``name``, replacing an older one;
+        ``False`` (and the new file deleted) if the lease was lost."""
+        doc = self.jobs.find_one(lease.fence, projection={"_attachments": 1})
+        if doc is None:
+            return False
+        file_id = self.gfs.put(data, filename=f"{lease.id}_{name}", tid=lease.tid, name=name)
+        old = [a for a in doc.get("_attachments", []) if a[0] == name]
+        new = [a for a in doc.get("_attachments", []) if a[0] != name] + [[name, file_id]]
+        updated = self.jobs.update_one(lease.fence, {"$set": {"_attachments": new}})
+        stale = old if updated.matched_count == 1 else [[name, file_id]]
+        for _name, stale_id in stale:
+            self.delete_file(stale_id)
+        return updated.matched_count == 1
+
+    @retrying
+    def get_file(self, file_id: ObjectId) -> bytes:
+        return self.gfs.get(file_id).read()
+
+    @retrying
+    def delete_file(self, file_id: ObjectId) -> None:
+        try:
+            self.gfs.delete(file_id)
+        except gridfs.errors.NoFile:
+            logger.debug("file %s already deleted", file_id)
+
+    def get_attachment(self, doc: dict[str, Any], name: str) -> bytes | None:
+        """The bytes of attachment ``name`` of trial ``doc`` (None if it has none)."""
+        for att_name, file_id in doc.get("_attachments", []):
+            if att_name == name:
+                return self.get_file(file_id)
+        return None
+
+    @retrying
+    def best_trial(
+        self, exp_key: str | None, *, with_attachment: str | None = None
+    ) -> dict[str, Any] | None:
+        """The best successful trial of ``exp_key`` (:func:`rules.best_trial`), optionally only
+        among trials that hold attachment ``with_attachment``; None if there is none.
+
+        Only the fields the rule needs are read for every candidate; the winner is read whole.
+        """
+        query = {"exp_key": exp_key, "state": int(TrialState.DONE), "result.status": "ok"}
+        fields = {"state": 1, "tid": 1, "result.status": 1, "result.loss": 1, "_attachments": 1}
+        rows = self.jobs.find(query, projection=fields)
+        if with_attachment is not None:
+            rows = (row for row in rows if with_attachment in _names(row))
+        best = rules.best_trial(rows)
+        return None if best is None else self.jobs.find_one({"_id": best["_id"]})
+
+    @retrying
+    def drop_superseded_models(
+        self, exp_key: str | None, name: str, worse_than: float, *, keep_tid: int
+    ) -> int:
+        """Delete attachment ``name`` (and its GridFS file) from the DONE trials of ``exp_key``
+        that are not successful with a loss at or below ``worse_than`` (:func:`rules.ok_loss`),
+        except ``keep_tid``; returns how many went.
+
+        The one write to finished trials: it removes a superseded model, never a result. Each
+        update is conditional on the attachment list it read, so concurrent calls are safe."""
+        query = {
+            "exp_key": exp_key,
+            "state": int(TrialState.DONE),
+            "tid": {"$ne": keep_tid},
+            "_attachments": {"$exists": True},
+        }
+        dropped = 0
+        for row in self.jobs.find(query, projection={"state": 1, "result": 1, "_attachments": 1}):
+            loss = rules.ok_loss(row)
+            if loss is not None and loss <= worse_than:
+                continue
+            old = row.get("_attachments", [])
+            gone = [a for a in old if a[0] == name]
+            if not gone:
+                continue
+            kept = [a for a in old if a[0] != name]
+            updated = self.jobs.update_one(
+                {"_id": row["_id"], "_attachments": old}, {"$set": {"_attachments": kept}}
+            )
+            if updated.matched_count == 1:
+                for _name, file_id in gone:
+                    self.delete_file(file_id)
+                dropped += 1
+        return dropped
+
+    @retrying
+    def get_domain_blob(self, exp_key: str | None) -> bytes | None:
+        """hyperopt's pickled ``FMinIter_Domain`` attachment for ``exp_key`` (trusted workers)."""
+        query = {} if exp_key is None else {"exp_key": exp_key}
+        try:
+            return self.gfs.get_last_version(filename="FMinIter_Domain", **query).read()
+        except gridfs.errors.NoFile:
+            return None

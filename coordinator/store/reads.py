@@ -1,0 +1,95 @@
+"""Named reads and counts of trials: the only ways callers look at trial documents.
+
+Callers say *what* they want (an experiment's trials, the unfinished ones, some by id, lean
+outcomes for a summary); the queries, projections and indexes they need stay here. Readers never
+write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pymongo.collection import Collection
+
+from coordinator.states import TrialState
+from coordinator.store.base import DocId
+from coordinator.store.connection import retrying
+
+_UNFINISHED = [int(TrialState.NEW), int(TrialState.RUNNING)]
+_OUTCOME_FIELDS = ("tid", "state", "result", "queued", "book_time", "ended", "duration_s")
+
+
+def _match(exp_key: str | None, states: Iterable[TrialState | int] | None) -> dict[str, Any]:
+    query: dict[str, Any] = {} if exp_key is None else {"exp_key": exp_key}
+    if states is not None:
+        query["state"] = {"$in": [int(s) for s in states]}
+    return query
+
+
+def _by_tid(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # sorted here rather than in the database: SecantusDB sorts without the index
+    return sorted(docs, key=lambda d: (d.get("tid") is None, d.get("tid") or 0))
+
+
+class TrialReads:
+    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
+
+    jobs: Collection
+
+    @retrying
+    def trials(
+        self,
+        exp_key: str | None,
+        states: Iterable[TrialState | int] | None = None,
+        *,
+        with_spec: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Trial documents of ``exp_key`` (all states, or ``states``), in tid order."""
+        projection = None if with_spec else {"spec": 0}
+        return _by_tid(list(self.jobs.find(_match(exp_key, states), projection=projection)))
+
+    @retrying
+    def unfinished_trials(self, exp_key: str | None) -> list[dict[str, Any]]:
+        """The NEW and RUNNING trials of ``exp_key``, in no particular order."""
+        return list(self.jobs.find(_match(exp_key, _UNFINISHED)))
+
+    @retrying
+    def trials_by_ids(
+        self, ids: Iterable[DocId], states: Iterable[TrialState | int] | None = None
+    ) -> list[dict[str, Any]]:
+        """The trials with these ``_id``s (only those in ``states``, if given): an indexed read."""
+        query = _match(None, states)
+        query["_id"] = {"$in": list(ids)}
+        return list(self.jobs.find(query))
+
+    @retrying
+    def trial_outcomes(self, exp_key: str | None) -> list[dict[str, Any]]:
+        """Lean trial documents for summaries and timings, in tid order."""
+        projection = dict.fromkeys(_OUTCOME_FIELDS, 1)
+        projection["attempts"] = 1
+        return _by_tid(list(self.jobs.find(_match(exp_key, None), projection=projection)))
+
+    @retrying
+    def get_trial(self, exp_key: str | None, tid: int) -> dict[str, Any] | None:
+        """One trial document of ``exp_key`` by ``tid``; ``None`` if there is none."""
+        query = _match(exp_key, None)
+        query["tid"] = tid
+        return self.jobs.find_one(query)
+
+    @retrying
+    def count(self, exp_key: str | None, states: Iterable[TrialState | int]) -> int:
+        """How many trials of ``exp_key`` are in one of ``states``."""
+        return self.jobs.count_documents(_match(exp_key, states))
+
+    @retrying
+    def count_by_state(self, exp_key: str | None) -> dict[TrialState, int]:
+        """Trials of ``exp_key`` by state; O(n) in the database, so not for hot paths."""
+        rows = self.jobs.aggregate(
+            [{"$match": _match(exp_key, None)}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
+        )
+        counts = dict.fromkeys(TrialState, 0)
+        for row in rows:
+            if row["_id"] in TrialState._value2member_map_:
+                counts[TrialState(row["_id"])] = row["n"]
+        return counts

@@ -1,0 +1,55 @@
+"""Contract: the worker registry, the best trial and dropping superseded models."""
+
+from __future__ import annotations
+
+from coordinator.states import WorkerStatus
+from coordinator.store import TrialStore
+from tests.conftest import queue_trials
+
+
+def test_worker_registry(store: TrialStore) -> None:
+    store.worker_heartbeat({"id": "w1", "host": "h", "exp_key": "exp"}, 4)
+    store.worker_heartbeat({"id": "w2", "host": "h", "exp_key": None}, None)
+    store.worker_heartbeat({"id": "w3", "host": "h", "exp_key": "other"}, None)
+    store.worker_stopped("w2", "idle")
+    alive = store.list_workers()
+    assert {w["_id"] for w in alive} == {"w1", "w3"}
+    assert all(w["state"] == WorkerStatus.ALIVE for w in alive)
+    every = {w["_id"]: w for w in store.list_workers(alive_only=False)}
+    assert every["w2"]["state"] == WorkerStatus.STOPPED and every["w2"]["stop_reason"] == "idle"
+    assert every["w1"]["current_tid"] == 4 and every["w1"]["last_seen"] is not None
+    assert {w["_id"] for w in store.live_workers(60, exp_key="exp")} == {"w1"}
+    assert {w["_id"] for w in store.live_workers(60)} == {"w1", "w3"}
+
+
+def _finish_all(store: TrialStore, losses: list[float], attach: set[int] = frozenset()) -> list:
+    leases = []
+    for i, loss in enumerate(losses):
+        lease = store.reserve_trial("w", exp_key="exp")
+        if i in attach:
+            assert store.attach(lease, "model.keras", f"model {i}".encode())
+        store.finish(lease, {"loss": loss, "status": "ok"}, {})
+        leases.append(lease)
+    return leases
+
+
+def test_best_trial_breaks_ties_on_the_lowest_tid(store: TrialStore) -> None:
+    queue_trials(store, 5)
+    leases = _finish_all(store, [3.0, 1.0, 1.0, float("nan")], attach={0, 2})
+    assert store.best_trial("exp")["tid"] == min(leases[1].tid, leases[2].tid)
+    holder = store.best_trial("exp", with_attachment="model.keras")
+    assert holder["tid"] == leases[2].tid
+    assert store.get_attachment(holder, "model.keras") == b"model 2"
+    assert store.best_trial("other") is None
+
+
+def test_drop_superseded_models(store: TrialStore) -> None:
+    queue_trials(store, 3)
+    leases = _finish_all(store, [3.0, 1.0, 2.0], attach={0, 1, 2})
+    assert store.drop_superseded_models("exp", "model.keras", 1.0, keep_tid=leases[1].tid) == 2
+    assert store.drop_superseded_models("exp", "model.keras", 1.0, keep_tid=leases[1].tid) == 0
+    holders = [
+        d["tid"] for d in store.trials("exp") if store.get_attachment(d, "model.keras") is not None
+    ]
+    assert holders == [leases[1].tid]
+    assert store.get_domain_blob("exp") is None

@@ -1,0 +1,77 @@
+"""Starting a search writes its experiment document conditionally: a cancel is never undone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from coordinator.search import SearchConfig, prepare_experiment
+from coordinator.states import ExperimentStatus
+from coordinator.store import TrialStore
+from search_spaces import get_space
+
+
+def _config(exp_key: str = "e") -> SearchConfig:
+    space = get_space("quadratic")
+    return SearchConfig(
+        space=space, settings=space.resolve_settings({}), exp_key=exp_key, max_evals=5
+    )
+
+
+def _cancel_after_first_read(store: TrialStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hyperfleet cancel`` lands right after the coordinator read the document."""
+    read = store.get_experiment
+    calls = 0
+
+    def get_then_cancel(exp_key: str) -> dict[str, Any] | None:
+        nonlocal calls
+        calls += 1
+        doc = read(exp_key)
+        if calls == 1:
+            store.cancel_experiment(exp_key, settle_s=0)
+        return doc
+
+    monkeypatch.setattr(store, "get_experiment", get_then_cancel)
+
+
+@pytest.mark.parametrize("previous", [ExperimentStatus.RUNNING, ExperimentStatus.CANCELLED])
+def test_cancel_between_read_and_write_stays_cancelled(
+    store: TrialStore, monkeypatch: pytest.MonkeyPatch, previous: ExperimentStatus
+) -> None:
+    prepare_experiment(store, _config())  # a first run ...
+    if previous is ExperimentStatus.CANCELLED:
+        store.cancel_experiment("e", settle_s=0)  # ... cancelled: a rerun restarts it
+    _cancel_after_first_read(store, monkeypatch)
+    prepare_experiment(store, _config())
+    exp = store.get_experiment("e")
+    assert exp["cancel_requested"] is True
+    assert exp["status"] == ExperimentStatus.CANCELLED
+
+
+def test_rerun_restarts_a_cancelled_experiment(store: TrialStore) -> None:
+    prepare_experiment(store, _config())
+    store.cancel_experiment("e", settle_s=0)
+    doc = prepare_experiment(store, _config())
+    exp = store.get_experiment("e")
+    assert doc["resumed"] and exp["status"] == ExperimentStatus.RUNNING
+    assert exp["cancel_requested"] is False
+
+
+def test_a_concurrent_write_is_read_again(store: TrialStore, monkeypatch) -> None:
+    prepare_experiment(store, _config())
+    read = store.get_experiment
+    calls = 0
+
+    def get_then_annotate(exp_key: str) -> dict[str, Any] | None:
+        nonlocal calls
+        calls += 1
+        doc = read(exp_key)
+        if calls == 1:
+            store.annotate_experiment(exp_key, {"test": {"accuracy": 0.5}})
+        return doc
+
+    monkeypatch.setattr(store, "get_experiment", get_then_annotate)
+    prepare_experiment(store, _config())
+    exp = read("e")
+    assert exp["status"] == ExperimentStatus.RUNNING and exp["test"] == {"accuracy": 0.5}
