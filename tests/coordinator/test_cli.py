@@ -101,6 +101,22 @@ def test_server_workers_and_search_as_separate_processes(tmp_path: Path) -> None
     assert srv.returncode == 0
 
 
+def test_exp_key_from_the_environment(server, db_name: str) -> None:
+    """HYPERFLEET_EXP_KEY stands for --exp-key (compose and the sbatch script rely on it): the
+    search takes its name from it, and a worker that serves only that search leaves at its end."""
+    env = cli_env(HYPERFLEET_MONGO=server.uri, HYPERFLEET_DB=db_name, HYPERFLEET_EXP_KEY="env-q")
+    worker = start_worker(server.uri, db_name, env=env)
+    try:
+        out = hyperfleet(
+            "search", "quadratic", "--max-evals", "4", "--seed", "1", "--no-progress", env=env
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("experiment env-q: done 4 "), out.stdout
+        assert worker.wait(30) == 0, "the worker should serve env-q only and leave when it is over"
+    finally:
+        stop_all([worker])
+
+
 def test_plain_hyperopt_fmin_with_trust_pickled_worker(
     server, db_name: str, tmp_path: Path
 ) -> None:

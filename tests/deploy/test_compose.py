@@ -81,6 +81,11 @@ def test_workers_pinned_one_per_gpu_and_wait_for_healthy_mongo() -> None:
     assert services["worker-cpu"]["profiles"] == ["cpu"]
     assert services["worker-cpu"]["environment"]["CUDA_VISIBLE_DEVICES"] == ""
     assert services["coordinator"]["command"][:2] == ["search", "quadratic"]
+    # the exp key reaches every hyperfleet service through HYPERFLEET_EXP_KEY, not its argv
+    for name in ("coordinator", *gpu_workers, "worker-cpu"):
+        assert services[name]["environment"]["HYPERFLEET_EXP_KEY"] == TEST_ENV["HYPERFLEET_EXP_KEY"]
+        assert "--exp-key" not in services[name]["command"], name
+    assert services["worker-cpu"]["environment"]["HYPERFLEET_GPU"] == "none"
     mongo = services["mongo"]
     assert mongo["image"].split(":")[1].isdigit(), "mongo pinned to a major version"
     assert any(v["target"] == "/data/db" and v["type"] == "volume" for v in mongo["volumes"])
