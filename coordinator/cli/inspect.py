@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from coordinator.cli.options import exp_key_option, mongo_options, spaces_option, stale_option
+from coordinator.cli.options import (
+    exp_key_option,
+    mongo_options,
+    output_option,
+    spaces_option,
+    stale_option,
+)
 from coordinator.defaults import EXPORT_FORMATS
 from coordinator.errors import ConfigError
 from coordinator.states import TrialState
@@ -275,13 +281,7 @@ def _indent(text: str) -> str:
     default=None,
     help="[default: from the file's extension, else csv]",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="file to write [default: stdout]",
-)
+@output_option("output", "file to write [default: stdout]")
 @spaces_option(_SPACES_HELP)
 def export(
     mongo: str,
@@ -314,13 +314,8 @@ def export(
 @click.command()
 @mongo_options()
 @exp_key_option(_EXP_KEY_HELP, required=True)
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="directory for the PNG files (created if needed)",
+@output_option(
+    "out_dir", "directory for the PNG files (created if needed)", directory=True, required=True
 )
 @spaces_option(_SPACES_HELP)
 def plot(mongo: str, db: str, exp_key: str, out_dir: Path, spaces: tuple[str, ...]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -139,12 +140,8 @@ def search_options() -> Decorator:
             help="trials queued ahead of the workers [default: 2 x live workers, min 2]",
         ),
         click.option("--seed", type=int, default=None, help="random seed of the algorithm"),
-        click.option(
-            "--timeout",
-            "timeout_s",
-            type=click.FloatRange(min=0),
-            default=None,
-            help="stop queueing new trials after this many seconds",
+        seconds_option(
+            "--timeout", "timeout_s", "stop queueing new trials after this many seconds"
         ),
         click.option(
             "--loss-threshold",
@@ -244,14 +241,22 @@ def isolate_option(help: str) -> Decorator:
     return click.option("--isolate/--no-isolate", default=True, show_default=True, help=help)
 
 
-def idle_timeout_option(help: str) -> Decorator:
+def seconds_option(
+    flag: str, dest: str, help: str, *, default: float | None = None, minimum: float = 0
+) -> Decorator:
+    """An option in seconds (``--lease``, ``--timeout``, ...) stored as ``dest`` (``*_s``)."""
     return click.option(
-        "--idle-timeout",
-        "idle_timeout_s",
-        type=click.FloatRange(min=0),
-        default=None,
+        flag,
+        dest,
+        type=click.FloatRange(min=minimum),
+        default=default,
+        show_default=default is not None,
         help=help,
     )
+
+
+def idle_timeout_option(help: str) -> Decorator:
+    return seconds_option("--idle-timeout", "idle_timeout_s", help)
 
 
 def db_path_option(help: str) -> Decorator:
@@ -298,13 +303,23 @@ def best_model_options(*, save_model_help: str, evaluate_help: str) -> Decorator
 
 
 def stale_option() -> Decorator:
-    return click.option(
+    return seconds_option(
         "--stale-after",
         "stale_s",
-        type=click.FloatRange(min=0),
+        "flag a worker stale when its last heartbeat is older than this many seconds",
         default=defaults.STALE_WORKER_S,
-        show_default=True,
-        help="flag a worker stale when its last heartbeat is older than this many seconds",
+    )
+
+
+def output_option(dest: str, help: str, *, directory: bool = False, **kwargs: Any) -> Decorator:
+    """``-o/--output``: a file (or with ``directory``, a folder) to write."""
+    return click.option(
+        "-o",
+        "--output",
+        dest,
+        type=click.Path(file_okay=not directory, dir_okay=directory, path_type=Path),
+        help=help,
+        **kwargs,
     )
 
 

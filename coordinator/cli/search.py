@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,34 +32,30 @@ if TYPE_CHECKING:
     from coordinator.store import TrialStore
 
 
-def _resolve_space(
-    name: str, spaces: tuple[str, ...], set_pairs: tuple[str, ...]
-) -> tuple[Any, dict[str, Any]]:
-    from search_spaces import get_space, load_spaces, parse_set_options
-
-    for path in spaces:
-        load_spaces(path)
-    space = get_space(name)
-    return space, space.resolve_settings(parse_set_options(set_pairs))
-
-
 def _search_config(
-    space: Any,
-    settings: dict[str, Any],
-    exp_key: str,
+    space_name: str,
+    exp_key: str | None,
+    default_key: Callable[[str], str],
+    *,
+    set_pairs: tuple[str, ...],
     spaces: tuple[str, ...],
     progress: bool | None,
     **opts: Any,
 ) -> SearchConfig:
+    """The search that ``search_options`` and ``space_options`` describe; the exp key is
+    ``exp_key`` or ``default_key(space name)``."""
     from coordinator.search import SearchConfig
+    from search_spaces import get_space, load_spaces, parse_set_options
 
-    show = sys.stderr.isatty() if progress is None else progress
+    for path in spaces:
+        load_spaces(path)
+    space = get_space(space_name)
     return SearchConfig(
         space=space,
-        settings=settings,
-        exp_key=exp_key,
+        settings=space.resolve_settings(parse_set_options(set_pairs)),
+        exp_key=exp_key or default_key(space.name),
         spaces_source=",".join(spaces) or None,
-        progress=show,
+        progress=sys.stderr.isatty() if progress is None else progress,
         **opts,
     )
 
@@ -84,22 +81,12 @@ def _print_outcome(outcome: SearchOutcome) -> None:
 @exp_key_option("experiment name [default: the space's name]")
 @search_options()
 @space_options()
-def search(
-    space_name: str,
-    mongo: str,
-    db: str,
-    exp_key: str | None,
-    set_pairs: tuple[str, ...],
-    spaces: tuple[str, ...],
-    progress: bool | None,
-    **opts: Any,
-) -> None:
+def search(space_name: str, mongo: str, db: str, exp_key: str | None, **search_opts: Any) -> None:
     """Run a search: queue trials of SPACE in MongoDB for workers and wait for them."""
     from coordinator.search import Coordinator
     from coordinator.store import connect
 
-    space, settings = _resolve_space(space_name, spaces, set_pairs)
-    config = _search_config(space, settings, exp_key or space.name, spaces, progress, **opts)
+    config = _search_config(space_name, exp_key, lambda name: name, **search_opts)
     store = connect(mongo, db)
     outcome = Coordinator(store, config).run()
     _print_outcome(outcome)
@@ -141,20 +128,20 @@ def local(
     save_models: str,
     evaluate: bool,
     save_model: str | None,
-    set_pairs: tuple[str, ...],
-    spaces: tuple[str, ...],
-    progress: bool | None,
-    **opts: Any,
+    **search_opts: Any,
 ) -> None:
     """Run a whole search on this machine: embedded server, workers and coordinator."""
     if gpus == []:
         raise ConfigError("--gpus none: leave --gpus out for CPU workers")
     from coordinator.local import LocalConfig, LocalRun, local_worker_envs
 
-    space, settings = _resolve_space(space_name, spaces, set_pairs)
-    key = exp_key or f"{space.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    config = _search_config(space, settings, key, spaces, progress, **opts)
-    worker_args = [f"--spaces={p}" for p in spaces] + [f"--save-models={save_models}"]
+    started = dt.datetime.now()
+    config = _search_config(
+        space_name, exp_key, lambda name: f"{name}-{started:%Y%m%d-%H%M%S}", **search_opts
+    )
+    key = config.exp_key
+    worker_args = [f"--spaces={p}" for p in search_opts["spaces"]]
+    worker_args.append(f"--save-models={save_models}")
     if not isolate:
         worker_args.append("--no-isolate")
     envs = local_worker_envs(workers, gpus, per_gpu, threads)

@@ -14,6 +14,7 @@ from coordinator.cli.options import (
     isolate_option,
     mongo_options,
     save_models_option,
+    seconds_option,
     spaces_option,
     threads_option,
 )
@@ -27,29 +28,26 @@ from coordinator.errors import ConfigError
     "--max-trials", type=click.IntRange(min=1), default=None, help="exit after this many trials"
 )
 @idle_timeout_option("exit after this many seconds without a trial")
-@click.option(
+@seconds_option(
     "--heartbeat",
     "heartbeat_s",
-    type=click.FloatRange(min=0.05),
+    "seconds between lease renewals",
     default=defaults.HEARTBEAT_S,
-    show_default=True,
-    help="seconds between lease renewals",
+    minimum=0.05,
 )
-@click.option(
+@seconds_option(
     "--lease",
     "lease_s",
-    type=click.FloatRange(min=0.1),
+    "seconds a trial stays ours without a heartbeat",
     default=defaults.LEASE_S,
-    show_default=True,
-    help="seconds a trial stays ours without a heartbeat",
+    minimum=0.1,
 )
-@click.option(
+@seconds_option(
     "--poll",
     "poll_s",
-    type=click.FloatRange(min=0.001),
+    "longest sleep between polls when idle",
     default=defaults.POLL_S,
-    show_default=True,
-    help="longest sleep between polls when idle",
+    minimum=0.001,
 )
 @isolate_option("run trials in a supervised child process (survives crashes)")
 @click.option(
