@@ -158,10 +158,7 @@ def run_hyperfleet(
         outcome = Coordinator(store, config).run()
         wall = time.perf_counter() - started
         cpu1 = _cpu_snapshot(pids)
-        docs = store.find_trials(
-            {"exp_key": exp_key},
-            projection=["queued", "book_time", "ended", "duration_s", "state"],
-        )
+        docs = store.trial_outcomes(exp_key)
     finally:
         _restore(saved)
         for proc in procs:

@@ -1,9 +1,11 @@
-"""What the store's hot-path queries cost on SecantusDB at 500 and 5,000 trials.
+"""What the store's hot-path operations cost on SecantusDB at 500 and 5,000 trials.
 
     .venv/bin/python bench/store_queries.py
 
-The "before" rows are the query shapes hyperfleet used before the issue-7 fixes; the "after" rows
-are the ones it uses now. Median of 15 calls, in ms, against an in-memory embedded server.
+Each row is one named store operation (:mod:`coordinator.store.base`) as the coordinator or a
+worker calls it, against an experiment of ``n`` finished trials plus 8 queued ones. Median of 15
+calls, in ms, against an in-memory embedded server. (Until issue 14 this script timed raw query
+shapes, old against new; docs/benchmarks.md keeps those numbers.)
 """
 
 from __future__ import annotations
@@ -15,20 +17,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bson import ObjectId
-
 from coordinator.server import EmbeddedServer
-from coordinator.store import connect, utcnow
+from coordinator.states import AttemptOutcome, TrialState
+from coordinator.store import TrialStore, connect, utcnow
+
+_QUEUED = 8
 
 
 def _trials(n: int, queued: int) -> list[dict[str, Any]]:
     now = utcnow()
     done = [
         {
-            "_id": ObjectId(),
             "exp_key": "e",
             "tid": i,
-            "state": 2,
+            "state": int(TrialState.DONE),
             "space": "quadratic",
             "owner": "w",
             "mtime": now - dt.timedelta(seconds=(n - i) * 0.01),
@@ -40,10 +42,9 @@ def _trials(n: int, queued: int) -> list[dict[str, Any]]:
     ]
     new = [
         {
-            "_id": ObjectId(),
             "exp_key": "e",
             "tid": n - queued + i,
-            "state": 0,
+            "state": int(TrialState.NEW),
             "space": "quadratic",
             "owner": None,
             "misc": {},
@@ -63,68 +64,28 @@ def _median_ms(fn: Callable[[], Any], k: int = 15) -> float:
     return round(statistics.median(times) * 1000, 2)
 
 
-def _cases(jobs: Any, n: int) -> list[tuple[str, Callable[[], Any]]]:
-    jobs.delete_many({})
-    docs = _trials(n, 8)
-    jobs.insert_many(docs)
-    recent = [d["_id"] for d in docs[n - 208 : n - 8]]
-    watched = [d["_id"] for d in docs[n - 12 : n - 8]]
-    since = utcnow() - dt.timedelta(seconds=2)
-    new = {"exp_key": "e", "state": 0}
-    cases: list[tuple[str, Callable[[], Any]]] = [
-        (
-            "before: reserve candidates (space $exists, sort tid, limit 4)",
-            lambda: list(
-                jobs.find(
-                    {**new, "space": {"$exists": True}},
-                    {"_id": 1},
-                    limit=4,
-                    sort=[("tid", 1)],
-                )
-            ),
-        ),
-        (
-            "after:  reserve candidates (space checked client-side)",
-            lambda: list(jobs.find(new, {"_id": 1, "space": 1}, limit=4, sort=[("tid", 1)])),
-        ),
-        (
-            "before: refresh, finished by mtime window with $nin of 200 recent ids",
-            lambda: list(
-                jobs.find(
-                    {
-                        "exp_key": "e",
-                        "state": {"$in": [2, 4]},
-                        "mtime": {"$gte": since},
-                        "_id": {"$nin": recent},
-                    }
-                )
-            ),
-        ),
-        (
-            "after:  refresh, newly finished by _id (4 watched ids)",
-            lambda: list(jobs.find({"_id": {"$in": watched}, "state": {"$in": [2, 4]}})),
-        ),
-        (
-            "both:   refresh, unfinished trials",
-            lambda: list(jobs.find({"exp_key": "e", "state": {"$in": [0, 1]}})),
-        ),
-        (
-            "before: count DONE in the database (fmin asks every poll)",
-            lambda: jobs.count_documents({"exp_key": "e", "state": {"$in": [2]}}),
-        ),
-        (
-            "before: count_by_state aggregate (coordinator tick, progress line)",
-            lambda: list(
-                jobs.aggregate(
-                    [
-                        {"$match": {"exp_key": "e"}},
-                        {"$group": {"_id": "$state", "n": {"$sum": 1}}},
-                    ]
-                )
-            ),
-        ),
+def _reserve_and_requeue(store: TrialStore) -> None:
+    lease = store.reserve_trial("bench", exp_key="e")
+    assert lease is not None
+    store.release(lease, AttemptOutcome.REQUEUED, "bench")
+
+
+def _cases(store: TrialStore, n: int) -> list[tuple[str, Callable[[], Any]]]:
+    store.delete_all(exp_key="e")
+    store.insert_trials(_trials(n, _QUEUED))
+    watched = [d["_id"] for d in store.trials("e", [TrialState.DONE])[-4:]]
+    finished = [TrialState.DONE, TrialState.CANCEL]
+    return [
+        ("worker: reserve_trial + release (requeue)", lambda: _reserve_and_requeue(store)),
+        ("coordinator: unfinished_trials (every refresh)", lambda: store.unfinished_trials("e")),
+        ("coordinator: trials_by_ids, 4 newly finished", lambda: store.trials_by_ids(watched)),
+        ("coordinator: count NEW", lambda: store.count("e", [TrialState.NEW])),
+        ("coordinator: reap_expired (nothing expired)", lambda: store.reap_expired("e")),
+        ("full refresh: trials DONE/CANCEL", lambda: store.trials("e", finished)),
+        ("status: count_by_state", lambda: store.count_by_state("e")),
+        ("status: trial_outcomes", lambda: store.trial_outcomes("e")),
+        ("worker: best_trial", lambda: store.best_trial("e")),
     ]
-    return cases
 
 
 def main() -> None:
@@ -132,9 +93,8 @@ def main() -> None:
     with EmbeddedServer(":memory:") as server:
         store = connect(server.uri)
         store.create_jobs_indexes()
-        jobs = store.jobs
         for n in (500, 5000):
-            for name, fn in _cases(jobs, n):
+            for name, fn in _cases(store, n):
                 print(f"{n:>5} trials  {_median_ms(fn):>8.2f} ms  {name}")
     print(f"load {os.getloadavg()}")
 

@@ -121,7 +121,7 @@ def through_worker(
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
-        docs = sorted(store.find_trials({"exp_key": "bench"}), key=lambda d: d["tid"])
+        docs = store.trials("bench")
         return [
             {
                 "wall": (d["ended"] - d["book_time"]).total_seconds(),

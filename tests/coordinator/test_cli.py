@@ -43,7 +43,7 @@ def test_local_quadratic_two_workers(tmp_path: Path) -> None:
 
     with EmbeddedServer(db_path) as srv:
         store = connect(srv.uri)
-        docs = store.find_trials({"exp_key": "q"})
+        docs = store.trials("q")
         assert len(docs) == 30
         assert all(d["state"] == TrialState.DONE for d in docs)
         assert all(set(d["params"]) == {"x"} for d in docs)
@@ -139,7 +139,7 @@ def test_plain_hyperopt_fmin_with_trust_pickled_worker(
         )
         assert out.returncode == 0, out.stderr
         assert re.search(r"BEST \{'x': [-0-9.e]+\} 10", out.stdout)
-        docs = connect(server.uri, db_name).find_trials({"exp_key": "plain"})
+        docs = connect(server.uri, db_name).trials("plain")
         owners = {d["owner"] for d in docs}
         assert len(owners) == 1, "only the --trust-pickled worker may run pickled objectives"
         assert all(d["params"] is not None for d in docs)
@@ -169,8 +169,8 @@ def test_objective_error_is_recorded_and_worker_goes_on(server, db_name: str) ->
             TEST_SPACES,
         )
         store = connect(server.uri, db_name)
-        errors = store.find_trials({"exp_key": "boom", "state": int(TrialState.ERROR)})
-        done = store.find_trials({"exp_key": "boom", "state": int(TrialState.DONE)})
+        errors = store.trials("boom", [TrialState.ERROR])
+        done = store.trials("boom", [TrialState.DONE])
         assert errors and done and len(errors) + len(done) == 8
         err = errors[0]["error"]
         assert err["type"] == "ValueError" and "too large" in err["message"]
@@ -198,7 +198,7 @@ def test_nan_loss_fails_the_trial_and_search_completes(server, db_name: str) -> 
             TEST_SPACES,
         )
         assert out.returncode == 1 and "no trial of 'nan' succeeded" in out.stderr
-        docs = connect(server.uri, db_name).find_trials({"exp_key": "nan"})
+        docs = connect(server.uri, db_name).trials("nan")
         assert len(docs) == 3
         assert all(d["state"] == TrialState.DONE and d["result"]["status"] == "fail" for d in docs)
         assert all("loss is nan" in d["result"]["failure"] for d in docs)

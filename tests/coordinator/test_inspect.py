@@ -49,7 +49,7 @@ def search(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         "uri": server.uri,
         "db": db,
         "store": store,
-        "docs": store.find_trials({"exp_key": CURVES}, sort=[("tid", 1)]),
+        "docs": store.trials(CURVES),
         "curves_stderr": curves.stderr,
         "quad_stderr": quad.stderr,
     }

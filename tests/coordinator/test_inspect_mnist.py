@@ -39,7 +39,7 @@ def test_inspection_of_a_two_trial_mnist_search(tmp_path: Path) -> None:
         status = hyperfleet("status", *mongo, "--exp-key", "mn")
         assert status.returncode == 0 and "mn" in status.stdout and "2" in status.stdout
 
-        best = min(connect(uri).find_trials({"exp_key": "mn"}), key=lambda d: d["result"]["loss"])
+        best = min(connect(uri).trials("mn"), key=lambda d: d["result"]["loss"])
         top = hyperfleet("top", *mongo, "--exp-key", "mn", "-n", "2")
         assert top.returncode == 0, top.stderr
         first_row = [line for line in top.stdout.splitlines() if line.strip()][1]

@@ -106,7 +106,7 @@ def searches(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
     store = connect(server.uri, db)
     try:
         running = wait_for(
-            lambda: store.find_trials({"exp_key": LIVE, "state": int(TrialState.RUNNING)}),
+            lambda: store.trials(LIVE, [TrialState.RUNNING]),
             timeout=60,
             what="a running trial",
         )
@@ -129,8 +129,8 @@ def run_block(mongosh: str, uri: str, setup: str, block: str, home: Path) -> Any
     return json.loads(out.stdout)
 
 
-def _finished(store, **query: Any) -> list[dict[str, Any]]:
-    return store.find_trials({"exp_key": EXP, **query}, sort=[("tid", 1)])
+def _finished(store) -> list[dict[str, Any]]:
+    return store.trials(EXP)
 
 
 def test_every_documented_query_runs_in_real_mongosh(

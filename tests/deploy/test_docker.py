@@ -150,7 +150,7 @@ def test_cpu_worker_container_runs_trials(
     logs = docker_client.containers.get("hyperfleet-cpu-run-cpu-0").logs().decode()
     assert search.returncode == 0, search.stderr + logs
     store = connect(host_server.uri, db)
-    docs = store.find_trials({"exp_key": key})
+    docs = store.trials(key)
     assert len(docs) == 4 and all(d["state"] == TrialState.DONE for d in docs)
     assert {d["worker"]["host"] for d in docs} == {"hyperfleet-cpu-run-cpu-0"}
     assert {d["worker"]["cuda_visible_devices"] for d in docs} == {""}
@@ -208,7 +208,7 @@ def test_compose_up_coordinator_and_two_cpu_workers(
         assert coordinator.attrs["State"]["ExitCode"] == 0, logs
         assert "experiment compose-q: done 6" in logs and "best trial" in logs, logs
         store = connect(f"mongodb://127.0.0.1:{port}/", "hyperfleet")
-        docs = store.find_trials({"exp_key": "compose-q"})
+        docs = store.trials("compose-q")
         assert len(docs) == 6 and all(d["state"] == TrialState.DONE for d in docs)
         workers = docker_client.containers.list(
             all=True,

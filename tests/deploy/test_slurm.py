@@ -111,7 +111,7 @@ def test_sbatch_array_workers_run_the_search(slurm_env: dict[str, str], tmp_path
         assert text.count(f"search {key!r} is over") == 2, text
         worker_ids = set(re.findall(r"worker (\S+) started", text))
         store = connect(srv.uri, db)
-        docs = store.find_trials({"exp_key": key})
+        docs = store.trials(key)
         store.close()
     assert len(docs) == 8 and all(d["state"] == TrialState.DONE for d in docs)
     assert {d["worker"]["id"] for d in docs} <= worker_ids

@@ -39,13 +39,13 @@ def search_proc(uri: str, db: str, *args: str, log: Path) -> subprocess.Popen[st
 
 
 def running_doc(store: TrialStore, exp_key: str, exclude: set[int] = frozenset()):
-    docs = store.find_trials({"exp_key": exp_key, "state": int(TrialState.RUNNING)})
+    docs = store.trials(exp_key, [TrialState.RUNNING])
     docs = [d for d in docs if d["tid"] not in exclude]
     return docs[0] if docs else None
 
 
 def assert_each_tid_done_once(store: TrialStore, exp_key: str, n: int) -> list[dict]:
-    docs = store.find_trials({"exp_key": exp_key})
+    docs = store.trials(exp_key)
     tids = [d["tid"] for d in docs]
     assert len(tids) == len(set(tids)), "a tid appears in two documents"
     done = [d for d in docs if d["state"] == TrialState.DONE]
@@ -109,13 +109,13 @@ def test_paused_worker_cannot_overwrite_new_owner(server, db_name, tmp_path) -> 
         wait_for(lambda: store.reap_expired("pause"), 10, interval=0.2, what="the reaper")
         b = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, *FAST_LEASE)
         done = wait_for(
-            lambda: store.jobs.find_one({"state": int(TrialState.DONE)}),
+            lambda: next(iter(store.trials("pause", [TrialState.DONE])), None),
             30,
             what="worker B's result",
         )
         a.send_signal(signal.SIGCONT)
         wait_for(lambda: "lost the lease" in log_a.read_text(), 20, what="A to notice")
-        final = store.jobs.find_one({"_id": done["_id"]})
+        final = store.get_trial("pause", done["tid"])
         assert final["result"]["worker_pid"] == b.pid
         assert final["owner"] == done["owner"] != first["owner"]
         assert final["attempt"] == 2 and final["version"] == done["version"]
@@ -131,7 +131,7 @@ def test_sigterm_finishes_trial_then_exits_zero(server, db_name) -> None:
     doc = wait_for(lambda: running_doc(store, "term"), 30, what="a running trial")
     w.send_signal(signal.SIGTERM)
     assert w.wait(30) == 0
-    finished = store.jobs.find_one({"_id": doc["_id"]})
+    finished = store.get_trial("term", doc["tid"])
     assert finished["state"] == TrialState.DONE and finished["owner"] == doc["owner"]
     assert store.count("term", [TrialState.NEW]) == 1, "it must not start another trial"
 
@@ -151,7 +151,7 @@ def test_second_signal_or_requeue_flag_hands_trial_back(server, db_name, how) ->
         w.send_signal(signal.SIGTERM)
     assert w.wait(20) == 0
     assert time.monotonic() - started < 10, "the trial must be handed back at once"
-    back = store.jobs.find_one({"_id": doc["_id"]})
+    back = store.get_trial("term2", doc["tid"])
     assert back["state"] == TrialState.NEW and back["owner"] is None
     assert back["attempts"] == 0, "a requeue on shutdown is not a failed attempt"
     assert back["attempt_history"][-1]["outcome"] == "requeued"
@@ -166,7 +166,7 @@ def test_crashing_trials_are_recorded_and_worker_continues(server, db_name, mode
     w = start_worker(server.uri, db_name, "--spaces", TEST_SPACES)
     try:
         wait_for(lambda: store.count("crash", [TrialState.ERROR]) == 2, 90, what="2 errors")
-        for doc in store.find_trials({"exp_key": "crash"}):
+        for doc in store.trials("crash"):
             assert doc["attempts"] == 2 and doc["attempt"] == 2
             assert [h["outcome"] for h in doc["attempt_history"]] == ["crashed", "crashed"]
             assert reason in doc["attempt_history"][0]["reason"]
@@ -193,7 +193,7 @@ def test_crash_only_once_then_succeeds(server, db_name, tmp_path) -> None:
         wait_for(lambda: store.count("once", [TrialState.DONE]) == 3, 90, what="3 done")
     finally:
         stop_all([w])
-    for doc in store.find_trials({"exp_key": "once"}):
+    for doc in store.trials("once"):
         assert doc["attempts"] == 1 and doc["attempt"] == 2 and doc["result"]["status"] == "ok"
 
 
@@ -221,12 +221,12 @@ def test_kill_coordinator_and_rerun_gives_exactly_max_evals(server, db_name, tmp
     finally:
         stop_all(workers)
     assert_each_tid_done_once(store, "resume", 16)
-    assert len(store.find_trials({"exp_key": "resume"})) == 16, "no leftover queued trials"
+    assert len(store.trials("resume")) == 16, "no leftover queued trials"
 
 
 def test_reusing_exp_key_with_other_settings_is_refused(server, db_name) -> None:
     store = connect(server.uri, db_name)
-    store.put_experiment(
+    store.create_experiment(
         {
             "_id": "same",
             "space": "quadratic",
@@ -295,7 +295,8 @@ def test_outage_longer_than_budget_ends_worker_with_clear_error(tmp_path) -> Non
         srv.uri, "hyperfleet", log=tmp_path / "w.log", env=cli_env(HYPERFLEET_OUTAGE_S="4")
     )
     store = connect(srv.uri)
-    wait_for(lambda: store.workers.count_documents({}) == 1, 60, what="the worker to register")
+    registered = lambda: len(store.list_workers(alive_only=False)) == 1  # noqa: E731
+    wait_for(registered, 60, what="the worker to register")
     srv.kill()
     try:
         code = w.wait(60)
@@ -340,7 +341,7 @@ def test_cancel_stops_queue_and_running_trials_at_epoch_boundary(server, db_name
             assert w.wait(30) == 0  # the search is over: workers leave
     finally:
         stop_all([search, *workers])
-    docs = store.find_trials({"exp_key": "cx"})
+    docs = store.trials("cx")
     states = collections.Counter(d["state"] for d in docs)
     # the 2 running trials stop early; a trial reserved in the instant of the cancel may too
     assert states[TrialState.CANCEL] >= 1 and 2 <= states[TrialState.DONE] <= 4, states

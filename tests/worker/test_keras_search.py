@@ -66,7 +66,7 @@ def test_mlp_search_two_workers_metrics_model_and_test_accuracy(
     try:
         deadline = time.monotonic() + 300
         while search.poll() is None and time.monotonic() < deadline:
-            for doc in store.find_trials({"exp_key": "mlp", "state": int(TrialState.RUNNING)}):
+            for doc in store.trials("mlp", [TrialState.RUNNING]):
                 if doc.get("epochs"):
                     seen_running[doc["tid"]] = [e["epoch"] for e in doc["epochs"]]
             time.sleep(0.05)
@@ -80,7 +80,7 @@ def test_mlp_search_two_workers_metrics_model_and_test_accuracy(
 
     assert seen_running, "per-epoch metrics should be visible while trials run"
     assert all(epochs == list(range(1, len(epochs) + 1)) for epochs in seen_running.values())
-    docs = store.find_trials({"exp_key": "mlp"})
+    docs = store.trials("mlp")
     assert len(docs) == 4
     assert len({d["worker"]["id"] for d in docs}) == 2, "both workers should have run trials"
     for doc in docs:

@@ -65,7 +65,7 @@ def test_gpu_pinning_is_recorded_on_a_cpu_machine(
         tmp_path,
     )
     assert done[0].returncode == 0, done[0].stderr
-    trials = {d["worker"]["gpu"]: d for d in store.find_trials({"exp_key": "pin"})}
+    trials = {d["worker"]["gpu"]: d for d in store.trials("pin")}
     assert set(trials) == {"3", "none"}, "each worker runs one trial (--max-trials 1)"
     pinned, cpu = trials["3"], trials["none"]
     assert pinned["worker"]["cuda_visible_devices"] == "3"
@@ -87,7 +87,7 @@ def test_jax_backend_search(
         env=cli_env(KERAS_BACKEND="jax"),
     )
     assert done[0].returncode == 0, done[0].stderr
-    docs = store.find_trials({"exp_key": "jax"})
+    docs = store.trials("jax")
     assert len(docs) == 2
     for doc in docs:
         assert doc["state"] == TrialState.DONE and doc["result"]["status"] == "ok"
@@ -109,7 +109,7 @@ def test_nan_loss_fails_the_trial_and_the_search_goes_on(
     )
     assert done[0].returncode == 0, done[0].stderr
     assert "experiment nan: done 4" in done[0].stdout
-    docs = store.find_trials({"exp_key": "nan"})
+    docs = store.trials("nan")
     poisoned = [d for d in docs if d["params"]["poison"]]
     healthy = [d for d in docs if not d["params"]["poison"]]
     assert poisoned and healthy, "seed 0 draws both kinds"
