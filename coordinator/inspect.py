@@ -29,7 +29,7 @@ from coordinator.store import TrialStore
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("csv", "json", "jsonl")
+EXPORT_FORMATS = defaults.EXPORT_FORMATS
 #: a worker whose last heartbeat is older than this is flagged stale
 DEFAULT_STALE_S = defaults.STALE_WORKER_S
 #: columns shown first, in this order, wherever they exist

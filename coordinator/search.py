@@ -29,7 +29,7 @@ from search_spaces import SearchSpace
 
 logger = logging.getLogger(__name__)
 
-ALGOS = ("tpe", "rand", "atpe", "anneal")
+ALGOS = defaults.ALGOS
 MIN_POLL_S = 0.002  #: the shortest sleep of fmin's loop, while trials finish very fast
 
 
