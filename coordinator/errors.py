@@ -38,5 +38,24 @@ class TrialLost(HyperfleetError):
     """This worker no longer owns the trial (its lease was reaped or it was cancelled)."""
 
 
+class TrialCrashed(HyperfleetError):
+    """The process running a trial died (segfault, OOM kill, ``os._exit``); the message says
+    how. The worker records the crash as an attempt and starts a fresh trial process."""
+
+
+class Interrupted(HyperfleetError):
+    """The worker was told to hand its trial back now (second signal, ``--requeue-on-term``)."""
+
+
+class StopWorking(Exception):
+    """Ends ``Worker.work``'s loop normally (signal, ``--max-trials``, idle, search over); the
+    message says why. Caught by the worker itself: users never see it."""
+
+
+class WorkerMissingSpace(HyperfleetError):
+    """A queued trial needs a search space this worker does not know: the worker hands the
+    trial back and stops; restart it with ``--spaces PATH`` (the file the search used)."""
+
+
 class DockerUnavailable(HyperfleetError):
     """The Docker engine could not be reached, or the docker SDK is not installed."""

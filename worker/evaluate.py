@@ -17,7 +17,7 @@ from hyperopt import STATUS_FAIL, STATUS_OK, STATUS_STRINGS, base, space_eval
 from hyperopt.utils import coarse_utcnow
 
 from coordinator import rules
-from coordinator.errors import ConfigError, SpaceError, TrialLost
+from coordinator.errors import ConfigError, Interrupted, SpaceError, TrialLost
 from coordinator.store import Lease, TrialStore, to_bson
 from search_spaces import SearchSpace, get_space, load_spaces
 
@@ -163,7 +163,8 @@ def error_info(exc: BaseException) -> dict[str, Any]:
 
 
 def evaluate(resolver: Resolver, store: TrialStore, lease: Lease, extra: dict[str, Any]) -> Outcome:
-    """Run the trial held by ``lease`` here and now; exceptions become ``Outcome.error``."""
+    """Run the trial held by ``lease`` here and now; the objective's exceptions become
+    ``Outcome.error``, a lost lease ``Outcome.lost``; :class:`Interrupted` propagates."""
     started = time.perf_counter()
     params = None
     try:
@@ -179,6 +180,8 @@ def evaluate(resolver: Resolver, store: TrialStore, lease: Lease, extra: dict[st
         result = check_result(result)
     except TrialLost:
         return Outcome({}, params, time.perf_counter() - started, lost=True)
+    except Interrupted:
+        raise  # the worker hands the trial back (second signal, in-process trials)
     except Exception as e:  # noqa: BLE001 - any objective error is recorded, the worker goes on
         return Outcome({}, params, time.perf_counter() - started, error=error_info(e))
     return Outcome(result, params, time.perf_counter() - started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 from coordinator.errors import StoreUnavailable
@@ -16,7 +17,9 @@ class Heartbeat:
     """Renew ``lease`` every ``interval_s`` (server clock) while the ``with`` block runs.
 
     ``lost`` is set when a renewal finds the trial no longer ours (reaped, cancelled); the
-    thread then stops. Stopping is immediate: the thread sleeps on an Event.
+    thread then stops. ``on_beat`` runs after each renewal (the worker refreshes its registry
+    row); its errors are logged, never fatal. Stopping is immediate: the thread sleeps on an
+    Event.
     """
 
     def __init__(
@@ -26,7 +29,7 @@ class Heartbeat:
         *,
         interval_s: float,
         lease_s: float,
-        on_beat: callable | None = None,  # type: ignore[valid-type]
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.lease = lease

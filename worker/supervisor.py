@@ -17,23 +17,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from coordinator.errors import Interrupted, TrialCrashed
 from coordinator.store import Lease, connect
 from worker.evaluate import Outcome, Resolver, evaluate
 
 logger = logging.getLogger(__name__)
-
-
-class TrialCrashed(Exception):
-    """The process running the trial died; ``reason`` says how."""
-
-    def __init__(self, reason: str, exitcode: int | None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.exitcode = exitcode
-
-
-class Interrupted(Exception):
-    """The worker was told to hand the trial back now (second signal, --requeue-on-term)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +34,9 @@ class RunnerConfig:
 
 
 class Runner(Protocol):
+    """Where trials execute. ``run`` raises :class:`TrialCrashed` when the trial's process dies
+    and :class:`Interrupted` once ``interrupt`` is set (the trial is abandoned)."""
+
     def start(self) -> None: ...
     def run(self, lease: Lease, extra: dict[str, Any], interrupt: threading.Event) -> Outcome: ...
     def close(self) -> None: ...
@@ -148,7 +139,7 @@ class ChildRunner:
                 self._proc.join(5)
                 code = self._proc.exitcode
                 self._discard()
-                raise TrialCrashed(f"trial process {describe_exit(code)}", code)
+                raise TrialCrashed(f"trial process {describe_exit(code)}")
             if interrupt.is_set():
                 self._kill()
                 raise Interrupted()

@@ -18,20 +18,22 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from coordinator.errors import SpaceError, StoreUnavailable
+from coordinator import defaults, rules
+from coordinator.errors import (
+    HyperfleetError,
+    Interrupted,
+    SpaceError,
+    StopWorking,
+    StoreUnavailable,
+    TrialCrashed,
+    WorkerMissingSpace,
+)
 from coordinator.states import AttemptOutcome, ExperimentStatus, TrialState
 from coordinator.store import Lease, TrialStore
 from search_spaces import get_space, load_spaces
 from worker.evaluate import Outcome
 from worker.heartbeat import Heartbeat
-from worker.supervisor import (
-    ChildRunner,
-    InProcessRunner,
-    Interrupted,
-    Runner,
-    RunnerConfig,
-    TrialCrashed,
-)
+from worker.supervisor import ChildRunner, InProcessRunner, Runner, RunnerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +44,28 @@ SEARCH_OVER_EVERY_S = 0.5
 @dataclass
 class WorkerConfig:
     uri: str
-    db: str = "hyperfleet"
+    db: str = defaults.DB_NAME
     exp_key: str | None = None
     max_trials: int | None = None
     idle_timeout_s: float | None = None
-    heartbeat_s: float = 5.0
-    lease_s: float = 30.0
-    poll_s: float = 0.1
+    heartbeat_s: float = defaults.HEARTBEAT_S
+    lease_s: float = defaults.LEASE_S
+    poll_s: float = defaults.POLL_S
     isolate: bool = True
     trust_pickled: bool = False
     requeue_on_term: bool = False
     spaces: tuple[str, ...] = ()
-    outage_s: float = 60.0
+    outage_s: float = defaults.OUTAGE_S
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HandBack:
+    """A trial that ended without a result: it goes back to the queue (or, counted attempts
+    used up, to ERROR)."""
+
+    outcome: AttemptOutcome
+    reason: str
 
 
 def new_worker_id() -> str:
@@ -87,49 +98,38 @@ class Worker:
         self._current: Lease | None = None
         self._in_process_trial = False
         self._max_attempts: dict[str | None, int] = {}
+        self._idle_since = time.monotonic()
+        self._idle_delay = IDLE_POLL_MIN_S
+        self._last_over_check = 0.0
+        self._last_registered = 0.0
 
     # -- the loop -------------------------------------------------------------------------------
 
     def work(self) -> int:
-        """Run until stopped, idle too long, out of trials or the search is over; exit code."""
+        """Run until stopped, idle too long, out of trials or the search is over; returns the
+        exit code (0). Raises :class:`StoreUnavailable` when MongoDB stays unreachable and
+        :class:`WorkerMissingSpace` when a trial needs a space this worker does not know."""
         self._install_signal_handlers()
         logger.info("worker %s started (exp key: %s)", self.id, self.config.exp_key or "any")
-        idle_since = time.monotonic()
-        delay = IDLE_POLL_MIN_S
         reason = "stopped"
+        self._idle_since = time.monotonic()
         try:
             self.runner.start()
             while True:
-                if self.signals:
-                    reason = "stopped by signal"
-                    break
-                if (
-                    self.config.max_trials is not None
-                    and self.trials_done >= self.config.max_trials
-                ):
-                    reason = f"ran --max-trials {self.config.max_trials}"
-                    break
+                self._check_for_stop()
+                self._maintain()
                 lease = self._reserve()
                 if lease is None:
-                    idle = time.monotonic() - idle_since
-                    if (
-                        self.config.idle_timeout_s is not None
-                        and idle >= self.config.idle_timeout_s
-                    ):
-                        reason = f"idle for {idle:.0f} s (--idle-timeout)"
-                        break
-                    if self._search_over():
-                        reason = f"search {self.config.exp_key!r} is over"
-                        break
-                    self._register(None)
-                    time.sleep(delay)
-                    delay = min(delay * 2, self.config.poll_s)
+                    self._wait_for_work()
                     continue
-                self._run(lease)
-                idle_since = time.monotonic()
-                delay = IDLE_POLL_MIN_S
+                self._report(lease, self._run(lease))
+        except StopWorking as stop:
+            reason = str(stop)
         except StoreUnavailable as e:
             reason = f"MongoDB unreachable: {e}"
+            raise
+        except HyperfleetError as e:
+            reason = str(e)
             raise
         finally:
             self.runner.close()
@@ -137,11 +137,19 @@ class Worker:
             logger.info("worker %s exits: %s (%d trials)", self.id, reason, self.trials_done)
         return 0
 
-    def _unregister(self, reason: str) -> None:
-        try:
-            self.store.worker_stopped(self.id, reason)
-        except StoreUnavailable:
-            logger.warning("could not mark worker %s stopped: MongoDB unreachable", self.id)
+    # -- the steps ------------------------------------------------------------------------------
+
+    def _check_for_stop(self) -> None:
+        """Raise :class:`StopWorking` after a signal or once ``--max-trials`` ran."""
+        if self.signals:
+            raise StopWorking("stopped by signal")
+        limit = self.config.max_trials
+        if limit is not None and self.trials_done >= limit:
+            raise StopWorking(f"ran --max-trials {limit}")
+
+    def _maintain(self) -> None:
+        """Keep this worker's row in the registry fresh (rate-limited)."""
+        self._register(None)
 
     def _reserve(self) -> Lease | None:
         return self.store.reserve_trial(
@@ -152,8 +160,21 @@ class Worker:
             worker=self.info,
         )
 
-    def _run(self, lease: Lease) -> None:
+    def _wait_for_work(self) -> None:
+        """The queue is empty: stop if idle too long or the search is over, else back off."""
+        idle = time.monotonic() - self._idle_since
+        if self.config.idle_timeout_s is not None and idle >= self.config.idle_timeout_s:
+            raise StopWorking(f"idle for {idle:.0f} s (--idle-timeout)")
+        if self._search_over():
+            raise StopWorking(f"search {self.config.exp_key!r} is over")
+        time.sleep(self._idle_delay)
+        self._idle_delay = min(self._idle_delay * 2, self.config.poll_s)
+
+    def _run(self, lease: Lease) -> Outcome | HandBack | None:
+        """Run the trial under a heartbeat: its outcome, a hand-back, or ``None`` when the
+        lease was lost while it ran."""
         self._current = lease
+        self._idle_delay = IDLE_POLL_MIN_S
         try:
             self._check_space(lease)
             logger.info(
@@ -168,19 +189,32 @@ class Worker:
                 on_beat=lambda: self._register(lease.tid, force=True),
             ) as beat:
                 outcome = self._execute(lease)
-                if beat.lost.is_set():
-                    outcome = None
-            if outcome is not None:
-                self._record(lease, outcome)
-            else:
-                logger.warning("trial %s: lost the lease while running; result dropped", lease.tid)
+            return None if beat.lost.is_set() else outcome
         except Interrupted:
-            self._release(lease, AttemptOutcome.REQUEUED, "worker stopped by signal")
+            return HandBack(AttemptOutcome.REQUEUED, "worker stopped by signal")
         except TrialCrashed as crash:
-            self._release(lease, AttemptOutcome.CRASHED, crash.reason)
+            return HandBack(AttemptOutcome.CRASHED, str(crash))
         finally:
             self._current = None
             self.trials_done += 1
+            self._idle_since = time.monotonic()
+
+    def _report(self, lease: Lease, ended: Outcome | HandBack | None) -> None:
+        """Write how the trial ended, fenced on its lease."""
+        if isinstance(ended, HandBack):
+            self._release(lease, ended.outcome, ended.reason)
+        elif ended is None:
+            logger.warning("trial %s: lost the lease while running; result dropped", lease.tid)
+        else:
+            self._record(lease, ended)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _unregister(self, reason: str) -> None:
+        try:
+            self.store.worker_stopped(self.id, reason)
+        except StoreUnavailable:
+            logger.warning("could not mark worker %s stopped: MongoDB unreachable", self.id)
 
     def _execute(self, lease: Lease) -> Outcome:
         self._in_process_trial = not self.config.isolate
@@ -234,12 +268,14 @@ class Worker:
             logger.warning("trial %s: %s; handed back to the queue", lease.tid, reason)
 
     def _attempt_limit(self, exp_key: str | None) -> int:
+        """The experiment's attempt limit (``rules.max_attempts``), read once per experiment."""
         if exp_key not in self._max_attempts:
             exp = self.store.get_experiment(exp_key) if exp_key else None
-            self._max_attempts[exp_key] = int((exp or {}).get("max_attempts", 3))
+            self._max_attempts[exp_key] = rules.max_attempts(exp)
         return self._max_attempts[exp_key]
 
     def _check_space(self, lease: Lease) -> None:
+        """Hand the trial back and raise :class:`WorkerMissingSpace` if its space is unknown."""
         name = lease.doc.get("space")
         if name is None:
             return
@@ -247,12 +283,10 @@ class Worker:
             get_space(name)
         except SpaceError as e:
             self._release(lease, AttemptOutcome.REQUEUED, f"space {name!r} unknown here")
-            raise SystemExit(
+            raise WorkerMissingSpace(
                 f"trial {lease.tid} of {lease.exp_key!r} needs search space {name!r}, which this "
                 "worker does not know; start it with --spaces PATH (the file the search used)"
             ) from e
-
-    _last_over_check = 0.0
 
     def _search_over(self) -> bool:
         """Whether the search is finished and its queue empty (asked at most every 0.5 s, so
@@ -268,8 +302,6 @@ class Worker:
             return False
         queued = self.store.count(self.config.exp_key, [int(TrialState.NEW)])
         return queued == 0
-
-    _last_registered = 0.0
 
     def _register(self, tid: int | None, force: bool = False) -> None:
         """Refresh this worker's row in ``workers`` (host, GPU, current trial, last seen), at most

@@ -1,0 +1,68 @@
+"""worker/heartbeat.py on the embedded server: the lease is renewed on the server's clock, a lost
+lease is noticed, a failing callback never kills the thread, and stopping is immediate."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from coordinator.states import AttemptOutcome
+from coordinator.store import Lease, TrialStore
+from tests.conftest import queue_trials, wait_for
+from worker.heartbeat import Heartbeat
+
+
+def reserve_one(store: TrialStore, lease_s: float = 30.0) -> Lease:
+    queue_trials(store, 1)
+    lease = store.reserve_trial("w-test", exp_key="exp", lease_s=lease_s)
+    assert lease is not None
+    return lease
+
+
+def lease_expires(store: TrialStore, lease: Lease):
+    return store.get_trial(lease.exp_key, lease.tid)["lease_expires"]
+
+
+def test_renews_the_lease_and_calls_on_beat(store: TrialStore) -> None:
+    lease = reserve_one(store, lease_s=1.0)
+    before = lease_expires(store, lease)
+    beats = threading.Semaphore(0)
+    with Heartbeat(store, lease, interval_s=0.05, lease_s=60.0, on_beat=beats.release) as beat:
+        wait_for(lambda: beats.acquire(blocking=False), timeout=5, what="a heartbeat")
+    assert not beat.lost.is_set()
+    # renewed for 60 s of server time: far beyond the 1 s lease it was reserved with
+    assert (lease_expires(store, lease) - before).total_seconds() > 30
+
+
+def test_stops_at_once_even_with_a_long_interval(store: TrialStore) -> None:
+    lease = reserve_one(store)
+    started = time.monotonic()
+    with Heartbeat(store, lease, interval_s=60.0, lease_s=120.0) as beat:
+        pass
+    assert time.monotonic() - started < 1.0
+    assert not beat._thread.is_alive()
+    assert not beat.lost.is_set()
+
+
+def test_a_lost_lease_sets_lost_and_ends_the_thread(store: TrialStore) -> None:
+    lease = reserve_one(store)
+    # someone else changed the trial (here: handed back): the fence no longer matches
+    store.release(lease, AttemptOutcome.REQUEUED, "taken away by the test")
+    with Heartbeat(store, lease, interval_s=0.05, lease_s=30.0) as beat:
+        assert beat.lost.wait(5), "the heartbeat did not notice the lost lease"
+        beat._thread.join(5)
+        assert not beat._thread.is_alive()
+
+
+def test_a_failing_on_beat_does_not_stop_the_heartbeat(store: TrialStore) -> None:
+    lease = reserve_one(store)
+    calls: list[float] = []
+
+    def broken() -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("registry write failed")
+
+    with Heartbeat(store, lease, interval_s=0.05, lease_s=30.0, on_beat=broken) as beat:
+        wait_for(lambda: len(calls) >= 3, timeout=5, what="three beats")
+        assert beat._thread.is_alive()
+    assert not beat.lost.is_set()

@@ -1,0 +1,96 @@
+"""worker/supervisor.py with real child processes: a trial that returns, one whose process dies
+(``os._exit``, SIGKILL), one that is interrupted; the child is reused after success and replaced
+after a crash. The trials come from tests/spaces_for_tests.py and the embedded server."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from coordinator.errors import Interrupted, TrialCrashed
+from coordinator.server import EmbeddedServer
+from coordinator.store import Lease, TrialStore
+from tests.conftest import TEST_SPACES, queue_trials
+from worker.supervisor import ChildRunner, InProcessRunner, RunnerConfig, describe_exit
+
+
+def lease_for(store: TrialStore, exp_key: str, space: str, settings: dict | None = None) -> Lease:
+    queue_trials(store, 1, exp_key=exp_key, space=space, settings=settings)
+    lease = store.reserve_trial("w-test", exp_key=exp_key)
+    assert lease is not None
+    return lease
+
+
+@pytest.fixture
+def config(server: EmbeddedServer, db_name: str) -> RunnerConfig:
+    return RunnerConfig(server.uri, db_name, (TEST_SPACES,), trust_pickled=False, outage_s=5.0)
+
+
+@pytest.fixture
+def child(config: RunnerConfig) -> Iterator[ChildRunner]:
+    runner = ChildRunner(config)
+    runner.start()
+    yield runner
+    runner.close()
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(3) == "exited with code 3"
+    assert describe_exit(-15) == "killed by SIGTERM"
+    assert describe_exit(-9).startswith("killed by SIGKILL (out of memory?")
+    assert describe_exit(None) == "still running"
+
+
+def test_child_returns_outcomes_and_stays_warm(store: TrialStore, child: ChildRunner) -> None:
+    lease = lease_for(store, "ok", "whoami", {"sleep": 0.0})
+    first = child.run(lease, {"pid": 1}, threading.Event())
+    assert first.error is None and first.result["status"] == "ok"
+    assert first.result["worker_pid"] == 1  # ``extra`` reached the objective as ctx.info
+    pid = child._proc.pid
+    assert pid != os.getpid()
+    lease = lease_for(store, "ok2", "whoami", {"sleep": 0.0})
+    assert child.run(lease, {"pid": 1}, threading.Event()).result["status"] == "ok"
+    assert child._proc.pid == pid  # the same warm child ran both
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("exit", "code 3"), ("kill", "SIGKILL")])
+def test_a_dying_child_is_a_crash_and_is_replaced(
+    store: TrialStore, child: ChildRunner, mode: str, reason: str
+) -> None:
+    lease = lease_for(store, "crash", "crash", {"mode": mode})
+    with pytest.raises(TrialCrashed, match=reason):
+        child.run(lease, {}, threading.Event())
+    assert child._proc is None  # discarded; the next run starts a fresh child
+    lease = lease_for(store, "after", "whoami", {"sleep": 0.0})
+    assert child.run(lease, {"pid": 2}, threading.Event()).result["status"] == "ok"
+
+
+def test_an_interrupted_trial_kills_the_child(store: TrialStore, child: ChildRunner) -> None:
+    lease = lease_for(store, "slow", "whoami", {"sleep": 60.0})
+    interrupt = threading.Event()
+    threading.Timer(0.3, interrupt.set).start()
+    proc = child._proc
+    with pytest.raises(Interrupted):
+        child.run(lease, {"pid": 3}, interrupt)
+    assert not proc.is_alive() and child._proc is None
+
+
+def test_close_ends_the_child(config: RunnerConfig) -> None:
+    runner = ChildRunner(config)
+    runner.start()
+    proc = runner._proc
+    runner.close()
+    assert not proc.is_alive()
+
+
+def test_in_process_runner_runs_here(store: TrialStore, config: RunnerConfig) -> None:
+    runner = InProcessRunner(config)
+    try:
+        lease = lease_for(store, "here", "whoami", {"sleep": 0.0})
+        outcome = runner.run(lease, {"pid": os.getpid()}, threading.Event())
+    finally:
+        runner.close()
+    assert outcome.result["worker_pid"] == os.getpid()
