@@ -20,7 +20,6 @@ from types import TracebackType
 
 from coordinator import defaults
 from coordinator.errors import ServerStartError
-from coordinator.store.connection import ping
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +148,8 @@ class EmbeddedServer:
         )
 
     def _ping(self) -> bool:
+        from coordinator.store.connection import ping  # pymongo: only once a server starts
+
         return ping(self.uri, timeout_s=0.3)  # an answer asking for credentials counts: it is up
 
     def stop(self, timeout_s: float = 20.0) -> None:

@@ -4,7 +4,7 @@
   its invariants; read it first.
 * :mod:`~coordinator.store.mongo` — :class:`TrialStore` on MongoDB and :func:`connect`.
 * :mod:`~coordinator.store.connection` — client options, retries through outages, error
-  translation, :func:`redact_uri`, :func:`ping`.
+  translation, :func:`redact_uri`, :func:`ping`, :func:`create_user`.
 * :mod:`~coordinator.store.compat` — hyperopt's ``MongoJobs`` protocol on pymongo 4.
 * :mod:`~coordinator.store.leases`, :mod:`~coordinator.store.reaping`,
   :mod:`~coordinator.store.reads`, :mod:`~coordinator.store.experiments`,
@@ -24,7 +24,7 @@ from coordinator.defaults import DB_NAME as DEFAULT_DB
 
 if TYPE_CHECKING:
     from coordinator.store.base import Doc, DocId, Lease, TrialStoreBase
-    from coordinator.store.connection import ping, redact_uri
+    from coordinator.store.connection import create_user, ping, redact_uri
     from coordinator.store.encoding import to_bson, utcnow
     from coordinator.store.mongo import TrialStore, connect
 
@@ -33,6 +33,7 @@ _LAZY = {
     "DocId": "base",
     "Lease": "base",
     "TrialStoreBase": "base",
+    "create_user": "connection",
     "ping": "connection",
     "redact_uri": "connection",
     "to_bson": "encoding",
@@ -49,6 +50,7 @@ __all__ = [
     "TrialStore",
     "TrialStoreBase",
     "connect",
+    "create_user",
     "ping",
     "redact_uri",
     "to_bson",

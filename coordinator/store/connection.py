@@ -113,6 +113,19 @@ def ping(uri: str, timeout_s: float = 0.3) -> bool:
         client.close()
 
 
+def create_user(uri: str, name: str, password: str, *, role: str = "root") -> None:
+    """Create user ``name`` with ``role`` on the ``admin`` database of the server at ``uri``
+    (e.g. on an embedded server started without ``--auth``, before restarting it with it)."""
+    client = open_client(uri, 5.0)
+    try:
+        roles = [{"role": role, "db": "admin"}]
+        client.admin.command("createUser", name, pwd=password, roles=roles)
+    except pymongo.errors.PyMongoError as e:
+        raise StoreUnavailable(f"cannot create user {name!r} at {redact_uri(uri)}: {e}") from e
+    finally:
+        client.close()
+
+
 def retrying(method: Callable[..., T]) -> Callable[..., T]:
     """Retry ``method`` on connection failures for up to ``self.outage_s`` seconds.
 

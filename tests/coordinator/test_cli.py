@@ -273,11 +273,9 @@ def test_wrong_credentials_against_auth_server(tmp_path: Path) -> None:
 
     db_path = tmp_path / "db"
     with EmbeddedServer(db_path) as srv:
-        import pymongo
+        from coordinator.store import create_user
 
-        pymongo.MongoClient(srv.uri).admin.command(
-            "createUser", "alice", pwd="right", roles=[{"role": "root", "db": "admin"}]
-        )
+        create_user(srv.uri, "alice", "right")
     with EmbeddedServer(db_path, auth=True) as srv:
         host = srv.uri.removeprefix("mongodb://")
         bad = hyperfleet(
