@@ -249,7 +249,7 @@ def replay_objective(path: Path, k: int = 3) -> Objective:
       structure is not rebuilt: a column only some rows have is searched always;
     * the **loss** of a suggested point is a k-nearest-neighbour surrogate (k=3, weights 1/d) of
       the recorded losses: numbers compared on the [0, 1] scale of their range, choices as 0/1,
-      averaged over the columns that recorded row has;
+      averaged over the columns both have;
     * its **duration** is the recorded duration of the nearest recorded row (so slow regions stay
       slow), or the median duration when a row has none;
     * regret is measured against the best recorded loss.
@@ -281,13 +281,13 @@ def replay_objective(path: Path, k: int = 3) -> Objective:
     ]
 
     def distances(p: Mapping[str, Any]) -> np.ndarray:
-        point = [col.unit(p[col.name]) for col in columns]
+        point = [col.unit(p[col.name]) if p.get(col.name) is not None else None for col in columns]
         out = np.empty(len(recorded))
         for j, row in enumerate(recorded):
             parts = [
                 abs(a - b) if col.numeric else float(a != b)
                 for col, a, b in zip(columns, point, row, strict=True)
-                if b is not None
+                if a is not None and b is not None
             ]
             out[j] = float(np.mean(parts)) if parts else 1.0
         return out
