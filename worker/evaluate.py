@@ -16,7 +16,6 @@ from typing import Any
 from hyperopt import STATUS_FAIL, STATUS_OK, STATUS_STRINGS, base, space_eval
 from hyperopt.utils import coarse_utcnow
 
-from coordinator import rules
 from coordinator.errors import ConfigError, Interrupted, SpaceError, TrialLost
 from coordinator.store import Lease, TrialStore, to_bson
 from search_spaces import SearchSpace, get_space, load_spaces
@@ -115,7 +114,7 @@ class TrialContextImpl:
         now = time.monotonic()
         if not self._stop and now - self._stop_checked > CANCEL_CHECK_S and self.exp_key:
             self._stop_checked = now
-            self._stop = rules.cancel_requested(self.store.get_experiment(self.exp_key))
+            self._stop = self.store.cancel_requested(self.exp_key)
         return self._stop
 
     def attach(self, name: str, data: bytes) -> None:

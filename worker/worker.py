@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from coordinator import defaults, rules
+from coordinator import defaults
 from coordinator.errors import (
     HyperfleetError,
     Interrupted,
@@ -97,7 +97,6 @@ class Worker:
         self.interrupt = threading.Event()  # hand the current trial back now
         self._current: Lease | None = None
         self._in_process_trial = False
-        self._max_attempts: dict[str | None, int] = {}
         self._idle_since = time.monotonic()
         self._idle_delay = IDLE_POLL_MIN_S
         self._last_over_check = 0.0
@@ -106,9 +105,12 @@ class Worker:
     # -- the loop -------------------------------------------------------------------------------
 
     def work(self) -> int:
-        """Run until stopped, idle too long, out of trials or the search is over; returns the
-        exit code (0). Raises :class:`StoreUnavailable` when MongoDB stays unreachable and
-        :class:`WorkerMissingSpace` when a trial needs a space this worker does not know."""
+        """Check for stop, reserve a trial (or wait for one), run it, report it; repeat until
+        stopped, idle too long, out of trials or the search is over. Returns the exit code (0).
+
+        Raises :class:`StoreUnavailable` when MongoDB stays unreachable and
+        :class:`WorkerMissingSpace` when a trial needs a space this worker does not know.
+        """
         self._install_signal_handlers()
         logger.info("worker %s started (exp key: %s)", self.id, self.config.exp_key or "any")
         reason = "stopped"
@@ -117,7 +119,6 @@ class Worker:
             self.runner.start()
             while True:
                 self._check_for_stop()
-                self._maintain()
                 lease = self._reserve()
                 if lease is None:
                     self._wait_for_work()
@@ -147,10 +148,6 @@ class Worker:
         if limit is not None and self.trials_done >= limit:
             raise StopWorking(f"ran --max-trials {limit}")
 
-    def _maintain(self) -> None:
-        """Keep this worker's row in the registry fresh (rate-limited)."""
-        self._register(None)
-
     def _reserve(self) -> Lease | None:
         return self.store.reserve_trial(
             self.id,
@@ -161,12 +158,14 @@ class Worker:
         )
 
     def _wait_for_work(self) -> None:
-        """The queue is empty: stop if idle too long or the search is over, else back off."""
+        """The queue is empty: stop if idle too long or the search is over; else keep the
+        registry row fresh (a busy worker's heartbeat does that) and back off."""
         idle = time.monotonic() - self._idle_since
         if self.config.idle_timeout_s is not None and idle >= self.config.idle_timeout_s:
             raise StopWorking(f"idle for {idle:.0f} s (--idle-timeout)")
         if self._search_over():
             raise StopWorking(f"search {self.config.exp_key!r} is over")
+        self._register(None)
         time.sleep(self._idle_delay)
         self._idle_delay = min(self._idle_delay * 2, self.config.poll_s)
 
@@ -257,22 +256,13 @@ class Worker:
             )
 
     def _release(self, lease: Lease, outcome: AttemptOutcome, reason: str) -> None:
-        state = self.store.release(
-            lease, outcome, reason, max_attempts=self._attempt_limit(lease.exp_key)
-        )
+        state = self.store.release(lease, outcome, reason)  # the experiment's attempt limit
         if state is None:
             logger.warning("trial %s: already taken over; nothing to hand back", lease.tid)
         elif state is TrialState.ERROR:
             logger.error("trial %s: %s; gave up on it (max attempts reached)", lease.tid, reason)
         else:
             logger.warning("trial %s: %s; handed back to the queue", lease.tid, reason)
-
-    def _attempt_limit(self, exp_key: str | None) -> int:
-        """The experiment's attempt limit (``rules.max_attempts``), read once per experiment."""
-        if exp_key not in self._max_attempts:
-            exp = self.store.get_experiment(exp_key) if exp_key else None
-            self._max_attempts[exp_key] = rules.max_attempts(exp)
-        return self._max_attempts[exp_key]
 
     def _check_space(self, lease: Lease) -> None:
         """Hand the trial back and raise :class:`WorkerMissingSpace` if its space is unknown."""

@@ -1,0 +1,64 @@
+"""worker/worker.py's loop in this process (``isolate=False``) on the embedded server: it stops
+through its named steps and records why, and a trial whose space it does not know is handed back
+and ends the worker with a one-line error instead of a ``SystemExit``."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from coordinator.errors import WorkerMissingSpace
+from coordinator.server import EmbeddedServer
+from coordinator.states import TrialState
+from coordinator.store import TrialStore
+from tests.conftest import TEST_SPACES, queue_trials
+from worker.worker import Worker, WorkerConfig
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers() -> Iterator[None]:
+    """``Worker.work`` installs its two-stage handlers; give pytest its own back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def make_worker(server: EmbeddedServer, db_name: str, store: TrialStore, **kw) -> Worker:
+    config = WorkerConfig(server.uri, db_name, isolate=False, spaces=(TEST_SPACES,), **kw)
+    return Worker(store, config)
+
+
+def stop_reason(store: TrialStore, worker: Worker) -> str:
+    (row,) = [w for w in store.list_workers(alive_only=False) if w["_id"] == worker.id]
+    assert row["state"] == "stopped"
+    return row["stop_reason"]
+
+
+def test_runs_max_trials_then_stops(server, db_name, store: TrialStore) -> None:
+    queue_trials(store, 3, exp_key="loop", space="whoami", settings={"sleep": 0.0})
+    worker = make_worker(server, db_name, store, exp_key="loop", max_trials=2)
+    assert worker.work() == 0
+    assert store.count("loop", [TrialState.DONE]) == 2
+    assert store.count("loop", [TrialState.NEW]) == 1
+    assert stop_reason(store, worker) == "ran --max-trials 2"
+
+
+def test_stops_when_idle(server, db_name, store: TrialStore) -> None:
+    worker = make_worker(server, db_name, store, exp_key="empty", idle_timeout_s=0.2)
+    assert worker.work() == 0
+    assert stop_reason(store, worker).endswith("(--idle-timeout)")
+
+
+def test_an_unknown_space_hands_the_trial_back_and_raises(
+    server, db_name, store: TrialStore
+) -> None:
+    queue_trials(store, 1, exp_key="elsewhere", space="not_installed_here")
+    worker = make_worker(server, db_name, store, exp_key="elsewhere")
+    with pytest.raises(WorkerMissingSpace, match="--spaces PATH"):
+        worker.work()
+    (trial,) = store.trials("elsewhere")
+    assert trial["state"] == TrialState.NEW and trial["attempts"] == 0
+    assert trial["attempt_history"][-1]["outcome"] == "requeued"
