@@ -100,7 +100,7 @@ def test_mlp_search_two_workers_metrics_model_and_test_accuracy(
 
     best = min(docs, key=lambda d: d["result"]["loss"])
     assert [a[0] for a in best.get("_attachments", [])] == ["model.keras"]
-    # --save-models best: superseded models are pruned (two trials finishing together may both
+    # --save-models best: superseded models are dropped (two trials finishing together may both
     # keep theirs until a better one comes)
     assert sum(1 for d in docs if d.get("_attachments")) < 4
 
