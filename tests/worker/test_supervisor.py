@@ -34,7 +34,9 @@ def child(config: RunnerConfig) -> Iterator[ChildRunner]:
     runner = ChildRunner(config)
     runner.start()
     yield runner
+    proc = runner._proc
     runner.close()
+    assert proc is None or not proc.is_alive(), "close() must end the child"
 
 
 def test_describe_exit() -> None:
@@ -56,14 +58,12 @@ def test_child_returns_outcomes_and_stays_warm(store: TrialStore, child: ChildRu
     assert child._proc.pid == pid  # the same warm child ran both
 
 
-@pytest.mark.parametrize(("mode", "reason"), [("exit", "code 3"), ("kill", "SIGKILL")])
-def test_a_dying_child_is_a_crash_and_is_replaced(
-    store: TrialStore, child: ChildRunner, mode: str, reason: str
-) -> None:
-    lease = lease_for(store, "crash", "crash", {"mode": mode})
-    with pytest.raises(TrialCrashed, match=reason):
-        child.run(lease, {}, threading.Event())
-    assert child._proc is None  # discarded; the next run starts a fresh child
+def test_a_dying_child_is_a_crash_and_is_replaced(store: TrialStore, child: ChildRunner) -> None:
+    for mode, reason in (("exit", "exited with code 3"), ("kill", "killed by SIGKILL")):
+        lease = lease_for(store, f"crash-{mode}", "crash", {"mode": mode})
+        with pytest.raises(TrialCrashed, match=reason):
+            child.run(lease, {}, threading.Event())
+        assert child._proc is None  # discarded; the next run starts a fresh child
     lease = lease_for(store, "after", "whoami", {"sleep": 0.0})
     assert child.run(lease, {"pid": 2}, threading.Event()).result["status"] == "ok"
 
@@ -76,14 +76,6 @@ def test_an_interrupted_trial_kills_the_child(store: TrialStore, child: ChildRun
     with pytest.raises(Interrupted):
         child.run(lease, {"pid": 3}, interrupt)
     assert not proc.is_alive() and child._proc is None
-
-
-def test_close_ends_the_child(config: RunnerConfig) -> None:
-    runner = ChildRunner(config)
-    runner.start()
-    proc = runner._proc
-    runner.close()
-    assert not proc.is_alive()
 
 
 def test_in_process_runner_runs_here(store: TrialStore, config: RunnerConfig) -> None:
