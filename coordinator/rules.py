@@ -44,11 +44,14 @@ def best_trial(docs: Iterable[Mapping[str, Any]]) -> Any:
     ok = [d for d in docs if is_ok_trial(d)]
     if not ok:
         return None
-    return min(ok, key=lambda d: (ok_loss(d), _tid_order(d.get("tid"))))
+    return min(ok, key=lambda d: (ok_loss(d), tid_order(d.get("tid"))))
 
 
-def _tid_order(tid: Any) -> tuple[int, Any]:
-    # numbers before anything else; mixed tid types (hyperopt allows any) never raise
+def tid_order(tid: Any) -> tuple[int, Any]:
+    """Sort key for trial ids: numbers first, then anything else by ``str`` (hyperopt allows
+    any tid, e.g. ``"a"``), ``None`` last; mixed types never raise."""
+    if tid is None:
+        return (2, "")
     return (0, tid) if _is_number(tid) else (1, str(tid))
 
 

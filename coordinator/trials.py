@@ -2,37 +2,45 @@
 
 ``hyperopt.fmin(fn, space, trials=HyperfleetTrials(...))`` works as with stock ``MongoTrials``
 and the object offers the whole Trials API (``trials``, ``results``, ``losses()``,
-``statuses()``, ``best_trial``, ``argmin``).
+``statuses()``, ``best_trial``, ``argmin``, attachments, ``delete_all``, ``view``);
+``docs/hyperopt-compat.md`` lists the deliberate differences.
 
-Stock ``refresh()`` downloads every trial of the experiment on every poll (O(n) per poll, tens of
-milliseconds at a few hundred trials). Here finished trials are cached: each refresh reads the
-unfinished trials (at most the queue plus the running ones) and, by ``_id``, those trials of the
-previous refresh's unfinished ones that have finished since (states only move forward). A full
-refresh every ``FULL_REFRESH_EVERY_S`` also picks up what that cannot see (finished trials
-inserted or edited by other programs). Counts of finished states come from the same cache, since
-counting thousands of matches in the database is O(n) per call; counts of unfinished ones too when
-asked within ``COUNTS_FROM_REFRESH_S`` of a refresh, as fmin does.
+Stock ``refresh()`` downloads the id and version of every trial of the experiment on every poll
+(O(n) per poll). Here every write to a trial stamps ``mtime`` with the database's clock (see
+:mod:`coordinator.store.base`), so a refresh reads only the trials of its experiment written since
+the newest ``mtime`` it has seen, minus ``REFRESH_OVERLAP_S`` (a write stamped just before the
+previous read but committed just after it is still found); cost O(changes), whoever made them.
+Counts come from the same cache, brought up to date the same way. A full read every
+``FULL_REFRESH_EVERY_S`` remains as a safety net for writers that do not stamp ``mtime`` (e.g. a
+mongo-shell edit) and for trials deleted by other processes.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from hyperopt.mongoexp import MongoTrials
 
-from coordinator import defaults
+from coordinator import defaults, rules
 from coordinator.errors import ConfigError
 from coordinator.states import TrialState
 from coordinator.store import DocId, TrialStore, connect, utcnow
 
 logger = logging.getLogger(__name__)
 
-#: a full refresh every so often, as a safety net for the incremental one
+#: a full refresh every so often, as a safety net for writers that do not stamp ``mtime``
 FULL_REFRESH_EVERY_S = 60.0
+#: an incremental refresh also re-reads what was written this long before the newest change it
+#: saw: a write whose server time was taken before the previous read but committed after it
+REFRESH_OVERLAP_S = 0.25
+#: ``mtime`` further ahead of the server clock than this (a writer's own clock) never moves the
+#: refresh's watermark
+FUTURE_SLACK_S = 1.0
 #: trial ids reserved from the database counter at a time
 TID_BLOCK = 32
 #: how often queueing checks whether the search was cancelled
@@ -40,8 +48,16 @@ CANCEL_CHECK_S = 0.25
 #: counts asked for this soon after a refresh come from it (fmin counts right after refreshing)
 COUNTS_FROM_REFRESH_S = 0.01
 
-_UNFINISHED = [int(TrialState.NEW), int(TrialState.RUNNING)]
-_VISIBLE_FINISHED = [int(TrialState.DONE), int(TrialState.CANCEL)]
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _visible(doc: dict[str, Any]) -> bool:
+    # as stock MongoTrials: every trial but ERROR ones (in-memory Trials also hides CANCEL)
+    return doc.get("state") != int(TrialState.ERROR)
+
+
+def _order(doc: dict[str, Any]) -> tuple[int, Any]:
+    return rules.tid_order(doc.get("tid"))
 
 
 class HyperfleetTrials(MongoTrials):
@@ -72,6 +88,7 @@ class HyperfleetTrials(MongoTrials):
         self._last_poll = 0.0
         self._fmin_cancelled = False
         self._tid_pool: list[int] = []
+        self._allocated_up_to = -1
         #: a refresh asked for this soon after the previous one reuses it (0: never)
         self.refresh_reuse_s = 0.0
         self._reset_cache()
@@ -94,80 +111,100 @@ class HyperfleetTrials(MongoTrials):
     # -- refresh --------------------------------------------------------------------------------
 
     def _reset_cache(self) -> None:
-        self._finished: dict[DocId, dict[str, Any]] = {}
-        #: the finished trials sorted by tid, their hyperopt columns and counts by state: kept
-        #: up to date as trials finish, so a refresh costs O(changes), not O(n) in Python
-        self._fin: list[dict[str, Any]] = []
-        self._fin_columns: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
-        self._fin_counts: Counter[int] = Counter()
-        self._watched: set[DocId] = set()  #: ids that were NEW or RUNNING at the last refresh
+        #: every trial of the experiment read so far (ERROR ones too, for the counts), by _id
+        self._docs: dict[DocId, dict[str, Any]] = {}
+        self._counts: Counter[Any] = Counter()  #: states of ``_docs``
+        #: the visible trials in tid order and their positions: kept up to date as changes
+        #: arrive, so a refresh costs O(changes) reads and no O(n log n) sort in Python
+        self._sorted: list[dict[str, Any]] = []
+        self._pos: dict[DocId, int] = {}
+        self._touched: dict[DocId, dict[str, Any]] = {}  #: read but not yet in ``_sorted``
+        self._republish = True  #: the published lists predate this cache
+        self._max_int_tid = -1  #: the largest integer tid read (-1: none)
+        self._watermark: dt.datetime | None = None  #: the newest ``mtime`` seen (server clock)
+        self._server_offset: dt.timedelta | None = None  #: server clock - this one, roughly
         self._synced = False
         self._last_full = 0.0
+        self._pulled_at = 0.0
         self._refreshed_at = 0.0
 
-    def refresh_tids(self, tids: Iterable[int] | None) -> None:
-        # ``tids`` narrows stock hyperopt's refresh; here any explicit request is a full refresh
-        if tids is not None or time.monotonic() - self._last_full > FULL_REFRESH_EVERY_S:
+    def _pull(self) -> None:
+        """Bring ``_docs`` and the counts up to date: everything on the first call and every
+        ``FULL_REFRESH_EVERY_S``, otherwise what was written since the watermark."""
+        store: TrialStore = self.handle
+        now = time.monotonic()
+        if not self._synced or now - self._last_full > FULL_REFRESH_EVERY_S:
             self._reset_cache()
+            self._server_offset = store.server_time() - utcnow()
+            self._last_full = now
+            docs = store.trials(self._exp_key)
+            self._synced = True
+        else:
+            since = (self._watermark or _EPOCH) - dt.timedelta(seconds=REFRESH_OVERLAP_S)
+            docs = store.changed_trials(self._exp_key, since)
+        self._pulled_at = time.monotonic()
+        self._apply(docs)
+
+    def _apply(self, docs: list[dict[str, Any]]) -> None:
+        offset = self._server_offset or dt.timedelta(0)
+        horizon = utcnow() + offset + dt.timedelta(seconds=FUTURE_SLACK_S)
+        for doc in docs:
+            mtime = doc.get("mtime")
+            if isinstance(mtime, dt.datetime) and mtime <= horizon:
+                self._watermark = mtime if self._watermark is None else max(self._watermark, mtime)
+            old = self._docs.get(doc["_id"])
+            if old is not None:
+                if old.get("version") == doc.get("version") and old.get("mtime") == mtime:
+                    continue  # re-read in the overlap window, unchanged
+                self._counts[old.get("state")] -= 1
+            self._docs[doc["_id"]] = doc
+            self._counts[doc.get("state")] += 1
+            self._touched[doc["_id"]] = doc
+            tid = doc.get("tid")
+            if isinstance(tid, int) and not isinstance(tid, bool):
+                self._max_int_tid = max(self._max_int_tid, tid)
+
+    def _publish(self) -> None:
+        """Fold the trials read since the last publish into the tid-ordered lists hyperopt
+        reads (``trials``, ``specs``, ``results``, ``miscs``)."""
+        if not self._touched and not self._republish:
+            return
+        touched, self._touched, self._republish = self._touched, {}, False
+        new: list[dict[str, Any]] = []
+        rebuild = False
+        for _id, doc in touched.items():
+            pos = self._pos.get(_id)
+            if pos is None:
+                if _visible(doc):
+                    new.append(doc)
+            elif _visible(doc) and _order(doc) == _order(self._sorted[pos]):
+                self._sorted[pos] = doc  # the usual change: a state or result, in place
+            else:
+                rebuild = True  # hidden now (ERROR) or its tid changed: rare
+        new.sort(key=_order)
+        if rebuild or (new and self._sorted and _order(new[0]) <= _order(self._sorted[-1])):
+            self._sorted = sorted((d for d in self._docs.values() if _visible(d)), key=_order)
+            self._pos = {d["_id"]: i for i, d in enumerate(self._sorted)}
+        else:  # the usual case: new trials have the newest tids
+            for doc in new:
+                self._pos[doc["_id"]] = len(self._sorted)
+                self._sorted.append(doc)
+        self._trials = list(self._sorted)
+        self._specs = [d.get("spec") for d in self._sorted]
+        self._results = [d.get("result") for d in self._sorted]
+        self._miscs = [d.get("misc") for d in self._sorted]
+
+    def refresh_tids(self, tids: Iterable[Any] | None) -> None:
+        # ``tids`` narrows stock hyperopt's refresh; here any explicit request is a full refresh
+        if tids is not None:
+            self._synced = False
         elif self._synced and time.monotonic() - self._refreshed_at < self.refresh_reuse_s:
             # fmin refreshes after inserting and again before its next suggestion, a millisecond
             # later: the second would read the same documents (the coordinator opts in)
             return
-        store: TrialStore = self.handle
-
-        # unfinished first: a trial that finishes between the two reads is then seen in one
-        unfinished = store.unfinished_trials(self._exp_key)
-        unfinished_ids = {doc["_id"] for doc in unfinished}
-        if not self._synced:
-            self._last_full = time.monotonic()
-            finished = store.trials(self._exp_key, _VISIBLE_FINISHED)
-            self._synced = True
-        else:
-            # states only move forward, so a watched trial missing from ``unfinished`` has
-            # finished: fetch just those, by ``_id`` (an indexed read, unlike a state scan)
-            gone = [i for i in self._watched if i not in unfinished_ids]
-            finished = store.trials_by_ids(gone, _VISIBLE_FINISHED) if gone else []
-        if finished:
-            self._add_finished(finished)
-        unfinished = [doc for doc in unfinished if doc["_id"] not in self._finished]
-        unfinished.sort(key=lambda d: d["tid"])
-        self._watched = {doc["_id"] for doc in unfinished}
-        self._unfinished_states = [doc["state"] for doc in unfinished]
+        self._pull()
+        self._publish()
         self._refreshed_at = time.monotonic()
-        specs, results, miscs = self._fin_columns
-        if not unfinished or not self._fin or unfinished[0]["tid"] > self._fin[-1]["tid"]:
-            # the usual case: queued and running trials are the newest, so lists concatenate
-            self._trials = self._fin + unfinished
-            self._specs = specs + [d["spec"] for d in unfinished]
-            self._results = results + [d["result"] for d in unfinished]
-            self._miscs = miscs + [d["misc"] for d in unfinished]
-        else:
-            docs = sorted(self._fin + unfinished, key=lambda d: d["tid"])
-            self._trials = docs
-            self._specs = [d["spec"] for d in docs]
-            self._results = [d["result"] for d in docs]
-            self._miscs = [d["misc"] for d in docs]
-
-    def _add_finished(self, docs: list[dict[str, Any]]) -> None:
-        docs = sorted(docs, key=lambda d: d["tid"])
-        in_order = not self._fin or docs[0]["tid"] > self._fin[-1]["tid"]
-        if in_order and not any(d["_id"] in self._finished for d in docs):
-            self._fin.extend(docs)
-            for column, key in zip(self._fin_columns, ("spec", "result", "misc"), strict=True):
-                column.extend(d[key] for d in docs)
-            for doc in docs:
-                self._finished[doc["_id"]] = doc
-                self._fin_counts[doc["state"]] += 1
-            return
-        for doc in docs:  # out of order or seen again: rebuild (rare)
-            self._finished[doc["_id"]] = doc
-        self._fin = sorted(self._finished.values(), key=lambda d: d["tid"])
-        self._fin_columns = (
-            [d["spec"] for d in self._fin],
-            [d["result"] for d in self._fin],
-            [d["misc"] for d in self._fin],
-        )
-        self._fin_counts = Counter(d["state"] for d in self._fin)
 
     def refresh(self) -> None:
         self.refresh_tids(None)
@@ -213,36 +250,31 @@ class HyperfleetTrials(MongoTrials):
             if self.space_name is not None:
                 doc["space"] = self.space_name
         ids = self.handle.insert_trials(docs)
-        self._refreshed_at = 0.0  # the next refresh must read them: never reuse across an insert
+        # the next refresh or count must read them: never reuse across an insert
+        self._refreshed_at = self._pulled_at = 0.0
         return ids
 
-    def count_by_state_unsynced(self, arg: int | Iterable[int]) -> int:
+    def count_by_state_unsynced(self, arg: Any) -> int:
+        """Trials of the experiment in state(s) ``arg`` as a refresh would see them now (ERROR
+        included), from the cache after reading what changed since the last read (reused
+        within ``COUNTS_FROM_REFRESH_S``: fmin counts right after refreshing)."""
         self._maybe_poll()
         states = [arg] if isinstance(arg, int) else list(arg)
         for state in states:
             TrialState(state)  # raises ValueError on an unknown state, as hyperopt does
-        if not self._synced:
-            return self.handle.count(self._exp_key, states)
-        # finished trials as of the last refresh (fmin refreshes just before it counts them)
-        cached = [s for s in states if s in _VISIBLE_FINISHED]
-        n = sum(self._fin_counts[state] for state in cached)
-        live = [s for s in states if s not in _VISIBLE_FINISHED]
-        if live and time.monotonic() - self._refreshed_at < COUNTS_FROM_REFRESH_S:
-            n += sum(1 for state in self._unfinished_states if state in live)
-            live = [s for s in live if s not in _UNFINISHED]
-        return n + (self.handle.count(self._exp_key, live) if live else 0)
+        if not self._synced or time.monotonic() - self._pulled_at >= COUNTS_FROM_REFRESH_S:
+            self._pull()
+        return sum(self._counts[state] for state in set(states))
 
     def state_counts(self) -> dict[TrialState, int]:
-        """Trials by state as of the last refresh (ERROR, which refresh hides, is counted in the
-        database): no O(n) count or aggregate in the database, unlike ``store.count_by_state``."""
+        """Trials by state as of the last refresh or count: no O(n) count or aggregate in the
+        database, unlike ``store.count_by_state``."""
         if not self._synced:
             return self.handle.count_by_state(self._exp_key)
         counts = dict.fromkeys(TrialState, 0)
-        for state, n in self._fin_counts.items():
-            counts[TrialState(state)] = n
-        for state in self._unfinished_states:
-            counts[TrialState(state)] += 1
-        counts[TrialState.ERROR] = self.handle.count(self._exp_key, [int(TrialState.ERROR)])
+        for state, n in self._counts.items():
+            if state in TrialState._value2member_map_:
+                counts[TrialState(state)] = n
         return counts
 
     def _maybe_poll(self) -> None:
@@ -256,16 +288,74 @@ class HyperfleetTrials(MongoTrials):
     def new_trial_ids(self, n: int) -> list[int]:
         """``n`` unused trial ids. They are reserved from the database's counter in blocks of
         ``TID_BLOCK`` (hyperopt asks for several and often uses one), so most calls cost nothing;
-        ids stay unique across the database, and unused ones are simply never seen."""
+        ids stay unique across the database, and unused ones are simply never seen. They are
+        also above every integer tid this object has read (e.g. warm-start documents from
+        ``generate_trials_to_calculate``, numbered from 0), as in-memory ``Trials`` does."""
+        floor = self._max_int_tid
+        self._tid_pool = [t for t in self._tid_pool if t > floor]
         if len(self._tid_pool) < n:
-            self._tid_pool.extend(self.handle.allocate_tids(max(n, TID_BLOCK)))
+            above = floor if floor >= 0 and floor >= self._allocated_up_to else None
+            fresh = self.handle.allocate_tids(max(n, TID_BLOCK), above=above)
+            self._allocated_up_to = max(self._allocated_up_to, fresh[-1])
+            self._tid_pool.extend(fresh)
         ids, self._tid_pool = self._tid_pool[:n], self._tid_pool[n:]
         return ids
 
     def delete_all(self, cond: dict[str, Any] | None = None) -> None:
+        """Delete this experiment's trials matching ``cond`` (all by default), their
+        attachments and the experiment's attachments (:attr:`attachments`), as stock does."""
         self.handle.delete_all(cond, exp_key=self._exp_key or None)
         self._reset_cache()
         self.refresh()
+
+    def trial_attachments(self, trial: dict[str, Any]) -> TrialAttachments:
+        """A trial's attachments (GridFS), a dict-like view as stock ``MongoTrials`` offers;
+        a missing name is a ``KeyError``."""
+        return TrialAttachments(self.handle, trial)
+
+
+class TrialAttachments:
+    """One trial's attachments: ``name in a``, ``a[name]``, ``a[name] = bytes``, ``del a[name]``,
+    ``len``, iteration, ``keys``/``values``/``items``."""
+
+    def __init__(self, store: TrialStore, trial: dict[str, Any]) -> None:
+        self.store = store
+        self.trial = trial
+
+    def _names(self) -> list[str]:
+        return [str(a[0]) for a in self.trial.get("_attachments", [])]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __getitem__(self, name: str) -> bytes:
+        data = self.store.get_attachment(self.trial, name)
+        if data is None:
+            raise KeyError(name)
+        return data
+
+    def __setitem__(self, name: str, value: bytes) -> None:
+        self.store.set_attachment(self.trial, value, name, collection=self.store.jobs)
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self.store.delete_attachment(self.trial, name, collection=self.store.jobs)
+
+    def keys(self) -> list[str]:
+        return list(self)
+
+    def values(self) -> list[bytes]:
+        return [self[k] for k in self]
+
+    def items(self) -> list[tuple[str, bytes]]:
+        return [(k, self[k]) for k in self]
 
 
 def open_trials(uri: str, exp_key: str, db: str = defaults.DB_NAME) -> HyperfleetTrials:

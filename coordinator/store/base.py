@@ -16,6 +16,10 @@ Invariants
   never a result.
 * **The database clock** sets every timestamp that liveness depends on (``lease_expires``,
   ``refresh_time``, a worker's ``last_seen``); callers' clocks may disagree with each other.
+* **Every write to a trial document stamps ``mtime``** with the database clock, inserts
+  included, so :meth:`TrialStoreBase.changed_trials` finds every change whoever made it (a
+  program that writes the documents without going through the store, e.g. a mongo-shell edit,
+  must set ``mtime`` too, or readers see its change only at their next full read).
 * **Reaping is idempotent** and safe from any number of processes at once: each release is
   fenced and re-checks the expiry, so every expired lease is released exactly once.
 * **Attempts.** A lost (lease expired) or crashed attempt counts; the one that reaches the
@@ -164,13 +168,15 @@ class TrialStoreBase(abc.ABC):
     # -- coordinator: queueing and liveness ---------------------------------------------------
 
     @abc.abstractmethod
-    def allocate_tids(self, n: int) -> list[int]:
-        """``n`` fresh trial ids, unique across the database even under concurrent callers."""
+    def allocate_tids(self, n: int, *, above: int | None = None) -> list[int]:
+        """``n`` fresh trial ids, unique across the database even under concurrent callers;
+        all greater than ``above`` when given."""
 
     @abc.abstractmethod
     def insert_trials(self, docs: list[Doc]) -> list[DocId]:
-        """Insert NEW trial documents (hyperopt's); a retry after a lost reply inserts nothing
-        twice. Returns their ids."""
+        """Insert trial documents (hyperopt's; usually NEW, any state for a warm start), each
+        stamped with ``mtime``; a retry after a lost reply inserts nothing twice. Returns their
+        ids."""
 
     @abc.abstractmethod
     def reap_expired(
@@ -196,6 +202,11 @@ class TrialStoreBase(abc.ABC):
     @abc.abstractmethod
     def unfinished_trials(self, exp_key: str | None) -> list[Doc]:
         """The NEW and RUNNING trials of ``exp_key`` (any order): the queue and the running."""
+
+    @abc.abstractmethod
+    def changed_trials(self, exp_key: str | None, since: dt.datetime) -> list[Doc]:
+        """The trials of ``exp_key`` (every state, ERROR included) whose ``mtime`` is at or
+        after ``since`` (server time), any order; cost O(matches), not O(trials)."""
 
     @abc.abstractmethod
     def trials_by_ids(

@@ -3,7 +3,9 @@
 hyperopt 0.3.0 still calls pymongo-3 APIs that pymongo 4 removed (``insert``, ``update``,
 ``remove``, ``find_and_modify``, ``Cursor.count``); these methods replace them while keeping its
 document protocol: the ``jobs`` collection, the ``job_ids`` counter (``{a: 0, last_id}``) and
-GridFS attachments. Trial ids and inserts live here too, as hyperopt defines them.
+GridFS attachments. Trial ids and inserts live here too, as hyperopt defines them. Like every
+write to ``jobs``, inserts stamp ``mtime`` with the server's clock (see :mod:`~coordinator.store.
+base`).
 """
 
 from __future__ import annotations
@@ -57,27 +59,37 @@ class HyperoptJobs:
     def create_drivers_indexes(self) -> None:
         """hyperopt's unused ``drivers`` collection is not created."""
 
-    @retrying
     def insert(self, job: dict[str, Any]) -> dict[str, Any]:
-        """hyperopt's single insert."""
+        """hyperopt's single insert (stamped with the server's clock like every write)."""
         doc = dict(job)
-        try:
-            self.jobs.insert_one(doc)
-        except pymongo.errors.OperationFailure as e:
-            raise HyperoptOperationFailure(e) from e
+        self.insert_trials([doc])
         return doc
 
     @retrying
     def insert_trials(self, docs: list[dict[str, Any]]) -> list[ObjectId]:
-        """Insert trial documents; a retry after a lost reply is harmless (ids are client-side,
-        duplicates of an earlier try are skipped)."""
+        """Insert trial documents, each stamped with the server's clock (``mtime``), in one
+        round trip.
+
+        Each is an upsert on ``{_id, exp_key, tid}`` that only sets fields on insert: a retry
+        after a lost reply matches the document it inserted before and changes nothing but
+        ``mtime`` (``_id`` is client-side); an ``_id`` already used by another trial (e.g. a
+        document copied from another experiment with its ``_id``) raises hyperopt's
+        ``OperationFailure``, as stock ``MongoJobs.insert`` does.
+        """
+        ops = []
         for doc in docs:
             doc.setdefault("_id", ObjectId())
-        try:
-            self.jobs.insert_many(docs, ordered=False)
-        except pymongo.errors.BulkWriteError as e:
-            if any(err.get("code") != 11000 for err in e.details.get("writeErrors", [])):
-                raise
+            key = {"_id": doc["_id"], "exp_key": doc.get("exp_key"), "tid": doc.get("tid")}
+            fields = {k: v for k, v in doc.items() if k not in key and k != "mtime"}
+            update: dict[str, Any] = {"$currentDate": {"mtime": True}}
+            if fields:
+                update["$setOnInsert"] = fields
+            ops.append(pymongo.UpdateOne(key, update, upsert=True))
+        if ops:
+            try:
+                self.jobs.bulk_write(ops, ordered=False)
+            except pymongo.errors.BulkWriteError as e:
+                raise HyperoptOperationFailure(f"trial insert refused: {e.details}") from e
         return [d["_id"] for d in docs]
 
     @retrying
@@ -86,7 +98,10 @@ class HyperoptJobs:
 
     @retrying
     def delete_all(self, cond: dict[str, Any] | None = None, *, exp_key: str | None = None) -> None:
-        """Delete trials (hyperopt's ``cond``, narrowed to ``exp_key``) with their attachments."""
+        """Delete trials (hyperopt's ``cond``, narrowed to ``exp_key``) with their attachments,
+        and the experiment's own GridFS files (``MongoTrials.attachments``, e.g. hyperopt's
+        ``FMinIter_Domain``) that match the same condition, as stock ``MongoTrials.delete_all``
+        does (every version, not only the last)."""
         query = dict(cond or {})
         if exp_key is not None:
             query["exp_key"] = exp_key
@@ -97,6 +112,8 @@ class HyperoptJobs:
                 except gridfs.errors.NoFile:
                     logger.warning("attachment %s of job %s was already gone", file_id, doc["_id"])
             self.jobs.delete_one({"_id": doc["_id"]})
+        for fdoc in self.db["fs.files"].find(query, projection=["_id"]):
+            self.gfs.delete(fdoc["_id"])
 
     @retrying
     def update(
@@ -120,17 +137,24 @@ class HyperoptJobs:
         return doc
 
     @retrying
-    def allocate_tids(self, n: int) -> list[int]:
-        """``n`` fresh trial ids, unique across the database (hyperopt's ``job_ids`` counter).
+    def allocate_tids(self, n: int, *, above: int | None = None) -> list[int]:
+        """``n`` fresh trial ids, unique across the database (hyperopt's ``job_ids`` counter),
+        all greater than ``above`` when given (e.g. the largest tid of warm-start documents
+        inserted with ids of their own).
 
         The counter document is created once (a unique index on ``a`` makes concurrent creators
         agree on one document), then incremented atomically. An upserting findAndModify is not
         used: under concurrency SecantusDB can answer it with no document.
         """
         self.create_jobs_indexes()
+        if above is None:
+            bump: Any = {"$inc": {"last_id": n}}
+        else:
+            start = {"$max": [{"$ifNull": ["$last_id", 0]}, above + 1]}
+            bump = [{"$set": {"last_id": {"$add": [start, n]}}}]
         for _ in range(50):
             doc = self.db.job_ids.find_one_and_update(
-                {"a": 0}, {"$inc": {"last_id": n}}, return_document=pymongo.ReturnDocument.AFTER
+                {"a": 0}, bump, return_document=pymongo.ReturnDocument.AFTER
             )
             if doc is not None:
                 last = doc["last_id"]

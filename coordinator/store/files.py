@@ -42,7 +42,9 @@ class Attachments:
         file_id = self.gfs.put(data, filename=f"{lease.id}_{name}", tid=lease.tid, name=name)
         old = [a for a in doc.get("_attachments", []) if a[0] == name]
         new = [a for a in doc.get("_attachments", []) if a[0] != name] + [[name, file_id]]
-        updated = self.jobs.update_one(lease.fence, {"$set": {"_attachments": new}})
+        updated = self.jobs.update_one(
+            lease.fence, {"$set": {"_attachments": new}, "$currentDate": {"mtime": True}}
+        )
         stale = old if updated.matched_count == 1 else [[name, file_id]]
         for _name, stale_id in stale:
             self.delete_file(stale_id)
@@ -110,7 +112,8 @@ class Attachments:
                 continue
             kept = [a for a in old if a[0] != name]
             updated = self.jobs.update_one(
-                {"_id": row["_id"], "_attachments": old}, {"$set": {"_attachments": kept}}
+                {"_id": row["_id"], "_attachments": old},
+                {"$set": {"_attachments": kept}, "$currentDate": {"mtime": True}},
             )
             if updated.matched_count == 1:
                 for _name, file_id in gone:

@@ -2,7 +2,8 @@
 
 Every write here is one ``update_one`` filtered on the lease's fence (trial, RUNNING, owner,
 attempt), so a worker whose lease was reaped changes nothing and learns so from the ``False``
-(or ``None``) it gets back. Lease times are set with ``$$NOW``: the database's clock.
+(or ``None``) it gets back. Lease times and ``mtime`` (set by every write, heartbeats included)
+come from ``$$NOW``/``$currentDate``: the database's clock.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class LeaseWrites:
                     "$set": {
                         "refresh_time": "$$NOW",
                         "lease_expires": {"$add": ["$$NOW", int(lease_s * 1000)]},
+                        "mtime": "$$NOW",
                     }
                 }
             ],
@@ -137,7 +139,7 @@ class LeaseWrites:
         """Append one epoch's metrics to the trial's ``epochs`` list; ``False`` if lease lost."""
         pushed = self.jobs.update_one(
             lease.fence,
-            {"$push": {"epochs": metrics}, "$currentDate": {"refresh_time": True}},
+            {"$push": {"epochs": metrics}, "$currentDate": {"refresh_time": True, "mtime": True}},
         )
         return pushed.matched_count == 1
 

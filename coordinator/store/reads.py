@@ -7,11 +7,13 @@ write.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
 from pymongo.collection import Collection
 
+from coordinator import rules
 from coordinator.states import TrialState
 from coordinator.store.base import DocId
 from coordinator.store.connection import retrying
@@ -28,8 +30,8 @@ def _match(exp_key: str | None, states: Iterable[TrialState | int] | None) -> di
 
 
 def _by_tid(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # sorted here rather than in the database: SecantusDB sorts without the index
-    return sorted(docs, key=lambda d: (d.get("tid") is None, d.get("tid") or 0))
+    # sorted here rather than in the database: SecantusDB sorts without the index; any tid type
+    return sorted(docs, key=lambda d: rules.tid_order(d.get("tid")))
 
 
 class TrialReads:
@@ -53,6 +55,14 @@ class TrialReads:
     def unfinished_trials(self, exp_key: str | None) -> list[dict[str, Any]]:
         """The NEW and RUNNING trials of ``exp_key``, in no particular order."""
         return list(self.jobs.find(_match(exp_key, _UNFINISHED)))
+
+    @retrying
+    def changed_trials(self, exp_key: str | None, since: dt.datetime) -> list[dict[str, Any]]:
+        """The trials of ``exp_key`` (every state) written at or after ``since`` by the server's
+        clock (``mtime``): an indexed read on ``(exp_key, mtime)``, O(matches)."""
+        query = _match(exp_key, None)
+        query["mtime"] = {"$gte": since}
+        return list(self.jobs.find(query))
 
     @retrying
     def trials_by_ids(
