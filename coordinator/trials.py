@@ -37,7 +37,9 @@ logger = logging.getLogger(__name__)
 FULL_REFRESH_EVERY_S = 60.0
 #: an incremental refresh also re-reads what was written this long before the newest change it
 #: saw: a write whose server time was taken before the previous read but committed after it
-REFRESH_OVERLAP_S = 0.25
+#: (milliseconds on MongoDB; a stalled server thread may take longer, and the full refresh then
+#: catches it). Each refresh re-reads about write rate x this many documents.
+REFRESH_OVERLAP_S = 0.1
 #: ``mtime`` further ahead of the server clock than this (a writer's own clock) never moves the
 #: refresh's watermark
 FUTURE_SLACK_S = 1.0
