@@ -74,11 +74,19 @@ def _cases(store: TrialStore, n: int) -> list[tuple[str, Callable[[], Any]]]:
     store.delete_all(exp_key="e")
     store.insert_trials(_trials(n, _QUEUED))
     watched = [d["_id"] for d in store.trials("e", [TrialState.DONE])[-4:]]
+    time.sleep(0.005)
+    since = store.server_time()  # the queue's trials are written again below (reserve rows)
+    for _ in range(4):
+        _reserve_and_requeue(store)
     finished = [TrialState.DONE, TrialState.CANCEL]
     return [
         ("worker: reserve_trial + release (requeue)", lambda: _reserve_and_requeue(store)),
-        ("coordinator: unfinished_trials (every refresh)", lambda: store.unfinished_trials("e")),
-        ("coordinator: trials_by_ids, 4 newly finished", lambda: store.trials_by_ids(watched)),
+        (
+            "coordinator: changed_trials, the queue's recent writes (every refresh, issue 16)",
+            lambda: store.changed_trials("e", since),
+        ),
+        ("before issue 16: unfinished_trials (refresh)", lambda: store.unfinished_trials("e")),
+        ("before issue 16: trials_by_ids, 4 newly finished", lambda: store.trials_by_ids(watched)),
         ("coordinator: count NEW", lambda: store.count("e", [TrialState.NEW])),
         ("coordinator: reap_expired (nothing expired)", lambda: store.reap_expired("e")),
         ("full refresh: trials DONE/CANCEL", lambda: store.trials("e", finished)),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from coordinator.states import TrialState
 from coordinator.store import TrialStore
 from tests.conftest import queue_trials
@@ -45,3 +49,48 @@ def test_counts(store: TrialStore) -> None:
     counts = store.count_by_state("exp")
     assert counts[TrialState.NEW] == 2 and counts[TrialState.DONE] == 1
     assert counts[TrialState.ERROR] == 0 and set(counts) == set(TrialState)
+
+
+def test_every_write_stamps_mtime_and_changed_trials_finds_it(store: TrialStore) -> None:
+    """Contract: inserts, reserve, heartbeat, epochs, finish, attachments all stamp ``mtime``
+    with the server clock; ``changed_trials`` returns what was written since (any state)."""
+    queue_trials(store, 2)
+    docs = store.trials("exp")
+    assert all(d.get("mtime") is not None for d in docs)
+    since = max(d["mtime"] for d in docs)
+    later = [d for d in store.changed_trials("exp", since) if d["mtime"] > since]
+    assert later == []
+    lease = store.reserve_trial("w", exp_key="exp")
+    stamps = [store.get_trial("exp", lease.tid)["mtime"]]
+    for write in (
+        lambda: store.heartbeat(lease, 30),
+        lambda: store.record_epoch(lease, {"epoch": 0, "loss": 1.0}),
+        lambda: store.attach(lease, "model", b"w"),
+        lambda: store.fail(lease, {"type": "E", "message": "m"}, {}),
+    ):
+        time.sleep(0.002)  # BSON dates have millisecond resolution
+        assert write()
+        stamps.append(store.get_trial("exp", lease.tid)["mtime"])
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert stamps[0] >= since
+    changed = store.changed_trials("exp", stamps[0])
+    assert [d["tid"] for d in changed] == [lease.tid] and changed[0]["state"] == TrialState.ERROR
+    assert store.changed_trials("other", since) == []
+
+
+def test_insert_retry_is_harmless_and_a_foreign_id_is_refused(store: TrialStore) -> None:
+    from hyperopt.mongoexp import OperationFailure
+
+    doc = {"tid": "x", "exp_key": "exp", "state": 0, "misc": {"tid": "x"}, "result": {}}
+    [doc_id] = store.insert_trials([doc])
+    assert store.insert_trials([dict(doc)]) == [doc_id]  # the same document again: a retry
+    assert len(store.trials("exp")) == 1
+    with pytest.raises(OperationFailure):
+        store.insert_trials([{**doc, "exp_key": "other"}])  # another trial's _id
+    assert [d["tid"] for d in store.trials(None)] == ["x"]
+
+
+def test_allocate_tids_above(store: TrialStore) -> None:
+    assert store.allocate_tids(2) == [0, 1]
+    assert store.allocate_tids(2, above=9) == [10, 11]
+    assert store.allocate_tids(1, above=3) == [12]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from coordinator.states import WorkerStatus
 from coordinator.store import TrialStore
 from tests.conftest import queue_trials
@@ -53,3 +55,21 @@ def test_drop_superseded_models(store: TrialStore) -> None:
     ]
     assert holders == [leases[1].tid]
     assert store.get_domain_blob("exp") is None
+
+
+def test_delete_all_removes_trials_their_files_and_the_experiments_files(store) -> None:
+    from coordinator.trials import HyperfleetTrials
+    from tests.conftest import queue_trials
+
+    trials = queue_trials(store, 2, exp_key="gone")
+    queue_trials(store, 1, exp_key="kept")
+    trials.attachments["note"] = b"experiment file"
+    lease = store.reserve_trial("w", exp_key="gone")
+    assert store.attach(lease, "model", b"weights")
+    doc = store.get_trial("gone", lease.tid)
+    assert store.get_attachment(doc, "model") == b"weights"
+    store.delete_all(exp_key="gone")
+    assert store.trials("gone") == [] and len(store.trials("kept")) == 1
+    assert "note" not in HyperfleetTrials(store, exp_key="gone").attachments
+    with pytest.raises(Exception, match="no file"):  # the trial's GridFS file is gone too
+        store.get_attachment(doc, "model")
