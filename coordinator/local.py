@@ -1,4 +1,8 @@
-"""``hyperfleet local``: embedded server + N worker processes + the coordinator, in one command."""
+"""``hyperfleet local``: embedded server + N worker processes + the coordinator, in one command.
+
+The server and the workers die with this process, even when it is SIGKILLed (see
+:func:`coordinator.server.die_with_parent`).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pathlib import Path
 from coordinator import defaults
 from coordinator.errors import HyperfleetError
 from coordinator.search import Coordinator, SearchConfig, SearchOutcome
-from coordinator.server import EmbeddedServer
+from coordinator.server import EmbeddedServer, die_with_parent
 from coordinator.store import TrialStore, connect
 
 logger = logging.getLogger(__name__)
@@ -87,9 +91,15 @@ class LocalRun:
             ]
             log_path = self.log_dir / f"{self.config.search.exp_key}-worker-{i}.log"
             with open(log_path, "ab") as log:
+                # SIGKILLed with us: a search nobody drives needs no workers; their trials
+                # are requeued by the next run's reaper
                 self.procs.append(
                     subprocess.Popen(
-                        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                        die_with_parent(cmd, signal.SIGKILL),
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
                     )
                 )
         logger.info("started %d workers; their logs: %s", len(self.procs), self.log_dir)

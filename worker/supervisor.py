@@ -14,12 +14,19 @@ import multiprocessing.connection as mpc
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coordinator.errors import Interrupted, TrialCrashed
-from coordinator.store import Lease, connect
-from worker.evaluate import Outcome, Resolver, evaluate
+
+if TYPE_CHECKING:
+    from coordinator.store import Lease, TrialStore
+    from worker.evaluate import Outcome, Resolver
+
+# This module is what a spawned trial child imports first (to find ``_child_main``): it imports
+# nothing heavy at the top, so the child asks to die with its worker within milliseconds, not
+# after seconds of hyperopt/pymongo imports. The store and the evaluator are imported where used.
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +37,8 @@ class RunnerConfig:
     db: str
     spaces: tuple[str, ...]
     trust_pickled: bool
-    outage_s: float
+    #: None: $HYPERFLEET_OUTAGE_S or the default, as in the worker
+    outage_s: float | None = None
 
 
 class Runner(Protocol):
@@ -59,43 +67,68 @@ class InProcessRunner:
     """Runs trials in the worker process: no crash isolation (``--no-isolate``)."""
 
     def __init__(self, config: RunnerConfig) -> None:
+        from coordinator.store import connect
+        from worker.evaluate import Resolver
+
         # no ping here: the worker already checked, and a server that is down right now is
         # retried by every store operation (outage budget) instead of killing this process
-        self.store = connect(config.uri, config.db, outage_s=config.outage_s, check=False)
-        self.resolver = Resolver(self.store, config.spaces, config.trust_pickled)
+        self.store: TrialStore = connect(
+            config.uri, config.db, outage_s=config.outage_s, check=False
+        )
+        self.resolver: Resolver = Resolver(self.store, config.spaces, config.trust_pickled)
 
     def start(self) -> None:
         """Nothing to warm up: trials run in this process."""
 
     def run(self, lease: Lease, extra: dict[str, Any], interrupt: threading.Event) -> Outcome:
+        from worker.evaluate import evaluate
+
         return evaluate(self.resolver, self.store, lease, extra)
 
     def close(self) -> None:
         self.store.close()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no orphaned trainers)."""
+PR_SET_PDEATHSIG = 1  #: linux/prctl.h
+ORPHAN_CHECK_S = 0.5  #: how often a trial child checks that its worker still lives
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process when the worker that started it dies, so no trial (a whole Keras
+    training) runs on for nobody.
+
+    Two guards: Linux's parent-death signal (SIGKILL, at once), and a watchdog thread that
+    exits once the parent pid changes (other systems, and a worker that died before this
+    process finished its imports and could ask for the signal)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
     except (OSError, AttributeError):
-        logger.debug("prctl(PR_SET_PDEATHSIG) unavailable; relying on pipe EOF")
+        logger.debug("prctl(PR_SET_PDEATHSIG) unavailable; relying on the watchdog thread")
+    if os.getppid() != parent_pid:
+        os._exit(0)  # the worker died while this process was starting
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(ORPHAN_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="orphan-watchdog", daemon=True).start()
 
 
-def _child_main(config: RunnerConfig, conn: mpc.Connection) -> None:
+def _child_main(config: RunnerConfig, conn: mpc.Connection, parent_pid: int) -> None:
     # signals are the worker's business: it decides whether the trial finishes or is handed back
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    _die_with_parent(parent_pid)
     runner = InProcessRunner(config)
     try:
         while True:
             try:
                 lease, extra = conn.recv()
-            except EOFError:
-                return
-            conn.send(runner.run(lease, extra, threading.Event()))
+                conn.send(runner.run(lease, extra, threading.Event()))
+            except (EOFError, BrokenPipeError, ConnectionResetError):
+                return  # the worker closed the pipe or is gone: nobody wants the result
     finally:
         runner.close()
 
@@ -118,7 +151,10 @@ class ChildRunner:
             return
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(
-            target=_child_main, args=(self.config, child), name="hyperfleet-trial", daemon=True
+            target=_child_main,
+            args=(self.config, child, os.getpid()),
+            name="hyperfleet-trial",
+            daemon=True,
         )
         self._proc.start()
         child.close()

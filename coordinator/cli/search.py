@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -170,6 +171,11 @@ def local(
         f"threads each), results in {Path(db_path).resolve()}",
         err=True,
     )
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM like Ctrl-C: workers and server stopped, temp removed
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         outcome = run.run()
     except KeyboardInterrupt:
