@@ -1,0 +1,43 @@
+"""``hyperfleet dashboard``: watch searches in a browser (the app: :mod:`coordinator.dashboard`)."""
+
+from __future__ import annotations
+
+import click
+
+from coordinator.cli.options import mongo_options
+
+
+@click.command()
+@mongo_options()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="address to listen on; anything beyond loopback is logged as a warning",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="port (0: any free port; the URL printed says which)",
+)
+@click.option(
+    "--allow-actions",
+    is_flag=True,
+    help="let the pages cancel experiments and requeue running trials [default: read-only]",
+)
+def dashboard(mongo: str, db: str, host: str, port: int, allow_actions: bool) -> None:
+    """Serve a live web dashboard of the database's searches and print its URL."""
+    try:
+        from coordinator.dashboard.serve import serve
+    except ImportError as e:
+        raise click.ClickException(
+            f"the dashboard needs the 'dashboard' extra ({e.name} is missing): "
+            "pip install 'hyperfleet[dashboard]'"
+        ) from e
+    serve(mongo, db, host=host, port=port, allow_actions=allow_actions, echo=_echo)
+
+
+def _echo(line: str) -> None:
+    click.echo(line)

@@ -1,0 +1,269 @@
+"""What each page shows, as plain data for its template or its JSON poll.
+
+Counts, the best trial, trials/min and ETA come from :func:`coordinator.inspect.summarize` (the
+CLI's ``status``) over the cached trials; rows from :func:`coordinator.inspect.trial_row`. The
+templates escape every string; nothing here builds HTML.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator import defaults, inspect
+from coordinator.dashboard import states
+from coordinator.dashboard.cache import CachedOutcomes, Caches, TrialCache, curve_tids, timestamp
+from coordinator.states import TrialState
+from coordinator.store import TrialStoreBase
+
+#: hours of the workers page's timeline
+TIMELINE_HOURS = 2.0
+#: the timeline draws at most this many trials per worker (the latest)
+TIMELINE_MAX_PER_WORKER = 300
+
+
+def age(seconds: float | None) -> str:
+    """``42 s``, ``3.5 min``, ``2.1 h``, or an em dash."""
+    if seconds is None:
+        return "—"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def when(value: Any) -> str:
+    """A stored date as ``YYYY-MM-DD HH:MM:SS`` UTC, or an em dash."""
+    if not isinstance(value, dt.datetime):
+        return "—"
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def summary(
+    cache: TrialCache, exp: Mapping[str, Any], workers: list[inspect.WorkerView]
+) -> dict[str, Any]:
+    """One experiment's line: the CLI's summary (same rules) plus what the page adds."""
+    s = inspect.summarize(CachedOutcomes(cache), exp, workers)  # type: ignore[arg-type]
+    counts = {inspect.state_name(state): n for state, n in s.counts.items()}
+    return {
+        "exp_key": s.exp_key,
+        "status": s.status,
+        "space": s.space,
+        "algo": exp.get("algo"),
+        # no early stopping yet: an experiment that records a rule shows it
+        "pruning": exp.get("pruning") or exp.get("early_stopping"),
+        "counts": counts,
+        "total": sum(counts.values()),
+        "finished": s.finished,
+        "max_evals": s.max_evals,
+        "best_tid": s.best_tid,
+        "best_loss": s.best_loss,
+        "rate_per_min": s.rate_per_min,
+        "eta_s": s.eta_s,
+        "eta": age(s.eta_s),
+        "workers": len([w for w in s.workers if not w.stale and w.state == "alive"]),
+        "created": when(exp.get("created")),
+        "finished_at": when(exp.get("finished")),
+        "cancel_requested": exp.get("cancel_requested") is True,
+    }
+
+
+def experiment_doc(store: TrialStoreBase, exp_key: str) -> dict[str, Any]:
+    """The experiment document (``inspect.get_experiment``: unknown keys are a ConfigError)."""
+    return inspect.get_experiment(store, exp_key)  # type: ignore[arg-type]
+
+
+def experiments(store: TrialStoreBase, caches: Caches) -> list[dict[str, Any]]:
+    """Every experiment's summary, newest first."""
+    workers = worker_views(store)
+    rows = [summary(caches.get(e["_id"]), e, workers) for e in store.list_experiments()]
+    return rows[::-1]
+
+
+def worker_views(store: TrialStoreBase) -> list[inspect.WorkerView]:
+    return inspect.worker_views(store, include_stopped=True)  # type: ignore[arg-type]
+
+
+def trials_payload(
+    cache: TrialCache,
+    exp: Mapping[str, Any],
+    workers: list[inspect.WorkerView],
+    *,
+    since: int,
+    token: str | None,
+) -> dict[str, Any]:
+    """What the experiment page's poll gets: every trial (first poll, or the dashboard
+    restarted) or those changed after sequence number ``since``; the learning curves of the
+    trials it draws; the summary line."""
+    entries = cache.entries()
+    full = since <= 0 or token != cache.token
+    changed = entries if full else [e for e in entries if e.seq > since]
+    drawn = curve_tids(entries)
+    wanted = set(drawn)
+    return {
+        "cache": cache.token,
+        "seq": cache.seq,
+        "full": full,
+        "now": timestamp(cache.now),
+        "columns": cache.columns(),
+        "trials": [e.to_json(with_curve=e.tid in wanted) for e in changed],
+        "curve_tids": drawn,
+        "summary": summary(cache, exp, workers),
+    }
+
+
+# -- one trial ------------------------------------------------------------------------------------
+
+
+def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
+    """The trial page's sections (values as stored; the template escapes them)."""
+    result = doc.get("result") if isinstance(doc.get("result"), Mapping) else {}
+    epochs = [e for e in doc.get("epochs") or [] if isinstance(e, Mapping)]
+    metric_names: dict[str, None] = {}
+    for e in epochs:
+        metric_names.update(dict.fromkeys(map(str, e)))
+    error = doc.get("error") if isinstance(doc.get("error"), Mapping) else {}
+    attachments = [str(a[0]) for a in doc.get("_attachments") or [] if a]
+    state = inspect.state_name(doc.get("state"))
+    extras = {k: v for k, v in result.items() if k not in ("loss", "status", "history", "params")}
+    return {
+        "exp_key": exp_key,
+        "tid": doc.get("tid"),
+        "state": state,
+        "running": doc.get("state") == TrialState.RUNNING,
+        "loss": result.get("loss"),
+        "status": result.get("status"),
+        "failure": result.get("failure"),
+        "facts": [
+            ("attempt", doc.get("attempt", 0)),
+            ("counted failed attempts", doc.get("attempts", 0)),
+            ("reserved", when(doc.get("book_time"))),
+            ("ended", when(doc.get("ended"))),
+            ("duration", age(doc.get("duration_s"))),
+            ("last heartbeat", when(doc.get("refresh_time"))),
+            ("lease expires", when(doc.get("lease_expires"))),
+            ("space", doc.get("space")),
+        ],
+        "params": sorted(inspect.flatten(doc.get("params") or {}, "").items()),
+        "result": sorted(inspect.flatten(extras, "").items()),
+        "metric_names": list(metric_names),
+        "epochs": epochs,
+        "curve": {
+            name: [e.get(name) if _plain_number(e.get(name)) else None for e in epochs]
+            for name in metric_names
+        },
+        "attempts": [
+            {
+                "attempt": a.get("attempt"),
+                "owner": a.get("owner"),
+                "outcome": a.get("outcome"),
+                "reason": a.get("reason"),
+                "started": when(a.get("started")),
+                "at": when(a.get("at")),
+            }
+            for a in doc.get("attempt_history") or []
+            if isinstance(a, Mapping)
+        ],
+        "error": {
+            "type": error.get("type"),
+            "message": error.get("message"),
+            "traceback": error.get("traceback"),
+            "at": when(error.get("at")),
+        }
+        if error
+        else None,
+        "worker": sorted(inspect.flatten(doc.get("worker") or {}, "").items()),
+        "owner": doc.get("owner"),
+        "has_model": defaults.MODEL_ATTACHMENT in attachments,
+        "attachments": attachments,
+    }
+
+
+def _plain_number(value: Any) -> bool:
+    """A finite int or float (NaN would make the page's JSON invalid)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# -- workers --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bar:
+    tid: Any
+    exp_key: str
+    state: str
+    x: float
+    width: float
+    title: str
+    color: str
+
+
+@dataclass
+class Lane:
+    worker_id: str
+    label: str
+    bars: list[Bar]
+
+
+def workers_page(
+    store: TrialStoreBase, caches: Caches, *, hours: float = TIMELINE_HOURS, width: int = 1000
+) -> dict[str, Any]:
+    """The registry rows (heartbeat ages on the server clock, stale flagged), where each
+    worker's current trial lives, and a timeline of the last ``hours`` of trials per worker."""
+    now = store.server_time()
+    views = worker_views(store)
+    entries = []
+    for exp in store.list_experiments():
+        cache = caches.get(exp["_id"])
+        entries.extend((exp["_id"], e) for e in cache.entries())
+    where = {e.tid: key for key, e in entries}
+    start = now - dt.timedelta(hours=hours)
+    span = (now - start).total_seconds()
+    lanes: dict[str, Lane] = {}
+    for view in views:
+        gpu = f"GPU {view.gpu}" if view.gpu not in (None, "", "none") else "CPU"
+        lanes[view.id] = Lane(view.id, f"{view.host} {gpu} (pid {view.pid})", [])
+    for key, e in entries:
+        if e.worker_id is None or e.book_time is None:
+            continue
+        end = e.ended or (now if e.state == "running" else e.book_time)
+        if end < start:
+            continue
+        lane = lanes.setdefault(e.worker_id, Lane(e.worker_id, e.worker_label or e.worker_id, []))
+        x0 = max(0.0, (e.book_time - start).total_seconds() / span)
+        x1 = min(1.0, (end - start).total_seconds() / span)
+        lane.bars.append(
+            Bar(
+                tid=e.tid,
+                exp_key=key,
+                state=e.state,
+                x=round(x0 * width, 1),
+                width=round(max(1.0, (x1 - x0) * width), 1),
+                title=f"trial {e.tid} of {key}: {states.style(e.state).label}, "
+                f"{when(e.book_time)} → {when(e.ended) if e.ended else 'now'}",
+                color=states.style(e.state).color,
+            )
+        )
+    for lane in lanes.values():
+        lane.bars = lane.bars[-TIMELINE_MAX_PER_WORKER:]
+    return {
+        "now": when(now),
+        "workers": [
+            {
+                "view": v,
+                "age": age(v.age_s),
+                "current_exp": where.get(v.current_tid),
+                "last_seen": when(v.last_seen),
+            }
+            for v in views
+        ],
+        "lanes": [lane for lane in lanes.values() if lane.bars],
+        "hours": hours,
+        "stale_s": defaults.STALE_WORKER_S,
+        "width": width,
+        "start": when(start),
+    }
