@@ -33,3 +33,14 @@ MODEL_ATTACHMENT = "model.keras"
 ALGOS = ("tpe", "rand", "atpe", "anneal")
 #: ``hyperfleet export --format``
 EXPORT_FORMATS = ("csv", "json", "jsonl")
+#: ``--prune``: early-stopping rules (coordinator/pruning/<rule>.py); none trains every epoch
+PRUNE_RULES = ("none", "median", "asha", "hyperband")
+PRUNE_RULE = "none"
+#: ``--prune-warmup``: epochs a trial always trains before the median rule may stop it
+PRUNE_WARMUP_EPOCHS = 0
+#: ``--prune-startup``: finished trials the median rule waits for before it stops any
+PRUNE_STARTUP_TRIALS = 5
+#: ``--prune-reduction``: ASHA/Hyperband keep the best 1/η of the trials at each rung
+PRUNE_REDUCTION_FACTOR = 3
+#: ``--prune-min-epochs``: ASHA/Hyperband's first rung (epochs); rung k is at min·η^k
+PRUNE_MIN_EPOCHS = 1

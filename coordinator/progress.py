@@ -42,14 +42,17 @@ class SearchProgress:
                 leave=True,
             )
 
-    def update(self, counts: Mapping[TrialState, int], best: float | None) -> None:
+    def update(self, counts: Mapping[TrialState, int], best: float | None, pruned: int = 0) -> None:
+        """``pruned``: how many of the DONE trials an early-stopping rule stopped."""
         finished = sum(n for s, n in counts.items() if s.finished)
         running = counts.get(TrialState.RUNNING, 0)
         queued = counts.get(TrialState.NEW, 0)
         best_text = "-" if best is None else f"{best:.4g}"
         failed = counts.get(TrialState.ERROR, 0)
-        fields = f"running {running}, queued {queued}, best loss {best_text}" + (
-            f", failed {failed}" if failed else ""
+        fields = (
+            f"running {running}, queued {queued}, best loss {best_text}"
+            + (f", pruned {pruned}" if pruned else "")
+            + (f", failed {failed}" if failed else "")
         )
         self._line = f"{self.exp_key}: {finished}/{self.max_evals} done, {fields}"
         if self._bar is not None:

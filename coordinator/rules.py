@@ -21,7 +21,9 @@ def _is_number(value: Any) -> bool:
 
 def ok_loss(doc: Mapping[str, Any]) -> float | None:
     """The loss of a successful trial: DONE (the integer state, not a look-alike such as ``"2"``),
-    ``result.status == "ok"`` and a finite numeric ``result.loss``; ``None`` for anything else."""
+    ``result.status == "ok"`` and a finite numeric ``result.loss``; ``None`` for anything else.
+    A pruned trial (:func:`pruned`) has one too — its last reported value, which TPE learns
+    from — but is never the best (:func:`best_trial`)."""
     state = doc.get("state")
     if not _is_number(state) or state != TrialState.DONE:
         return None
@@ -39,9 +41,18 @@ def is_ok_trial(doc: Mapping[str, Any]) -> bool:
     return ok_loss(doc) is not None
 
 
+def pruned(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``result.pruned`` record (epoch, rule, metric, value, threshold) of a trial that an
+    early-stopping rule stopped; ``None`` for any other trial."""
+    result = doc.get("result")
+    record = result.get("pruned") if isinstance(result, Mapping) else None
+    return record if isinstance(record, Mapping) else None
+
+
 def best_trial(docs: Iterable[Mapping[str, Any]]) -> Any:
-    """The best successful trial of ``docs`` (lowest loss, then lowest tid), or ``None``."""
-    ok = [d for d in docs if is_ok_trial(d)]
+    """The best successful trial of ``docs`` (lowest loss, then lowest tid), or ``None``.
+    Pruned trials never are: their loss is that of an unfinished training."""
+    ok = [d for d in docs if is_ok_trial(d) and pruned(d) is None]
     if not ok:
         return None
     return min(ok, key=lambda d: (ok_loss(d), tid_order(d.get("tid"))))

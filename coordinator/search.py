@@ -22,6 +22,7 @@ from hyperopt.fmin import FMinIter
 from coordinator import defaults, rules
 from coordinator.errors import ConfigError, ExperimentMismatch, HyperfleetError
 from coordinator.progress import SearchProgress
+from coordinator.pruning import PruningConfig
 from coordinator.states import ExperimentStatus, TrialState
 from coordinator.store import TrialStore, to_bson, utcnow
 from coordinator.trials import HyperfleetTrials
@@ -76,6 +77,7 @@ class SearchConfig:
     spaces_source: str | None = None
     progress: bool = False  #: a tqdm bar; otherwise a log line every ``progress_every`` trials
     progress_every: int | None = None  #: None: every tenth of max_evals
+    pruning: PruningConfig | None = None  #: ``--prune``: the early-stopping rule, if any
 
 
 @dataclass
@@ -116,6 +118,7 @@ def prepare_experiment(store: TrialStore, config: SearchConfig) -> dict[str, Any
         "settings": to_bson(config.settings),
         "algo": config.algo,
         "fingerprint": fingerprint,
+        "pruning": None if config.pruning is None else config.pruning.to_doc(),
     }
     for _ in range(_START_TRIES):
         existing = store.get_experiment(config.exp_key)
@@ -273,7 +276,8 @@ class Coordinator:
         counts = trials.state_counts()  # from fmin's last refresh: no O(n) aggregate per tick
         if self._progress is not None:
             best = rules.best_trial(trials.trials)
-            self._progress.update(counts, None if best is None else best["result"]["loss"])
+            pruned = sum(1 for d in trials.trials if rules.pruned(d) is not None)
+            self._progress.update(counts, None if best is None else best["result"]["loss"], pruned)
         return counts
 
     def _finish(self, trials: HyperfleetTrials, status: ExperimentStatus) -> None:

@@ -42,6 +42,16 @@ class WorkerStatus(enum.StrEnum):
     STOPPED = "stopped"  #: exited cleanly; ``stop_reason`` says why
 
 
+class Verdict(enum.StrEnum):
+    """What a trial's per-epoch report answers (``TrialContext.report_epoch``): go on, or stop
+    and why. Only ``CONTINUE`` lets training go on; the objective stops for any other."""
+
+    CONTINUE = "continue"
+    PRUNE = "prune"  #: the experiment's early-stopping rule stopped it (DONE, ``result.pruned``)
+    CANCELLED = "cancelled"  #: the search was cancelled
+    LEASE_LOST = "lease_lost"  #: this worker no longer owns the trial; its result is dropped
+
+
 class AttemptOutcome(enum.StrEnum):
     """How one attempt at a trial ended without a result (``attempt_history[].outcome``)."""
 

@@ -10,13 +10,15 @@ from typing import Any, Protocol
 from hyperopt import pyll
 
 from coordinator.errors import ConfigError
+from coordinator.states import Verdict
 
 
 class TrialContext(Protocol):
     """What an objective receives besides its params (implemented by the worker).
 
     The worker's heartbeat keeps the trial's lease alive on its own; an objective only reports,
-    asks whether to stop, and stores files. Writes raise ``TrialLost`` once the lease is gone.
+    asks whether to stop, and stores files. ``attach`` raises ``TrialLost`` once the lease is
+    gone; ``report_epoch`` says so in its verdict.
     """
 
     settings: Mapping[str, Any]  #: the experiment's resolved settings
@@ -25,12 +27,14 @@ class TrialContext(Protocol):
     exp_key: str | None
     info: Mapping[str, Any]  #: worker and device facts (``save_models``, ``threads``, ``pid``...)
 
-    def report_epoch(self, metrics: dict[str, Any]) -> None:
-        """Append one epoch's metrics to the trial document."""
+    def report_epoch(self, metrics: dict[str, Any]) -> Verdict:
+        """Append one epoch's metrics to the trial document and answer whether to go on:
+        ``CONTINUE``, or ``PRUNE`` (the experiment's early-stopping rule), ``CANCELLED``,
+        ``LEASE_LOST``; stop training for anything but ``CONTINUE``."""
         ...
 
     def should_stop(self) -> bool:
-        """Whether the objective should stop early (the search was cancelled)."""
+        """Whether the objective should stop now (any verdict but ``CONTINUE``, or cancelled)."""
         ...
 
     def attach(self, name: str, data: bytes) -> None:

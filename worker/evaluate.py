@@ -17,6 +17,8 @@ from hyperopt import STATUS_FAIL, STATUS_OK, STATUS_STRINGS, base, space_eval
 from hyperopt.utils import coarse_utcnow
 
 from coordinator.errors import ConfigError, Interrupted, SpaceError, TrialLost
+from coordinator.pruning import AttemptJudge, Decision, Pruner, PruningConfig, make_pruner
+from coordinator.states import Verdict
 from coordinator.store import Lease, TrialStore, to_bson
 from search_spaces import SearchSpace, get_space, load_spaces
 
@@ -43,6 +45,7 @@ class Resolved:
     settings: dict[str, Any]
     hyperopt_space: Any
     domain: base.Domain | None = None
+    pruner: Pruner | None = None  #: the experiment's early-stopping rule (``--prune``)
 
 
 class Resolver:
@@ -73,7 +76,8 @@ class Resolver:
                 settings = space.resolve_settings((exp or {}).get("settings", {}))
             except ConfigError as e:
                 raise SpaceError(f"experiment {exp_key!r}: {e}") from e
-            return Resolved(space, settings, space.hyperopt_space(settings))
+            pruner = make_pruner(PruningConfig.from_doc((exp or {}).get("pruning")), self.store)
+            return Resolved(space, settings, space.hyperopt_space(settings), pruner=pruner)
         if not self.trust_pickled:
             raise SpaceError(
                 f"trial {doc.get('tid')} of {exp_key!r} has no named space; only a worker started "
@@ -90,10 +94,16 @@ class Resolver:
 
 class TrialContextImpl:
     """The ``ctx`` an objective receives (see ``search_spaces.base.TrialContext``): every write
-    is fenced on the trial's lease and raises ``TrialLost`` once the lease is gone."""
+    is fenced on the trial's lease. ``report_epoch`` answers a :class:`Verdict` (a lost lease is
+    ``LEASE_LOST``, and the result is then dropped); the other writes raise ``TrialLost``."""
 
     def __init__(
-        self, store: TrialStore, lease: Lease, settings: dict[str, Any], extra: dict[str, Any]
+        self,
+        store: TrialStore,
+        lease: Lease,
+        settings: dict[str, Any],
+        extra: dict[str, Any],
+        pruner: Pruner | None = None,
     ) -> None:
         self.store = store
         self.lease = lease
@@ -103,19 +113,44 @@ class TrialContextImpl:
         self.exp_key = lease.exp_key
         self.info = extra  #: worker/device facts the objective may add to its result
         self._stop_checked = 0.0
-        self._stop = False
+        self.verdict = Verdict.CONTINUE  #: the last report's verdict; only CONTINUE goes on
+        self.pruned: Decision | None = None  #: the decision that stopped this trial, if one did
+        self._judge = (
+            AttemptJudge(pruner, lease.exp_key, lease.tid, lease.attempt)
+            if pruner is not None and lease.exp_key is not None
+            else None
+        )
 
-    def report_epoch(self, metrics: dict[str, Any]) -> None:
-        if not self.store.record_epoch(self.lease, to_bson(metrics)):
-            raise TrialLost(f"trial {self.tid}: lease lost; stopping this trial")
+    def report_epoch(self, metrics: dict[str, Any]) -> Verdict:
+        """Store one epoch's metrics and answer whether to go on: the one decision point
+        (lease lost, cancelled, the experiment's early-stopping rule, in that order)."""
+        if self.verdict is not Verdict.CONTINUE:
+            return self.verdict
+        metrics = to_bson(metrics)
+        if not self.store.record_epoch(self.lease, metrics):
+            self.verdict = Verdict.LEASE_LOST
+        elif self._cancelled():
+            self.verdict = Verdict.CANCELLED
+        elif self._judge is not None:
+            decision = self._judge.report(metrics)
+            if decision is not None and decision.prune:
+                self.pruned = decision
+                self.verdict = Verdict.PRUNE
+        return self.verdict
 
     def should_stop(self) -> bool:
-        """True once the experiment was cancelled (asked at most every ``CANCEL_CHECK_S``)."""
+        """True once a report said stop, or the experiment was cancelled."""
+        if self.verdict is Verdict.CONTINUE and self._cancelled():
+            self.verdict = Verdict.CANCELLED
+        return self.verdict is not Verdict.CONTINUE
+
+    def _cancelled(self) -> bool:
+        """Whether the experiment was cancelled (asked at most every ``CANCEL_CHECK_S``)."""
         now = time.monotonic()
-        if not self._stop and now - self._stop_checked > CANCEL_CHECK_S and self.exp_key:
+        if now - self._stop_checked > CANCEL_CHECK_S and self.exp_key:
             self._stop_checked = now
-            self._stop = self.store.cancel_requested(self.exp_key)
-        return self._stop
+            return self.store.cancel_requested(self.exp_key)
+        return False
 
     def attach(self, name: str, data: bytes) -> None:
         if not self.store.attach(self.lease, name, data):
@@ -166,6 +201,7 @@ def evaluate(resolver: Resolver, store: TrialStore, lease: Lease, extra: dict[st
     ``Outcome.error``, a lost lease ``Outcome.lost``; :class:`Interrupted` propagates."""
     started = time.perf_counter()
     params = None
+    pruned: Decision | None = None
     try:
         resolved = resolver.resolve(lease.doc)
         spec = base.spec_from_misc(lease.doc["misc"])
@@ -174,9 +210,14 @@ def evaluate(resolver: Resolver, store: TrialStore, lease: Lease, extra: dict[st
             ctrl = base.Ctrl(None, current_trial=lease.doc)
             result = resolved.domain.evaluate(spec, ctrl)
         else:
-            ctx = TrialContextImpl(store, lease, resolved.settings, extra)
+            ctx = TrialContextImpl(store, lease, resolved.settings, extra, resolved.pruner)
             result = resolved.space.objective(params, ctx)  # type: ignore[union-attr]
+            if ctx.verdict is Verdict.LEASE_LOST:
+                raise TrialLost(f"trial {lease.tid}: lease lost; result dropped")
+            pruned = ctx.pruned
         result = check_result(result)
+        if pruned is not None and resolved.pruner is not None and result["status"] == STATUS_OK:
+            result["pruned"] = pruned.pruned_record(resolved.pruner.config.metric)
     except TrialLost:
         return Outcome({}, params, time.perf_counter() - started, lost=True)
     except Interrupted:

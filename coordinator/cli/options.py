@@ -160,7 +160,88 @@ def search_options() -> Decorator:
             default=None,
             help="progress bar [default: on when stderr is a terminal]",
         ),
+        pruning_options(),
     )
+
+
+#: the ``--prune-*`` options' destinations, as ``pruning_kwargs`` hands them on
+PRUNE_OPTIONS = {
+    "prune_metric": "metric",
+    "prune_direction": "direction",
+    "prune_warmup": "warmup_epochs",
+    "prune_startup": "startup_trials",
+    "prune_reduction": "reduction_factor",
+    "prune_min_epochs": "min_epochs",
+    "prune_max_epochs": "max_epochs",
+}
+
+
+def pruning_options() -> Decorator:
+    """``--prune RULE`` and its parameters: early stopping of hopeless trials (docs/pruning.md).
+    Unset parameters take their defaults from the rule and the space (``resolve_pruning``)."""
+    count = click.IntRange(min=0)
+    return _stack(
+        click.option(
+            "--prune",
+            type=click.Choice(defaults.PRUNE_RULES),
+            default=defaults.PRUNE_RULE,
+            show_default=True,
+            help="stop hopeless trials early: median, asha or hyperband (see docs/pruning.md)",
+        ),
+        click.option(
+            "--prune-metric",
+            default=None,
+            metavar="NAME",
+            help="per-epoch metric the rule compares [default: the one the loss comes from, "
+            "e.g. val_loss]",
+        ),
+        click.option(
+            "--prune-direction",
+            type=click.Choice(("min", "max")),
+            default=None,
+            help="whether smaller or larger --prune-metric is better [default: from the metric]",
+        ),
+        click.option(
+            "--prune-warmup",
+            type=count,
+            default=None,
+            help=f"median: epochs never stopped [default: {defaults.PRUNE_WARMUP_EPOCHS}]",
+        ),
+        click.option(
+            "--prune-startup",
+            type=count,
+            default=None,
+            help="median: finished trials to wait for before stopping any "
+            f"[default: {defaults.PRUNE_STARTUP_TRIALS}]",
+        ),
+        click.option(
+            "--prune-reduction",
+            type=click.IntRange(min=2),
+            default=None,
+            help="asha/hyperband: keep the best 1/N at each rung "
+            f"[default: {defaults.PRUNE_REDUCTION_FACTOR}]",
+        ),
+        click.option(
+            "--prune-min-epochs",
+            type=click.IntRange(min=1),
+            default=None,
+            help=f"asha/hyperband: epochs before the first rung [default: "
+            f"{defaults.PRUNE_MIN_EPOCHS}]",
+        ),
+        click.option(
+            "--prune-max-epochs",
+            type=click.IntRange(min=1),
+            default=None,
+            help="hyperband: the largest budget [default: the space's epochs setting]",
+        ),
+    )
+
+
+def pruning_kwargs(opts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Take ``--prune`` and its ``--prune-*`` options out of a command's ``opts``: the rule and
+    the keyword arguments of ``coordinator.pruning.resolve_pruning``."""
+    rule = opts.pop("prune", defaults.PRUNE_RULE)
+    return rule, {name: opts.pop(dest, None) for dest, name in PRUNE_OPTIONS.items()}
 
 
 # -- where and how trials run --------------------------------------------------------------------

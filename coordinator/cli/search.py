@@ -20,6 +20,7 @@ from coordinator.cli.options import (
     gpus_options,
     isolate_option,
     mongo_options,
+    pruning_kwargs,
     save_models_option,
     search_options,
     space_options,
@@ -45,15 +46,19 @@ def _search_config(
 ) -> SearchConfig:
     """The search that ``search_options`` and ``space_options`` describe; the exp key is
     ``exp_key`` or ``default_key(space name)``."""
+    from coordinator.pruning import resolve_pruning
     from coordinator.search import SearchConfig
     from search_spaces import get_space, load_spaces, parse_set_options
 
     for path in spaces:
         load_spaces(path)
     space = get_space(space_name)
+    settings = space.resolve_settings(parse_set_options(set_pairs))
+    rule, prune_opts = pruning_kwargs(opts)
     return SearchConfig(
         space=space,
-        settings=space.resolve_settings(parse_set_options(set_pairs)),
+        settings=settings,
+        pruning=resolve_pruning(rule, settings, **prune_opts),
         exp_key=exp_key or default_key(space.name),
         spaces_source=",".join(spaces) or None,
         progress=sys.stderr.isatty() if progress is None else progress,

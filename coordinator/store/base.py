@@ -322,3 +322,25 @@ class TrialStoreBase(abc.ABC):
     @abc.abstractmethod
     def get_domain_blob(self, exp_key: str | None) -> bytes | None:
         """hyperopt's pickled ``FMinIter_Domain`` for ``exp_key`` (for trusted workers only)."""
+
+    # -- early stopping: rung records (coordinator.pruning; one per exp, bracket, rung, trial) --
+
+    @abc.abstractmethod
+    def record_rung(self, record: Doc) -> Doc:
+        """Insert one rung record (``_id``: its key) atomically and return it; if the key exists,
+        write nothing and return the stored record (its decision stands)."""
+
+    @abc.abstractmethod
+    def rung_values(self, exp_key: str, bracket: int, rung: int) -> dict[int, float]:
+        """``{tid: value}`` of the rung records at one rung (records without a value left out)."""
+
+    @abc.abstractmethod
+    def rung_records(self, exp_key: str) -> list[Doc]:
+        """Every rung record of ``exp_key``, by bracket, rung, tid."""
+
+    @abc.abstractmethod
+    def finished_curves(
+        self, exp_key: str, metric: str, *, known: Iterable[int] = ()
+    ) -> dict[int, dict[int, float] | None]:
+        """Finished trials not in ``known``: ``{tid: {epoch: metric}}`` for DONE, ok, unpruned
+        ones, ``{tid: None}`` for the rest (finished trials never change: cache them)."""

@@ -79,6 +79,7 @@ class Attachments:
         """
         query = {"exp_key": exp_key, "state": int(TrialState.DONE), "result.status": "ok"}
         fields = {"state": 1, "tid": 1, "result.status": 1, "result.loss": 1, "_attachments": 1}
+        fields["result.pruned"] = 1  # rules.best_trial never picks a pruned trial
         rows = self.jobs.find(query, projection=fields)
         if with_attachment is not None:
             rows = (row for row in rows if with_attachment in _names(row))

@@ -33,6 +33,7 @@ from coordinator.store.leases import LeaseWrites
 from coordinator.store.reads import TrialReads
 from coordinator.store.reaping import Reaping
 from coordinator.store.registry import WorkerRegistry
+from coordinator.store.rungs import RungRecords
 
 
 class TrialStore(
@@ -43,6 +44,7 @@ class TrialStore(
     Experiments,
     WorkerRegistry,
     Attachments,
+    RungRecords,
     MongoJobs,
     TrialStoreBase,
 ):

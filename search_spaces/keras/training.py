@@ -5,8 +5,9 @@ process once and stays loaded with the data (:mod:`search_spaces.keras.data`) ac
 
 Everything the runner needs from the worker goes through the ``ctx`` it is given
 (:class:`search_spaces.base.TrialContext`). :class:`EpochReporter` is a thin adapter: it forwards
-each epoch's metrics to ``ctx.report_epoch`` (which fails with ``TrialLost`` if the lease is gone)
-and stops training when ``ctx.should_stop()`` says so; whether to stop is the context's decision.
+each epoch's metrics to ``ctx.report_epoch`` and stops training when the verdict it answers (or
+``ctx.should_stop()``) says so; whether to stop — a pruning rule, a cancel, a lost lease — is the
+context's decision. A pruned trial's model is never saved.
 Divergence is Keras's own ``TerminateOnNaN``; the result then says STATUS_FAIL with the reason.
 """
 
@@ -26,6 +27,7 @@ import keras
 from hyperopt import STATUS_FAIL, STATUS_OK
 
 from coordinator.defaults import MODEL_ATTACHMENT, SAVE_MODE
+from coordinator.states import Verdict
 from search_spaces.base import TrialContext
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ class EpochReporter(keras.callbacks.Callback):
         super().__init__()
         self.ctx = ctx
         self.stopped = False
+        self.verdict = Verdict.CONTINUE  #: the last verdict ``ctx.report_epoch`` answered
         self._started = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
@@ -72,8 +75,8 @@ class EpochReporter(keras.callbacks.Callback):
         metrics: dict[str, Any] = {"epoch": epoch + 1}
         metrics.update({k: float(v) for k, v in (logs or {}).items()})
         metrics["seconds"] = round(time.perf_counter() - self._started, 4)
-        self.ctx.report_epoch(metrics)
-        if self.ctx.should_stop():
+        self.verdict = self.ctx.report_epoch(metrics)
+        if self.verdict is not Verdict.CONTINUE or self.ctx.should_stop():
             self.stopped = True
             self.model.stop_training = True
 
@@ -195,6 +198,6 @@ def run_trial(
         status=STATUS_OK,
         val_loss=val_loss,
         val_accuracy=val_accuracy,
-        model_saved=_save_model(model, ctx, loss),
+        model_saved=reporter.verdict is not Verdict.PRUNE and _save_model(model, ctx, loss),
     )
     return result

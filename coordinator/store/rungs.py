@@ -1,0 +1,88 @@
+"""Rung records: the early-stopping decisions, one document per experiment, bracket, rung and
+trial (collection ``rungs``), and the reads the rules need (:class:`coordinator.pruning.RungLog`).
+
+A record's ``_id`` is its key (``"<exp_key>|<bracket>|<rung>|<tid>"``), so recording is one
+atomic insert: of two writers of one key (a retried write, or a second attempt of the trial
+after its worker was lost), the first one's decision stands and the second reads it back.
+Every record holds what its decision was computed from (value, competitors ``seen``,
+threshold), so a decision can be checked again from the stored data alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import pymongo.errors
+from pymongo.collection import Collection as MongoCollection
+from pymongo.database import Database
+
+from coordinator.states import TrialState
+from coordinator.store.connection import retrying
+from coordinator.store.encoding import to_bson, utcnow
+
+
+class RungRecords:
+    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
+
+    db: Database
+    jobs: MongoCollection
+
+    @property
+    def rungs(self) -> MongoCollection:
+        return self.db["rungs"]
+
+    @retrying
+    def record_rung(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Insert ``record`` (``_id``: its key) and return it; if its key exists already,
+        return the stored record instead (its decision stands)."""
+        doc = {**to_bson(record), "at": utcnow()}
+        try:
+            self.rungs.insert_one(doc)
+            return doc
+        except pymongo.errors.DuplicateKeyError:
+            stored = self.rungs.find_one({"_id": doc["_id"]})
+            return stored if stored is not None else doc
+
+    @retrying
+    def rung_values(self, exp_key: str, bracket: int, rung: int) -> dict[int, float]:
+        """``{tid: value}`` of the records at one rung of one bracket (a record without a value,
+        e.g. a NaN, is left out: it competes with nobody)."""
+        query = {"exp_key": exp_key, "bracket": bracket, "rung": rung, "value": {"$ne": None}}
+        return {
+            r["tid"]: float(r["value"])
+            for r in self.rungs.find(query, projection={"tid": 1, "value": 1})
+        }
+
+    @retrying
+    def rung_records(self, exp_key: str) -> list[dict[str, Any]]:
+        """Every rung record of ``exp_key``, by bracket, rung, then tid."""
+        rows = list(self.rungs.find({"exp_key": exp_key}))
+        return sorted(rows, key=lambda r: (r.get("bracket", 0), r.get("rung", 0), r.get("tid")))
+
+    @retrying
+    def finished_curves(
+        self, exp_key: str, metric: str, *, known: Collection[int] = ()
+    ) -> dict[int, dict[int, float] | None]:
+        """The finished trials of ``exp_key`` whose tid is not in ``known``: ``{tid: {epoch:
+        value}}`` for those a rule compares against (DONE, ``result.status`` ok, not pruned),
+        ``{tid: None}`` for the others. Finished trials never change: callers cache them."""
+        finished = [int(s) for s in (TrialState.DONE, TrialState.ERROR, TrialState.CANCEL)]
+        query: dict[str, Any] = {"exp_key": exp_key, "state": {"$in": finished}}
+        if known:
+            query["tid"] = {"$nin": list(known)}
+        projection = {"tid": 1, "state": 1, "result.status": 1, "result.pruned": 1, "epochs": 1}
+        curves: dict[int, dict[int, float] | None] = {}
+        for doc in self.jobs.find(query, projection=projection):
+            result = doc.get("result") or {}
+            ok = doc.get("state") == TrialState.DONE and result.get("status") == "ok"
+            if not ok or result.get("pruned"):
+                curves[doc["tid"]] = None
+                continue
+            curve: dict[int, float] = {}
+            for i, epoch in enumerate(doc.get("epochs") or [], start=1):
+                value = epoch.get(metric)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    curve[int(epoch.get("epoch", i))] = float(value)
+            curves[doc["tid"]] = curve
+        return curves
