@@ -12,7 +12,8 @@ hyperopt's TPE (0.3.0) was written for one evaluation at a time. On a fleet of w
 :func:`suggest` keeps hyperopt's model and sampler and only changes what it is shown:
 
 1. **Start-up on results.** Random search (``hyperopt.rand.suggest``, as stock TPE) until
-   ``n_startup_jobs`` trials have a result; queued and running trials do not count.
+   ``n_startup_jobs`` trials have a result; queued and running trials do not count, and trials
+   cancelled before they ran are not shown at all.
 2. **Pending trials on purpose** (a *constant liar*): each pending trial is shown with the loss
    the ``liar`` rule gives it, computed from the finite losses of finished trials:
    ``worst`` = their maximum, ``mean`` = their mean, ``best`` = their minimum, ``none`` = pending
@@ -51,6 +52,11 @@ PENDING_STATES = frozenset({base.JOB_STATE_NEW, base.JOB_STATE_RUNNING})
 def is_pending(doc: Mapping[str, Any]) -> bool:
     """A trial without a result yet: queued (NEW) or being evaluated (RUNNING)."""
     return doc.get("state") in PENDING_STATES
+
+
+def has_result(doc: Mapping[str, Any]) -> bool:
+    """A trial that ran: neither pending nor cancelled before it ran (DONE, ERROR)."""
+    return doc.get("state") not in PENDING_STATES and doc.get("state") != base.JOB_STATE_CANCEL
 
 
 def _group_tid(doc: Mapping[str, Any]) -> int:
@@ -131,7 +137,7 @@ def suggest(
     """
     if liar not in LIARS:
         raise ValueError(f"unknown liar {liar!r}: choose one of {', '.join(LIARS)}")
-    finished = [doc for doc in trials.trials if not is_pending(doc)]
+    finished = [doc for doc in trials.trials if has_result(doc)]
     n_results = len({_group_tid(doc) for doc in finished})
     if n_results < n_startup_jobs:
         return rand.suggest(list(new_ids), domain, trials, seed)

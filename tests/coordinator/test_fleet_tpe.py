@@ -107,6 +107,30 @@ def test_startup_counts_results_not_queued_trials(tpe_calls: list[dict[str, Any]
     assert tpe_calls == []
 
 
+def test_cancelled_trials_are_neither_results_nor_pending(
+    tpe_calls: list[dict[str, Any]],
+) -> None:
+    domain, trials = make_trials(n_done=fleet_tpe.N_STARTUP_JOBS, n_pending=3)
+    cancelled = trials._dynamic_trials[:3]
+    for doc in cancelled:
+        doc["state"] = base.JOB_STATE_CANCEL
+    trials.refresh()
+    fleet_tpe.suggest(trials.new_trial_ids(1), domain, trials, seed=3)
+    assert tpe_calls == []  # 17 results: still random start-up
+
+    more = rand.suggest(trials.new_trial_ids(3), domain, trials, 4)
+    for doc in more:
+        doc["state"] = base.JOB_STATE_DONE
+        doc["result"] = {"status": STATUS_OK, "loss": 1.0}
+    trials.insert_trial_docs(more)
+    trials.refresh()
+    fleet_tpe.suggest(trials.new_trial_ids(1), domain, trials, seed=3)
+    (call,) = tpe_calls
+    shown = {d["tid"] for d in call["docs"]}
+    assert not shown & {d["tid"] for d in cancelled}
+    assert len(shown) == 23  # 17 + 3 results, 3 pending
+
+
 def test_enough_results_use_the_model(tpe_calls: list[dict[str, Any]]) -> None:
     domain, trials = make_trials(n_done=fleet_tpe.N_STARTUP_JOBS, n_pending=40)
     ids = trials.new_trial_ids(2)
