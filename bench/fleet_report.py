@@ -111,6 +111,45 @@ def markdown(runs: Iterable[Mapping[str, Any]], at: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
+def targets(runs: Iterable[Mapping[str, Any]], algo: str, at: int = 300) -> str:
+    """The issue's targets for ``algo``: at W = 1 the same searches as hyperopt's TPE; at W = 32
+    and 128 median regret after ``at`` results <= 1.1x sequential TPE's and below hyperopt's TPE
+    at the same W; near-duplicates < 1 %."""
+    by_group = groups(list(runs))
+    lines = [
+        f"| objective | W | seeds | median regret@{at} {algo} | sequential TPE | hyperopt TPE "
+        "same W | ÷ sequential (≤ 1.1) | ÷ hyperopt TPE (< 1) | near-dup (< 1 %) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for objective in sorted({g[0] for g in by_group}):
+        seq = by_group.get((objective, *SEQUENTIAL, 0), [])
+        same = by_group.get((objective, algo, 1, 0), [])
+        stock_by_seed = {r["seed"]: r["losses"] for r in seq}
+        equal = sum(r["losses"] == stock_by_seed.get(r["seed"]) for r in same)
+        if same:
+            lines.append(
+                f"| {objective} | 1 | {len(same)} | identical searches to hyperopt's TPE: "
+                f"{equal}/{len(same)} seeds | | | | | |"
+            )
+        for w in (32, 128):
+            mine = by_group.get((objective, algo, w, 0), [])
+            stock = by_group.get((objective, STOCK, w, 0), [])
+            if not mine:
+                continue
+            m, q, h = _med(mine, at), _med(seq, at), _med(stock, at)
+            dup = sum(r["near_duplicates"] for r in mine) / max(
+                1, sum(r["suggestions"] for r in mine)
+            )
+            r_seq, r_stock = m / q if q > 0 else np.nan, m / h if h > 0 else np.nan
+            lines.append(
+                f"| {objective} | {w} | {len(mine)} | {_fmt(m)} | {_fmt(q)} | {_fmt(h)} | "
+                f"{r_seq:.2f} {'met' if r_seq <= 1.1 else 'missed'} | "
+                f"{r_stock:.2f} {'met' if r_stock < 1 else 'missed'} | "
+                f"{100 * dup:.2f} % {'met' if dup < 0.01 else 'missed'} |"
+            )
+    return "\n".join(lines)
+
+
 def plot(runs: Iterable[Mapping[str, Any]], path: Path, liar: str = "worst") -> None:
     """Median regret against the number of results, one panel per objective: sequential TPE,
     hyperopt's TPE and the fleet-aware TPE (``liar``) at the largest two W, random search."""

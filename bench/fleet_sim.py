@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     import fleet_report
 
     runs = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+    print(fleet_report.targets(runs, f"tpe-{fleet_tpe.DEFAULT_LIAR}", max(args.at)))
+    print()
     print(fleet_report.markdown(runs, args.at))
     if args.plot:
         fleet_report.plot(runs, args.plot)
