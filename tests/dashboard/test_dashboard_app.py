@@ -1,0 +1,294 @@
+"""The dashboard's app against the real embedded server, in-process (Starlette's TestClient):
+pages, the incremental poll, escaping, actions and their guards, database trouble, the CLI."""
+
+from __future__ import annotations
+
+import configparser
+import datetime as dt
+import json
+import re
+import socket
+import warnings
+from pathlib import Path
+
+from coordinator import defaults
+from coordinator.dashboard import cache as cache_mod
+from coordinator.dashboard.app import create_app
+from coordinator.server import EmbeddedServer
+from coordinator.states import AttemptOutcome, TrialState
+from coordinator.store import TrialStore, connect
+from tests.conftest import ROOT, stop_all
+from tests.dashboard.conftest import EXP, make_experiment, start_dashboard, trial_doc
+
+with warnings.catch_warnings():
+    # Starlette 1.x suggests httpx2 for its TestClient; httpx still works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient  # noqa: E402
+
+SCRIPT = "<script>window.__pwned=1</script>"
+
+
+def client(store: TrialStore, **options) -> TestClient:
+    app = create_app(store, safe_uri="mongodb://127.0.0.1/", min_interval_s=0.0, **options)
+    return TestClient(app, raise_server_exceptions=False, follow_redirects=False)
+
+
+def token_of(html: str) -> str:
+    match = re.search(r'name="token" value="([^"]+)"', html)
+    assert match, "no action form on the page"
+    return match.group(1)
+
+
+def mixed(n: int = 6) -> list[dict]:
+    states = [TrialState.DONE, TrialState.DONE, TrialState.ERROR, TrialState.RUNNING]
+    docs = [trial_doc(tid, states[tid % len(states)]) for tid in range(n)]
+    docs[3]["owner"] = "host-a:1:w"
+    return docs + [trial_doc(n, TrialState.NEW)]
+
+
+def test_every_page_renders(dash_store: TrialStore) -> None:
+    make_experiment(dash_store, mixed())
+    c = client(dash_store)
+    home = c.get("/")
+    assert home.status_code == 200 and EXP in home.text
+    assert "best loss" in home.text and "0" in home.text
+    exp = c.get("/exp", params={"key": EXP})
+    assert exp.status_code == 200 and 'id="boot"' in exp.text
+    assert exp.headers["content-security-policy"].startswith("default-src 'self'")
+    trial = c.get("/trial", params={"key": EXP, "tid": 2})
+    assert trial.status_code == 200 and "bad x" in trial.text and "Traceback" in trial.text
+    assert c.get("/workers").status_code == 200
+    assert c.get("/exp", params={"key": "nope"}).status_code == 404
+    assert c.get("/trial", params={"key": EXP, "tid": "x"}).status_code == 404
+    # read-only: no action forms
+    assert 'action="/actions/' not in exp.text + trial.text
+
+
+def test_poll_sends_only_what_changed(dash_store: TrialStore) -> None:
+    make_experiment(dash_store, [trial_doc(t, TrialState.NEW) for t in range(5)])
+    c = client(dash_store)
+    first = c.get("/api/trials", params={"key": EXP, "since": 0}).json()
+    assert first["full"] and len(first["trials"]) == 5
+    assert first["summary"]["counts"]["new"] == 5
+    same = c.get("/api/trials", params={"key": EXP, "since": first["seq"], "cache": first["cache"]})
+    assert same.json()["trials"] == [] and not same.json()["full"]
+    assert "app;dur=" in same.headers["server-timing"]
+
+    lease = dash_store.reserve_trial("w1", exp_key=EXP)
+    assert lease is not None
+    dash_store.record_epoch(lease, {"epoch": 1, "loss": 0.5})
+    dash_store.finish(lease, {"status": "ok", "loss": 0.25}, {})
+    after = c.get(
+        "/api/trials", params={"key": EXP, "since": first["seq"], "cache": first["cache"]}
+    ).json()
+    assert [t["tid"] for t in after["trials"]] == [lease.tid]
+    changed = after["trials"][0]
+    assert changed["state"] == "done" and changed["ok"] == 0.25
+    assert changed["curve"] == {"epoch": [1.0], "loss": [0.5]}
+    assert after["summary"]["best_tid"] == lease.tid and after["summary"]["finished"] == 1
+    # a page from before a restart (another cache token) gets everything again
+    stale = c.get("/api/trials", params={"key": EXP, "since": after["seq"], "cache": "old"}).json()
+    assert stale["full"] and len(stale["trials"]) == 5
+
+
+def test_cache_overlap_rereads_are_not_changes(dash_store: TrialStore) -> None:
+    make_experiment(dash_store, [trial_doc(t, TrialState.NEW) for t in range(3)])
+    cache = cache_mod.TrialCache(dash_store, EXP, min_interval_s=0.0, overlap_s=60.0)
+    cache.refresh()
+    assert cache.seq == 3
+    cache.refresh()  # the 60 s overlap reads all three again: same _id and mtime, no change
+    assert cache.last_changes == 3 and cache.seq == 3
+    lease = dash_store.reserve_trial("w1", exp_key=EXP)
+    assert lease is not None
+    cache.refresh()
+    assert cache.seq == 4 and [e.tid for e in cache.changed_since(3)] == [lease.tid]
+
+
+def test_decimate_keeps_ends_and_bounds() -> None:
+    assert cache_mod.decimate(5) == [0, 1, 2, 3, 4]
+    kept = cache_mod.decimate(5000)
+    assert len(kept) <= cache_mod.MAX_CURVE_POINTS and kept[0] == 0 and kept[-1] == 4999
+    long = cache_mod.curve([{"epoch": i + 1, "loss": 1.0, "note": "x"} for i in range(1000)])
+    assert long is not None and set(long) == {"epoch", "loss"}
+    assert len(long["epoch"]) <= cache_mod.MAX_CURVE_POINTS and long["epoch"][-1] == 1000
+
+
+def test_strings_from_the_database_are_escaped(dash_store: TrialStore) -> None:
+    key = "</script><script>window.__pwned=3</script>"
+    evil = trial_doc(
+        0,
+        TrialState.ERROR,
+        exp_key=key,
+        params={"x": 0.5, "name": SCRIPT},
+        error={"type": SCRIPT, "message": SCRIPT, "traceback": f"</pre>{SCRIPT}"},
+    )
+    make_experiment(dash_store, [evil], exp_key=key, space=SCRIPT, algo=SCRIPT)
+    c = client(dash_store)
+    pages = [
+        c.get("/"),
+        c.get("/exp", params={"key": key}),
+        c.get("/trial", params={"key": key, "tid": 0}),
+        c.get("/workers"),
+    ]
+    for page in pages:
+        assert page.status_code == 200
+        assert "<script>window.__pwned" not in page.text
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in pages[2].text
+    boot = re.search(r'<script type="application/json" id="boot">(.*?)</script>', pages[1].text)
+    assert boot and json.loads(boot.group(1))["key"] == key  # escaped inside, same value
+    # the poll is JSON (the page puts it on screen with textContent)
+    api = c.get("/api/trials", params={"key": key, "since": 0})
+    assert api.headers["content-type"].startswith("application/json")
+    assert api.json()["trials"][0]["row"]["params.name"] == SCRIPT
+
+
+def test_actions_are_refused_when_read_only(dash_store: TrialStore) -> None:
+    make_experiment(dash_store, [trial_doc(0, TrialState.NEW)])
+    c = client(dash_store)
+    r = c.post("/actions/cancel", data={"key": EXP, "token": "guess"})
+    assert r.status_code == 403 and "--allow-actions" in r.text
+    assert not dash_store.cancel_requested(EXP)
+
+
+def test_cancel_needs_the_token_and_the_same_origin(dash_store: TrialStore) -> None:
+    make_experiment(dash_store, [trial_doc(0, TrialState.NEW), trial_doc(1, TrialState.NEW)])
+    c = client(dash_store, allow_actions=True)
+    page = c.get("/exp", params={"key": EXP})
+    token = token_of(page.text)
+    assert c.post("/actions/cancel", data={"key": EXP, "token": "wrong"}).status_code == 403
+    foreign = c.post(
+        "/actions/cancel",
+        data={"key": EXP, "token": token},
+        headers={"Origin": "http://evil.example"},
+    )
+    assert foreign.status_code == 403 and not dash_store.cancel_requested(EXP)
+    ok = c.post(
+        "/actions/cancel",
+        data={"key": EXP, "token": token},
+        headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+    )
+    assert ok.status_code == 303 and ok.headers["location"].endswith("done=cancelled")
+    assert dash_store.cancel_requested(EXP)
+    assert dash_store.count(EXP, [TrialState.CANCEL]) == 2
+    assert "Cancel requested" in c.get(ok.headers["location"]).text
+
+
+def test_requeue_only_a_running_trial(dash_store: TrialStore) -> None:
+    make_experiment(dash_store, [trial_doc(0, TrialState.NEW), trial_doc(1, TrialState.DONE)])
+    lease = dash_store.reserve_trial("w1", exp_key=EXP)
+    assert lease is not None and lease.tid == 0
+    c = client(dash_store, allow_actions=True)
+    token = token_of(c.get("/trial", params={"key": EXP, "tid": 0}).text)
+    done = c.post("/actions/requeue", data={"key": EXP, "tid": "1", "token": token})
+    assert done.status_code == 404 and "only a running trial" in done.text
+    r = c.post("/actions/requeue", data={"key": EXP, "tid": "0", "token": token})
+    assert r.status_code == 303
+    doc = dash_store.get_trial(EXP, 0)
+    assert doc is not None and doc["state"] == TrialState.NEW and doc["owner"] is None
+    assert doc["attempt_history"][-1]["outcome"] == AttemptOutcome.REQUEUED.value
+    assert not dash_store.heartbeat(lease, 5.0)  # the worker has lost it
+
+
+def test_model_download(dash_store: TrialStore) -> None:
+    make_experiment(dash_store, [trial_doc(0, TrialState.NEW), trial_doc(1, TrialState.NEW)])
+    lease = dash_store.reserve_trial("w1", exp_key=EXP)
+    assert lease is not None
+    assert dash_store.attach(lease, defaults.MODEL_ATTACHMENT, b"keras-bytes")
+    dash_store.finish(lease, {"status": "ok", "loss": 1.0}, {})
+    c = client(dash_store)
+    assert "download the saved model" in c.get("/trial", params={"key": EXP, "tid": 0}).text
+    r = c.get("/model", params={"key": EXP, "tid": 0})
+    assert r.status_code == 200 and r.content == b"keras-bytes"
+    assert "attachment" in r.headers["content-disposition"]
+    assert c.get("/model", params={"key": EXP, "tid": 1}).status_code == 404
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_database_down_is_a_503_page_without_the_password() -> None:
+    uri = f"mongodb://alice:s3cret-pw@127.0.0.1:{_closed_port()}/"
+    store = connect(uri, "nothing", timeout_s=0.5, outage_s=0.0, check=False)
+    app = create_app(store, safe_uri=store.safe_uri)
+    c = TestClient(app, raise_server_exceptions=False)
+    for path in ("/", "/exp?key=a", "/workers", "/trial?key=a&tid=1"):
+        r = c.get(path)
+        assert r.status_code == 503, path
+        assert "database is unavailable" in r.text and "Traceback" not in r.text
+        assert "s3cret-pw" not in r.text and "alice:***@" in r.text
+    api = c.get("/api/trials", params={"key": "a"})
+    assert api.status_code == 503 and "s3cret-pw" not in api.text and api.json()["error"]
+    store.close()
+
+
+def test_static_files_are_package_data() -> None:
+    """Every template and static file is listed in setup.cfg's package_data (else a wheel
+    would ship a dashboard without its pages or its chart library)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    globs = cfg["options.package_data"]["coordinator.dashboard"].split()
+    base = ROOT / "coordinator" / "dashboard"
+    covered = {p for g in globs for p in base.glob(g)}
+    files = {p for d in ("templates", "static") for p in (base / d).rglob("*") if p.is_file()}
+    assert files and files <= covered, sorted(str(p) for p in files - covered)
+    assert (base / "static/vendor/uplot/LICENSE").read_text().startswith("The MIT License")
+
+
+def test_cli_prints_url_serves_and_warns_beyond_loopback(
+    server: EmbeddedServer, db_name: str, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    store = connect(server.uri, db_name)
+    make_experiment(store, [trial_doc(0, TrialState.DONE)])
+    log = tmp_path / "dashboard.log"
+    proc, url = start_dashboard(server.uri, db_name, "--host", "0.0.0.0", log=log)
+    try:
+        assert url.startswith("http://0.0.0.0:")
+        local = url.replace("0.0.0.0", "127.0.0.1")
+        with urllib.request.urlopen(local + f"exp?key={EXP}", timeout=10) as r:
+            assert r.status == 200 and EXP in r.read().decode()
+    finally:
+        stop_all([proc])
+        store.drop_database()
+        store.close()
+    assert "beyond this machine" in log.read_text()
+
+
+def test_cli_redacts_the_password(server: EmbeddedServer, tmp_path: Path) -> None:
+    uri = server.uri.replace("mongodb://", "mongodb://bob:hunter2-pw@")
+    log = tmp_path / "dashboard.log"
+    proc, url = start_dashboard(uri, "nothing", log=log)
+    try:
+        import urllib.error
+        import urllib.request
+
+        try:
+            body = urllib.request.urlopen(url, timeout=15).read().decode()
+        except urllib.error.HTTPError as e:  # credentials refused: the 503 page
+            body = e.read().decode()
+    finally:
+        stop_all([proc])
+    assert "hunter2-pw" not in body and "bob:***@" in body
+    assert "hunter2-pw" not in log.read_text()
+
+
+def test_summary_uses_the_rules_best_trial(dash_store: TrialStore) -> None:
+    """Ties on loss go to the lowest tid (coordinator.rules.best_trial), NaN never wins."""
+    docs = [trial_doc(t, TrialState.DONE) for t in range(3)]
+    docs[0]["result"] = {"status": "ok", "loss": float("nan")}
+    docs[1]["result"] = {"status": "ok", "loss": 0.5}
+    docs[2]["result"] = {"status": "ok", "loss": 0.5}
+    make_experiment(dash_store, docs)
+    body = client(dash_store).get("/api/trials", params={"key": EXP, "since": 0}).json()
+    assert body["summary"]["best_tid"] == 1 and body["summary"]["best_loss"] == 0.5
+    assert {t["tid"]: t["ok"] for t in body["trials"]} == {0: None, 1: 0.5, 2: 0.5}
+
+
+def test_timestamp_is_utc() -> None:
+    naive = dt.datetime(2026, 1, 1, 0, 0, 0)
+    assert cache_mod.timestamp(naive) == 1767225600.0
+    assert cache_mod.timestamp("x") is None
