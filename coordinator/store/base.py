@@ -209,6 +209,12 @@ class TrialStoreBase(abc.ABC):
         after ``since`` (server time), any order; cost O(matches), not O(trials)."""
 
     @abc.abstractmethod
+    def view_trials(self, exp_key: str, since: dt.datetime | None = None) -> list[Doc]:
+        """Lean trial documents of ``exp_key`` for viewers (the dashboard): with ``epochs`` and
+        ``mtime``, without ``spec``, ``misc``, ``result.history``, ``attempt_history`` and
+        ``error.traceback``; all, or those whose ``mtime`` is at or after ``since``; any order."""
+
+    @abc.abstractmethod
     def trials_by_ids(
         self, ids: Iterable[DocId], states: Iterable[TrialState | int] | None = None
     ) -> list[Doc]:

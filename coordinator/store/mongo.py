@@ -34,6 +34,7 @@ from coordinator.store.reads import TrialReads
 from coordinator.store.reaping import Reaping
 from coordinator.store.registry import WorkerRegistry
 from coordinator.store.rungs import RungRecords
+from coordinator.store.views import TrialViews
 
 
 class TrialStore(
@@ -41,6 +42,7 @@ class TrialStore(
     LeaseWrites,
     Reaping,
     TrialReads,
+    TrialViews,
     Experiments,
     WorkerRegistry,
     Attachments,
