@@ -16,7 +16,7 @@ from typing import Any
 from hyperopt import STATUS_FAIL, STATUS_OK, STATUS_STRINGS, base, space_eval
 from hyperopt.utils import coarse_utcnow
 
-from coordinator.errors import ConfigError, Interrupted, SpaceError, TrialLost
+from coordinator.errors import ConfigError, Interrupted, SpaceError, StoreUnavailable, TrialLost
 from coordinator.pruning import AttemptJudge, Decision, Pruner, PruningConfig, make_pruner
 from coordinator.states import Verdict
 from coordinator.store import Lease, TrialStore, to_bson
@@ -34,6 +34,8 @@ class Outcome:
     duration_s: float
     error: dict[str, Any] | None = None
     lost: bool = False
+    #: why the result was dropped (``lost``): the lease went, or MongoDB stayed unreachable
+    lost_reason: str = "lost the lease; another worker owns it now"
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -220,6 +222,9 @@ def evaluate(resolver: Resolver, store: TrialStore, lease: Lease, extra: dict[st
             result["pruned"] = pruned.pruned_record(resolved.pruner.config.metric)
     except TrialLost:
         return Outcome({}, params, time.perf_counter() - started, lost=True)
+    except StoreUnavailable as e:  # not the objective's fault: no ERROR for an outage
+        reason = f"result dropped: {e}"
+        return Outcome({}, params, time.perf_counter() - started, lost=True, lost_reason=reason)
     except Interrupted:
         raise  # the worker hands the trial back (second signal, in-process trials)
     except Exception as e:  # noqa: BLE001 - any objective error is recorded, the worker goes on

@@ -13,6 +13,7 @@ import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ class InProcessRunner:
 
 PR_SET_PDEATHSIG = 1  #: linux/prctl.h
 ORPHAN_CHECK_S = 0.5  #: how often a trial child checks that its worker still lives
+CLOSE_GRACE_S = 1.0  #: how long an idle trial child may take to exit before it is killed
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -122,15 +124,17 @@ def _child_main(config: RunnerConfig, conn: mpc.Connection, parent_pid: int) -> 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     runner = InProcessRunner(config)
-    try:
-        while True:
-            try:
-                lease, extra = conn.recv()
-                conn.send(runner.run(lease, extra, threading.Event()))
-            except (EOFError, BrokenPipeError, ConnectionResetError):
-                return  # the worker closed the pipe or is gone: nobody wants the result
-    finally:
-        runner.close()
+    while True:
+        try:
+            lease, extra = conn.recv()
+            conn.send(runner.run(lease, extra, threading.Event()))
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            break  # the worker closed the pipe or is gone: nobody wants a result
+    # exit now: a clean MongoDB client close can wait seconds for a server that is down, and
+    # this process holds nothing that exiting does not release
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class ChildRunner:
@@ -192,11 +196,13 @@ class ChildRunner:
         self._conn = None
         self._proc = None
 
-    def close(self) -> None:
+    def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
+        """Let the idle child exit (it sees EOF); SIGKILL it after ``grace_s``: closing its
+        MongoDB client can wait seconds for a server that is down, and it holds nothing."""
         if self._conn is not None:
-            self._conn.close()  # the child sees EOF and exits
+            self._conn.close()
         if self._proc is not None:
-            self._proc.join(5)
+            self._proc.join(grace_s)
             if self._proc.is_alive():
                 self._kill()
         self._discard()

@@ -55,7 +55,8 @@ class WorkerConfig:
     trust_pickled: bool = False
     requeue_on_term: bool = False
     spaces: tuple[str, ...] = ()
-    outage_s: float = defaults.OUTAGE_S
+    #: None: $HYPERFLEET_OUTAGE_S or the default, read by each process (the trial child too)
+    outage_s: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -229,7 +230,7 @@ class Worker:
             **outcome.fields,
         }
         if outcome.lost:
-            logger.warning("trial %s: lost the lease; another worker owns it now", lease.tid)
+            logger.warning("trial %s: %s", lease.tid, outcome.lost_reason)
             return
         if outcome.error is not None:
             ok = self.store.fail(lease, outcome.error, fields)

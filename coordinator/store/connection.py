@@ -14,11 +14,14 @@ import logging
 import os
 import re
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pymongo
 import pymongo.errors
+import pymongo.uri_parser
 
 from coordinator import defaults
 from coordinator.errors import AuthError, ConfigError, StoreUnavailable
@@ -27,15 +30,70 @@ logger = logging.getLogger("coordinator.store")
 
 #: MongoDB's error code for failed authentication
 AUTH_FAILED = 18
+#: ... and for an operation the (missing or too weak) credentials may not run
+UNAUTHORIZED = 13
+AUTH_CODES = (AUTH_FAILED, UNAUTHORIZED)
 
 T = TypeVar("T")
 
-_PASSWORD_RE = re.compile(r"(?P<head>mongodb(?:\+srv)?://[^:/@]+:)(?P<pw>[^@]*)(?P<at>@)")
+#: what follows the ``@`` that ends the credentials: a host list, then a path, a query or the end
+_HOSTS_RE = re.compile(r"[A-Za-z0-9.\-_:,\[\]%]+(?=[/?]|$)")
+#: query options whose values are secrets (matched case-insensitively, as pymongo does)
+_SECRET_OPTION_RE = re.compile(
+    r"(?P<key>(?:^|[?&;])(?:[A-Za-z]*password|authMechanismProperties)=)(?P<value>[^&;]*)",
+    re.IGNORECASE,
+)
+REDACTED = "***"
+
+
+def _credentials_end(rest: str) -> int:
+    """Index of the ``@`` that ends the credentials in ``rest`` (the URI after ``://``), or -1.
+
+    The password may hold unescaped ``@``, ``/`` or ``?``, so this takes the last ``@`` followed
+    by a host list, preferring one before the query; a wrong guess hides too much, never too
+    little."""
+    ats = [i for i, c in enumerate(rest) if c == "@" and _HOSTS_RE.match(rest, i + 1)]
+    query = rest.find("?")
+    before_query = [i for i in ats if query < 0 or i < query]
+    return (before_query or ats or [-1])[-1]
 
 
 def redact_uri(uri: str) -> str:
-    """Return ``uri`` with its password replaced by ``***`` (for logs and messages)."""
-    return _PASSWORD_RE.sub(r"\g<head>***\g<at>", uri)
+    """Return ``uri`` fit for logs and messages: the password and every secret option
+    (``*Password``, ``authMechanismProperties``) replaced by ``***``, even in a URI that
+    pymongo itself refuses (an unescaped ``@`` in the password).
+
+    Built on pymongo's own parser: whatever ``pymongo.uri_parser.parse_uri`` reads as the
+    password or a secret option is also removed wherever it still appears."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    at = _credentials_end(rest)
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}{':' + REDACTED if colon else ''}@{rest}"
+    rest = _SECRET_OPTION_RE.sub(lambda m: m["key"] + REDACTED, rest)
+    safe = f"{scheme}://{rest}"
+    for secret in _parsed_secrets(uri):
+        for form in {secret, urllib.parse.quote_plus(secret), urllib.parse.quote(secret)}:
+            if len(form) >= 3:  # never blank out one-letter fragments of the URI
+                safe = safe.replace(form, REDACTED)
+    return safe
+
+
+def _parsed_secrets(uri: str) -> list[str]:
+    """The password and secret option values that pymongo's parser finds in ``uri``."""
+    plain = uri.replace("mongodb+srv://", "mongodb://", 1)  # the same syntax, without DNS lookups
+    try:
+        parsed = pymongo.uri_parser.parse_uri(plain, validate=False, warn=False)
+    except Exception:  # noqa: BLE001 - a URI pymongo refuses: the textual redaction stands
+        return []
+    secrets = [parsed.get("password") or ""]
+    for key, value in (parsed.get("options") or {}).items():
+        if key.lower().endswith("password") or key.lower() == "authmechanismproperties":
+            secrets.append(value if isinstance(value, str) else "")
+    return [s for s in secrets if s]
 
 
 def outage_budget() -> float:
@@ -47,10 +105,38 @@ def outage_budget() -> float:
         raise ConfigError(f"HYPERFLEET_OUTAGE_S={raw!r} is not a number of seconds") from None
 
 
-def auth_error(safe_uri: str, error: Exception) -> AuthError:
+def auth_error(safe_uri: str, error: Exception | None = None) -> AuthError:
+    """The one line for missing, wrong and insufficient credentials alike."""
     return AuthError(
-        f"MongoDB at {safe_uri} refused the credentials; "
-        "check the user, password and authSource in the URI"
+        f"MongoDB at {safe_uri} refused access (missing or wrong credentials, or a user without "
+        "the readWrite role): put the user and password in the URI, e.g. "
+        "mongodb://USER:PASSWORD@HOST:PORT/?authSource=admin (password URL-encoded), preferably "
+        "through $HYPERFLEET_MONGO"
+    )
+
+
+def is_auth_failure(error: Exception) -> bool:
+    """Whether ``error`` means the server refused our credentials. pymongo reports a failed
+    handshake on the first operation as code 18, then as a server-selection timeout that names
+    it; an unauthenticated client's operation fails with code 13."""
+    if isinstance(error, pymongo.errors.OperationFailure):
+        return error.code in AUTH_CODES
+    text = str(error)
+    return "AuthenticationFailed" in text or "'code': 18" in text
+
+
+def is_tls_failure(error: Exception) -> bool:
+    """Whether a connection failure was a TLS handshake that failed (certificate, protocol)."""
+    text = str(error)
+    return any(mark in text for mark in ("SSL", "TLS", "CERTIFICATE_VERIFY_FAILED", "certificate"))
+
+
+def tls_error(safe_uri: str, error: Exception) -> StoreUnavailable:
+    reason = str(error).split(" (configured timeouts")[0].split(", Timeout:")[0]
+    return StoreUnavailable(
+        f"TLS handshake with MongoDB at {safe_uri} failed ({reason[:200]}); check tlsCAFile "
+        "(the CA that signed the server's certificate) and the host name in the certificate, "
+        "or drop tls=true if the server does not use TLS"
     )
 
 
@@ -80,18 +166,51 @@ def open_client(uri: str, timeout_s: float) -> pymongo.MongoClient:
 
 
 def check_reachable(client: pymongo.MongoClient, db: str, safe_uri: str, timeout_s: float) -> None:
-    """``ping`` the server and the database once; failures become the store's errors."""
+    """``ping`` the server and read from the database once (a server with ``--auth`` answers
+    ping without credentials; a read needs them); failures become the store's errors: missing
+    and wrong credentials one :class:`AuthError`, a failed TLS handshake a TLS message."""
     try:
         client.admin.command("ping")
-        client[db].command("ping")
+        client[db]["experiments"].find_one({}, {"_id": 1})
     except pymongo.errors.OperationFailure as e:
-        if e.code == AUTH_FAILED:
+        if is_auth_failure(e):
             raise auth_error(safe_uri, e) from e
         raise StoreUnavailable(f"MongoDB at {safe_uri} answered ping with an error: {e}") from e
     except pymongo.errors.ConnectionFailure as e:
+        if is_auth_failure(e):
+            raise auth_error(safe_uri, e) from e
+        if is_tls_failure(e):
+            raise tls_error(safe_uri, e) from e
         raise StoreUnavailable(
             f"cannot reach MongoDB at {safe_uri} within {timeout_s:.0f} s; is the server "
             "running? (`hyperfleet server` starts an embedded one)"
+        ) from e
+
+
+def check_read_write(client: pymongo.MongoClient, db: str, safe_uri: str) -> None:
+    """Prove that this client may read and write database ``db``: read the ``workers`` registry,
+    write a probe row there (state ``stopped``: no listing of live workers shows it) and delete
+    it. For ``worker --check`` (container healthchecks); raises :class:`AuthError` or
+    :class:`StoreUnavailable` with one line."""
+    probe_id = f"hyperfleet-check-{uuid.uuid4().hex[:12]}"
+    workers = client[db]["workers"]
+    try:
+        workers.find_one({}, {"_id": 1})
+        workers.insert_one({"_id": probe_id, "id": probe_id, "state": "stopped", "probe": True})
+        workers.delete_one({"_id": probe_id})
+    except pymongo.errors.OperationFailure as e:
+        if is_auth_failure(e):
+            raise auth_error(safe_uri, e) from e
+        reason = (e.details or {}).get("errmsg") or str(e)
+        raise StoreUnavailable(
+            f"MongoDB at {safe_uri} refused to write to database {db!r} ({reason[:200]}); "
+            "give the user the readWrite role on it"
+        ) from e
+    except pymongo.errors.ConnectionFailure as e:
+        if is_auth_failure(e):
+            raise auth_error(safe_uri, e) from e
+        raise StoreUnavailable(
+            f"MongoDB at {safe_uri} stopped answering ({type(e).__name__}); is it running?"
         ) from e
 
 
@@ -126,49 +245,83 @@ def create_user(uri: str, name: str, password: str, *, role: str = "root") -> No
         client.close()
 
 
-def retrying(method: Callable[..., T]) -> Callable[..., T]:
-    """Retry ``method`` on connection failures for up to ``self.outage_s`` seconds.
+#: once an outage has used up its budget, each further operation gets one try this long
+LAST_TRY_S = 0.5
 
-    Safe because every store write is idempotent or fenced: a write whose reply was lost and
-    that is sent again either changes nothing or reports the lost fence. Authentication failures
-    become :class:`AuthError` at once; an outage longer than the budget :class:`StoreUnavailable`.
+
+def _attempt_limit(store: Any, since: float | None, now: float) -> float | None:
+    """How long one attempt may take (``pymongo.timeout``), or None for the client's own
+    limits: during an outage, what is left of its budget (at least ``LAST_TRY_S``); outside
+    one, the budget itself where it is shorter than the client's server-selection timeout (so a
+    small budget is not overrun by waiting for a server)."""
+    budget = float(store.outage_s)
+    if since is not None:
+        return max(LAST_TRY_S, budget - (now - since))
+    options = getattr(getattr(store, "client", None), "options", None)
+    selection = getattr(options, "server_selection_timeout", None)
+    if isinstance(selection, (int, float)) and 0 < budget < selection:
+        return max(LAST_TRY_S, budget)
+    return None
+
+
+def retrying(method: Callable[..., T]) -> Callable[..., T]:
+    """Retry ``method`` on connection failures while the store's outage budget lasts.
+
+    One budget per outage: an outage starts with the first failing attempt (when that attempt
+    began) and ends with the first success; it is shared by every operation and thread of the
+    store, so operations after the budget is spent (a worker unregistering on its way out)
+    get one short try each instead of a fresh budget. Safe because every store write is
+    idempotent or fenced: a write whose reply was lost and that is sent again either changes
+    nothing or reports the lost fence. Authentication failures become :class:`AuthError` at
+    once; an outage longer than the budget :class:`StoreUnavailable`, with its real duration.
     """
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
-        started = None
         delay = 0.2
         while True:
+            attempt = time.monotonic()
+            since: float | None = getattr(self, "_outage_since", None)
+            limit = _attempt_limit(self, since, attempt)
             try:
-                result = method(self, *args, **kwargs)
+                if limit is None:
+                    result = method(self, *args, **kwargs)
+                else:
+                    with pymongo.timeout(limit):
+                        result = method(self, *args, **kwargs)
             except pymongo.errors.OperationFailure as e:
-                if e.code == AUTH_FAILED:
+                if is_auth_failure(e):
                     raise auth_error(self.safe_uri, e) from e
                 raise
             except pymongo.errors.ConnectionFailure as e:
+                if is_auth_failure(e):  # a refused handshake is no outage: waiting cannot help
+                    raise auth_error(self.safe_uri, e) from e
                 now = time.monotonic()
-                if started is None:
-                    started = now
+                if since is None:
+                    since = attempt
+                    self._outage_since = attempt
                     logger.warning(
                         "lost contact with MongoDB at %s (%s); retrying for up to %.0f s",
                         self.safe_uri,
                         type(e).__name__,
                         self.outage_s,
                     )
-                if now - started >= self.outage_s:
+                down = now - since
+                if down >= self.outage_s:
                     raise StoreUnavailable(
-                        f"MongoDB at {self.safe_uri} unreachable for {now - started:.0f} s "
+                        f"MongoDB at {self.safe_uri} unreachable for {down:.1f} s "
                         f"(last error: {type(e).__name__}); nothing was lost: start the server "
                         "again and rerun the same command to continue"
                     ) from e
-                time.sleep(min(delay, self.outage_s - (now - started)))
+                time.sleep(max(0.0, min(delay, self.outage_s - down)))
                 delay = min(delay * 2, 5.0)
                 continue
-            if started is not None:
+            if getattr(self, "_outage_since", None) is not None:
+                self._outage_since = None
                 logger.warning(
                     "MongoDB at %s reachable again after %.1f s",
                     self.safe_uri,
-                    time.monotonic() - started,
+                    time.monotonic() - (since if since is not None else attempt),
                 )
             return result
 

@@ -1,0 +1,51 @@
+"""Issue 10, finding 8: one outage budget per outage, measured from the first failure and honoured
+by every process — the worker (no second budget while it unregisters) and its trial child (which
+reads $HYPERFLEET_OUTAGE_S instead of an explicit 60 s)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from coordinator.server import EmbeddedServer
+from coordinator.states import TrialState
+from coordinator.store import connect
+from tests.conftest import TEST_SPACES, cli_env, queue_trials, start_worker, stop_all, wait_for
+
+BUDGET_S = 3.0
+SLACK_S = 4.5  # detection, the child's exit, one short unregister try, interpreter exit
+
+
+def test_worker_and_trial_child_give_up_after_one_budget(tmp_path) -> None:
+    """Finding 8: server killed under a worker mid-trial with HYPERFLEET_OUTAGE_S=3: the worker
+    exits within the budget plus a little (it used to take over a minute: the child retried for
+    60 s, then the worker waited a second budget to unregister) and reports the real duration."""
+    srv = EmbeddedServer(":memory:", sync=False).start()
+    store = connect(srv.uri, "outage")
+    queue_trials(store, 1, space="epochs", settings={"epochs": 200, "sleep": 0.1})
+    log = tmp_path / "w.log"
+    worker = start_worker(
+        srv.uri,
+        "outage",
+        "--spaces",
+        TEST_SPACES,
+        log=log,
+        env=cli_env(HYPERFLEET_OUTAGE_S=str(BUDGET_S)),
+    )
+    try:
+        running = lambda: store.trials("exp", [TrialState.RUNNING])  # noqa: E731
+        wait_for(lambda: (running() or [{}])[0].get("epochs"), 60, what="a trial reporting epochs")
+        killed = time.monotonic()
+        srv.kill()
+        code = worker.wait(60)
+        took = time.monotonic() - killed
+    finally:
+        stop_all([worker])
+        srv.stop()
+    text = log.read_text()
+    assert code == 1, text
+    assert took < BUDGET_S + SLACK_S, f"worker took {took:.1f} s for a {BUDGET_S} s budget\n{text}"
+    durations = [float(d) for d in re.findall(r"unreachable for ([0-9.]+) s", text)]
+    assert durations, text
+    assert all(BUDGET_S - 0.5 <= d <= BUDGET_S + 2.5 for d in durations), durations
+    assert "Traceback" not in text
