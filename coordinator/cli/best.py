@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from coordinator.cli.options import best_model_options, exp_key_option, mongo_options
+from coordinator.cli.options import (
+    best_model_options,
+    exp_key_option,
+    mongo_options,
+    spaces_option,
+)
 from coordinator.defaults import MODEL_ATTACHMENT
 from coordinator.errors import ConfigError, HyperfleetError
 
@@ -17,13 +22,30 @@ if TYPE_CHECKING:
     from coordinator.store import TrialStore
 
 
-def _keras_space(exp: dict[str, Any]) -> Any:
+def _keras_space(exp: dict[str, Any], spaces: tuple[str, ...] = ()) -> Any:
+    """The experiment's space from the registry: built-ins, entry points and the user's own
+    ``--spaces``. Never what the experiment document names (``spaces_source``): importing a
+    file because a database says so would run code chosen by whoever can write to it."""
+    from coordinator.errors import SpaceError
     from search_spaces import get_space, load_spaces
     from search_spaces.keras import KerasSearchSpace
 
-    for path in filter(None, (exp.get("spaces_source") or "").split(",")):
+    for path in spaces:
         load_spaces(path)
-    space = get_space(exp["space"])
+    name = exp.get("space")
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"experiment {exp.get('_id')!r} names no search space; nothing to evaluate"
+        )
+    try:
+        space = get_space(name)
+    except SpaceError:
+        recorded = exp.get("spaces_source")
+        hint = f" (the search recorded --spaces {recorded!r})" if recorded else ""
+        raise SpaceError(
+            f"--evaluate needs search space {name!r}, which is not registered here: pass "
+            f"--spaces PATH, the file or module that defines it{hint}"
+        ) from None
     if not isinstance(space, KerasSearchSpace) or space.data is None:
         raise ConfigError(
             f"space {space.name!r} is not a Keras space with a test set; --evaluate works for "
@@ -32,11 +54,17 @@ def _keras_space(exp: dict[str, Any]) -> Any:
     return space
 
 
-def evaluate_model(store: TrialStore, exp: dict[str, Any], tid: int, data: bytes) -> dict[str, Any]:
+def evaluate_model(
+    store: TrialStore,
+    exp: dict[str, Any],
+    tid: int,
+    data: bytes,
+    spaces: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Test metrics of a saved ``.keras`` model on its space's test set (never used to select)."""
     from coordinator.store import utcnow
 
-    space = _keras_space(exp)
+    space = _keras_space(exp, spaces)
     settings = space.resolve_settings(exp.get("settings", {}))
     import keras
 
@@ -57,13 +85,21 @@ def evaluate_model(store: TrialStore, exp: dict[str, Any], tid: int, data: bytes
 
 
 def report_best(
-    store: TrialStore, exp_key: str, *, save_model: str | None = None, evaluate: bool = False
+    store: TrialStore,
+    exp_key: str,
+    *,
+    save_model: str | None = None,
+    evaluate: bool = False,
+    spaces: tuple[str, ...] = (),
 ) -> list[str]:
     """Describe the best trial of ``exp_key``; write its model to ``save_model``; with
-    ``evaluate``, record its test metrics on the experiment. Returns the lines to print."""
+    ``evaluate``, record its test metrics on the experiment (its space from the registry or
+    ``spaces``). Returns the lines to print."""
     exp = store.get_experiment(exp_key)
     if exp is None:
         raise ConfigError(f"no experiment {exp_key!r} in database {store.db_name!r}")
+    if evaluate:
+        _keras_space(exp, spaces)  # before any download: an unknown space is one line
     best = store.best_trial(exp_key)
     if best is None:
         raise HyperfleetError(
@@ -98,7 +134,7 @@ def report_best(
         Path(save_model).write_bytes(data)
         lines.append(f"model of trial {holder['tid']} written to {save_model}")
     if evaluate:
-        test = evaluate_model(store, exp, holder["tid"], data)
+        test = evaluate_model(store, exp, holder["tid"], data, spaces)
         store.annotate_experiment(exp_key, {"test": test})
         lines.append(
             f"test accuracy: {test['accuracy']:.4f} (loss {test['loss']:.4f}, {test['n']} "
@@ -115,10 +151,19 @@ def report_best(
     evaluate_help="evaluate the best model on the test set and record the metrics on the "
     "experiment",
 )
-def best(mongo: str, db: str, exp_key: str, save_model: str | None, evaluate: bool) -> None:
+@spaces_option("the search space's file or module, for --evaluate (the --spaces the search used)")
+def best(
+    mongo: str,
+    db: str,
+    exp_key: str,
+    save_model: str | None,
+    evaluate: bool,
+    spaces: tuple[str, ...],
+) -> None:
     """Show the best trial of a search; save its Keras model; evaluate it on the test set."""
     from coordinator.store import connect
 
     store = connect(mongo, db)
-    for line in report_best(store, exp_key, save_model=save_model, evaluate=evaluate):
+    lines = report_best(store, exp_key, save_model=save_model, evaluate=evaluate, spaces=spaces)
+    for line in lines:
         click.echo(line)

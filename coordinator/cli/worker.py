@@ -70,7 +70,8 @@ from coordinator.errors import ConfigError
 @click.option(
     "--check",
     is_flag=True,
-    help="only check that MongoDB answers (for container healthchecks) and exit",
+    help="only check that MongoDB answers and this worker may read and write its database "
+    "(container healthchecks), then exit",
 )
 def worker(
     mongo: str,
@@ -103,7 +104,12 @@ def worker(
 
     store = connect(mongo, db)
     if check:
-        click.echo(f"ok: MongoDB at {redact_uri(mongo)} answers")
+        from coordinator.store.connection import check_read_write
+
+        check_read_write(store.client, db, store.safe_uri)
+        click.echo(
+            f"ok: MongoDB at {redact_uri(mongo)} answers; database {db!r} is readable and writable"
+        )
         return
     from worker.worker import Worker, WorkerConfig
 
