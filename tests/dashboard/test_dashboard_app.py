@@ -196,11 +196,12 @@ def test_model_download(dash_store: TrialStore) -> None:
     assert dash_store.attach(lease, defaults.MODEL_ATTACHMENT, b"keras-bytes")
     dash_store.finish(lease, {"status": "ok", "loss": 1.0}, {})
     c = client(dash_store)
-    assert "download the saved model" in c.get("/trial", params={"key": EXP, "tid": 0}).text
-    r = c.get("/model", params={"key": EXP, "tid": 0})
+    other = 1 - lease.tid
+    assert "download the saved model" in c.get("/trial", params={"key": EXP, "tid": lease.tid}).text
+    r = c.get("/model", params={"key": EXP, "tid": lease.tid})
     assert r.status_code == 200 and r.content == b"keras-bytes"
     assert "attachment" in r.headers["content-disposition"]
-    assert c.get("/model", params={"key": EXP, "tid": 1}).status_code == 404
+    assert c.get("/model", params={"key": EXP, "tid": other}).status_code == 404
 
 
 def _closed_port() -> int:

@@ -1,0 +1,275 @@
+"""The dashboard in a real browser: headless Debian chromium driven by Python playwright, against
+the real ``hyperfleet dashboard`` process, the embedded server and real ``hyperfleet worker``
+processes (``make test-browser``; skipped with the reason when chromium or playwright is missing).
+
+Set ``HYPERFLEET_SCREENSHOT=1`` to rewrite docs/dashboard-experiment.png from the real search.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.server import EmbeddedServer
+from coordinator.states import TrialState
+from coordinator.store import TrialStore, connect
+from tests.conftest import (
+    ROOT,
+    TEST_SPACES,
+    queue_trials,
+    run_search_with_workers,
+    start_worker,
+    stop_all,
+    wait_for,
+)
+from tests.dashboard.conftest import make_experiment, start_dashboard, trial_doc
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = ROOT / "docs" / "dashboard-experiment.png"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (make test-browser does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Python playwright is missing: `pip install playwright`")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+class Page:
+    """A browser tab that records every console error and uncaught exception."""
+
+    def __init__(self, browser: Any) -> None:
+        # bypass_csp: playwright's waits evaluate strings; and the escaping test must show that
+        # escaping alone keeps a <script> from running (the CSP is a second line, tested apart)
+        self.page = browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
+        self.errors: list[str] = []
+        self.page.on(
+            "console",
+            lambda m: (
+                self.errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+            ),
+        )
+        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        self.page.on("dialog", lambda d: d.accept())
+
+    def open(self, url: str) -> Any:
+        response = self.page.goto(url)
+        self.page.wait_for_load_state("networkidle")
+        return response
+
+
+@pytest.fixture
+def tab(browser: Any) -> Iterator[Page]:
+    page = Page(browser)
+    yield page
+    page.page.close()
+
+
+@pytest.fixture
+def db_store(server: EmbeddedServer, db_name: str) -> Iterator[TrialStore]:
+    s = connect(server.uri, db_name)
+    yield s
+    s.drop_database()
+    s.close()
+
+
+@pytest.fixture
+def dashboard(server: EmbeddedServer, db_name: str, tmp_path: Path) -> Iterator[Any]:
+    """Start ``hyperfleet dashboard`` processes (``start(*args) -> url``); stopped after."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> str:
+        proc, url = start_dashboard(
+            server.uri, db_name, *args, log=tmp_path / f"dashboard{len(procs)}.log"
+        )
+        procs.append(proc)
+        return url
+
+    yield start
+    stop_all(procs)
+
+
+def test_pages_of_a_real_search_load_without_console_errors(
+    server: EmbeddedServer,
+    db_name: str,
+    db_store: TrialStore,
+    dashboard: Any,
+    tab: Page,
+    tmp_path: Path,
+) -> None:
+    run_search_with_workers(
+        server.uri,
+        db_name,
+        "real",
+        "epochs",
+        [
+            "--max-evals",
+            "14",
+            "--algo",
+            "rand",
+            "--seed",
+            "3",
+            "--set",
+            "epochs=8",
+            "--set",
+            "sleep=0.02",
+        ],
+        tmp_path,
+        spaces=TEST_SPACES,
+    )
+    url = dashboard()
+    assert tab.open(url).status == 200
+    assert tab.page.locator("tr[data-exp='real']").count() == 1
+    tab.open(f"{url}exp?key=real")
+    tab.page.wait_for_function("Number(document.body.dataset.trials) === 14")
+    assert tab.page.locator("#chart-curves canvas").count() == 1
+    assert tab.page.locator("#chart-loss canvas").count() == 1
+    assert tab.page.locator("#trials tbody tr").count() == 14
+    tab.page.locator("th[data-col='loss']").click()  # sort by loss: the best trial first
+    best = db_store.best_trial("real")
+    assert best is not None
+    first = tab.page.locator("#trials tbody tr").first.get_attribute("data-tid")
+    assert first == str(best["tid"])
+    if os.environ.get("HYPERFLEET_SCREENSHOT") == "1":
+        tab.page.locator("th[data-col='tid']").click()
+        tab.page.screenshot(path=str(SCREENSHOT), full_page=False)
+    tab.open(f"{url}trial?key=real&tid={best['tid']}")
+    assert tab.page.locator("#epochs tbody tr").count() == 8
+    assert tab.page.locator("#chart-epochs canvas").count() == 1
+    tab.open(f"{url}workers")
+    assert tab.page.locator("svg.timeline rect").count() == 14
+    assert tab.errors == []
+
+
+def test_a_trial_finished_by_a_live_worker_appears_without_reload(
+    server: EmbeddedServer,
+    db_name: str,
+    db_store: TrialStore,
+    dashboard: Any,
+    tab: Page,
+    tmp_path: Path,
+) -> None:
+    queue_trials(db_store, 2, exp_key="live", space="epochs", settings={"epochs": 4, "sleep": 0.3})
+    url = dashboard()
+    tab.open(f"{url}exp?key=live")
+    tab.page.wait_for_function("Number(document.body.dataset.trials) === 2")
+    assert tab.page.locator("#summary [data-field='finished']").text_content() == "0"
+    tab.page.evaluate("window.__sameDocument = true")
+    worker = start_worker(
+        server.uri,
+        db_name,
+        "--spaces",
+        TEST_SPACES,
+        "--exp-key",
+        "live",
+        "--max-trials",
+        "1",
+        log=tmp_path / "worker.log",
+    )
+    try:
+        # the running trial's curve grows while it trains, then the trial is done
+        tab.page.wait_for_selector("#chart-curves canvas", timeout=60_000)
+        tab.page.wait_for_function(
+            "document.querySelector(\"#summary [data-field='finished']\").textContent === '1'",
+            timeout=60_000,
+        )
+    finally:
+        stop_all([worker])
+    assert tab.page.evaluate("window.__sameDocument") is True  # no reload happened
+    assert tab.page.locator("#trials .chip[data-state='done']").count() == 1
+    assert tab.errors == []
+
+
+def test_cancel_works_with_allow_actions_and_is_refused_without(
+    db_store: TrialStore, dashboard: Any, tab: Page
+) -> None:
+    make_experiment(
+        db_store, [trial_doc(t, TrialState.NEW, exp_key="c") for t in range(3)], exp_key="c"
+    )
+    read_only = dashboard()
+    tab.open(f"{read_only}exp?key=c")
+    assert tab.page.locator("#cancel-form").count() == 0
+    # even a hand-made POST from the page itself is refused
+    status = tab.page.evaluate(
+        "fetch('/actions/cancel', {method: 'POST', headers: {'Content-Type': "
+        "'application/x-www-form-urlencoded'}, body: 'key=c&token=x'}).then(r => r.status)"
+    )
+    assert status == 403 and not db_store.cancel_requested("c")
+
+    allowed = dashboard("--allow-actions")
+    tab.open(f"{allowed}exp?key=c")
+    tab.page.locator("#cancel-form button").click()
+    tab.page.wait_for_selector(".notice")
+    assert "Cancel requested" in (tab.page.locator(".notice").text_content() or "")
+    assert db_store.cancel_requested("c")
+    wait_for(lambda: db_store.count("c", [TrialState.CANCEL]) == 3, what="cancelled trials")
+    tab.page.wait_for_function(
+        "document.querySelector(\"[data-field='status']\").textContent === 'cancelled'"
+    )
+    tab.errors = [e for e in tab.errors if "403" not in e]  # the refused POST above
+    assert tab.errors == []
+
+
+def test_script_in_the_database_never_runs(db_store: TrialStore, dashboard: Any, tab: Page) -> None:
+    script = "<script>window.__pwned=1</script>"
+    image = '<img src=x onerror="window.__pwned=2">'
+    evil = trial_doc(
+        0,
+        TrialState.ERROR,
+        exp_key="x",
+        params={"x": 0.5, "name": image},
+        error={"type": "ValueError", "message": script, "traceback": f"</pre>{script}"},
+    )
+    make_experiment(
+        db_store, [evil, trial_doc(1, TrialState.DONE, exp_key="x")], exp_key="x", space=script
+    )
+    url = dashboard()
+    for path in ("", "exp?key=x", "trial?key=x&tid=0", "workers"):
+        tab.open(url + path)
+        if path == "exp?key=x":
+            tab.page.wait_for_function("Number(document.body.dataset.trials) === 2")
+            assert image in (tab.page.locator("#trials").text_content() or "")
+        if path.startswith("trial"):
+            assert script in (tab.page.locator("#error .message").text_content() or "")
+        assert tab.page.evaluate("window.__pwned") is None, path
+    assert tab.errors == []
+
+
+def test_database_down_shows_a_message(
+    server: EmbeddedServer, tmp_path: Path, browser: Any, tab: Page
+) -> None:
+    """A dashboard whose database stops: the next page says so (503, no traceback)."""
+    own = EmbeddedServer(tmp_path / "db", sync=False).start()
+    store = connect(own.uri, "d")
+    make_experiment(store, [trial_doc(0, TrialState.DONE, exp_key="d")], exp_key="d")
+    store.close()
+    proc, url = start_dashboard(own.uri, "d", log=tmp_path / "dashboard.log")
+    try:
+        tab.open(f"{url}exp?key=d")
+        tab.page.wait_for_function("Number(document.body.dataset.trials) === 1")
+        own.stop()
+        # the open page keeps polling and shows the trouble in its banner
+        tab.page.wait_for_selector("#banner:not([hidden])", timeout=30_000)
+        assert "MongoDB" in (tab.page.locator("#banner").text_content() or "")
+        response = tab.open(f"{url}exp?key=d")
+        assert response.status == 503
+        body = tab.page.locator("main").text_content() or ""
+        assert "database is unavailable" in body and "Traceback" not in body
+    finally:
+        stop_all([proc])
+        if own.process is not None and own.process.poll() is None:
+            own.stop()
