@@ -56,13 +56,19 @@ def algorithm(name: str) -> Algo:
     if name == "tpe-hyperopt":
         return functools.partial(tpe.suggest, verbose=False)
     parts = name.split("-")
-    if parts[0] == "tpe" and len(parts) in (2, 3) and parts[1] in fleet_tpe.LIARS:
-        if len(parts) == 3 and parts[2] != "hsplit":
-            raise ValueError(f"unknown algorithm {name!r}")
-        return functools.partial(
-            fleet_tpe.suggest, liar=parts[1], split_on_results=len(parts) == 2, verbose=False
-        )
-    raise ValueError(f"unknown algorithm {name!r}: {', '.join(ALGOS)} or tpe-<liar>-hsplit")
+    if parts[0] == "tpe" and len(parts) >= 2 and parts[1] in fleet_tpe.LIARS:
+        options: dict[str, Any] = {"liar": parts[1], "verbose": False}
+        for part in parts[2:]:
+            if part == "hsplit":
+                options["split_on_results"] = False
+            elif part.startswith("r") and part[1:].isdigit():
+                options["min_results"] = int(part[1:])
+            else:
+                raise ValueError(f"unknown algorithm {name!r}")
+        return functools.partial(fleet_tpe.suggest, **options)
+    raise ValueError(
+        f"unknown algorithm {name!r}: {', '.join(ALGOS)} or tpe-<liar>[-hsplit][-r<min results>]"
+    )
 
 
 # -- near-duplicates -------------------------------------------------------------------------------

@@ -126,23 +126,29 @@ def suggest(
     n_startup_jobs: int = N_STARTUP_JOBS,
     gamma: float = tpe._default_gamma,
     split_on_results: bool = True,
+    min_results: int | None = None,
     **tpe_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Suggest one trial per id in ``new_ids``, with the signature fmin expects of ``algo``.
 
     ``tpe_kwargs`` (``prior_weight``, ``n_EI_candidates``, ``verbose``) go to
     ``hyperopt.tpe.suggest``. ``split_on_results=False`` sizes the good group on all shown
-    trials, as hyperopt does (kept for comparison in bench/fleet_sim.py). Raises ``ValueError``
-    for an unknown ``liar``.
+    trials, as hyperopt does (kept for comparison in bench/fleet_sim.py). ``min_results``: end
+    the random start-up as soon as results and pending trials together reach ``n_startup_jobs``
+    and at least ``min_results`` trials have a result (``None``: ``n_startup_jobs`` results).
+    Raises ``ValueError`` for an unknown ``liar``.
     """
     if liar not in LIARS:
         raise ValueError(f"unknown liar {liar!r}: choose one of {', '.join(LIARS)}")
     finished = [doc for doc in trials.trials if has_result(doc)]
     n_results = len({_group_tid(doc) for doc in finished})
-    if n_results < n_startup_jobs:
+    pending = sorted((doc for doc in trials.trials if is_pending(doc)), key=lambda d: d["tid"])
+    startup_done = n_results >= n_startup_jobs
+    if min_results is not None and not startup_done:
+        startup_done = n_results >= min_results and n_results + len(pending) >= n_startup_jobs
+    if not startup_done:
         return rand.suggest(list(new_ids), domain, trials, seed)
 
-    pending = sorted((doc for doc in trials.trials if is_pending(doc)), key=lambda d: d["tid"])
     shown_loss = lie((_loss(doc) for doc in finished), liar)
     suggested: list[dict[str, Any]] = []
     for index, new_id in enumerate(new_ids):

@@ -140,6 +140,20 @@ def test_enough_results_use_the_model(tpe_calls: list[dict[str, Any]]) -> None:
     assert points(mine) != points(rand.suggest(ids, domain, trials, 3))
 
 
+def test_min_results_ends_startup_early_with_pending_trials(
+    tpe_calls: list[dict[str, Any]],
+) -> None:
+    domain, trials = make_trials(n_done=4, n_pending=30)
+    fleet_tpe.suggest(trials.new_trial_ids(1), domain, trials, seed=3, min_results=5)
+    assert tpe_calls == []  # 4 results < 5
+    domain, trials = make_trials(n_done=5, n_pending=30)
+    fleet_tpe.suggest(trials.new_trial_ids(1), domain, trials, seed=3, min_results=5)
+    assert len(tpe_calls) == 1
+    domain, trials = make_trials(n_done=5, n_pending=0)  # 5 + 0 < 20: still random
+    fleet_tpe.suggest(trials.new_trial_ids(1), domain, trials, seed=3, min_results=5)
+    assert len(tpe_calls) == 1
+
+
 @pytest.mark.parametrize("liar", fleet_tpe.LIARS)
 def test_each_liar_sets_pending_losses(liar: str, tpe_calls: list[dict[str, Any]]) -> None:
     domain, trials = make_trials(n_done=25, n_pending=10, n_failed=2)
