@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator import inspect, rules
+from coordinator.dashboard import states
 from coordinator.store import TrialStoreBase
 
 #: seconds re-read before the last refresh's start (writes stamped just before it)
@@ -35,8 +36,6 @@ MAX_CURVE_POINTS = 200
 #: learning curves shown: every running trial, the best and the most recently finished
 CURVES_BEST = 10
 CURVES_RECENT = 10
-
-_OUTCOME = ("tid", "state", "queued", "book_time", "ended", "duration_s", "attempts")
 
 
 def timestamp(value: Any) -> float | None:
@@ -90,7 +89,7 @@ class TrialEntry:
     state: str
     mtime: Any
     seq: int
-    outcome: dict[str, Any]  #: the fields :mod:`coordinator.rules` and ``inspect.summarize`` read
+    outcome: dict[str, Any]  #: what :mod:`coordinator.rules` and ``inspect.summarize`` read
     row: dict[str, Any]  #: ``inspect.trial_row``, JSON-ready
     ok_loss: float | None
     curve: dict[str, list[float | None]] | None
@@ -101,9 +100,11 @@ class TrialEntry:
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], seq: int) -> TrialEntry:
-        result = doc.get("result") if isinstance(doc.get("result"), Mapping) else {}
-        outcome = {k: doc.get(k) for k in _OUTCOME}
-        outcome["result"] = {"status": result.get("status"), "loss": result.get("loss")}
+        # what ``inspect.summarize`` and the rules read: the lean document without its epochs
+        outcome = {k: v for k, v in doc.items() if k != "epochs"}
+        state = states.display_state(doc)
+        row = {k: inspect.jsonable(v) for k, v in inspect.trial_row(doc).items()}
+        row["state"] = state
         worker = doc.get("worker") if isinstance(doc.get("worker"), Mapping) else {}
         gpu = worker.get("host_gpu") or worker.get("gpu")
         label = None
@@ -116,11 +117,11 @@ class TrialEntry:
         return cls(
             id=doc.get("_id"),
             tid=doc.get("tid"),
-            state=inspect.state_name(doc.get("state")),
+            state=state,
             mtime=doc.get("mtime"),
             seq=seq,
             outcome=outcome,
-            row={k: inspect.jsonable(v) for k, v in inspect.trial_row(doc).items()},
+            row=row,
             ok_loss=rules.ok_loss(doc),
             curve=curve(doc.get("epochs")),
             worker_id=worker.get("id"),

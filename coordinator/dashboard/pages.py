@@ -43,19 +43,29 @@ def when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def pruning_label(doc: Any) -> str | None:
+    """The experiment's early-stopping rule (``pruning``) in a few words, ``None`` for none."""
+    if not isinstance(doc, Mapping) or doc.get("rule") in (None, "none"):
+        return None
+    return f"{doc.get('rule')} on {doc.get('metric')} ({doc.get('direction', 'min')})"
+
+
 def summary(
     cache: TrialCache, exp: Mapping[str, Any], workers: list[inspect.WorkerView]
 ) -> dict[str, Any]:
     """One experiment's line: the CLI's summary (same rules) plus what the page adds."""
     s = inspect.summarize(CachedOutcomes(cache), exp, workers)  # type: ignore[arg-type]
     counts = {inspect.state_name(state): n for state, n in s.counts.items()}
+    pruned = sum(1 for e in cache.entries() if e.state == "pruned")
+    if pruned:  # DONE trials that were stopped early: their own chip
+        counts["done"] -= pruned
+        counts["pruned"] = pruned
     return {
         "exp_key": s.exp_key,
         "status": s.status,
         "space": s.space,
         "algo": exp.get("algo"),
-        # no early stopping yet: an experiment that records a rule shows it
-        "pruning": exp.get("pruning") or exp.get("early_stopping"),
+        "pruning": pruning_label(exp.get("pruning")),
         "counts": counts,
         "total": sum(counts.values()),
         "finished": s.finished,

@@ -1,13 +1,19 @@
 """How the dashboard shows each trial state: one entry per state, nothing else knows the list.
 
-Keys are the names :func:`coordinator.inspect.state_name` gives (``TrialState`` names in lower
-case). A new state (e.g. one for trials stopped early) is one more entry here; a state the
-database holds that is missing here still shows, in :data:`UNKNOWN_COLOR`.
+Keys are the names :func:`display_state` gives: ``TrialState`` names in lower case, and
+``pruned`` for trials an early-stopping rule stopped. A new state is one more entry here (and,
+if it is not a ``TrialState``, one line in :func:`display_state`); a state the database holds
+that is missing here still shows, in :data:`UNKNOWN_COLOR`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from coordinator import inspect, rules
+from coordinator.states import TrialState
 
 
 @dataclass(frozen=True)
@@ -21,10 +27,20 @@ STATE_STYLES: dict[str, StateStyle] = {
     "new": StateStyle("queued", "#8a96a3"),
     "running": StateStyle("running", "#1f77b4", live=True),
     "done": StateStyle("done", "#2ca02c"),
+    # DONE, stopped early by the experiment's rule (``result.pruned``: see display_state)
+    "pruned": StateStyle("pruned", "#ff7f0e"),
     "error": StateStyle("error", "#d62728"),
     "cancel": StateStyle("cancelled", "#9467bd"),
 }
 UNKNOWN_COLOR = "#bcbd22"
+
+
+def display_state(doc: Mapping[str, Any]) -> str:
+    """The state a page shows: the trial state's name, or ``pruned`` for a DONE trial an
+    early-stopping rule stopped (:func:`coordinator.rules.pruned`)."""
+    if doc.get("state") == TrialState.DONE and rules.pruned(doc) is not None:
+        return "pruned"
+    return inspect.state_name(doc.get("state"))
 
 
 def style(state: str) -> StateStyle:

@@ -3,8 +3,9 @@
 A viewer keeps an experiment's trials in memory and asks only for what changed since its last
 read (``mtime`` on the database clock, the ``(exp_key, mtime)`` index), so an open page costs the
 database one small indexed query per refresh. The projection leaves out what no viewer draws:
-hyperopt's ``spec`` and ``misc``, a Keras result's ``history`` (it repeats ``epochs``), the
-attempt history and the traceback (the trial page reads the whole document with ``get_trial``).
+hyperopt's ``spec``, a Keras result's ``history`` (it repeats ``epochs``), the attempt history
+and the traceback (the trial page reads the whole document with ``get_trial``); it keeps
+``misc`` (small), which the rules that judge a document read.
 Readers never write.
 """
 
@@ -18,7 +19,7 @@ from pymongo.collection import Collection
 from coordinator.store.connection import retrying
 
 #: fields a viewer's trial list leaves out (see the module docstring)
-_VIEW_EXCLUDED = ("spec", "misc", "result.history", "attempt_history", "error.traceback")
+_VIEW_EXCLUDED = ("spec", "result.history", "attempt_history", "error.traceback")
 
 
 class TrialViews:

@@ -293,3 +293,25 @@ def test_timestamp_is_utc() -> None:
     naive = dt.datetime(2026, 1, 1, 0, 0, 0)
     assert cache_mod.timestamp(naive) == 1767225600.0
     assert cache_mod.timestamp("x") is None
+
+
+def test_pruned_trials_have_their_own_state_and_never_win(dash_store: TrialStore) -> None:
+    docs = [trial_doc(t, TrialState.DONE) for t in range(3)]
+    docs[0]["result"] = {"status": "ok", "loss": 0.01, "pruned": {"epoch": 2, "rule": "median"}}
+    make_experiment(dash_store, docs, pruning={"rule": "median", "metric": "val_loss"})
+    c = client(dash_store)
+    body = c.get("/api/trials", params={"key": EXP, "since": 0}).json()
+    assert {t["tid"]: t["state"] for t in body["trials"]} == {0: "pruned", 1: "done", 2: "done"}
+    assert body["summary"]["counts"]["pruned"] == 1 and body["summary"]["counts"]["done"] == 2
+    assert body["summary"]["best_tid"] == 1  # rules.best_trial: a pruned trial never is
+    assert "median on val_loss (min)" in c.get("/").text
+
+
+def test_view_trials_is_lean_and_incremental(dash_store: TrialStore) -> None:
+    make_experiment(dash_store, [trial_doc(0, TrialState.ERROR), trial_doc(1, TrialState.NEW)])
+    docs = {d["tid"]: d for d in dash_store.view_trials(EXP)}
+    assert set(docs) == {0, 1}
+    assert "spec" not in docs[0] and "traceback" not in docs[0]["error"]
+    assert docs[0]["epochs"] and docs[0]["mtime"] is not None
+    later = dash_store.server_time() + dt.timedelta(seconds=5)
+    assert dash_store.view_trials(EXP, later) == []

@@ -136,6 +136,7 @@ def test_pages_of_a_real_search_load_without_console_errors(
     assert tab.page.locator("tr[data-exp='real']").count() == 1
     tab.open(f"{url}exp?key=real")
     tab.page.wait_for_function("Number(document.body.dataset.trials) === 14")
+    assert tab.page.locator("#summary [data-field='finished']").text_content() == "14"
     assert tab.page.locator("#chart-curves canvas").count() == 1
     assert tab.page.locator("#chart-loss canvas").count() == 1
     assert tab.page.locator("#trials tbody tr").count() == 14
@@ -146,6 +147,7 @@ def test_pages_of_a_real_search_load_without_console_errors(
     assert first == str(best["tid"])
     if os.environ.get("HYPERFLEET_SCREENSHOT") == "1":
         tab.page.locator("th[data-col='tid']").click()
+        tab.page.evaluate("window.scrollTo(0, 0)")
         tab.page.screenshot(path=str(SCREENSHOT), full_page=False)
     tab.open(f"{url}trial?key=real&tid={best['tid']}")
     assert tab.page.locator("#epochs tbody tr").count() == 8
