@@ -74,6 +74,9 @@ class LocalRun:
             self.server.stop()
 
     def _start_workers(self) -> None:
+        from coordinator.cli.options import check_exp_key
+
+        check_exp_key(self.config.search.exp_key, "exp key")  # it names the log files
         self.log_dir.mkdir(parents=True, exist_ok=True)
         envs = self.config.worker_envs or [{} for _ in range(self.config.workers)]
         for i, extra_env in enumerate(envs):

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 IDLE_POLL_MIN_S = 0.01  # first idle re-poll; doubles up to --poll
 SEARCH_OVER_EVERY_S = 0.5
+#: how often an idle worker without --trust-pickled looks for plain-fmin (pickled) trials
+PICKLED_CHECK_S = 5.0
 
 
 @dataclass
@@ -102,6 +104,8 @@ class Worker:
         self._idle_delay = IDLE_POLL_MIN_S
         self._last_over_check = 0.0
         self._last_registered = 0.0
+        self._last_pickled_check = float("-inf")
+        self._pickled_noted: set[str] = set()  #: exp keys whose pickled trials were logged
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -167,8 +171,29 @@ class Worker:
         if self._search_over():
             raise StopWorking(f"search {self.config.exp_key!r} is over")
         self._register(None)
+        self._note_pickled()
         time.sleep(self._idle_delay)
         self._idle_delay = min(self._idle_delay * 2, self.config.poll_s)
+
+    def _note_pickled(self) -> None:
+        """Without ``--trust-pickled``, say once per experiment (at WARNING) that its trials
+        queued by plain ``hyperopt.fmin`` (a pickled objective, no named space) are left alone,
+        and how to serve them: otherwise that fmin waits forever without a hint."""
+        now = time.monotonic()
+        if self.config.trust_pickled or now - self._last_pickled_check < PICKLED_CHECK_S:
+            return
+        self._last_pickled_check = now
+        queued = self.store.trials(self.config.exp_key, [TrialState.NEW], with_spec=False)
+        for key in sorted({str(d.get("exp_key")) for d in queued if "space" not in d}):
+            if key not in self._pickled_noted:
+                self._pickled_noted.add(key)
+                logger.warning(
+                    "ignoring the queued trials of experiment %r: they come from plain hyperopt "
+                    "fmin (a pickled objective), which this worker does not run; start a worker "
+                    "with --trust-pickled to serve them (it unpickles and runs code stored in "
+                    "the database: only for a database you trust)",
+                    key,
+                )
 
     def _run(self, lease: Lease) -> Outcome | HandBack | None:
         """Run the trial under a heartbeat: its outcome, a hand-back, or ``None`` when the

@@ -29,17 +29,21 @@ from coordinator.errors import ConfigError, HyperfleetError, SpaceError
 
 
 class _BadInput(click.ClickException):
-    """Bad input (a ConfigError or SpaceError): one line and exit code 2, like a usage error."""
+    """Bad input (a ConfigError, a SpaceError or a usage error of a command): one line and exit
+    code 2."""
 
     exit_code = 2
 
 
 class HyperfleetGroup(click.Group):
-    """Turns hyperfleet's errors into one line on stderr and a non-zero exit."""
+    """Turns hyperfleet's errors, and a command's usage errors (a bad option value, a missing
+    option), into one line on stderr and a non-zero exit."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _BadInput(e.format_message()) from e
         except (ConfigError, SpaceError) as e:
             raise _BadInput(str(e)) from e
         except HyperfleetError as e:

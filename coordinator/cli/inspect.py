@@ -279,7 +279,7 @@ def _indent(text: str) -> str:
     "fmt",
     type=click.Choice(EXPORT_FORMATS),
     default=None,
-    help="[default: from the file's extension, else csv]",
+    help="[default: from the file's extension (.csv, .json, .jsonl), else csv]",
 )
 @output_option("output", "file to write [default: stdout]")
 @spaces_option(_SPACES_HELP)
@@ -294,7 +294,13 @@ def export(
     """Every trial as one flat row: params (nested ones too), metrics, timing, worker, state."""
     if fmt is None:
         suffix = output.suffix.lstrip(".").lower() if output else ""
-        fmt = suffix if suffix in EXPORT_FORMATS else "csv"
+        if suffix and suffix not in EXPORT_FORMATS:
+            raise click.BadParameter(
+                f"cannot tell the format from {output.name!r}: name the file .csv, .json or "
+                ".jsonl, or pass --format",
+                param_hint="'-o'",
+            )
+        fmt = suffix or "csv"
     from coordinator import inspect as ins
     from coordinator.store import connect
 

@@ -70,8 +70,35 @@ def mongo_options(
     )
 
 
+#: what an exp key may hold: it becomes part of file names (worker logs) and container names
+_EXP_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+=-]{0,199}")
+
+
+def check_exp_key(value: str, option: str = "--exp-key") -> str:
+    """The one rule for exp keys, wherever they come from (``--exp-key``, $HYPERFLEET_EXP_KEY, a
+    default built from a space name): 1-200 letters, digits and ``_ . : @ + = -``, starting with
+    a letter, digit or ``_`` — no path separators, no ``..``, nothing a shell or a file name
+    would read differently. Raises a one-line :class:`ConfigError`."""
+    if not _EXP_KEY_RE.fullmatch(value) or ".." in value:
+        raise ConfigError(
+            f"{option} {value!r}: use 1-200 letters, digits and _ . : @ + = - (starting with a "
+            "letter, digit or _; no '/' or '..': the key becomes part of file names)"
+        )
+    return value
+
+
+def _exp_key_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return check_exp_key(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e).removeprefix(f"--exp-key {value!r}: ")) from None
+
+
 def exp_key_option(help: str, *, required: bool = False) -> Decorator:
-    """``--exp-key`` (or $HYPERFLEET_EXP_KEY): the experiment a command creates, serves or reads.
+    """``--exp-key`` (or $HYPERFLEET_EXP_KEY): the experiment a command creates, serves or reads,
+    checked by :func:`check_exp_key`.
 
     ``help`` says what the key means to the command (the one to stop; serve only this one; ...).
     """
@@ -80,6 +107,7 @@ def exp_key_option(help: str, *, required: bool = False) -> Decorator:
         "exp_key",
         envvar="HYPERFLEET_EXP_KEY",
         required=required,
+        callback=_exp_key_callback,
         help=_env(help, "HYPERFLEET_EXP_KEY"),
     )
 
@@ -122,7 +150,7 @@ def search_options() -> Decorator:
     return _stack(
         click.option(
             "--max-evals",
-            type=int,
+            type=click.IntRange(min=1),
             default=50,
             show_default=True,
             help="number of trials to evaluate in all (a rerun continues up to it)",
@@ -340,13 +368,27 @@ def idle_timeout_option(help: str) -> Decorator:
     return seconds_option("--idle-timeout", "idle_timeout_s", help)
 
 
+def _db_path_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from coordinator.errors import ServerStartError
+    from coordinator.server import check_db_path  # light: no pymongo, no hyperopt
+
+    try:
+        check_db_path(value)
+    except ServerStartError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
 def db_path_option(help: str) -> Decorator:
-    """``--db-path``: the embedded server's storage directory."""
+    """``--db-path``: the embedded server's storage directory (``:memory:`` for a throwaway
+    one); created if needed, and refused in one line, before anything starts, when it cannot be
+    created or written."""
     return click.option(
         "--db-path",
         type=click.Path(file_okay=False),
         default=str(defaults.DB_PATH),
         show_default=True,
+        callback=_db_path_callback,
         help=help,
     )
 

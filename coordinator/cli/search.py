@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ import click
 
 from coordinator.cli.options import (
     best_model_options,
+    check_exp_key,
     db_path_option,
     exp_key_option,
     gpus_options,
@@ -32,6 +35,8 @@ from coordinator.errors import ConfigError
 if TYPE_CHECKING:
     from coordinator.search import SearchConfig, SearchOutcome
     from coordinator.store import TrialStore
+
+logger = logging.getLogger("coordinator.search")
 
 
 def _search_config(
@@ -59,7 +64,7 @@ def _search_config(
         space=space,
         settings=settings,
         pruning=resolve_pruning(rule, settings, **prune_opts),
-        exp_key=exp_key or default_key(space.name),
+        exp_key=exp_key or check_exp_key(default_key(space.name), "default exp key"),
         spaces_source=",".join(spaces) or None,
         progress=sys.stderr.isatty() if progress is None else progress,
         **opts,
@@ -94,8 +99,55 @@ def search(space_name: str, mongo: str, db: str, exp_key: str | None, **search_o
 
     config = _search_config(space_name, exp_key, lambda name: name, **search_opts)
     store = connect(mongo, db)
-    outcome = Coordinator(store, config).run()
+    coordinator = Coordinator(store, config)
+    notice = NoWorkerNotice(store, config.exp_key)
+    coordinator.on_tick = lambda trials, counts: notice.check()
+    outcome = coordinator.run()
     _print_outcome(outcome)
+
+
+#: seconds a search waits without a live worker before it says so (and again every 10x this)
+NO_WORKER_NOTICE_S = 5.0
+
+
+class NoWorkerNotice:
+    """Logs (at WARNING, so also when stderr is no terminal) that no live worker serves the
+    search: after ``NO_WORKER_NOTICE_S`` without one, then every ten times that while none
+    comes; once when one arrives after such a line. Asks the registry at most once a second."""
+
+    def __init__(
+        self, store: TrialStore, exp_key: str, after_s: float = NO_WORKER_NOTICE_S
+    ) -> None:
+        self.store = store
+        self.exp_key = exp_key
+        self.after_s = after_s
+        self._since = time.monotonic()
+        self._checked = 0.0
+        self._said: float | None = None
+
+    def check(self) -> None:
+        from coordinator import defaults
+
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        if self.store.live_workers(defaults.STALE_WORKER_S, self.exp_key):
+            if self._said is not None:
+                logger.warning("a worker now serves %r", self.exp_key)
+            self._since, self._said = now, None
+            return
+        waited = now - self._since
+        due = self.after_s if self._said is None else self._said + 10 * self.after_s
+        if waited >= due:
+            self._said = waited
+            logger.warning(
+                "no live worker serves %r (waited %.0f s): start one with `hyperfleet worker "
+                "--exp-key %s` (same --mongo/$HYPERFLEET_MONGO and --spaces as this search)",
+                self.exp_key,
+                waited,
+                self.exp_key,
+            )
 
 
 @click.command()
