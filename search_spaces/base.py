@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +53,23 @@ class TrialContext(Protocol):
 
 
 Objective = Callable[[dict[str, Any], TrialContext], dict[str, Any]]
+#: an objective as plain hyperopt users write it: the params only
+PlainObjective = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _required_positionals(func: Callable[..., Any]) -> tuple[int, int] | None:
+    """(required, accepted) positional parameters of ``func`` (accepted is large for
+    ``*args``), or None when its signature cannot be read (a builtin)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = sum(1 for p in positional if p.default is p.empty)
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return required, 1 << 30
+    return required, len(positional)
+
 
 _BOOLS = {
     "1": True,
@@ -116,16 +134,58 @@ class Setting:
 class SearchSpace:
     """A named search space.
 
-    ``build(settings)`` returns the hyperopt space (settings may shape it); ``objective(params,
-    ctx)`` returns a hyperopt result dict (``loss``, ``status`` and any extra information).
+    ``build`` is the hyperopt space itself (``{"x": hp.uniform("x", -5, 5)}``, as hyperopt
+    users write it) or a function ``build(settings)`` that returns it (settings may shape it).
+    ``objective(params)`` or ``objective(params, ctx)`` returns a hyperopt result dict (``loss``,
+    ``status`` and any extra information); ``ctx`` (:class:`TrialContext`) reports epochs,
+    answers "should I stop?" and stores files. Anything else is refused when the space is
+    created, i.e. when its module is loaded, with one line.
     """
 
     name: str
-    build: Callable[[Mapping[str, Any]], Any]
-    objective: Objective
+    build: Callable[[Mapping[str, Any]], Any] | Any
+    objective: Objective | PlainObjective
     settings: tuple[Setting, ...] = ()
     description: str = ""
     source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a SearchSpace needs a non-empty name, got {self.name!r}")
+        if not callable(self.objective):
+            raise ConfigError(
+                f"space {self.name!r}: objective must be a function objective(params) or "
+                f"objective(params, ctx), got {type(self.objective).__name__}"
+            )
+        arity = _required_positionals(self.objective)
+        if arity is not None and not (arity[0] <= 2 and arity[1] >= 1):
+            raise ConfigError(
+                f"space {self.name!r}: objective {getattr(self.objective, '__name__', '?')} "
+                f"takes {arity[0]} required arguments; write objective(params) or "
+                "objective(params, ctx)"
+            )
+        if self._builds():
+            arity = _required_positionals(self.build)
+            if arity is not None and not (arity[0] <= 1 and arity[1] >= 1):
+                raise ConfigError(
+                    f"space {self.name!r}: build must take the settings (one argument), or "
+                    "pass the hyperopt space itself"
+                )
+
+    def _builds(self) -> bool:
+        """Whether ``build`` is a function of the settings (a pyll expression is callable too,
+        but it is a space)."""
+        return callable(self.build) and not isinstance(self.build, pyll.Apply)
+
+    def _takes_ctx(self) -> bool:
+        arity = _required_positionals(self.objective)
+        return arity is None or arity[1] >= 2
+
+    def run_objective(self, params: dict[str, Any], ctx: TrialContext) -> Any:
+        """Call the objective the way it was written: with ``ctx`` or without."""
+        if self._takes_ctx():
+            return self.objective(params, ctx)  # type: ignore[call-arg]
+        return self.objective(params)  # type: ignore[call-arg]
 
     def resolve_settings(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults updated by ``overrides``; unknown names and bad values raise ConfigError."""
@@ -142,11 +202,12 @@ class SearchSpace:
         return resolved
 
     def hyperopt_space(self, settings: Mapping[str, Any]) -> Any:
-        return self.build(settings)
+        """The hyperopt space for ``settings`` (``build`` itself when it is not a function)."""
+        return self.build(settings) if self._builds() else self.build
 
     def fingerprint(self, settings: Mapping[str, Any]) -> str:
         """A short hash of the space's structure, to detect a changed space under one exp key."""
-        text = str(pyll.as_apply(self.build(settings)))
+        text = str(pyll.as_apply(self.hyperopt_space(settings)))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

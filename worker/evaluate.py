@@ -213,7 +213,7 @@ def evaluate(resolver: Resolver, store: TrialStore, lease: Lease, extra: dict[st
             result = resolved.domain.evaluate(spec, ctrl)
         else:
             ctx = TrialContextImpl(store, lease, resolved.settings, extra, resolved.pruner)
-            result = resolved.space.objective(params, ctx)  # type: ignore[union-attr]
+            result = resolved.space.run_objective(params, ctx)  # type: ignore[union-attr]
             if ctx.verdict is Verdict.LEASE_LOST:
                 raise TrialLost(f"trial {lease.tid}: lease lost; result dropped")
             pruned = ctx.pruned
