@@ -93,6 +93,7 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
     if epochs:
         row.update(flatten(epochs[-1], "last_epoch"))
     row["epochs"] = len(epochs)
+    row["pruned"] = _pruned_epoch(doc)
     row["duration_s"] = doc.get("duration_s")
     row["book_time"] = doc.get("book_time")
     row["ended"] = doc.get("ended")
@@ -252,7 +253,28 @@ def _as_trial(row: Mapping[str, Any]) -> dict[str, Any]:
     name = str(row.get("state", "")).upper()
     state = TrialState[name] if name in TrialState.__members__ else row.get("state")
     result = {"status": row.get("status"), "loss": row.get("loss")}
+    if row.get("pruned") is not None:
+        result["pruned"] = {"epoch": row["pruned"]}
     return {"tid": row.get("tid"), "state": state, "result": result, "row": row}
+
+
+def _pruned_epoch(doc: Mapping[str, Any]) -> int | None:
+    """The ``pruned`` column: the epoch at which an early-stopping rule stopped the trial."""
+    record = rules.pruned(doc)
+    return None if record is None else record.get("epoch")
+
+
+def pruned_text(doc: Mapping[str, Any]) -> str:
+    """``"pruned at epoch 2 by asha: val_loss 0.41, threshold 0.35"`` for a trial an
+    early-stopping rule stopped; ``""`` for any other."""
+    record = rules.pruned(doc)
+    if record is None:
+        return ""
+    text = f"pruned at epoch {record.get('epoch')} by {record.get('rule')}"
+    if record.get("metric") is not None:
+        text += f": {record['metric']} {fmt_value(record.get('value'))}"
+        text += f", threshold {fmt_value(record.get('threshold'))}"
+    return text
 
 
 def ok_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -322,6 +344,7 @@ class ExperimentSummary:
     rate_per_min: float | None
     eta_s: float | None
     workers: list[WorkerView] = field(default_factory=list)
+    pruned: int = 0  #: DONE trials an early-stopping rule stopped (``--prune``)
 
     @property
     def finished(self) -> int:
@@ -339,6 +362,7 @@ def summarize(
         if d.get("state") in TrialState._value2member_map_:
             counts[TrialState(d["state"])] += 1
     best = rules.best_trial(docs)
+    pruned = sum(1 for d in docs if rules.pruned(d) is not None)
     finished = sum(n for s, n in counts.items() if s.finished)
     running = exp.get("status") == ExperimentStatus.RUNNING.value
     starts = [d["book_time"] for d in docs if d.get("book_time")]
@@ -364,6 +388,7 @@ def summarize(
         rate_per_min=rate,
         eta_s=eta,
         workers=mine,
+        pruned=pruned,
     )
 
 

@@ -5,7 +5,8 @@
 * ``loss_over_time.png``: each trial's loss at the time it ended, with the running best;
 * ``params.png``: each parameter against loss (log axis for log-scaled parameters, jittered
   strips for categorical ones), the best trial starred;
-* ``learning_curves.png``: validation loss per epoch of the 5 best trials that reported epochs;
+* ``learning_curves.png``: validation loss (or the early-stopping rule's metric) per epoch: the 5
+  best finished trials in colour, the others in grey, stopped trials ending in a red x;
 * ``timeline.png``: one row per worker (and GPU), a bar per attempt, so idle gaps show.
 """
 
@@ -30,6 +31,8 @@ from coordinator.inspect import best_row, flatten, ok_rows, trial_row
 _STATE_COLORS = {"done": "tab:green", "error": "tab:red", "running": "tab:blue"}
 _RETRY_COLOR = "tab:gray"
 TOP_CURVES = 5
+#: the best curves' colours: no red (stopped trials) or grey (the other finished ones)
+_TOP_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown")
 
 
 def plot_all(
@@ -210,35 +213,63 @@ def _natural(text: str) -> tuple[int, float, str]:
 
 
 def learning_curves(exp_key: str, docs: list[dict[str, Any]]) -> Figure | str:
+    """The metric per epoch: the best finished trials in colour, the other finished ones in
+    grey, and the trials an early-stopping rule stopped ending in a red x where it stopped them."""
     with_epochs = [d for d in docs if d.get("epochs")]
-    ranked = sorted(
-        (d for d in with_epochs if rules.is_ok_trial(d)),
+    stopped = [d for d in with_epochs if rules.pruned(d) is not None]
+    finished = sorted(
+        (d for d in with_epochs if rules.is_ok_trial(d) and rules.pruned(d) is None),
         key=lambda d: (rules.ok_loss(d), d["tid"]),
-    )[:TOP_CURVES]
-    if not ranked:
+    )
+    ranked = finished[:TOP_CURVES]
+    if not ranked and not stopped:
         return "no successful trial reported per-epoch metrics"
-    metric = "val_loss" if any("val_loss" in e for d in ranked for e in d["epochs"]) else "loss"
+    metric = next((rules.pruned(d).get("metric") for d in stopped), None)  # type: ignore[union-attr]
+    if metric is None:
+        shown = ranked or stopped
+        metric = "val_loss" if any("val_loss" in e for d in shown for e in d["epochs"]) else "loss"
     fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
     values: list[float] = []
-    for d in ranked:
+
+    def curve(d: dict[str, Any]) -> tuple[list[Any], list[float]]:
         points = [
             (e.get("epoch", i + 1), e[metric])
             for i, e in enumerate(d["epochs"])
-            if isinstance(e.get(metric), (int, float))
+            if isinstance(e.get(metric), (int, float)) and math.isfinite(e[metric])
         ]
-        if not points:
-            continue
-        xs, ys = zip(*points, strict=True)
-        values += ys
-        ax.plot(xs, ys, marker="o", ms=3, label=f"tid {d['tid']} (loss {d['result']['loss']:.4g})")
+        values.extend(y for _, y in points)
+        return [x for x, _ in points], [y for _, y in points]
+
+    for d in finished[TOP_CURVES:]:
+        ax.plot(*curve(d), color="tab:gray", alpha=0.35, lw=0.8)
+    for d in stopped:
+        xs, ys = curve(d)
+        if xs:
+            ax.plot(xs, ys, color="tab:red", alpha=0.3, lw=0.8)
+            ax.plot(xs[-1:], ys[-1:], "x", color="tab:red", ms=5)
+    if stopped:
+        ax.plot([], [], "x-", color="tab:red", alpha=0.6, label=f"stopped early ({len(stopped)})")
+    if len(finished) > TOP_CURVES:
+        ax.plot(
+            [],
+            [],
+            color="tab:gray",
+            alpha=0.5,
+            label=f"other finished ({len(finished) - TOP_CURVES})",
+        )
+    for d, color in zip(ranked, _TOP_COLORS, strict=False):
+        label = f"tid {d['tid']} (loss {d['result']['loss']:.4g})"
+        ax.plot(*curve(d), marker="o", ms=3, color=color, label=label)
     if _use_log(values):
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    ax.set_title(f"{exp_key}: {metric} per epoch, {len(ranked)} best trials")
+    title = f"{exp_key}: {metric} per epoch, {len(ranked)} best finished trials"
+    ax.set_title(title + (f", {len(stopped)} stopped early (x)" if stopped else ""))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -61,6 +61,9 @@ def _print_summary(s: ins.ExperimentSummary) -> None:
     total = f"/{s.max_evals}" if s.max_evals else ""
     click.echo(f"experiment {s.exp_key}  [{s.status}]" + (f"  space {s.space}" if s.space else ""))
     click.echo(f"  trials    {s.finished}{total} finished: " + _counts(s.counts))
+    if s.pruned:
+        done = s.counts.get(TrialState.DONE, 0)
+        click.echo(f"  pruned    {s.pruned} of the {done} done trials were stopped early")
     if s.best_loss is not None:
         click.echo(f"  best      loss {s.best_loss:.6g} (tid {s.best_tid})")
     else:
@@ -165,10 +168,16 @@ def top(
         click.echo(f"experiment {exp_key}: no successful trials yet ({len(rows)} trials)")
         return
     ranked = ins.sort_rows(pool, by, descending=desc)[:limit]
-    metrics = [c for c in ins.columns(ranked) if c.startswith("result.") and _numeric(ranked, c)]
+    metrics = [
+        c
+        for c in ins.columns(ranked)
+        if c.startswith("result.") and not c.startswith("result.pruned.") and _numeric(ranked, c)
+    ]
     metrics.sort(key=lambda c: (not c.startswith("result.val_"), "acc" not in c))
     params = [c for c in ins.columns(ranked) if c.startswith("params.")]
     names = ["tid"] + (["state"] if all_states else []) + ["loss"]
+    if any(r.get("pruned") is not None for r in ranked):
+        names.append("pruned")  # the epoch an early-stopping rule stopped it at
     if by not in names:
         names.append(by)
     names += [c for c in metrics[:4] if c not in names]
@@ -210,7 +219,11 @@ def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -
         )
     params = doc.get("params") or ins.ParamDecoder(exp, spaces)(doc)
     result = doc.get("result") or {}
-    click.echo(f"trial {tid} of {exp_key}: {ins.state_name(doc.get('state'))}")
+    pruned = ins.pruned_text(doc)
+    click.echo(
+        f"trial {tid} of {exp_key}: {ins.state_name(doc.get('state'))}"
+        + (f", {pruned}" if pruned else "")
+    )
     # a Keras result's ``history`` and ``params`` repeat the epochs and params shown below
     _section("result", {k: v for k, v in result.items() if k not in ("history", "params")})
     _section("params", ins.flatten(params or {}, ""))
