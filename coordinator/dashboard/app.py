@@ -211,7 +211,7 @@ def experiment_page(dash: Dashboard, request: Request) -> Response:
     key = _exp_key(request)
     exp = pages.experiment_doc(dash.store, key)
     cache = dash.caches.get(key)
-    line = pages.summary(cache, exp, pages.worker_views(dash.store))
+    line = pages.summary(cache, exp, pages.worker_views(dash.store, cache.now))
     boot = {
         "key": key,
         "api": f"/api/trials?key={urllib.parse.quote(key, safe='')}",
@@ -285,7 +285,7 @@ def trials_api(dash: Dashboard, request: Request) -> dict[str, Any]:
         since = 0
     exp = pages.experiment_doc(dash.store, key)
     cache = dash.caches.get(key)
-    workers = pages.worker_views(dash.store)
+    workers = pages.worker_views(dash.store, cache.now)
     return pages.trials_payload(
         cache, exp, workers, since=since, token=request.query_params.get("cache")
     )

@@ -170,6 +170,8 @@ class TrialCache:
         self._entries: dict[Any, TrialEntry] = {}
         self._columns: dict[str, None] = {}
         self._refreshed = -math.inf
+        self._sorted: list[TrialEntry] | None = None
+        self._memo: dict[str, tuple[Any, float, Any]] = {}
         self._lock = threading.Lock()
 
     def refresh(self, *, force: bool = False) -> None:
@@ -192,19 +194,32 @@ class TrialCache:
             if old is not None and old.mtime is not None and old.mtime == doc.get("mtime"):
                 continue  # seen already: the overlap window reads it twice
             self.seq += 1
+            self._sorted = None
             entry = TrialEntry.from_doc(doc, self.seq)
             self._entries[entry.id] = entry
             self._columns.update(dict.fromkeys(entry.row))
 
     def entries(self) -> list[TrialEntry]:
-        """Every trial, in tid order."""
+        """Every trial, in tid order (sorted once per change; callers must not modify it)."""
         with self._lock:
-            entries = list(self._entries.values())
-        return sorted(entries, key=lambda e: rules.tid_order(e.tid))
+            if self._sorted is None:
+                self._sorted = sorted(self._entries.values(), key=lambda e: rules.tid_order(e.tid))
+            return self._sorted
 
     def changed_since(self, seq: int) -> list[TrialEntry]:
         """The trials that changed after sequence number ``seq``, in tid order."""
         return [e for e in self.entries() if e.seq > seq]
+
+    def derived(self, name: str, key: Any, make: Callable[[], Any], max_age_s: float) -> Any:
+        """``make()``, computed again only when the trials changed, ``key`` changed or the last
+        result is older than ``max_age_s``: what every poll shows but few change (summaries)."""
+        memo = self._memo.get(name)
+        full_key = (self.seq, key)
+        if memo is not None and memo[0] == full_key and self.clock() - memo[1] < max_age_s:
+            return memo[2]
+        value = make()
+        self._memo[name] = (full_key, self.clock(), value)
+        return value
 
     def columns(self) -> list[str]:
         """The table's columns (``inspect.columns`` order) over every trial seen."""

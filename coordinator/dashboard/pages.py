@@ -21,6 +21,8 @@ from coordinator.store import TrialStoreBase
 
 #: hours of the workers page's timeline
 TIMELINE_HOURS = 2.0
+#: seconds a summary is reused while no trial changes (trials/min and ETA move with the clock)
+SUMMARY_MAX_AGE_S = 5.0
 #: the timeline draws at most this many trials per worker (the latest)
 TIMELINE_MAX_PER_WORKER = 300
 
@@ -50,16 +52,31 @@ def pruning_label(doc: Any) -> str | None:
     return f"{doc.get('rule')} on {doc.get('metric')} ({doc.get('direction', 'min')})"
 
 
-def summary(
-    cache: TrialCache, exp: Mapping[str, Any], workers: list[inspect.WorkerView]
-) -> dict[str, Any]:
-    """One experiment's line: the CLI's summary (same rules) plus what the page adds."""
-    s = inspect.summarize(CachedOutcomes(cache), exp, workers)  # type: ignore[arg-type]
+def _summarize(
+    cache: TrialCache, exp: Mapping[str, Any]
+) -> tuple[inspect.ExperimentSummary, dict[str, int]]:
+    s = inspect.summarize(CachedOutcomes(cache), exp, [])  # type: ignore[arg-type]
     counts = {inspect.state_name(state): n for state, n in s.counts.items()}
     pruned = sum(1 for e in cache.entries() if e.state == "pruned")
     if pruned:  # DONE trials that were stopped early: their own chip
         counts["done"] -= pruned
         counts["pruned"] = pruned
+    return s, counts
+
+
+def summary(
+    cache: TrialCache, exp: Mapping[str, Any], workers: list[inspect.WorkerView]
+) -> dict[str, Any]:
+    """One experiment's line: the CLI's summary (same rules) plus what the page adds. The
+    O(trials) part is computed again only when a trial or the experiment changed, or after
+    :data:`SUMMARY_MAX_AGE_S` (trials/min and ETA move with the clock)."""
+    s, counts = cache.derived(
+        "summary",
+        (exp.get("version"), exp.get("status"), exp.get("cancel_requested")),
+        lambda: _summarize(cache, exp),
+        SUMMARY_MAX_AGE_S,
+    )
+    mine = [w for w in workers if w.exp_key in (None, s.exp_key)]
     return {
         "exp_key": s.exp_key,
         "status": s.status,
@@ -75,7 +92,7 @@ def summary(
         "rate_per_min": s.rate_per_min,
         "eta_s": s.eta_s,
         "eta": age(s.eta_s),
-        "workers": len([w for w in s.workers if not w.stale and w.state == "alive"]),
+        "workers": len([w for w in mine if not w.stale and w.state == "alive"]),
         "created": when(exp.get("created")),
         "finished_at": when(exp.get("finished")),
         "cancel_requested": exp.get("cancel_requested") is True,
@@ -94,8 +111,13 @@ def experiments(store: TrialStoreBase, caches: Caches) -> list[dict[str, Any]]:
     return rows[::-1]
 
 
-def worker_views(store: TrialStoreBase) -> list[inspect.WorkerView]:
-    return inspect.worker_views(store, include_stopped=True)  # type: ignore[arg-type]
+def worker_views(store: TrialStoreBase, now: dt.datetime | None = None) -> list[inspect.WorkerView]:
+    """Every registry row (``inspect.WorkerView``: heartbeat age, stale flag) at server time
+    ``now`` (a cache's last refresh saves a round trip), or the server's time now."""
+    if now is None:
+        now = store.server_time()
+    docs = store.list_workers(alive_only=False)
+    return [inspect.WorkerView.from_doc(d, now, defaults.STALE_WORKER_S) for d in docs]
 
 
 def trials_payload(
@@ -112,7 +134,7 @@ def trials_payload(
     entries = cache.entries()
     full = since <= 0 or token != cache.token
     changed = entries if full else [e for e in entries if e.seq > since]
-    drawn = curve_tids(entries)
+    drawn = cache.derived("curves", None, lambda: curve_tids(entries), math.inf)
     wanted = set(drawn)
     return {
         "cache": cache.token,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
 from collections.abc import Callable
+from typing import Any
 
 from coordinator.errors import ConfigError
 
@@ -40,6 +42,19 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
+
+
+def warm(dash: Any) -> None:
+    """Read the running experiments into the dashboard's cache in the background, so the first
+    look at a big one does not wait for the full read (O(trials), once per process)."""
+    from coordinator.errors import HyperfleetError
+
+    try:
+        for exp in dash.store.list_experiments():
+            if exp.get("status") == "running":
+                dash.caches.get(exp["_id"])
+    except HyperfleetError as e:  # the pages say so; nothing to warm
+        logger.info("not warming the dashboard's cache: %s", e)
 
 
 def url_of(host: str, port: int) -> str:
@@ -83,6 +98,7 @@ def serve(
         allow_actions=allow_actions,
         allowed_hosts=loopback_hosts(host) if loopback and ":" not in host else None,
     )
+    threading.Thread(target=warm, args=(app.state.dashboard,), daemon=True).start()
     mode = "actions allowed" if allow_actions else "read-only"
     echo(f"hyperfleet dashboard: {url_of(host, port)}  ({mode}; MongoDB {safe}, database {db})")
     if not ping(uri, timeout_s=1.0):
