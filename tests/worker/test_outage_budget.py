@@ -13,7 +13,9 @@ from coordinator.store import connect
 from tests.conftest import TEST_SPACES, cli_env, queue_trials, start_worker, stop_all, wait_for
 
 BUDGET_S = 3.0
-SLACK_S = 4.5  # detection, the child's exit, one short unregister try, interpreter exit
+#: the worker's first failure (its next heartbeat), the child's exit, one short try to reserve
+#: and one to unregister, the interpreter's exit
+SLACK_S = 5.0
 
 
 def test_worker_and_trial_child_give_up_after_one_budget(tmp_path) -> None:
@@ -29,6 +31,10 @@ def test_worker_and_trial_child_give_up_after_one_budget(tmp_path) -> None:
         "outage",
         "--spaces",
         TEST_SPACES,
+        "--heartbeat",
+        "0.5",  # the worker meets the outage within half a second, like its child
+        "--lease",
+        "5",
         log=log,
         env=cli_env(HYPERFLEET_OUTAGE_S=str(BUDGET_S)),
     )
