@@ -53,8 +53,9 @@ class StopWorking(Exception):
 
 
 class WorkerMissingSpace(HyperfleetError):
-    """A queued trial needs a search space this worker does not know: the worker hands the
-    trial back and stops; restart it with ``--spaces PATH`` (the file the search used)."""
+    """The experiment a worker is pinned to (``--exp-key``) needs a search space this worker
+    does not know: it hands the trial back and stops; restart it with ``--spaces PATH`` (the
+    file the search used). An unpinned worker skips that experiment and serves the others."""
 
 
 class DockerUnavailable(HyperfleetError):

@@ -7,6 +7,10 @@ Everything here reads through :class:`~coordinator.store.TrialStore` and never w
 A *row* is one trial flattened into ``{column: scalar}``: nested parameter choices become dotted
 columns (``params.optimizer.name``, ``params.optimizer.lr``), list items get their index
 (``params.layers.0``). Dates stay ``datetime`` (naive UTC) in rows and become ISO 8601 in exports.
+
+A document that :func:`coordinator.rules.trial_problem` refuses (another program's junk, a state
+``"2"``, no ``misc``...) becomes a *malformed* row: its ``tid``, ``state`` ``"malformed"`` and
+the ``problem``; it is never counted as a state, never a successful or best trial.
 """
 
 from __future__ import annotations
@@ -65,6 +69,23 @@ def flatten(value: Any, prefix: str) -> dict[str, Any]:
     return {prefix: value}
 
 
+#: the ``state`` column of a document that cannot be used (:func:`coordinator.rules.trial_problem`)
+MALFORMED = "malformed"
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def malformed_row(doc: Mapping[str, Any], problem: str) -> dict[str, Any]:
+    """The row of a document nobody can use: its tid (as text unless a number), ``state``
+    ``"malformed"`` and the ``problem``; none of its other content."""
+    tid = doc.get("tid")
+    if not (rules.tid_order(tid)[0] == 0 or tid is None):
+        tid = fmt_value(tid, 40)
+    return {"tid": tid, "state": MALFORMED, "status": None, "loss": None, "problem": problem}
+
+
 def state_name(state: Any) -> str:
     try:
         return TrialState(state).name.lower()
@@ -76,8 +97,9 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
     """One trial document as a flat row (see the module docstring for the column names).
 
     ``params`` replaces the document's own decoded ``params`` (for trials not yet evaluated).
+    Fields of unexpected types are left out rather than raising.
     """
-    result = doc.get("result") or {}
+    result = _mapping(doc.get("result"))
     loss = result.get("loss")
     row: dict[str, Any] = {
         "tid": doc.get("tid"),
@@ -89,7 +111,8 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
     # ``history`` repeats ``epochs`` and ``params`` the params: both stay out of the row
     extras = {k: v for k, v in result.items() if k not in _RESULT_SKIPPED}
     row.update(flatten(extras, "result"))
-    epochs = doc.get("epochs") or []
+    epochs = doc.get("epochs")
+    epochs = epochs if isinstance(epochs, list) else []
     if epochs:
         row.update(flatten(epochs[-1], "last_epoch"))
     row["epochs"] = len(epochs)
@@ -99,10 +122,10 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
     row["ended"] = doc.get("ended")
     row["attempt"] = doc.get("attempt", 0)
     row["attempts"] = doc.get("attempts", 0)
-    worker = doc.get("worker") or {}
+    worker = _mapping(doc.get("worker"))
     for name in _WORKER_FIELDS:
         row[f"worker.{name}"] = worker.get(name)
-    error = doc.get("error") or {}
+    error = _mapping(doc.get("error"))
     row["error.type"] = error.get("type")
     row["error.message"] = error.get("message")
     return row
@@ -148,11 +171,28 @@ def load_rows(
     store: TrialStore, exp_key: str, *, spaces: Iterable[str] = ()
 ) -> list[dict[str, Any]]:
     """Flat rows of every trial of ``exp_key``; queued and running trials get their params
-    decoded from ``misc.vals`` when the experiment's search space is known here."""
+    decoded from ``misc.vals`` when the experiment's search space is known here. Documents
+    :func:`rules.trial_problem` refuses become :func:`malformed_row` rows."""
     exp = get_experiment(store, exp_key)
     docs = load_trials(store, exp_key)
     decode = ParamDecoder(exp, spaces)
-    return [trial_row(d, None if d.get("params") else decode(d)) for d in docs]
+    rows = []
+    for d in docs:
+        problem = rules.trial_problem(d, space=exp.get("space"))
+        if problem is not None:
+            rows.append(malformed_row(d, problem))
+        else:
+            rows.append(trial_row(d, None if d.get("params") else decode(d)))
+    return rows
+
+
+def usable_trials(
+    docs: Iterable[dict[str, Any]], exp: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The documents of ``docs`` that :func:`rules.trial_problem` accepts (as trials of
+    experiment ``exp``'s space, when it names one)."""
+    space = (exp or {}).get("space")
+    return [d for d in docs if rules.trial_problem(d, space=space) is None]
 
 
 class ParamDecoder:
@@ -221,14 +261,17 @@ def sort_rows(
 ) -> list[dict[str, Any]]:
     """``rows`` sorted on column ``by`` (rows without a value last); an unknown column is a
     :class:`ConfigError` listing the sortable ones."""
-    known = [c for c in columns(rows) if any(_sortable(r.get(c)) for r in rows)]
-    if rows and by not in known:
+    names = columns(rows)
+    known = [c for c in names if any(_sortable(r.get(c)) for r in rows)]
+    if rows and by not in names:  # a known column without values yet (e.g. loss) is no error
         raise ConfigError(
             f"unknown field {by!r} for --by; sortable fields here: {', '.join(known)}"
         )
     present = [r for r in rows if _sortable(r.get(by))]
     missing = [r for r in rows if not _sortable(r.get(by))]
-    present.sort(key=lambda r: (_sort_key(r[by]), r.get("tid") or 0), reverse=descending)
+    present.sort(
+        key=lambda r: (_sort_key(r[by]), rules.tid_order(r.get("tid"))), reverse=descending
+    )
     return present + missing
 
 
@@ -345,6 +388,8 @@ class ExperimentSummary:
     eta_s: float | None
     workers: list[WorkerView] = field(default_factory=list)
     pruned: int = 0  #: DONE trials an early-stopping rule stopped (``--prune``)
+    #: documents of the experiment that cannot be used (:func:`rules.trial_problem`): in no count
+    malformed: int = 0
 
     @property
     def finished(self) -> int:
@@ -354,9 +399,13 @@ class ExperimentSummary:
 def summarize(
     store: TrialStore, exp: Mapping[str, Any], workers: list[WorkerView]
 ) -> ExperimentSummary:
-    """Counts, best trial, throughput and ETA of one experiment (times in server time)."""
+    """Counts, best trial, throughput and ETA of one experiment (times in server time); the
+    documents that cannot be used (``problem`` set by ``trial_outcomes``) are only counted as
+    ``malformed``."""
     exp_key = exp["_id"]
-    docs = store.trial_outcomes(exp_key)
+    every = store.trial_outcomes(exp_key)
+    space = exp.get("space")  # rules.trial_problem(space=): another space's are not its trials
+    docs = [d for d in every if not d.get("problem") and (not space or d.get("space") == space)]
     counts = dict.fromkeys(TrialState, 0)
     for d in docs:
         if d.get("state") in TrialState._value2member_map_:
@@ -365,8 +414,8 @@ def summarize(
     pruned = sum(1 for d in docs if rules.pruned(d) is not None)
     finished = sum(n for s, n in counts.items() if s.finished)
     running = exp.get("status") == ExperimentStatus.RUNNING.value
-    starts = [d["book_time"] for d in docs if d.get("book_time")]
-    ends = [d["ended"] for d in docs if d.get("ended")]
+    starts = [d["book_time"] for d in docs if isinstance(d.get("book_time"), dt.datetime)]
+    ends = [d["ended"] for d in docs if isinstance(d.get("ended"), dt.datetime)]
     rate = eta = None
     if starts and ends:
         end = store.server_time() if running else max(ends)
@@ -389,6 +438,7 @@ def summarize(
         eta_s=eta,
         workers=mine,
         pruned=pruned,
+        malformed=len(every) - len(docs),
     )
 
 

@@ -78,3 +78,140 @@ def max_attempts(exp: Mapping[str, Any] | None, default: int = defaults.MAX_ATTE
     if _is_number(value) and value >= 1:
         return int(value)
     return default
+
+
+#: the fields :func:`trial_problem` reads: a read that projects must include them all
+TRIAL_FIELDS = (
+    "_id",
+    "exp_key",
+    "tid",
+    "state",
+    "result",
+    "misc",
+    "owner",
+    "attempt",
+    "attempts",
+    "version",
+    "space",
+    "error.type",
+    "error.message",
+)
+#: ``error.type`` of a document marked ERROR because it could not be used (it stays unusable)
+MALFORMED = "MalformedTrial"
+_COUNTERS = ("attempt", "attempts", "version")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def trial_problem(
+    doc: Any, labels: Iterable[str] | None = None, space: str | None = None
+) -> str | None:
+    """Why ``doc`` cannot be used as a trial document (one line), or ``None`` when it can.
+
+    The one rule for every reader: workers never reserve such a document (one of hyperfleet's
+    own is marked ERROR with this reason, anything else is left alone), the coordinator's view of
+    a search skips it, inspection shows it as "malformed". Usable means hyperopt's job protocol
+    with the types hyperopt and hyperfleet rely on: an integer ``state`` that names a state,
+    a ``tid`` (an integer, or a string as hyperopt allows), a ``misc`` with that ``tid`` and
+    ``idxs``/``vals`` of equal lists, a ``result`` dict with a string ``status`` (and a numeric
+    ``loss`` where it has one, always with ``"ok"``), a string or missing ``exp_key``,
+    ``owner`` and ``space``, and non-negative integer counters. ``spec`` may hold anything.
+
+    ``labels`` (a search's hyperparameter labels) adds what a search's algorithm needs: an
+    integer ``tid`` and ``misc.idxs``/``misc.vals`` that cover exactly these labels, each
+    ``[]`` or ``[tid]`` with one numeric value. ``space`` (an experiment's named search space)
+    refuses documents of any other space. A document once marked ERROR for being unusable
+    (``error.type`` :data:`MALFORMED`) stays unusable.
+    """
+    if not isinstance(doc, Mapping):
+        return f"not a document but {type(doc).__name__}"
+    error = doc.get("error")
+    if isinstance(error, Mapping) and error.get("type") == MALFORMED:
+        return str(error.get("message") or "marked unusable")
+    exp_key = doc.get("exp_key")
+    if exp_key is not None and not isinstance(exp_key, str):
+        return f"exp_key is {type(exp_key).__name__}, not a string"
+    tid = doc.get("tid")
+    if tid is None:
+        return "no tid"
+    if not (_is_int(tid) or isinstance(tid, str)):
+        return f"tid is {type(tid).__name__}, not an integer"
+    state = doc.get("state")
+    if not _is_int(state) or state not in TrialState._value2member_map_:
+        return f"state {state!r} is not one of the integer states 0-4"
+    for name in ("owner", "space"):
+        value = doc.get(name)
+        if value is not None and not (isinstance(value, str) and value):
+            return f"{name} {_short(value)} is not a non-empty string"
+    if "space" in doc and doc["space"] is None:
+        return "space is null"
+    if state == TrialState.NEW and doc.get("owner") is not None:
+        return "queued (NEW) but owned"
+    for name in _COUNTERS:
+        value = doc.get(name, 0)
+        if value is not None and not (_is_int(value) and value >= 0):
+            return f"{name} {_short(value)} is not a non-negative integer"
+    problem = _result_problem(doc.get("result"))
+    if problem is not None:
+        return problem
+    problem = _misc_problem(doc.get("misc"), tid)
+    if problem is None and space is not None and doc.get("space") != space:
+        problem = f"space {_short(doc.get('space'))} is not the experiment's ({space!r})"
+    if problem is not None or labels is None:
+        return problem
+    return _search_problem(doc["misc"], tid, set(labels))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _result_problem(result: Any) -> str | None:
+    if not isinstance(result, Mapping):
+        return "no result dict" if result is None else "result is not a dict"
+    status = result.get("status")
+    if not isinstance(status, str):
+        return f"result.status {_short(status)} is not a string"
+    loss = result.get("loss")
+    if loss is not None and not _is_number(loss):
+        return f"result.loss {_short(loss)} is not a number"
+    if status == "ok" and loss is None:
+        return "result.status is ok without a loss"
+    return None
+
+
+def _misc_problem(misc: Any, tid: Any) -> str | None:
+    if not isinstance(misc, Mapping):
+        return "no misc" if misc is None else "misc is not a dict"
+    same_kind = _is_int(misc.get("tid")) == _is_int(tid)  # 1 and 1.0 or True are not the tid
+    if "tid" not in misc or misc["tid"] != tid or not same_kind:
+        return f"misc.tid {_short(misc.get('tid'))} is not the tid {_short(tid)}"
+    idxs, vals = misc.get("idxs"), misc.get("vals")
+    if not isinstance(idxs, Mapping) or not isinstance(vals, Mapping):
+        return "misc.idxs or misc.vals is not a dict"
+    if set(idxs) != set(vals):
+        return "misc.idxs and misc.vals name different parameters"
+    for label, ids in idxs.items():
+        values = vals[label]
+        if not isinstance(ids, list) or not isinstance(values, list) or len(ids) != len(values):
+            return f"misc.idxs/vals of {_short(label)} are not lists of one length"
+    return None
+
+
+def _search_problem(misc: Mapping[str, Any], tid: Any, labels: set[str]) -> str | None:
+    if not _is_int(tid):
+        return f"tid {_short(tid)} is not an integer"
+    if set(misc["idxs"]) != labels:
+        return "its parameters are not this search's"
+    for label, ids in misc["idxs"].items():
+        if ids not in ([], [tid]):
+            return f"misc.idxs of {_short(label)} is neither [] nor [tid]"
+        if not all(_is_number(v) for v in misc["vals"][label]):
+            return f"misc.vals of {_short(label)} is not numeric"
+    from_tid = misc.get("from_tid")
+    if from_tid is not None and not _is_int(from_tid):
+        return "misc.from_tid is not an integer"
+    return None

@@ -1,8 +1,11 @@
 """The coordinator: hyperopt's own FMinIter over :class:`HyperfleetTrials`, plus housekeeping.
 
 hyperopt's loop enqueues suggestions and polls; every ``tick_s`` (from inside its polls, its final
-wait included) the coordinator reaps trials of dead workers, notices cancellation, sizes the queue
-to the live workers and refreshes the progress line. fmin therefore never hangs on a dead worker.
+wait included) the coordinator runs :class:`~coordinator.housekeeping.Housekeeping` (reaps trials
+of dead workers, quarantines unusable documents of its own, notices cancellation, sizes the queue
+to the live workers, adapts the poll) and refreshes the progress line. fmin therefore never hangs
+on a dead worker. A seeded rerun continues its random stream
+(:func:`~coordinator.housekeeping.continue_stream`) instead of repeating earlier suggestions.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from hyperopt.fmin import FMinIter
 
 from coordinator import defaults, rules
 from coordinator.errors import ConfigError, ExperimentMismatch, HyperfleetError
+from coordinator.housekeeping import POLL_S, TICK_S, Housekeeping, continue_stream
 from coordinator.progress import SearchProgress
 from coordinator.pruning import PruningConfig
 from coordinator.states import ExperimentStatus, TrialState
@@ -31,7 +35,6 @@ from search_spaces import SearchSpace
 logger = logging.getLogger(__name__)
 
 ALGOS = defaults.ALGOS
-MIN_POLL_S = 0.002  #: the shortest sleep of fmin's loop, while trials finish very fast
 
 
 def algo_function(name: str) -> Callable[..., Any]:
@@ -72,8 +75,8 @@ class SearchConfig:
     loss_threshold: float | None = None
     max_attempts: int = defaults.MAX_ATTEMPTS
     force: bool = False
-    poll_s: float = 0.02
-    tick_s: float = 0.5
+    poll_s: float = POLL_S
+    tick_s: float = TICK_S
     spaces_source: str | None = None
     progress: bool = False  #: a tqdm bar; otherwise a log line every ``progress_every`` trials
     progress_every: int | None = None  #: None: every tenth of max_evals
@@ -186,7 +189,13 @@ class Coordinator:
         self.config = config
         self.fmin_iter: FMinIter | None = None
         self.on_tick: Callable[[HyperfleetTrials, dict[TrialState, int]], None] | None = None
-        self._last_rate_check: tuple[float, int] | None = None
+        self.housekeeping = Housekeeping(
+            store,
+            config.exp_key,
+            poll_s=config.poll_s,
+            queue_len=config.queue_len,
+            max_attempts=config.max_attempts,
+        )
         self._progress: SearchProgress | None = None
 
     def run(self) -> SearchOutcome:
@@ -202,12 +211,14 @@ class Coordinator:
         )
         trials.refresh_reuse_s = 0.005  # fmin refreshes twice in a row around each insert
         domain = base.Domain(_evaluated_by_workers, config.space.hyperopt_space(config.settings))
+        trials.use_domain(domain)
+        trials.refresh()
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.fmin_iter = FMinIter(
             algo_function(config.algo),
             domain,
             trials,
-            rstate=np.random.default_rng(seed),
+            rstate=continue_stream(np.random.default_rng(seed), trials.stored),
             asynchronous=True,
             max_queue_len=config.queue_len or 2,
             poll_interval_secs=config.poll_s,
@@ -217,6 +228,7 @@ class Coordinator:
             verbose=False,
             show_progressbar=False,
         )
+        self.housekeeping.attach(self.fmin_iter)
         already = len(trials)
         if already:
             logger.info("resuming %r: %d trials already stored", config.exp_key, already)
@@ -237,40 +249,18 @@ class Coordinator:
             self._progress.close()
         return SearchOutcome(
             exp_key=config.exp_key,
-            counts=self.store.count_by_state(config.exp_key),
+            counts=trials.state_counts(),  # usable documents only, as fmin counted them
             best=rules.best_trial(trials.trials),
             seconds=time.monotonic() - started,
             cancelled=trials.cancelled,
         )
 
     def _tick(self, trials: HyperfleetTrials) -> None:
-        """Housekeeping from inside fmin's polls: reap, cancel, size the queue, report."""
-        config = self.config
-        self.store.reap_expired(config.exp_key, max_attempts=config.max_attempts)
-        if self.store.cancel_requested(config.exp_key):
-            trials.mark_cancelled()
-        if config.queue_len is None and self.fmin_iter is not None:
-            live = self.store.live_workers(
-                max_age_s=defaults.STALE_WORKER_S, exp_key=config.exp_key
-            )
-            live = len(live)
-            self.fmin_iter.max_queue_len = max(2, 2 * live)
-        counts = self._report(trials)
-        self._adapt_poll(counts)
+        """From inside fmin's polls: the housekeeping, then the progress line."""
+        counts = self.housekeeping.tick(trials)
+        self._report(trials)
         if self.on_tick is not None:
             self.on_tick(trials, counts)
-
-    def _adapt_poll(self, counts: dict[TrialState, int]) -> None:
-        """Poll fmin's queue about twice per finished trial while trials are fast (workers must
-        not wait for it), and every ``poll_s`` while they are slow (no needless load)."""
-        finished = sum(counts[s] for s in (TrialState.DONE, TrialState.ERROR, TrialState.CANCEL))
-        now = time.monotonic()
-        if self.fmin_iter is not None and self._last_rate_check is not None:
-            seconds = now - self._last_rate_check[0]
-            rate = (finished - self._last_rate_check[1]) / seconds if seconds > 0 else 0.0
-            fast = 0.5 / rate if rate > 0 else self.config.poll_s
-            self.fmin_iter.poll_interval_secs = min(self.config.poll_s, max(MIN_POLL_S, fast))
-        self._last_rate_check = (now, finished)
 
     def _report(self, trials: HyperfleetTrials) -> dict[TrialState, int]:
         counts = trials.state_counts()  # from fmin's last refresh: no O(n) aggregate per tick

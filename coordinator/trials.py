@@ -13,17 +13,31 @@ previous read but committed just after it is still found); cost O(changes), whoe
 Counts come from the same cache, brought up to date the same way. A full read every
 ``FULL_REFRESH_EVERY_S`` remains as a safety net for writers that do not stamp ``mtime`` (e.g. a
 mongo-shell edit) and for trials deleted by other processes.
+
+Documents that cannot be used (:func:`coordinator.rules.trial_problem`: no ``misc``, no ``tid``,
+a state ``"2"``, another search's parameters or space, ...) never reach hyperopt: the view, the
+counts and the best trial skip them, each logged once; the housekeeping marks the search's own
+queued or running ones ERROR (:meth:`HyperfleetTrials.take_refused`).
+
+``hyperopt.fmin(fn, space, trials=HyperfleetTrials(...))`` runs :meth:`HyperfleetTrials.fmin`
+(hyperopt calls a Trials object's own ``fmin``): the same loop and housekeeping as ``hyperfleet
+search`` (:mod:`coordinator.housekeeping`): dead workers' trials are reaped, the poll adapts to
+the pace of the trials, the queue to the live workers, and a seeded rerun continues its random
+stream.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
+from hyperopt import base
 from hyperopt.mongoexp import MongoTrials
 
 from coordinator import defaults, rules
@@ -50,7 +64,11 @@ CANCEL_CHECK_S = 0.25
 #: counts asked for this soon after a refresh come from it (fmin counts right after refreshing)
 COUNTS_FROM_REFRESH_S = 0.01
 
+#: the experiment attachment that counts ``fmin`` runs (see :meth:`HyperfleetTrials.fmin`)
+FMIN_RUNS = "hyperfleet.fmin_runs"
+
 _EPOCH = dt.datetime(1970, 1, 1)
+_UNFINISHED = (int(TrialState.NEW), int(TrialState.RUNNING))
 
 
 def _visible(doc: dict[str, Any]) -> bool:
@@ -67,9 +85,11 @@ class HyperfleetTrials(MongoTrials):
 
     ``arg`` is a ``TrialStore`` or a MongoDB URI (then ``db`` names the database). ``space_name``
     marks the trials this object inserts as belonging to a named search space, so untrusted
-    workers may run them. ``on_poll`` is called (at most every ``poll_every_s``) from the polls
-    that fmin makes while waiting, including its final wait: the coordinator reaps dead workers'
-    trials and checks for cancellation there.
+    workers may run them (and, while a search runs, the view skip other spaces'). ``on_poll`` is
+    called (at most every ``poll_every_s``) from the polls that fmin makes while waiting,
+    including its final wait: the housekeeping (:mod:`coordinator.housekeeping`) runs there.
+    ``queue_len``: trials :meth:`fmin` keeps queued (``None``: twice the live workers, at least
+    fmin's ``max_queue_len``).
     """
 
     def __init__(
@@ -87,6 +107,12 @@ class HyperfleetTrials(MongoTrials):
         self.space_name = space_name
         self.on_poll = on_poll
         self.poll_every_s = poll_every_s
+        self.queue_len: int | None = None
+        #: the hyperparameter labels of the search being run (None: any document's)
+        self._labels: frozenset[str] | None = None
+        #: documents refused (by ``_id``): logged once; queued/running ones await quarantine
+        self._refused: dict[DocId, str] = {}
+        self._to_quarantine: dict[DocId, tuple[dict[str, Any], str]] = {}
         self._last_poll = 0.0
         self._fmin_cancelled = False
         self._tid_pool: list[int] = []
@@ -122,6 +148,7 @@ class HyperfleetTrials(MongoTrials):
         self._pos: dict[DocId, int] = {}
         self._touched: dict[DocId, dict[str, Any]] = {}  #: read but not yet in ``_sorted``
         self._republish = True  #: the published lists predate this cache
+        self._rebuild = False  #: a published trial was refused since: rebuild the lists
         self._max_int_tid = -1  #: the largest integer tid read (-1: none)
         self._watermark: dt.datetime | None = None  #: the newest ``mtime`` seen (server clock)
         self._server_offset: dt.timedelta | None = None  #: server clock - this one, roughly
@@ -159,6 +186,10 @@ class HyperfleetTrials(MongoTrials):
                 if old.get("version") == doc.get("version") and old.get("mtime") == mtime:
                     continue  # re-read in the overlap window, unchanged
                 self._counts[old.get("state")] -= 1
+            problem = self._problem(doc)
+            if problem is not None:
+                self._refuse(doc, problem, was_read=old is not None)
+                continue
             self._docs[doc["_id"]] = doc
             self._counts[doc.get("state")] += 1
             self._touched[doc["_id"]] = doc
@@ -166,14 +197,58 @@ class HyperfleetTrials(MongoTrials):
             if isinstance(tid, int) and not isinstance(tid, bool):
                 self._max_int_tid = max(self._max_int_tid, tid)
 
+    def _problem(self, doc: dict[str, Any]) -> str | None:
+        """Why this view cannot use ``doc`` (:func:`rules.trial_problem`; while it runs a search
+        of a named space, another space's document too), or ``None``."""
+        searching = self._labels is not None
+        return rules.trial_problem(doc, self._labels, self.space_name if searching else None)
+
+    def _refuse(self, doc: dict[str, Any], problem: str, *, was_read: bool) -> None:
+        _id = doc["_id"]
+        if was_read:  # usable before, refused now (e.g. rewritten by hand): out of the lists
+            del self._docs[_id]
+            self._touched.pop(_id, None)
+            self._rebuild = True
+        if self._refused.get(_id) != problem:
+            logger.warning(
+                "search %r: skipping job document %s (tid %.40r): %s",
+                self._exp_key,
+                _id,
+                doc.get("tid"),
+                problem,
+            )
+            self._refused[_id] = problem
+            if doc.get("state") in _UNFINISHED:
+                self._to_quarantine[_id] = (doc, problem)
+
+    def take_refused(self) -> list[tuple[dict[str, Any], str]]:
+        """Queued or running documents this view refused since the last call, with why: the
+        housekeeping hands them to ``store.quarantine_trial`` (ERROR if the experiment is
+        hyperfleet's, left alone otherwise), so no worker or count waits on them."""
+        taken, self._to_quarantine = list(self._to_quarantine.values()), {}
+        return taken
+
+    def use_domain(self, domain: base.Domain) -> None:
+        """Run a search of ``domain``: from now on the view also refuses documents whose
+        parameters are not the domain's (its algorithm could not read them)."""
+        labels = frozenset(domain.params)
+        if labels != self._labels:
+            self._labels = labels
+            self._synced = False  # re-read everything under the new rule
+
+    @property
+    def stored(self) -> int:
+        """How many usable trials of the experiment the view holds, in every state."""
+        return len(self._docs)
+
     def _publish(self) -> None:
         """Fold the trials read since the last publish into the tid-ordered lists hyperopt
         reads (``trials``, ``specs``, ``results``, ``miscs``)."""
-        if not self._touched and not self._republish:
+        if not self._touched and not self._republish and not self._rebuild:
             return
         touched, self._touched, self._republish = self._touched, {}, False
         new: list[dict[str, Any]] = []
-        rebuild = False
+        rebuild, self._rebuild = self._rebuild, False
         for _id, doc in touched.items():
             pos = self._pos.get(_id)
             if pos is None:
@@ -302,6 +377,107 @@ class HyperfleetTrials(MongoTrials):
             self._tid_pool.extend(fresh)
         ids, self._tid_pool = self._tid_pool[:n], self._tid_pool[n:]
         return ids
+
+    # -- hyperopt.fmin -------------------------------------------------------------------------
+
+    def fmin(
+        self,
+        fn: Callable[..., Any],
+        space: Any,
+        algo: Callable[..., Any] | None = None,
+        max_evals: int | None = None,
+        timeout: float | None = None,
+        loss_threshold: float | None = None,
+        max_queue_len: int = 1,
+        rstate: np.random.Generator | None = None,
+        verbose: bool = False,
+        pass_expr_memo_ctrl: Any = None,
+        catch_eval_exceptions: bool = False,
+        return_argmin: bool = True,
+        show_progressbar: Any = True,
+        early_stop_fn: Callable[..., Any] | None = None,
+        trials_save_file: str = "",
+    ) -> Any:
+        """What ``hyperopt.fmin(..., trials=self)`` runs (hyperopt hands over to a Trials
+        object's ``fmin``): hyperopt's own ``FMinIter`` over this object, asynchronous as with
+        stock ``MongoTrials`` (workers started with ``--trust-pickled`` evaluate ``fn``), plus
+        the housekeeping of ``hyperfleet search`` (:mod:`coordinator.housekeeping`): expired
+        leases are reaped, so fmin never waits on a dead worker; the poll adapts to the pace of
+        the trials instead of stock's one second; the queue holds twice the live workers (at
+        least ``max_queue_len``; set :attr:`queue_len` to fix it); a cancelled search stops
+        queueing; a rerun with the same ``rstate`` seed continues its random stream
+        (:func:`~coordinator.housekeeping.continue_stream`). Returns what ``fmin`` returns."""
+        from hyperopt import tpe
+        from hyperopt.fmin import FMinIter, space_eval
+
+        from coordinator.housekeeping import TICK_S, Housekeeping, continue_stream
+
+        if algo is None:
+            algo = tpe.suggest
+        domain = base.Domain(fn, space, pass_expr_memo_ctrl=pass_expr_memo_ctrl)
+        self.use_domain(domain)
+        self._pull()  # for ``stored``; fmin counts the trials of the caller's last refresh
+        runs = self._count_fmin_run()
+        rstate = rstate or np.random.default_rng()
+        house = Housekeeping(
+            self.handle, self._exp_key, queue_len=self.queue_len, min_queue=max_queue_len
+        )
+        fmin_iter = FMinIter(
+            algo,
+            domain,
+            self,
+            rstate=continue_stream(rstate, runs, self.stored) if runs else rstate,
+            asynchronous=True,
+            max_queue_len=max_queue_len,
+            poll_interval_secs=house.poll_s,
+            max_evals=sys.maxsize if max_evals is None else max_evals,
+            timeout=timeout,
+            loss_threshold=loss_threshold,
+            verbose=verbose,
+            show_progressbar=show_progressbar,
+            early_stop_fn=early_stop_fn,
+            trials_save_file=trials_save_file,
+        )
+        fmin_iter.catch_eval_exceptions = catch_eval_exceptions
+        house.attach(fmin_iter)
+        saved = (self.on_poll, self.poll_every_s, self.refresh_reuse_s)
+        user_poll = self.on_poll
+
+        def on_poll(trials: HyperfleetTrials) -> None:
+            house.tick(trials)
+            if user_poll is not None:
+                user_poll(trials)
+
+        self.on_poll, self.poll_every_s = on_poll, min(self.poll_every_s, TICK_S)
+        self.refresh_reuse_s = 0.005  # fmin refreshes twice in a row around each insert
+        try:
+            house.tick(self)
+            fmin_iter.exhaust()
+        finally:
+            self.on_poll, self.poll_every_s, self.refresh_reuse_s = saved
+        self.refresh()
+        if return_argmin:
+            if len(self.trials) == 0:
+                raise Exception(  # hyperopt's own words and type
+                    "There are no evaluation tasks, cannot return argmin of task losses."
+                )
+            return self.argmin
+        if len(self) > 0:
+            return space_eval(space, self.argmin)
+        return None
+
+    def _count_fmin_run(self) -> int:
+        """How many ``fmin`` runs this experiment saw before this one (and count this one), in
+        the experiment's attachment ``FMIN_RUNS``: a rerun is a resume whose random stream must
+        go on, while a first run over warm-start trials keeps hyperopt's stream."""
+        runs = 0
+        if FMIN_RUNS in self.attachments:
+            try:
+                runs = int(self.attachments[FMIN_RUNS])
+            except ValueError:
+                runs = 1
+        self.attachments[FMIN_RUNS] = str(runs + 1).encode()
+        return runs
 
     def delete_all(self, cond: dict[str, Any] | None = None) -> None:
         """Delete this experiment's trials matching ``cond`` (all by default), their

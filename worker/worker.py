@@ -41,6 +41,9 @@ IDLE_POLL_MIN_S = 0.01  # first idle re-poll; doubles up to --poll
 SEARCH_OVER_EVERY_S = 0.5
 #: how often an idle worker without --trust-pickled looks for plain-fmin (pickled) trials
 PICKLED_CHECK_S = 5.0
+#: workers reap expired leases every ``lease_s`` times this (whoever drives the search, even
+#: a plain ``hyperopt.fmin`` or none at all, a dead worker's trial goes back to the queue)
+REAP_EVERY_LEASE = 0.5
 
 
 @dataclass
@@ -106,15 +109,20 @@ class Worker:
         self._last_registered = 0.0
         self._last_pickled_check = float("-inf")
         self._pickled_noted: set[str] = set()  #: exp keys whose pickled trials were logged
+        self._last_reap = 0.0
+        #: experiments whose search space this worker does not know: not served by it
+        self._skipped_exp_keys: set[str | None] = set()
 
     # -- the loop -------------------------------------------------------------------------------
 
     def work(self) -> int:
-        """Check for stop, reserve a trial (or wait for one), run it, report it; repeat until
-        stopped, idle too long, out of trials or the search is over. Returns the exit code (0).
+        """Check for stop, reap expired leases, reserve a trial (or wait for one), run it,
+        report it; repeat until stopped, idle too long, out of trials or the search is over.
+        Returns the exit code (0).
 
-        Raises :class:`StoreUnavailable` when MongoDB stays unreachable and
-        :class:`WorkerMissingSpace` when a trial needs a space this worker does not know.
+        Raises :class:`StoreUnavailable` when MongoDB stays unreachable and, for a worker
+        pinned to one experiment (``exp_key``), :class:`WorkerMissingSpace` when its trials
+        need a space this worker does not know. No trial's content ends the loop otherwise.
         """
         self._install_signal_handlers()
         logger.info("worker %s started (exp key: %s)", self.id, self.config.exp_key or "any")
@@ -124,11 +132,13 @@ class Worker:
             self.runner.start()
             while True:
                 self._check_for_stop()
+                self._maintain()
                 lease = self._reserve()
                 if lease is None:
                     self._wait_for_work()
                     continue
-                self._report(lease, self._run(lease))
+                if self._serves(lease):
+                    self._report(lease, self._run(lease))
         except StopWorking as stop:
             reason = str(stop)
         except StoreUnavailable as e:
@@ -153,6 +163,16 @@ class Worker:
         if limit is not None and self.trials_done >= limit:
             raise StopWorking(f"ran --max-trials {limit}")
 
+    def _maintain(self) -> None:
+        """Reap expired leases (of this worker's experiment, or of all), at most every
+        ``REAP_EVERY_LEASE`` x ``lease_s``: fenced and idempotent, so any number of workers and
+        coordinators may do it at once."""
+        now = time.monotonic()
+        if now - self._last_reap < REAP_EVERY_LEASE * self.config.lease_s:
+            return
+        self._last_reap = now
+        self.store.reap_expired(self.config.exp_key)
+
     def _reserve(self) -> Lease | None:
         return self.store.reserve_trial(
             self.id,
@@ -160,6 +180,7 @@ class Worker:
             lease_s=self.config.lease_s,
             trusted=self.config.trust_pickled,
             worker=self.info,
+            skip_exp_keys=self._skipped_exp_keys,
         )
 
     def _wait_for_work(self) -> None:
@@ -201,7 +222,6 @@ class Worker:
         self._current = lease
         self._idle_delay = IDLE_POLL_MIN_S
         try:
-            self._check_space(lease)
             logger.info(
                 "trial %s of %s: started (attempt %s)", lease.tid, lease.exp_key, lease.attempt
             )
@@ -290,19 +310,33 @@ class Worker:
         else:
             logger.warning("trial %s: %s; handed back to the queue", lease.tid, reason)
 
-    def _check_space(self, lease: Lease) -> None:
-        """Hand the trial back and raise :class:`WorkerMissingSpace` if its space is unknown."""
+    def _serves(self, lease: Lease) -> bool:
+        """Whether this worker can run the trial. If its space is unknown here, the trial is
+        handed back (not counted) and its experiment no longer served by this worker; a worker
+        pinned to that experiment has nothing else to do: :class:`WorkerMissingSpace`."""
         name = lease.doc.get("space")
         if name is None:
-            return
+            return True
         try:
             get_space(name)
+            return True
         except SpaceError as e:
             self._release(lease, AttemptOutcome.REQUEUED, f"space {name!r} unknown here")
-            raise WorkerMissingSpace(
-                f"trial {lease.tid} of {lease.exp_key!r} needs search space {name!r}, which this "
-                "worker does not know; start it with --spaces PATH (the file the search used)"
-            ) from e
+            hint = "start a worker with --spaces PATH (the file the search used)"
+            if self.config.exp_key is not None:
+                raise WorkerMissingSpace(
+                    f"trial {lease.tid} of {lease.exp_key!r} needs search space {name!r}, which "
+                    f"this worker does not know; {hint}"
+                ) from e
+            self._skipped_exp_keys.add(lease.exp_key)
+            logger.warning(
+                "experiment %r needs search space %r, unknown to this worker: not serving it "
+                "(%s); serving the others",
+                lease.exp_key,
+                name,
+                hint,
+            )
+            return False
 
     def _search_over(self) -> bool:
         """Whether the search is finished and its queue empty (asked at most every 0.5 s, so

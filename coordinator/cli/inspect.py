@@ -60,7 +60,8 @@ def _print_summary(s: ins.ExperimentSummary) -> None:
 
     total = f"/{s.max_evals}" if s.max_evals else ""
     click.echo(f"experiment {s.exp_key}  [{s.status}]" + (f"  space {s.space}" if s.space else ""))
-    click.echo(f"  trials    {s.finished}{total} finished: " + _counts(s.counts))
+    malformed = f", malformed {s.malformed} (skipped)" if s.malformed else ""
+    click.echo(f"  trials    {s.finished}{total} finished: " + _counts(s.counts) + malformed)
     if s.pruned:
         done = s.counts.get(TrialState.DONE, 0)
         click.echo(f"  pruned    {s.pruned} of the {done} done trials were stopped early")
@@ -208,6 +209,7 @@ def _numeric(rows: list[dict[str, Any]], column: str) -> bool:
 def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -> None:
     """One trial: params, result, per-epoch metrics, timing, worker, attempts, error."""
     from coordinator import inspect as ins
+    from coordinator import rules
     from coordinator.store import connect
 
     store = connect(mongo, db)
@@ -217,6 +219,11 @@ def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -
         raise ConfigError(
             f"experiment {exp_key!r} has no trial {tid}; `hyperfleet top --all-states` lists them"
         )
+    problem = rules.trial_problem(doc, space=exp.get("space"))
+    if problem is not None:
+        click.echo(f"trial {tid} of {exp_key}: {ins.MALFORMED} ({problem})")
+        click.echo("    not a usable trial document: no count, search or best trial includes it")
+        return
     params = doc.get("params") or ins.ParamDecoder(exp, spaces)(doc)
     result = doc.get("result") or {}
     pruned = ins.pruned_text(doc)
@@ -348,7 +355,10 @@ def plot(mongo: str, db: str, exp_key: str, out_dir: Path, spaces: tuple[str, ..
 
     store = connect(mongo, db)
     exp = ins.get_experiment(store, exp_key)
-    docs = ins.load_trials(store, exp_key)
+    every = ins.load_trials(store, exp_key)
+    docs = ins.usable_trials(every, exp)
+    if len(docs) < len(every):
+        click.echo(f"skipped {len(every) - len(docs)} malformed documents", err=True)
     decoder = ins.ParamDecoder(exp, spaces)
     written, skipped = plots.plot_all(
         exp_key, docs, out_dir, scales=ins.param_scales(decoder.space), now=store.server_time()

@@ -114,12 +114,15 @@ class TrialStoreBase(abc.ABC):
         lease_s: float = defaults.LEASE_S,
         trusted: bool = False,
         worker: dict[str, Any] | None = None,
+        skip_exp_keys: Iterable[str | None] = (),
     ) -> Lease | None:
         """Claim one NEW trial (one of the oldest) for ``owner``: NEW -> RUNNING, ``attempt`` + 1,
         a lease of ``lease_s`` seconds of server time. ``None`` when nothing is queued.
 
         No two callers ever get the same trial and attempt. Untrusted workers only get trials of
-        named spaces (``space`` set), never pickled hyperopt Domains.
+        named spaces (``space`` set), never pickled hyperopt Domains. A document that
+        :func:`coordinator.rules.trial_problem` refuses is never claimed: it goes to
+        :meth:`quarantine_trial`. Without ``exp_key``, trials of ``skip_exp_keys`` are not taken.
         """
 
     @abc.abstractmethod
@@ -179,11 +182,24 @@ class TrialStoreBase(abc.ABC):
         ids."""
 
     @abc.abstractmethod
+    def quarantine_trial(self, doc: Doc, problem: str) -> bool:
+        """A document :func:`coordinator.rules.trial_problem` refused for ``problem``: marked
+        ERROR with the reason if it belongs to an experiment hyperfleet created (fenced on the
+        ``state``, ``owner`` and ``attempt`` read; ``True`` if this call wrote), left alone
+        otherwise (``False``); logged once per process and not read again by hot paths."""
+
+    @abc.abstractmethod
+    def insert_raw_documents(self, docs: list[Doc]) -> list[DocId]:
+        """Insert ``docs`` exactly as given (no ``mtime``, no checks), as another program
+        sharing the database might: for tests and repair tools only."""
+
+    @abc.abstractmethod
     def reap_expired(
         self, exp_key: str | None = None, *, max_attempts: int | None = None
     ) -> list[int]:
         """Release (as LOST) every RUNNING trial whose lease expired by the server's clock;
-        returns the tids this call released. Idempotent and safe to run concurrently.
+        returns the tids this call released. Idempotent and safe to run concurrently; a
+        document :func:`coordinator.rules.trial_problem` refuses goes to :meth:`quarantine_trial`.
         ``max_attempts`` is the limit for experiments that record none."""
 
     # -- named reads (readers never write) ----------------------------------------------------
@@ -223,7 +239,9 @@ class TrialStoreBase(abc.ABC):
     @abc.abstractmethod
     def trial_outcomes(self, exp_key: str | None) -> list[Doc]:
         """Lean trial documents for summaries: ``tid``, ``state``, ``result``, ``queued``,
-        ``book_time``, ``ended``, ``duration_s``, ``attempts``; tid order."""
+        ``book_time``, ``ended``, ``duration_s``, ``attempts`` (and the other
+        :data:`coordinator.rules.TRIAL_FIELDS` but ``misc``), and ``problem``: why the document
+        cannot be used (:func:`coordinator.rules.trial_problem`), ``None`` if it can; tid order."""
 
     @abc.abstractmethod
     def get_trial(self, exp_key: str | None, tid: int) -> Doc | None:

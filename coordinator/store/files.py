@@ -75,12 +75,14 @@ class Attachments:
         """The best successful trial of ``exp_key`` (:func:`rules.best_trial`), optionally only
         among trials that hold attachment ``with_attachment``; None if there is none.
 
-        Only the fields the rule needs are read for every candidate; the winner is read whole.
+        Only the fields the rules need are read for every candidate; the winner is read whole.
+        A document :func:`rules.trial_problem` refuses is never the best.
         """
         query = {"exp_key": exp_key, "state": int(TrialState.DONE), "result.status": "ok"}
-        fields = {"state": 1, "tid": 1, "result.status": 1, "result.loss": 1, "_attachments": 1}
-        fields["result.pruned"] = 1  # rules.best_trial never picks a pruned trial
-        rows = self.jobs.find(query, projection=fields)
+        # what rules.trial_problem reads (a malformed document is never the best) and
+        # rules.best_trial (result.pruned among them: a pruned trial never is either)
+        fields = dict.fromkeys((*rules.TRIAL_FIELDS, "_attachments"), 1)
+        rows = (r for r in self.jobs.find(query, projection=fields) if not rules.trial_problem(r))
         if with_attachment is not None:
             rows = (row for row in rows if with_attachment in _names(row))
         best = rules.best_trial(rows)

@@ -9,11 +9,12 @@ come from ``$$NOW``/``$currentDate``: the database's clock.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pymongo.collection import Collection
 
-from coordinator import defaults
+from coordinator import defaults, rules
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store.base import Lease
 from coordinator.store.connection import retrying
@@ -34,6 +35,10 @@ class LeaseWrites:
             self, exp_key: str | None, default: int = defaults.MAX_ATTEMPTS
         ) -> int: ...  # Reaping's
 
+        def quarantine_trial(self, doc: dict[str, Any], problem: str) -> bool: ...
+
+        def unusable_ids(self) -> list[Any]: ...  # Quarantine's
+
     @retrying
     def reserve_trial(
         self,
@@ -43,16 +48,23 @@ class LeaseWrites:
         lease_s: float = defaults.LEASE_S,
         trusted: bool = False,
         worker: dict[str, Any] | None = None,
+        skip_exp_keys: Iterable[str | None] = (),
     ) -> Lease | None:
         """Claim one NEW trial for ``owner``; ``None`` when none is queued.
 
         An indexed ``find`` picks candidates and a conditional ``update_one`` claims one (fast on
         both SecantusDB, whose findAndModify scans the collection, and MongoDB). The claim is
         filtered on the ``attempt`` read, so two workers can never both win one attempt.
+        A candidate that :func:`rules.trial_problem` refuses is never claimed: it goes to
+        :meth:`quarantine_trial` (ERROR if it is hyperfleet's own, left alone otherwise) and is
+        not read again by this store. ``skip_exp_keys``: experiments this caller does not serve.
         """
         query: dict[str, Any] = {"state": int(TrialState.NEW)}
         if exp_key is not None:
             query["exp_key"] = exp_key
+        skipped = list(skip_exp_keys)
+        if skipped and exp_key is None:
+            query["exp_key"] = {"$nin": skipped}
         claim = [
             {
                 "$set": {
@@ -70,11 +82,18 @@ class LeaseWrites:
             }
         ]
         for _ in range(8):
+            unusable = self.unusable_ids()
+            if unusable:
+                query["_id"] = {"$nin": unusable}
             candidates = self._reserve_candidates(query, trusted)
             if not candidates:
                 return None
             random.shuffle(candidates)
             for cand in candidates:
+                problem = rules.trial_problem(cand)
+                if problem is not None:
+                    self.quarantine_trial(cand, problem)
+                    continue
                 attempt = cand.get("attempt")
                 claimed = self.jobs.update_one(
                     {

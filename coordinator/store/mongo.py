@@ -3,7 +3,8 @@
 :class:`TrialStore` is hyperopt's ``MongoJobs`` (so ``MongoTrials``/``fmin`` drive it unchanged,
 see :mod:`~coordinator.store.compat`) plus the contract of :class:`~coordinator.store.base.
 TrialStoreBase`, one idea per mixin: the lease protocol (:mod:`~coordinator.store.leases`),
-reaping (:mod:`~coordinator.store.reaping`), named reads (:mod:`~coordinator.store.reads`),
+reaping (:mod:`~coordinator.store.reaping`), documents nobody can use
+(:mod:`~coordinator.store.quarantine`), named reads (:mod:`~coordinator.store.reads`),
 experiments (:mod:`~coordinator.store.experiments`), the worker registry
 (:mod:`~coordinator.store.registry`) and attachments (:mod:`~coordinator.store.files`).
 It is the only place in hyperfleet that holds a pymongo client.
@@ -30,6 +31,7 @@ from coordinator.store.connection import (
 from coordinator.store.experiments import Experiments
 from coordinator.store.files import Attachments
 from coordinator.store.leases import LeaseWrites
+from coordinator.store.quarantine import Quarantine
 from coordinator.store.reads import TrialReads
 from coordinator.store.reaping import Reaping
 from coordinator.store.registry import WorkerRegistry
@@ -40,6 +42,7 @@ from coordinator.store.views import TrialViews
 class TrialStore(
     HyperoptJobs,
     LeaseWrites,
+    Quarantine,
     Reaping,
     TrialReads,
     TrialViews,
@@ -76,6 +79,7 @@ class TrialStore(
         self.workers = db["workers"]
         self._indexed = False
         self._limits: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._unusable: set[Any] = set()  #: ``_id``s of documents nobody can use (Quarantine)
 
     def close(self) -> None:
         self.client.close()

@@ -19,7 +19,7 @@ from coordinator.store.base import DocId
 from coordinator.store.connection import retrying
 
 _UNFINISHED = [int(TrialState.NEW), int(TrialState.RUNNING)]
-_OUTCOME_FIELDS = ("tid", "state", "result", "queued", "book_time", "ended", "duration_s")
+_OUTCOME_FIELDS = ("queued", "book_time", "ended", "duration_s", *rules.TRIAL_FIELDS)
 
 
 def _match(exp_key: str | None, states: Iterable[TrialState | int] | None) -> dict[str, Any]:
@@ -75,10 +75,15 @@ class TrialReads:
 
     @retrying
     def trial_outcomes(self, exp_key: str | None) -> list[dict[str, Any]]:
-        """Lean trial documents for summaries and timings, in tid order."""
+        """Lean trial documents for summaries and timings, in tid order; each with
+        ``problem``: why it cannot be used (:func:`rules.trial_problem`), ``None`` if it can
+        (``misc`` is read for the check, not returned)."""
         projection = dict.fromkeys(_OUTCOME_FIELDS, 1)
-        projection["attempts"] = 1
-        return _by_tid(list(self.jobs.find(_match(exp_key, None), projection=projection)))
+        docs = list(self.jobs.find(_match(exp_key, None), projection=projection))
+        for doc in docs:
+            doc["problem"] = rules.trial_problem(doc)
+            doc.pop("misc", None)
+        return _by_tid(docs)
 
     @retrying
     def get_trial(self, exp_key: str | None, tid: int) -> dict[str, Any] | None:

@@ -48,6 +48,10 @@ class Reaping:
             extra_filter: dict[str, Any] | None,
         ) -> TrialState | None: ...
 
+        def quarantine_trial(self, doc: dict[str, Any], problem: str) -> bool: ...
+
+        def unusable_ids(self) -> list[Any]: ...
+
     @retrying
     def server_time(self) -> dt.datetime:
         """The database server's clock (naive UTC), as used for leases."""
@@ -77,8 +81,17 @@ class Reaping:
         query: dict[str, Any] = {"state": int(TrialState.RUNNING), "lease_expires": {"$lt": now}}
         if exp_key is not None:
             query["exp_key"] = exp_key
+        unusable = self.unusable_ids()
+        if unusable:
+            query["_id"] = {"$nin": unusable}
         reaped = []
         for doc in self._expired(query):
+            problem = rules.trial_problem(doc)
+            if problem is None and not doc.get("owner"):
+                problem = "RUNNING without an owner"
+            if problem is not None:  # ERROR if ours (fenced), else left alone; logged once
+                self.quarantine_trial(doc, problem)
+                continue
             lease = Lease.from_doc(doc)
             reason = (
                 f"lease expired at {doc['lease_expires']:%H:%M:%S} UTC: worker {lease.owner} "

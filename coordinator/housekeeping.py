@@ -1,0 +1,107 @@
+"""What keeps a search moving, whoever drives it: ``hyperfleet search`` or plain ``hyperopt.fmin``.
+
+hyperopt's ``FMinIter`` enqueues suggestions and polls the trials; every ``tick_s`` (from inside
+its polls, the final wait included) :meth:`Housekeeping.tick` reaps the trials of dead workers,
+quarantines the search's own documents that cannot be used, notices cancellation, sizes the
+queue to the live workers and adapts the poll interval to how fast trials finish. Workers reap
+too (:mod:`worker.worker`), so a search whose driver is gone still gets its trials back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from coordinator import defaults
+from coordinator.states import FINISHED_STATES, TrialState
+from coordinator.store import TrialStore
+
+if TYPE_CHECKING:
+    from coordinator.trials import HyperfleetTrials
+
+logger = logging.getLogger(__name__)
+
+#: fmin's sleep between polls while trials are slow
+POLL_S = 0.02
+#: the shortest sleep of fmin's loop, while trials finish very fast
+MIN_POLL_S = 0.002
+#: seconds between two housekeeping ticks
+TICK_S = 0.5
+#: the queue holds this many trials per live worker (and at least ``MIN_QUEUE``)
+QUEUE_PER_WORKER = 2
+MIN_QUEUE = 2
+
+
+def continue_stream(rstate: np.random.Generator, *position: int) -> np.random.Generator:
+    """The random stream of a search resumed at ``position`` (e.g. the number of trials it
+    already stores): ``rstate`` itself for a fresh search (all zeros: the same points as ever
+    for a given seed), otherwise a new stream derived from (``rstate``'s next draw,
+    ``position``). A resumed seeded search thus continues instead of replaying the suggestions
+    it made before it was stopped; every algorithm draws its seeds from this stream, so this
+    holds for all of them."""
+    if not any(position):
+        return rstate
+    return np.random.default_rng([int(rstate.integers(2**63 - 1)), *position])
+
+
+class Housekeeping:
+    """One search's housekeeping (see the module docstring).
+
+    ``queue_len``: a fixed queue length, or ``None`` to size it to ``QUEUE_PER_WORKER`` x the
+    live workers (at least ``min_queue``). ``max_attempts``: the attempt limit for experiments
+    that record none.
+    """
+
+    def __init__(
+        self,
+        store: TrialStore,
+        exp_key: str | None,
+        *,
+        poll_s: float = POLL_S,
+        queue_len: int | None = None,
+        min_queue: int = MIN_QUEUE,
+        max_attempts: int | None = None,
+    ) -> None:
+        self.store = store
+        self.exp_key = exp_key
+        self.poll_s = poll_s
+        self.queue_len = queue_len
+        self.min_queue = min_queue
+        self.max_attempts = max_attempts
+        self.fmin_iter: Any = None
+        self._last_rate_check: tuple[float, int] | None = None
+
+    def attach(self, fmin_iter: Any) -> None:
+        """The ``FMinIter`` whose queue length and poll interval this housekeeping sets."""
+        self.fmin_iter = fmin_iter
+        if self.queue_len is not None:
+            fmin_iter.max_queue_len = self.queue_len
+
+    def tick(self, trials: HyperfleetTrials) -> dict[TrialState, int]:
+        """Reap, quarantine, cancel, size the queue, adapt the poll; returns the counts."""
+        self.store.reap_expired(self.exp_key, max_attempts=self.max_attempts)
+        for doc, problem in trials.take_refused():
+            self.store.quarantine_trial(doc, problem)
+        if self.exp_key is not None and self.store.cancel_requested(self.exp_key):
+            trials.mark_cancelled()
+        if self.queue_len is None and self.fmin_iter is not None:
+            live = self.store.live_workers(max_age_s=defaults.STALE_WORKER_S, exp_key=self.exp_key)
+            self.fmin_iter.max_queue_len = max(self.min_queue, QUEUE_PER_WORKER * len(live))
+        counts = trials.state_counts()  # from fmin's last refresh: no O(n) aggregate per tick
+        self._adapt_poll(counts)
+        return counts
+
+    def _adapt_poll(self, counts: dict[TrialState, int]) -> None:
+        """Poll fmin's queue about twice per finished trial while trials are fast (workers must
+        not wait for it), and every ``poll_s`` while they are slow (no needless load)."""
+        finished = sum(counts.get(s, 0) for s in FINISHED_STATES)
+        now = time.monotonic()
+        if self.fmin_iter is not None and self._last_rate_check is not None:
+            seconds = now - self._last_rate_check[0]
+            rate = (finished - self._last_rate_check[1]) / seconds if seconds > 0 else 0.0
+            fast = 0.5 / rate if rate > 0 else self.poll_s
+            self.fmin_iter.poll_interval_secs = min(self.poll_s, max(MIN_POLL_S, fast))
+        self._last_rate_check = (now, finished)

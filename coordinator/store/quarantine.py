@@ -1,0 +1,98 @@
+"""Documents nobody can use: quarantined when they are hyperfleet's own, left alone otherwise.
+
+A job document that breaks :func:`coordinator.rules.trial_problem` (no ``tid``, no ``misc``, a
+state ``"2"``, a result that is a list, ...) must never crash or stall a process. Where one is
+met on a write path (a worker's reservation, a reaper), :meth:`Quarantine.quarantine_trial`
+decides: a document of an experiment that hyperfleet created (its exp key has an experiment
+document) is marked ERROR with the reason, with one write filtered on the state, owner and
+attempt it was read with (the usual fence); anything else, e.g. another team's jobs in the same
+database, is left exactly as it is. Either way it is logged once per process, and the caller
+remembers its ``_id`` so that the next poll does not meet it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pymongo.collection import Collection
+
+from coordinator.rules import MALFORMED
+from coordinator.states import TrialState
+from coordinator.store.connection import retrying
+
+logger = logging.getLogger(__name__)
+
+
+class Quarantine:
+    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
+
+    jobs: Collection
+    _unusable: set[Any]
+
+    if TYPE_CHECKING:
+
+        def get_experiment(self, exp_key: str) -> dict[str, Any] | None: ...
+
+    def unusable_ids(self) -> list[Any]:
+        """``_id``s of the documents this process met and could not use (not to be read
+        again on hot paths such as reservation)."""
+        return list(self._unusable)
+
+    def is_own_experiment(self, exp_key: Any) -> bool:
+        """Whether ``exp_key`` names an experiment that hyperfleet created (one with an
+        experiment document); documents of any other key are foreign."""
+        return isinstance(exp_key, str) and self.get_experiment(exp_key) is not None
+
+    def quarantine_trial(self, doc: dict[str, Any], problem: str) -> bool:
+        """Deal with ``doc``, which :func:`~coordinator.rules.trial_problem` refused for
+        ``problem``: mark it ERROR if it is one of hyperfleet's own (fenced on the ``state``,
+        ``owner`` and ``attempt`` it was read with; ``True`` when this call wrote), leave it
+        alone otherwise (``False``). Logged once per document and process."""
+        first = doc.get("_id") not in self._unusable
+        self._unusable.add(doc.get("_id"))
+        own = self.is_own_experiment(doc.get("exp_key"))
+        written = own and self._mark_malformed(doc, problem)
+        if first:
+            logger.warning(
+                "job document %s (exp key %.60r, tid %.40r) cannot be used: %s; %s",
+                doc.get("_id"),
+                doc.get("exp_key"),
+                doc.get("tid"),
+                problem,
+                "marked ERROR"
+                if written
+                else ("left as it is (changed meanwhile)" if own else "left alone (not ours)"),
+            )
+        return written
+
+    @retrying
+    def _mark_malformed(self, doc: dict[str, Any], problem: str) -> bool:
+        message = f"unusable trial document: {problem}"
+        version = doc.get("version")
+        # ``$eq``: a stored value such as ``{"$ne": 0}`` is matched as a value, not run
+        fence = {"_id": doc["_id"]}
+        fence.update({k: {"$eq": doc.get(k)} for k in ("state", "owner", "attempt")})
+        marked = self.jobs.update_one(
+            fence,
+            {
+                "$set": {
+                    "state": int(TrialState.ERROR),
+                    "result": {"status": "fail", "failure": message},
+                    "error": {"type": MALFORMED, "message": message},
+                    "lease_expires": None,
+                    "version": version + 1 if isinstance(version, int) else 1,
+                },
+                "$currentDate": {"ended": True, "refresh_time": True, "mtime": True},
+            },
+        )
+        return marked.matched_count == 1
+
+    @retrying
+    def insert_raw_documents(self, docs: list[dict[str, Any]]) -> list[Any]:
+        """Insert ``docs`` into ``jobs`` exactly as given: no ``mtime``, no checks, as another
+        program sharing the database might. For tests (the fuzz suite) and repair tools only;
+        hyperfleet's own trials go through ``insert_trials``. Returns their ``_id``s."""
+        if not docs:
+            return []
+        return list(self.jobs.insert_many(docs, ordered=False).inserted_ids)

@@ -1,0 +1,142 @@
+"""Issue 10, finding 1 (reaping everywhere, plain fmin): a search makes progress whoever drives
+it. ``hyperopt.fmin(..., trials=HyperfleetTrials(...))`` gets the housekeeping of ``hyperfleet
+search`` (it used to wait forever on a SIGKILLed worker's trial, and to poll once a second), and
+idle workers reap expired leases themselves."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.states import TrialState
+from coordinator.store import TrialStore, connect
+from tests.conftest import (
+    ROOT,
+    TEST_SPACES,
+    cli_env,
+    queue_trials,
+    start_worker,
+    stop_all,
+    wait_for,
+)
+from worker.worker import Worker, WorkerConfig
+
+FAST_LEASE = ("--heartbeat", "1", "--lease", "4")
+
+
+def plain_fmin_script(
+    tmp_path: Path, uri: str, db: str, key: str, evals: int, sleep: float
+) -> Path:
+    script = tmp_path / f"{key}.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import time
+        from hyperopt import fmin, hp, tpe
+        from coordinator.trials import HyperfleetTrials
+
+        def objective(x):
+            time.sleep({sleep})
+            return (x - 1) ** 2
+
+        trials = HyperfleetTrials({uri!r}, exp_key={key!r}, db={db!r})
+        started = time.monotonic()
+        best = fmin(objective, hp.uniform("x", -3, 3), algo=tpe.suggest, max_evals={evals},
+                    trials=trials, show_progressbar=False)
+        print("SECONDS", time.monotonic() - started)
+        print("BEST", best, len(trials.losses()))
+    """)
+    )
+    return script
+
+
+def run_script(script: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=cli_env(),
+    )
+
+
+def test_plain_fmin_survives_a_sigkilled_worker(server, db_name, tmp_path) -> None:
+    """Finding 1: SIGKILL one of two ``--trust-pickled --heartbeat 1 --lease 4`` workers in the
+    middle of a trial: plain fmin still returns, every trial DONE once."""
+    store = connect(server.uri, db_name)
+    workers = [
+        start_worker(server.uri, db_name, "--trust-pickled", *FAST_LEASE, log=tmp_path / "w.log")
+        for _ in range(2)
+    ]
+    fmin = run_script(plain_fmin_script(tmp_path, server.uri, db_name, "plain", 8, 1.0))
+    try:
+        doc = wait_for(lambda: store.trials("plain", [TrialState.RUNNING]), 60, what="a trial")[0]
+        victim = next(w for w in workers if w.pid == doc["worker"]["pid"])
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        out, err = fmin.communicate(timeout=90)
+        assert fmin.returncode == 0, err
+        assert re.search(r"BEST \{'x': [-0-9.e]+\} 8", out), out
+    finally:
+        if fmin.poll() is None:
+            fmin.kill()
+        stop_all(workers)
+    docs = store.trials("plain")
+    assert len(docs) == 8 and all(d["state"] == TrialState.DONE for d in docs)
+    (lost,) = [d for d in docs if d["tid"] == doc["tid"]]
+    assert lost["attempt_history"][0]["outcome"] == "lost"
+
+
+def test_plain_fmin_polls_at_the_pace_of_the_trials(server, db_name, tmp_path) -> None:
+    """Finding 1: 30 instant trials with two workers take a few seconds, not hyperopt's one
+    poll per second and queue of one (about 30 s)."""
+    workers = [start_worker(server.uri, db_name, "--trust-pickled") for _ in range(2)]
+    try:
+        fmin = run_script(plain_fmin_script(tmp_path, server.uri, db_name, "fast", 30, 0.0))
+        out, err = fmin.communicate(timeout=120)
+        assert fmin.returncode == 0, err
+    finally:
+        stop_all(workers)
+    seconds = float(re.search(r"SECONDS (\S+)", out)[1])
+    assert seconds < 12, f"30 instant trials took {seconds:.1f} s"
+
+
+@pytest.fixture
+def keep_signal_handlers() -> Iterator[None]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_an_idle_worker_reaps_a_dead_workers_trial(
+    server, db_name, store: TrialStore, keep_signal_handlers
+) -> None:
+    """Finding 1: with no coordinator at all, a worker reaps the expired lease of a dead one and
+    runs its trial (nothing outside ``hyperfleet search`` used to reap)."""
+    queue_trials(store, 1, exp_key="orphan", space="whoami", settings={"sleep": 0.0})
+    dead = store.reserve_trial("dead-worker", exp_key="orphan", lease_s=0.2)
+    assert dead is not None
+    time.sleep(0.4)
+    config = WorkerConfig(
+        server.uri,
+        db_name,
+        isolate=False,
+        spaces=(TEST_SPACES,),
+        max_trials=1,
+        idle_timeout_s=5,
+        lease_s=2,
+        heartbeat_s=0.5,
+    )
+    assert Worker(store, config).work() == 0
+    (doc,) = store.trials("orphan")
+    assert doc["state"] == TrialState.DONE and doc["owner"] != "dead-worker"
+    assert doc["attempt_history"][0]["outcome"] == "lost"
