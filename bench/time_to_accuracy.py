@@ -14,7 +14,7 @@ seed by seed in a rotating order, so the load of other processes on the machine 
   server, 2 workers, TPE) with ``--prune`` none/median/asha/hyperband, default rule parameters;
 * ``optuna-hyperband``, ``optuna-median``: Optuna's TPESampler with HyperbandPruner
   (min_resource 1, max_resource = epochs, reduction 3) or MedianPruner (5 start-up trials),
-  2 processes sharing one SQLite study;
+  2 processes sharing one SQLite study; like hyperfleet, a trial's last epoch is not pruned;
 * ``stock``: stock hyperopt 0.3.0 ``MongoTrials`` + 2 ``hyperopt-mongo-worker``
   (bench/.venvs/stock, pymongo 3.13; ``--no-subprocesses``), no early stopping.
 
@@ -491,7 +491,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=50.0, help="seconds per run")
     parser.add_argument("--epochs", type=int, default=9)
-    parser.add_argument("--train-size", type=int, default=2_000)
+    parser.add_argument("--train-size", type=int, default=5_000)
     parser.add_argument("--val-size", type=int, default=1_000)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--run", dest="system", help=argparse.SUPPRESS)

@@ -225,7 +225,8 @@ def optuna_objective(trial: Any, settings: Mapping[str, Any]) -> float:
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
         trial.report(metrics["val_accuracy"], epoch)
-        return trial.should_prune()
+        # as hyperfleet: a trial that trained its last epoch is finished, never pruned
+        return epoch < int(settings["epochs"]) and trial.should_prune()
 
     out = train(optuna_params(trial), settings, on_epoch)
     trial.set_user_attr("run", out)

@@ -81,10 +81,13 @@ class SuccessiveHalving:
         return decision
 
     def _at_rung(self, report: EpochReport, rung: int) -> Decision:
+        """Record the trial's value at ``rung`` and decide; at the trial's last epoch the value
+        is recorded (it competes) but the trial is never stopped (``PruningConfig.final``)."""
         config = self.config
+        final = config.final(report.epoch)
         if math.isnan(report.value):
             decision = Decision(
-                True, self.rule, report.epoch, report.value, None, self.bracket, rung
+                not final, self.rule, report.epoch, report.value, None, self.bracket, rung
             )
             seen: list[int] = []
         else:
@@ -93,9 +96,16 @@ class SuccessiveHalving:
             seen = sorted(others)
             prune, threshold = _judge_value(report.value, [others[t] for t in seen], config)
             decision = Decision(
-                prune, self.rule, report.epoch, report.value, threshold, self.bracket, rung
+                prune and not final,
+                self.rule,
+                report.epoch,
+                report.value,
+                threshold,
+                self.bracket,
+                rung,
             )
-        record = rung_record(decision, report, config.metric, seen=seen, rate=self.rate)
+        inputs = {"seen": seen, "rate": self.rate, **({"final": True} if final else {})}
+        record = rung_record(decision, report, config.metric, **inputs)
         return stored_decision(self.log.record_rung(record), decision)
 
 

@@ -45,9 +45,11 @@ class PruningConfig:
         known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def better(self, a: float, b: float) -> bool:
-        """Whether metric value ``a`` is strictly better than ``b`` in this direction."""
-        return a > b if self.direction == "max" else a < b
+    def final(self, epoch: int) -> bool:
+        """Whether ``epoch`` is a trial's last (``max_epochs``): a rule never stops a trial
+        there — its training is over, stopping it saves nothing and would only hide a finished
+        trial (Optuna's pruners do stop it; a deliberate difference)."""
+        return self.max_epochs is not None and epoch >= self.max_epochs
 
 
 def resolve_pruning(

@@ -79,8 +79,12 @@ class MedianPruner:
         if not seen and not math.isnan(best):
             return None  # no finished trial reached this epoch: nothing to compare with
         prune, threshold = decide(best, [finished[t][report.epoch] for t in seen], config.direction)
+        final = config.final(report.epoch)
+        prune = prune and not final
         decision = Decision(prune, RULE, report.epoch, report.value, threshold, 0, report.epoch)
         inputs: dict[str, Any] = {"best": None if math.isnan(best) else best, "seen": seen}
+        if final:
+            inputs["final"] = True  # the last epoch: recorded, never stopped
         stored = self.log.record_rung(rung_record(decision, report, config.metric, **inputs))
         return stored_decision(stored, decision)
 

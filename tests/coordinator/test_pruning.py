@@ -197,7 +197,21 @@ def test_every_decision_can_be_checked_from_the_stored_data(store: TrialStore, r
             else:
                 keep, threshold = promotable(r["value"], [*others, r["value"]], 3, "min")
                 prune = not keep
+        prune = prune and not r.get("final")  # the last epoch is never stopped
         assert (prune, threshold) == (r["decision"] == "prune", r["threshold"]), r
+
+
+def test_the_last_epoch_is_never_stopped(store: TrialStore) -> None:
+    queue_trials(store, 2, exp_key="last")
+    config = PruningConfig("asha", "m", "min", min_epochs=3, max_epochs=3)
+    a, b = (store.reserve_trial("w", exp_key="last") for _ in range(2))
+    for lease, value in ((a, 0.1), (b, 0.9)):
+        ctx = TrialContextImpl(store, lease, {}, {}, make_pruner(config, store))
+        for epoch in (1, 2, 3):
+            assert ctx.report_epoch({"epoch": epoch, "m": value}) is Verdict.CONTINUE
+    [record] = [r for r in store.rung_records("last") if r["tid"] == b.tid]
+    assert record["final"] and record["decision"] == "continue" and record["threshold"] == 0.1
+    assert store.rung_values("last", 0, 0) == {a.tid: 0.1, b.tid: 0.9}  # both compete
 
 
 # -- the verdict flow and what a pruned trial is -------------------------------------------------

@@ -11,9 +11,10 @@ two worker processes), pruned trials finished as the worker finishes them. Every
 
 Parameter mapping, not a difference in behaviour: Optuna's step is our 1-based epoch, so our
 ``warmup_epochs = W`` (never stop at epoch <= W) is Optuna's ``n_warmup_steps = W + 1``.
-Deliberate differences (docs/pruning.md) do not show in these traces: a second attempt of a
-trial reuses the decision recorded by the first (Optuna has no attempts), tested in
-test_pruning.py.
+Deliberate differences (docs/pruning.md): hyperfleet never stops a trial at its last epoch
+(``max_epochs``; Optuna may prune a trial that has trained fully), so the Optuna runner below
+ignores such a verdict and the trial goes on to finish; a second attempt of a trial reuses the
+decision recorded by the first (Optuna has no attempts), tested in test_pruning.py.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def run_optuna(events: list[tuple], config: PruningConfig, exp_key: str) -> list
             _, _, epoch, value = event
             trials[tid].report(value, epoch)
             last[tid] = value
-            prune = trials[tid].should_prune()
+            # deliberate difference: hyperfleet never stops a trial at its last epoch
+            prune = trials[tid].should_prune() and not config.final(epoch)
             decisions.append((tid, epoch, prune))
             if prune:
                 study.tell(trials[tid], state=optuna.trial.TrialState.PRUNED)
