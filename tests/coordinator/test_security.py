@@ -215,3 +215,18 @@ def test_best_evaluate_never_imports_spaces_source_from_the_database(
     assert not marker.exists(), "best --evaluate imported a file named by the database"
     line = one_line_refusal(result)
     assert "--spaces PATH" in line and "planted_space" in line
+
+
+def test_the_evaluated_space_never_comes_from_the_experiment_document(tmp_path) -> None:
+    """Finding 9, at the function `best --evaluate` uses to find the space: the file named by
+    ``spaces_source`` is not imported (it used to be, before any check)."""
+    from coordinator.cli.best import _keras_space
+    from coordinator.errors import SpaceError
+
+    marker = tmp_path / "imported"
+    evil = tmp_path / "evil2.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    exp = {"_id": "planted", "space": "planted_space2", "spaces_source": str(evil)}
+    with pytest.raises(SpaceError, match="--spaces PATH"):
+        _keras_space(exp)
+    assert not marker.exists()
