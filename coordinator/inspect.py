@@ -118,6 +118,7 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
     row["epochs"] = len(epochs)
     row["pruned"] = _pruned_epoch(doc)
     row["duration_s"] = doc.get("duration_s")
+    row.update(flatten(_mapping(doc.get("timing")), "timing"))  # phases (docs/schema.md)
     row["book_time"] = doc.get("book_time")
     row["ended"] = doc.get("ended")
     row["attempt"] = doc.get("attempt", 0)

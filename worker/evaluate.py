@@ -218,6 +218,7 @@ def evaluate(resolver: Resolver, store: TrialStore, lease: Lease, extra: dict[st
                 raise TrialLost(f"trial {lease.tid}: lease lost; result dropped")
             pruned = ctx.pruned
         result = check_result(result)
+        timing = phases(result, started)
         if pruned is not None and resolved.pruner is not None and result["status"] == STATUS_OK:
             result["pruned"] = pruned.pruned_record(resolved.pruner.config.metric)
     except TrialLost:
@@ -229,4 +230,16 @@ def evaluate(resolver: Resolver, store: TrialStore, lease: Lease, extra: dict[st
         raise  # the worker hands the trial back (second signal, in-process trials)
     except Exception as e:  # noqa: BLE001 - any objective error is recorded, the worker goes on
         return Outcome({}, params, time.perf_counter() - started, error=error_info(e))
-    return Outcome(result, params, time.perf_counter() - started)
+    return Outcome(result, params, time.perf_counter() - started, fields={"timing": timing})
+
+
+def phases(result: dict[str, Any], started: float) -> dict[str, float]:
+    """The trial's ``timing``: the phases the objective measured (``result["timing"]``, moved
+    out of the result), ``evaluate_s`` (the whole evaluation here) and ``outside_training_s``
+    (``evaluate_s`` less the objective's ``steady_s``, when it measured one), rounded to 0.1 ms."""
+    timing = result.pop("timing", None)
+    timing = dict(timing) if isinstance(timing, dict) else {}
+    timing["evaluate_s"] = time.perf_counter() - started
+    if isinstance(timing.get("steady_s"), (int, float)):
+        timing["outside_training_s"] = timing["evaluate_s"] - timing["steady_s"]
+    return {k: round(float(v), 4) for k, v in timing.items() if isinstance(v, (int, float))}

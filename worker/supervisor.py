@@ -40,6 +40,9 @@ class RunnerConfig:
     trust_pickled: bool
     #: None: $HYPERFLEET_OUTAGE_S or the default, as in the worker
     outage_s: float | None = None
+    #: warm the trial process (imports, data, a first fit) before the first reservation
+    warm: bool = False
+    exp_key: str | None = None  #: the experiment to warm for (None: every warmable space)
 
 
 class Runner(Protocol):
@@ -77,19 +80,35 @@ class InProcessRunner:
             config.uri, config.db, outage_s=config.outage_s, check=False
         )
         self.resolver: Resolver = Resolver(self.store, config.spaces, config.trust_pickled)
+        self.config = config
 
     def start(self) -> None:
-        """Nothing to warm up: trials run in this process."""
+        """Warm this process (``config.warm``): trials run in it."""
+        self.warm()
+
+    def warm(self) -> float:
+        """Imports, data and a first fit for the experiment's space (``config.warm``)."""
+        if not self.config.warm:
+            return 0.0
+        from worker.warm import warm
+
+        return warm(self.store, self.config.exp_key)
 
     def run(self, lease: Lease, extra: dict[str, Any], interrupt: threading.Event) -> Outcome:
         from worker.evaluate import evaluate
 
-        return evaluate(self.resolver, self.store, lease, extra)
+        started = time.perf_counter()
+        outcome = evaluate(self.resolver, self.store, lease, extra)
+        timing = outcome.fields.setdefault("timing", {})
+        timing["wait_child_s"] = 0.0
+        timing["run_s"] = round(time.perf_counter() - started, 4)
+        return outcome
 
     def close(self) -> None:
         self.store.close()
 
 
+WARM = "warm"  #: the worker's request to warm up; the child answers ``(WARM, seconds)``
 PR_SET_PDEATHSIG = 1  #: linux/prctl.h
 ORPHAN_CHECK_S = 0.5  #: how often a trial child checks that its worker still lives
 CLOSE_GRACE_S = 1.0  #: how long an idle trial child may take to exit before it is killed
@@ -126,7 +145,11 @@ def _child_main(config: RunnerConfig, conn: mpc.Connection, parent_pid: int) -> 
     runner = InProcessRunner(config)
     while True:
         try:
-            lease, extra = conn.recv()
+            message = conn.recv()
+            if message == WARM:
+                conn.send((WARM, runner.warm()))
+                continue
+            lease, extra = message
             conn.send(runner.run(lease, extra, threading.Event()))
         except (EOFError, BrokenPipeError, ConnectionResetError):
             break  # the worker closed the pipe or is gone: nobody wants a result
@@ -147,8 +170,30 @@ class ChildRunner:
         self._conn: mpc.Connection | None = None
 
     def start(self) -> None:
-        """Start the child now, so its imports overlap the worker's wait for the first trial."""
+        """Start the child now; with ``config.warm`` wait until it has warmed up (imports, data,
+        a first fit), so the first trial reserved finds it warm."""
         self._ensure_child()
+        if not self.config.warm:
+            return
+        assert self._conn is not None
+        self._conn.send(WARM)
+        while True:
+            ready = mpc.wait([self._conn, self._proc.sentinel])
+            if self._conn in ready:
+                try:
+                    _, seconds = self._conn.recv()
+                    logger.info("trial process warmed up in %.1f s", seconds)
+                    return
+                except EOFError:
+                    pass
+            if not self._proc.is_alive():
+                self._proc.join(5)
+                logger.warning(
+                    "trial process %s while warming up; the first trial starts a fresh one",
+                    describe_exit(self._proc.exitcode),
+                )
+                self._discard()
+                return
 
     def _ensure_child(self) -> None:
         if self._proc is not None and self._proc.is_alive():
@@ -165,6 +210,7 @@ class ChildRunner:
         self._conn = parent
 
     def run(self, lease: Lease, extra: dict[str, Any], interrupt: threading.Event) -> Outcome:
+        started = time.perf_counter()
         self._ensure_child()
         assert self._conn is not None
         self._conn.send((lease, extra))
@@ -172,7 +218,13 @@ class ChildRunner:
             ready = mpc.wait([self._conn, self._proc.sentinel], timeout=0.2)
             if self._conn in ready:
                 try:
-                    return self._conn.recv()
+                    outcome: Outcome = self._conn.recv()
+                    run_s = time.perf_counter() - started
+                    # the trial's time outside evaluate(): pipe, pickling, a (re)started child
+                    timing = outcome.fields.setdefault("timing", {})
+                    timing["wait_child_s"] = round(max(run_s - outcome.duration_s, 0.0), 4)
+                    timing["run_s"] = round(run_s, 4)
+                    return outcome
                 except EOFError:
                     pass  # died while answering: treated as a crash below
             if self._proc.sentinel in ready or not self._proc.is_alive():

@@ -62,6 +62,8 @@ class WorkerConfig:
     spaces: tuple[str, ...] = ()
     #: None: $HYPERFLEET_OUTAGE_S or the default, read by each process (the trial child too)
     outage_s: float | None = None
+    #: warm the trial process (imports, data, a first fit) before the first reservation
+    warm: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,7 +95,13 @@ class Worker:
         for path in config.spaces:
             load_spaces(path)
         runner_config = RunnerConfig(
-            config.uri, config.db, config.spaces, config.trust_pickled, config.outage_s
+            config.uri,
+            config.db,
+            config.spaces,
+            config.trust_pickled,
+            config.outage_s,
+            warm=config.warm,
+            exp_key=config.exp_key,
         )
         self.runner: Runner = (
             ChildRunner(runner_config) if config.isolate else InProcessRunner(runner_config)
@@ -130,6 +138,7 @@ class Worker:
         self._idle_since = time.monotonic()
         try:
             self.runner.start()
+            logger.info("worker %s ready", self.id)
             while True:
                 self._check_for_stop()
                 self._maintain()

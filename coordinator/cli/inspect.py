@@ -246,6 +246,7 @@ def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -
             "started": doc.get("book_time"),
             "ended": doc.get("ended"),
             "duration_s": doc.get("duration_s"),
+            **(doc.get("timing") or {}),  # the phases (docs/schema.md)
             "running for": ins.fmt_duration(running_s) if running_s is not None else None,
             "last heartbeat": doc.get("refresh_time"),
             "lease expires": doc.get("lease_expires"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -68,6 +69,31 @@ from coordinator.errors import ConfigError
     envvar="HYPERFLEET_SAVE_MODELS",
 )
 @click.option(
+    "--warm/--no-warm",
+    default=True,
+    show_default=True,
+    envvar="HYPERFLEET_WARM",
+    help="before the first reservation, warm the trial process: imports, the space's data and "
+    "a one-step fit (Keras spaces) [env: HYPERFLEET_WARM]",
+)
+@click.option(
+    "--steps-per-execution",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    envvar="HYPERFLEET_STEPS_PER_EXECUTION",
+    help="Keras: training steps per compiled call (fewer Python round trips; same results) "
+    "[env: HYPERFLEET_STEPS_PER_EXECUTION]",
+)
+@click.option(
+    "--compile-cache",
+    type=click.Path(file_okay=False),
+    default=None,
+    envvar="HYPERFLEET_COMPILE_CACHE",
+    help="JAX backend: persistent compilation cache folder, shared by the workers of a machine "
+    "[env: HYPERFLEET_COMPILE_CACHE]",
+)
+@click.option(
     "--check",
     is_flag=True,
     help="only check that MongoDB answers and this worker may read and write its database "
@@ -89,6 +115,9 @@ def worker(
     gpu: list[str] | None,
     threads: int | None,
     save_models: str,
+    warm: bool,
+    steps_per_execution: int,
+    compile_cache: str | None,
     check: bool,
 ) -> None:
     """Evaluate trials from MongoDB until stopped, idle or the search is over."""
@@ -96,6 +125,9 @@ def worker(
 
     # before any framework is imported; [] is the CPU
     env_info = pin_devices(None if gpu is None else ",".join(gpu) or "none", threads)
+    if compile_cache:  # read by JAX in the trial process (inherits this environment)
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(compile_cache)
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     if heartbeat_s >= lease_s:
         raise ConfigError(
             f"--heartbeat ({heartbeat_s} s) must be shorter than --lease ({lease_s} s)"
@@ -126,6 +158,11 @@ def worker(
         trust_pickled=trust_pickled,
         requeue_on_term=requeue_on_term,
         spaces=spaces,
-        info={**env_info, "save_models": save_models},
+        warm=warm,
+        info={
+            **env_info,
+            "save_models": save_models,
+            "steps_per_execution": steps_per_execution,
+        },
     )
     sys.exit(Worker(store, config).work())

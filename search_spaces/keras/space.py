@@ -13,6 +13,8 @@ trials, on the first trial.
 from __future__ import annotations
 
 import functools
+import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,13 +47,35 @@ class KerasSearchSpace(SearchSpace):
     build_model: BuildModel | None = None
     data: LoadData | None = None
 
+    def warm_up(self, settings: Mapping[str, Any]) -> None:
+        """Import Keras, load this space's data and fit one step of a model drawn from the
+        space (the worker calls it before its first reservation: ``--warm``)."""
+        from hyperopt.pyll import stochastic
+
+        from search_spaces.keras.training import warm_up
+
+        assert self.build_model is not None and self.data is not None
+        params = stochastic.sample(self.hyperopt_space(settings), rng=_seeded_rng())
+        warm_up(self.build_model, self.data, params, settings)
+
+
+def _seeded_rng() -> Any:
+    import numpy as np
+
+    return np.random.default_rng(0)
+
 
 def _train(
     build_model: BuildModel, data: LoadData, params: dict[str, Any], ctx: TrialContext
 ) -> dict[str, Any]:
+    cold = "search_spaces.keras.training" not in sys.modules
+    started = time.perf_counter()
     from search_spaces.keras.training import run_trial  # imports Keras: only when a trial runs
 
-    return run_trial(params, ctx, build_model=build_model, data=data)
+    import_s = time.perf_counter() - started if cold else 0.0
+    result = run_trial(params, ctx, build_model=build_model, data=data)
+    result["timing"]["import_s"] = import_s
+    return result
 
 
 def keras_space(

@@ -9,6 +9,11 @@ each epoch's metrics to ``ctx.report_epoch`` and stops training when the verdict
 ``ctx.should_stop()``) says so; whether to stop — a pruning rule, a cancel, a lost lease — is the
 context's decision. A pruned trial's model is never saved.
 Divergence is Keras's own ``TerminateOnNaN``; the result then says STATUS_FAIL with the reason.
+
+Where the time goes: :class:`PhaseClock` times the first training and validation steps (tracing
+and compiling the new model's functions), and :func:`run_trial` returns the phases under the
+result's ``timing`` key, which the worker stores as the trial's ``timing`` (docs/schema.md).
+Levers the worker passes in ``ctx.info``: ``steps_per_execution`` (``--steps-per-execution``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EpochReporter", "devices", "make_optimizer", "model_bytes", "run_trial"]
+__all__ = [
+    "EpochReporter",
+    "PhaseClock",
+    "devices",
+    "make_optimizer",
+    "model_bytes",
+    "run_trial",
+    "warm_up",
+]
 
 
 def _bound_tensorflow_threads() -> None:
@@ -79,6 +92,46 @@ class EpochReporter(keras.callbacks.Callback):
         if self.verdict is not Verdict.CONTINUE or self.ctx.should_stop():
             self.stopped = True
             self.model.stop_training = True
+
+
+class PhaseClock(keras.callbacks.Callback):
+    """Time the fit's phases: the first training step (trace + compile + one step), the first
+    validation step (the same for the test function), all validation passes, the whole fit.
+
+    Only ``*_begin`` hooks: Keras keeps batch-end dispatch asynchronous for callbacks without
+    ``*_batch_end`` hooks, so the clock adds no synchronisation to training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_step_s = 0.0
+        self.first_val_step_s = 0.0
+        self.validate_s = 0.0
+        self._train_started = 0.0
+        self._train_batches = 0
+        self._test_started = 0.0
+        self._test_batches = 0
+        self._tests = 0
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._train_started = time.perf_counter()
+
+    def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._train_batches += 1
+        if self._train_batches == 2:  # the first step (and its compilation) is done
+            self.first_step_s = time.perf_counter() - self._train_started
+
+    def on_test_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._tests += 1
+        self._test_batches = 0
+        self._test_started = time.perf_counter()
+
+    def on_test_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._test_batches += 1
+        if self._tests == 1 and self._test_batches == 2:
+            self.first_val_step_s = time.perf_counter() - self._test_started
+
+    def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        self.validate_s += time.perf_counter() - self._test_started
 
 
 def make_optimizer(spec: Mapping[str, Any]) -> Any:
@@ -151,24 +204,43 @@ def run_trial(
 ) -> dict[str, Any]:
     """Train ``build_model(params)`` on ``data`` and return the hyperopt result."""
     settings = ctx.settings
+    clock = time.perf_counter()
     model = build_model(params, settings)
+    build_s = time.perf_counter() - clock
+    clock = time.perf_counter()
     splits = data(tuple(model.input_shape[1:]), settings)
+    data_s = time.perf_counter() - clock
+    clock = time.perf_counter()
     model.compile(
         optimizer=make_optimizer(params["optimizer"]),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        steps_per_execution=int(ctx.info.get("steps_per_execution") or 1),
     )
+    build_s += time.perf_counter() - clock
     reporter = EpochReporter(ctx)
+    phases = PhaseClock()
     started = time.perf_counter()
     fitted = model.fit(
         *splits.train,
         batch_size=int(params["batch_size"]),
         epochs=int(settings["epochs"]),
         validation_data=splits.validation,
-        callbacks=[keras.callbacks.TerminateOnNaN(), reporter],
+        callbacks=[keras.callbacks.TerminateOnNaN(), reporter, phases],
         verbose=0,
     )
     train_s = time.perf_counter() - started
+    timing = {
+        "data_s": data_s,
+        "build_s": build_s,
+        "first_step_s": phases.first_step_s,
+        "first_val_step_s": phases.first_val_step_s,
+        "validate_s": phases.validate_s,
+        "fit_s": train_s,
+        # training at its steady rate: the fit less the two steps that traced and compiled
+        "steady_s": max(train_s - phases.first_step_s - phases.first_val_step_s, 0.0),
+        "save_s": 0.0,
+    }
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     result: dict[str, Any] = {
         "history": history,
@@ -185,6 +257,7 @@ def run_trial(
         "threads": ctx.info.get("threads") or os.cpu_count(),
         "objective": settings["objective"],
         "eval_time": time.time(),
+        "timing": timing,
     }
     failure = _divergence(history)
     if failure is None and not result["epochs_run"]:
@@ -193,11 +266,35 @@ def run_trial(
         return {**result, "status": STATUS_FAIL, "failure": failure, "model_saved": False}
     val_loss, val_accuracy = history["val_loss"][-1], history["val_accuracy"][-1]
     loss = val_loss if settings["objective"] == "val_loss" else 1.0 - val_accuracy
+    clock = time.perf_counter()
+    saved = reporter.verdict is not Verdict.PRUNE and _save_model(model, ctx, loss)
+    timing["save_s"] = time.perf_counter() - clock
     result.update(
-        loss=loss,
-        status=STATUS_OK,
-        val_loss=val_loss,
-        val_accuracy=val_accuracy,
-        model_saved=reporter.verdict is not Verdict.PRUNE and _save_model(model, ctx, loss),
+        loss=loss, status=STATUS_OK, val_loss=val_loss, val_accuracy=val_accuracy, model_saved=saved
     )
     return result
+
+
+def warm_up(
+    build_model: BuildModel, data: LoadData, params: dict[str, Any], settings: Mapping[str, Any]
+) -> None:
+    """Make this process's first trial a warm one: build ``params``' model, load its data and
+    fit it for one step with one validation step, so the framework's first-use costs (thread
+    pools, kernels, the first trace) and the dataset are paid before any trial is reserved."""
+    model = build_model(params, settings)
+    splits = data(tuple(model.input_shape[1:]), settings)
+    model.compile(
+        optimizer=make_optimizer(params["optimizer"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    batch = int(params["batch_size"])
+    x, y = splits.train
+    model.fit(
+        x[:batch],
+        y[:batch],
+        batch_size=batch,
+        epochs=1,
+        validation_data=(splits.validation[0][:batch], splits.validation[1][:batch]),
+        verbose=0,
+    )

@@ -1,0 +1,62 @@
+"""Every Keras trial document records where its time went (``timing``), a warmed worker's first
+trial pays no imports, and ``--steps-per-execution`` is recorded. Real workers, real Keras."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coordinator.inspect import trial_row
+from coordinator.server import EmbeddedServer
+from coordinator.store import TrialStore
+from tests.worker.test_keras_workers import TINY, run_searches
+
+PHASES = {
+    "import_s",
+    "data_s",
+    "build_s",
+    "first_step_s",
+    "first_val_step_s",
+    "validate_s",
+    "fit_s",
+    "steady_s",
+    "save_s",
+    "evaluate_s",
+    "outside_training_s",
+    "wait_child_s",
+    "run_s",
+}
+
+
+def test_phases_in_every_trial_and_a_warm_first_trial(
+    server: EmbeddedServer, store: TrialStore, db_name: str, tmp_path: Path
+) -> None:
+    warm = ("--exp-key", "phases", "--threads", "1", "--warm", "--steps-per-execution", "4")
+    done = run_searches(server.uri, db_name, [("mnist_mlp", "phases", 2, TINY)], [warm], tmp_path)
+    assert done[0].returncode == 0, done[0].stderr
+    docs = store.trials("phases")
+    assert len(docs) == 2
+    for doc in docs:
+        timing = doc["timing"]
+        assert set(timing) == PHASES, timing
+        assert all(v >= 0 for v in timing.values())
+        assert timing["fit_s"] >= timing["steady_s"] + timing["first_step_s"] - 1e-3
+        assert timing["evaluate_s"] <= timing["run_s"] + 1e-3 <= doc["duration_s"] + 1
+        assert "timing" not in doc["result"]
+        assert doc["worker"]["steps_per_execution"] == 4
+        row = trial_row(doc)
+        assert row["timing.steady_s"] == timing["steady_s"]
+    # warmed before the first reservation: Keras was imported, the data loaded
+    assert all(d["timing"]["import_s"] == 0.0 for d in docs)
+    log = (tmp_path / "worker-0.log").read_text()
+    assert "ready" in log
+
+
+def test_cold_worker_first_trial_pays_the_imports(
+    server: EmbeddedServer, store: TrialStore, db_name: str, tmp_path: Path
+) -> None:
+    cold = ("--exp-key", "cold", "--threads", "1", "--no-warm")
+    done = run_searches(server.uri, db_name, [("mnist_mlp", "cold", 2, TINY)], [cold], tmp_path)
+    assert done[0].returncode == 0, done[0].stderr
+    first, second = store.trials("cold")
+    assert first["timing"]["import_s"] > 0.1 and second["timing"]["import_s"] == 0.0
+    assert second["worker"]["steps_per_execution"] == 1
