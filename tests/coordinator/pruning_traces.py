@@ -106,3 +106,37 @@ def recorded() -> dict[str, list[Event]]:
 
 def n_trials(events: list[Event]) -> int:
     return 1 + max(e[1] for e in events)
+
+
+def from_benchmark_run(run: dict) -> list[Event]:
+    """A trace from one run of bench/time_to_accuracy.py (its results JSON, ``runs[i]``): every
+    epoch's validation accuracy in the order the epochs ended, and a ``finish`` for each trial
+    that trained all its epochs; tids renumbered by start."""
+    trials = sorted((t for t in run["trials"] if t["epochs"]), key=lambda t: t["epochs"][0]["t"])
+    timed: list[tuple[float, int, Event]] = []
+    for tid, trial in enumerate(trials):
+        for e in trial["epochs"]:
+            timed.append((e["t"], len(timed), ("epoch", tid, e["epoch"], e["val_accuracy"])))
+        if trial["complete"]:
+            timed.append((trial["epochs"][-1]["t"] + 1e-6, len(timed), ("finish", tid)))
+    return [event for *_, event in sorted(timed)]
+
+
+def record(results: list[str], out: Path = RECORDED) -> None:
+    """Write tests/coordinator/pruning_traces.json from benchmark results files (one trace
+    per run; ``python -m tests.coordinator.pruning_traces bench/results/tta-*.json``)."""
+    traces, sources = {}, []
+    for path in results:
+        data = json.loads(Path(path).read_text())
+        sources.append(f"{Path(path).name}: {json.dumps(data['meta'])}")
+        for run in data["runs"]:
+            events = from_benchmark_run(run)
+            if events:
+                traces[f"{run['system']}-seed{run['seed']}"] = events
+    out.write_text(json.dumps({"sources": sources, "traces": traces}, indent=0) + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    record(sys.argv[1:])
