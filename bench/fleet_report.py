@@ -177,7 +177,7 @@ def plot(runs: Iterable[Mapping[str, Any]], path: Path, liar: str = "worst") -> 
             label = {
                 ("tpe-hyperopt", 1): "sequential TPE (W=1)",
                 ("rand", 1): "random search",
-            }.get((algo, w), f"{'hyperopt TPE' if algo == STOCK else algo} W={w}")
+            }.get((algo, w), f"{'hyperopt TPE' if algo == STOCK else 'fleet TPE, ' + liar} W={w}")
             x = np.arange(1, n + 1)
             ax.plot(x, np.maximum(np.median(curves, axis=0), 1e-9), style, color=color, label=label)
         ax.set_yscale("log")

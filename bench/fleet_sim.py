@@ -14,7 +14,8 @@ objective's minimum.
 
 Algorithms (``--algos``): ``rand``; ``tpe-hyperopt`` (hyperopt's ``tpe.suggest`` unchanged; at
 W = 1 it is sequential TPE); ``tpe-<liar>`` (coordinator/fleet_tpe.py with that liar);
-``tpe-<liar>-hsplit`` (the same, good group sized on all trials as hyperopt does). Runs are
+``-rsplit`` (good group sized on results only) and ``-r<n>`` (start-up ends with n results once
+pending trials fill it) add fleet_tpe's options. Runs are
 appended to a JSON-lines file, one line per (objective, algorithm, W, seed); runs already there
 are skipped, so an interrupted grid resumes. ``report`` reads it and prints the tables.
 """
@@ -59,15 +60,15 @@ def algorithm(name: str) -> Algo:
     if parts[0] == "tpe" and len(parts) >= 2 and parts[1] in fleet_tpe.LIARS:
         options: dict[str, Any] = {"liar": parts[1], "verbose": False}
         for part in parts[2:]:
-            if part == "hsplit":
-                options["split_on_results"] = False
+            if part == "rsplit":
+                options["split_on_results"] = True
             elif part.startswith("r") and part[1:].isdigit():
                 options["min_results"] = int(part[1:])
             else:
                 raise ValueError(f"unknown algorithm {name!r}")
         return functools.partial(fleet_tpe.suggest, **options)
     raise ValueError(
-        f"unknown algorithm {name!r}: {', '.join(ALGOS)} or tpe-<liar>[-hsplit][-r<min results>]"
+        f"unknown algorithm {name!r}: {', '.join(ALGOS)} or tpe-<liar>[-rsplit][-r<min results>]"
     )
 
 

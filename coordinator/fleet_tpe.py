@@ -18,8 +18,9 @@ hyperopt's TPE (0.3.0) was written for one evaluation at a time. On a fleet of w
    the ``liar`` rule gives it, computed from the finite losses of finished trials:
    ``worst`` = their maximum, ``mean`` = their mean, ``best`` = their minimum, ``none`` = pending
    trials are left out. A finished trial without a loss (a failure) keeps hyperopt's infinite loss.
-3. **The good group is sized on results**: ``gamma`` is scaled so that hyperopt's split keeps
-   ``ceil(gamma * sqrt(n_results))`` trials in the good group, as without pending trials.
+3. **The good group** is sized as hyperopt sizes it, on all trials shown, pending ones included
+   (``ceil(gamma * sqrt(n_shown))``): at 128 workers this beat sizing it on results only
+   (``split_on_results=True``) in bench/fleet_sim.py (docs/algorithms.md).
 4. **Batches**: with ``len(new_ids) > 1`` one trial is suggested per id, and each later one sees
    the earlier ones as pending.
 
@@ -125,17 +126,18 @@ def suggest(
     liar: str = DEFAULT_LIAR,
     n_startup_jobs: int = N_STARTUP_JOBS,
     gamma: float = tpe._default_gamma,
-    split_on_results: bool = True,
+    split_on_results: bool = False,
     min_results: int | None = None,
     **tpe_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Suggest one trial per id in ``new_ids``, with the signature fmin expects of ``algo``.
 
     ``tpe_kwargs`` (``prior_weight``, ``n_EI_candidates``, ``verbose``) go to
-    ``hyperopt.tpe.suggest``. ``split_on_results=False`` sizes the good group on all shown
-    trials, as hyperopt does (kept for comparison in bench/fleet_sim.py). ``min_results``: end
-    the random start-up as soon as results and pending trials together reach ``n_startup_jobs``
-    and at least ``min_results`` trials have a result (``None``: ``n_startup_jobs`` results).
+    ``hyperopt.tpe.suggest``. ``split_on_results=True`` sizes the good group on results only,
+    as if no trial were pending (``gamma`` scaled; kept for comparison in bench/).
+    ``min_results``: end the random start-up as soon as results and pending trials together reach
+    ``n_startup_jobs`` and at least ``min_results`` trials have a result (``None``: only
+    ``n_startup_jobs`` results end it).
     Raises ``ValueError`` for an unknown ``liar``.
     """
     if liar not in LIARS:

@@ -179,13 +179,15 @@ def test_each_liar_sets_pending_losses(liar: str, tpe_calls: list[dict[str, Any]
     assert sum(1 for d in call["docs"] if d["result"].get("loss") is None) == 2  # failures: inf
 
 
-def test_good_group_is_sized_on_results(tpe_calls: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize(("on_results", "good"), [(False, 3), (True, 2)])
+def test_good_group_size(on_results: bool, good: int, tpe_calls: list[dict[str, Any]]) -> None:
+    """By default hyperopt's ceil(0.25 * sqrt(all shown)); on results: ceil(0.25 * sqrt(36))."""
     domain, trials = make_trials(n_done=36, n_pending=64)
-    fleet_tpe.suggest(trials.new_trial_ids(1), domain, trials, seed=5, liar="worst")
+    ids = trials.new_trial_ids(1)
+    fleet_tpe.suggest(ids, domain, trials, seed=5, split_on_results=on_results)
     (call,) = tpe_calls
-    n_below = math.ceil(call["gamma"] * math.sqrt(len(call["docs"])))
     assert len(call["docs"]) == 100
-    assert n_below == math.ceil(0.25 * math.sqrt(36)) == 2
+    assert math.ceil(call["gamma"] * math.sqrt(len(call["docs"]))) == good
 
 
 def test_batch_sees_earlier_suggestions_as_pending(tpe_calls: list[dict[str, Any]]) -> None:
