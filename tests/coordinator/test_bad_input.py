@@ -145,4 +145,3 @@ def test_worker_without_trust_pickled_says_it_ignores_pickled_trials(
     text = log.read_text()
     assert text.count("ignoring the queued trials of experiment 'plainfmin'") == 1, text
     assert "WARNING" in text
-
