@@ -368,12 +368,23 @@ def summarize_run(run: dict[str, Any], target: float | None) -> dict[str, Any]:
         if target is not None and reached is None and best >= target:
             reached = t_end - t0
     stopped = [t for t in run["trials"] if t["pruned"] and t["end"] and t["end"] <= end]
+    steps = [
+        b["t"] - a["t"]
+        for t in run["trials"]
+        for a, b in zip(t["epochs"], t["epochs"][1:], strict=False)
+        if b["t"] <= end
+    ]
+    epoch_s = statistics.median(steps) if steps else None  # this run's speed (the load)
     return {
         "epochs": len(epochs),
         "epochs_to_target": (
             sum(1 for t in epochs if t <= t0 + reached) if reached is not None else None
         ),
         "time_to_target": reached,
+        "epoch_s": epoch_s,
+        # the time to target in epochs of this run's median length: less sensitive to the load
+        # of other processes, which changes from run to run
+        "norm_time_to_target": reached / epoch_s if reached is not None and epoch_s else None,
         "best": best,
         "test": best_test,
         "complete": len(done),
@@ -404,7 +415,15 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "per_seed": per_seed,
             **{
                 key: _median([s[key] for s in per_seed])
-                for key in ("epochs", "epochs_to_target", "time_to_target", "best", "test")
+                for key in (
+                    "epochs",
+                    "epochs_to_target",
+                    "time_to_target",
+                    "norm_time_to_target",
+                    "epoch_s",
+                    "best",
+                    "test",
+                )
             },
             "reached": sum(s["time_to_target"] is not None for s in per_seed),
             "complete": sum(s["complete"] for s in per_seed),
@@ -420,6 +439,8 @@ def _fmt(value: Any, kind: str) -> str:
         return f"{value:.0f} s"
     if kind == "acc":
         return f"{100 * value:.2f} %"
+    if kind == "ep":
+        return f"{value:.2f} s"
     return f"{value:.0f}"
 
 
@@ -429,15 +450,17 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"Target: {_fmt(target, 'acc')} validation accuracy (hf-none's median final best "
         "minus 0.5 points). Medians over seeds; per-seed values in the JSON.",
         "",
-        "| system | epochs to target | time to target | reached | epochs in budget | "
-        "final best val acc | test acc of best | trials done / stopped early |",
-        "|---|---|---|---|---|---|---|---|",
+        "| system | epochs to target | time to target | (in epoch lengths) | reached | "
+        "epochs in budget | median epoch | final best val acc | test acc of best | "
+        "trials done / stopped early |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for system, row in summary["systems"].items():
         lines.append(
             f"| {system} | {_fmt(row['epochs_to_target'], 'n')} | "
-            f"{_fmt(row['time_to_target'], 's')} | {row['reached']}/{row['seeds']} | "
-            f"{_fmt(row['epochs'], 'n')} | {_fmt(row['best'], 'acc')} | "
+            f"{_fmt(row['time_to_target'], 's')} | {_fmt(row['norm_time_to_target'], 'n')} | "
+            f"{row['reached']}/{row['seeds']} | {_fmt(row['epochs'], 'n')} | "
+            f"{_fmt(row['epoch_s'], 'ep')} | {_fmt(row['best'], 'acc')} | "
             f"{_fmt(row['test'], 'acc')} | {row['complete']} / {row['pruned']} |"
         )
     lines += ["", targets(summary), "", "Run: " + json.dumps(meta)]
@@ -466,10 +489,11 @@ def targets(summary: dict[str, Any]) -> str:
 
     e = ratio(none["epochs_to_target"], best["epochs_to_target"])
     t = ratio(none["time_to_target"], best["time_to_target"])
+    n = ratio(none["norm_time_to_target"], best["norm_time_to_target"])
     gap = None if none["best"] is None or best["best"] is None else none["best"] - best["best"]
     oh = rows.get("optuna-hyperband")
     out.append(f"- epochs to target, hf-none / {name}: {e} (target >= 2x)")
-    out.append(f"- time to target, hf-none / {name}: {t} (target >= 1.7x)")
+    out.append(f"- time to target, hf-none / {name}: {t} (target >= 1.7x; in epoch lengths: {n})")
     out.append(
         f"- final best, hf-none minus {name}: "
         + ("n/a" if gap is None else f"{100 * gap:+.2f} points")
@@ -494,6 +518,9 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=5_000)
     parser.add_argument("--val-size", type=int, default=1_000)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument(
+        "--analyse", metavar="JSON", help="only print the table of an earlier run's results file"
+    )
     parser.add_argument("--run", dest="system", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -501,6 +528,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.system:
         run_one(args)
+        return
+    if args.analyse:
+        data = json.loads(Path(args.analyse).read_text())
+        print(markdown(analyse(data["runs"]), data["meta"]))
         return
     systems = [s for s in args.systems.split(",") if s]
     unknown = set(systems) - set(SYSTEMS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from coordinator import defaults
@@ -145,7 +145,6 @@ class Decision:
     threshold: float | None = None  #: the value it had to reach (None: no comparison, e.g. NaN)
     bracket: int | None = None
     rung: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def pruned_record(self, metric: str) -> dict[str, Any]:
         """The ``result.pruned`` record of a trial this decision stopped."""
@@ -153,7 +152,7 @@ class Decision:
             "epoch": self.epoch,
             "rule": self.rule,
             "metric": metric,
-            "value": _finite_or_none(self.value),
+            "value": _number_or_none(self.value),
             "threshold": self.threshold,
         }
         if self.bracket is not None:
@@ -161,8 +160,9 @@ class Decision:
         return record
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _number_or_none(value: float) -> float | None:
+    """NaN is stored as ``None`` (it compares with nothing); infinities stay numbers."""
+    return None if math.isnan(value) else value
 
 
 class RungLog(Protocol):
@@ -208,7 +208,7 @@ def rung_record(decision: Decision, report: EpochReport, metric: str, **inputs: 
         "epoch": report.epoch,
         "rule": decision.rule,
         "metric": metric,
-        "value": _finite_or_none(decision.value),
+        "value": _number_or_none(decision.value),
         "threshold": decision.threshold,
         "decision": "prune" if decision.prune else "continue",
         **inputs,

@@ -28,9 +28,16 @@ class RungRecords:
     db: Database
     jobs: MongoCollection
 
+    _rungs_indexed = False
+
     @property
     def rungs(self) -> MongoCollection:
-        return self.db["rungs"]
+        """The ``rungs`` collection, indexed for the read every decision makes (one rung)."""
+        rungs = self.db["rungs"]
+        if not self._rungs_indexed:
+            rungs.create_index([("exp_key", 1), ("bracket", 1), ("rung", 1)])
+            self._rungs_indexed = True
+        return rungs
 
     @retrying
     def record_rung(self, record: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,8 @@ def ties() -> list[Event]:
 
 
 def nan_values() -> list[Event]:
-    """NaN at the first epoch, at a rung, mid-curve, and a trial that is NaN throughout."""
+    """NaN at the first epoch, at a rung, mid-curve, and a trial that is NaN throughout; a
+    trial whose metric is infinite for two epochs."""
     nan = math.nan
     curves = random_curves(10, 9, seed=3)
     curves[2][0] = nan
@@ -72,6 +73,7 @@ def nan_values() -> list[Event]:
     curves[5][4] = nan
     curves[7] = [nan] * 9
     curves[8][8] = nan
+    curves[9][1] = curves[9][2] = math.inf  # infinities are numbers: they compare
     return scheduled(curves, workers=2, seed=3)
 
 
