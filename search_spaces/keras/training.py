@@ -88,7 +88,8 @@ class EpochReporter(keras.callbacks.Callback):
         metrics: dict[str, Any] = {"epoch": epoch + 1}
         metrics.update({k: float(v) for k, v in (logs or {}).items()})
         metrics["seconds"] = round(time.perf_counter() - self._started, 4)
-        self.verdict = self.ctx.report_epoch(metrics)
+        verdict = self.ctx.report_epoch(metrics)  # None: a context without verdicts, go on
+        self.verdict = Verdict.CONTINUE if verdict is None else Verdict(verdict)
         if self.verdict is not Verdict.CONTINUE or self.ctx.should_stop():
             self.stopped = True
             self.model.stop_training = True
