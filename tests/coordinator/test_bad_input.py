@@ -136,7 +136,9 @@ def test_worker_without_trust_pickled_says_it_ignores_pickled_trials(
     any level; it now logs one WARNING per experiment, naming --trust-pickled."""
     queue_trials(store, 2, exp_key="plainfmin", space=None)
     log = tmp_path / "w.log"
-    worker = start_worker(server.uri, db_name, "--idle-timeout", "6", "--poll", "0.05", log=log)
+    worker = start_worker(
+        server.uri, db_name, "--idle-timeout", "6", "--poll", "0.05", "--no-warm", log=log
+    )
     try:
         wait_for(lambda: "--trust-pickled" in log.read_text(), 30, what="the warning")
         assert worker.wait(30) == 0

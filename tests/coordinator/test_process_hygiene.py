@@ -57,7 +57,7 @@ def test_trial_child_dies_with_its_sigkilled_worker(server, db_name, tmp_path) -
     store = connect(server.uri, db_name)
     queue_trials(store, 1, space="whoami", settings={"sleep": 4.0})
     log = tmp_path / "w.log"
-    worker = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, log=log)
+    worker = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, "--no-warm", log=log)
     try:
         wait_for(lambda: store.trials("exp", [TrialState.RUNNING]), 60, what="a running trial")
         child = wait_for(lambda: trial_child(worker.pid), 10, what="the trial child")

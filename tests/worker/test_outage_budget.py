@@ -31,6 +31,7 @@ def test_worker_and_trial_child_give_up_after_one_budget(tmp_path) -> None:
         "outage",
         "--spaces",
         TEST_SPACES,
+        "--no-warm",
         "--heartbeat",
         "0.5",  # the worker meets the outage within half a second, like its child
         "--lease",
