@@ -1,0 +1,66 @@
+"""``--prune`` end to end through the real CLI: a search with two workers stops trials early,
+and ``status``, ``top``, ``show`` and ``export`` say which; a rerun with another rule is
+refused; bad pruning options are one line."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from coordinator.server import EmbeddedServer
+from tests.conftest import cli_env, hyperfleet, start_worker, stop_all
+
+SPACES = "tests/spaces_for_tests.py"
+
+
+def test_a_pruned_search_through_the_cli(server: EmbeddedServer, db_name: str) -> None:
+    uri = server.uri
+    key = "pruned-cli"
+    common = ["--mongo", uri, "--db", db_name]
+    workers = [
+        start_worker(uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60")
+        for _ in range(2)
+    ]
+    try:
+        search = hyperfleet(
+            "search", "epochs", *common, "--exp-key", key, "--spaces", SPACES,
+            "--max-evals", "12", "--set", "epochs=9", "--set", "sleep=0.0",
+            "--prune", "asha", "--no-progress", "--seed", "3",
+            timeout=300,
+        )  # fmt: skip
+        assert search.returncode == 0, search.stderr
+        assert "pruned" in search.stderr  # the progress line counts them
+    finally:
+        stop_all(workers)
+
+    status = hyperfleet("status", *common, "--exp-key", key)
+    assert status.returncode == 0, status.stderr
+    line = next(x for x in status.stdout.splitlines() if x.strip().startswith("pruned"))
+    assert "done trials were stopped early" in line
+
+    rows = list(csv.DictReader(io.StringIO(hyperfleet("export", *common, "--exp-key", key).stdout)))
+    pruned = [r for r in rows if r["pruned"]]
+    assert pruned and all(r["result.pruned.rule"] == "asha" for r in pruned)
+    assert all(int(r["pruned"]) < 9 and r["state"] == "done" for r in pruned)
+
+    top = hyperfleet("top", *common, "--exp-key", key, "-n", "12")
+    assert top.returncode == 0 and "pruned" in top.stdout.splitlines()[0]
+
+    show = hyperfleet("show", *common, "--exp-key", key, pruned[0]["tid"])
+    assert f"pruned at epoch {pruned[0]['pruned']} by asha" in show.stdout.splitlines()[0]
+
+    again = hyperfleet(
+        "search", "epochs", *common, "--exp-key", key, "--spaces", SPACES,
+        "--max-evals", "12", "--set", "epochs=9", "--set", "sleep=0.0", "--prune", "median",
+    )  # fmt: skip
+    assert again.returncode != 0 and "pruning" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_bad_pruning_options_are_one_line(server: EmbeddedServer, db_name: str) -> None:
+    common = ["--mongo", server.uri, "--db", db_name, "--max-evals", "1"]
+    no_epochs = hyperfleet("search", "quadratic", *common, "--prune", "hyperband", env=cli_env())
+    assert no_epochs.returncode != 0 and "--prune-max-epochs" in no_epochs.stderr
+    assert "Traceback" not in no_epochs.stderr
+    bad = hyperfleet("search", "quadratic", *common, "--prune", "often")
+    assert bad.returncode != 0 and "often" in bad.stderr and "Traceback" not in bad.stderr
