@@ -29,8 +29,13 @@ SAVE_MODES = ("best", "all", "none")
 SAVE_MODE = "best"
 #: the GridFS attachment of a trial that holds its saved Keras model
 MODEL_ATTACHMENT = "model.keras"
-#: ``--algo``: hyperopt's suggestion algorithms a search may use (tpe is the default)
-ALGOS = ("tpe", "rand", "atpe", "anneal")
+#: ``--algo``: the suggestion algorithms a search may use. ``tpe`` is hyperfleet's fleet-aware TPE
+#: (coordinator/fleet_tpe.py, docs/algorithms.md); ``tpe-hyperopt`` is hyperopt's own, unchanged
+ALGOS = ("tpe", "tpe-hyperopt", "rand", "atpe", "anneal")
+#: ``--liar``: the loss the fleet-aware TPE assumes for queued and running trials
+LIARS = ("worst", "mean", "best", "none")
+#: chosen by bench/fleet_sim.py (docs/algorithms.md): ``best`` lost everywhere, ``none`` at W >= 32
+LIAR = "worst"
 #: ``hyperfleet export --format``
 EXPORT_FORMATS = ("csv", "json", "jsonl")
 #: ``--prune``: early-stopping rules (coordinator/pruning/<rule>.py); none trains every epoch

@@ -43,9 +43,11 @@ from typing import Any
 import numpy as np
 from hyperopt import base, rand, tpe
 
-LIARS = ("worst", "mean", "best", "none")
+from coordinator import defaults
+
+LIARS = defaults.LIARS
 #: chosen by bench/fleet_sim.py (see docs/algorithms.md)
-DEFAULT_LIAR = "worst"
+DEFAULT_LIAR = defaults.LIAR
 N_STARTUP_JOBS = tpe._default_n_startup_jobs
 PENDING_STATES = frozenset({base.JOB_STATE_NEW, base.JOB_STATE_RUNNING})
 

@@ -10,6 +10,7 @@ on a dead worker. A seeded rerun continues its random stream
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ import numpy as np
 from hyperopt import anneal, base, rand, tpe
 from hyperopt.fmin import FMinIter
 
-from coordinator import defaults, rules
+from coordinator import defaults, fleet_tpe, rules
 from coordinator.errors import ConfigError, ExperimentMismatch, HyperfleetError
 from coordinator.housekeeping import POLL_S, TICK_S, Housekeeping, continue_stream
 from coordinator.progress import SearchProgress
@@ -37,8 +38,13 @@ logger = logging.getLogger(__name__)
 ALGOS = defaults.ALGOS
 
 
-def algo_function(name: str) -> Callable[..., Any]:
+def algo_function(name: str, liar: str = defaults.LIAR) -> Callable[..., Any]:
+    """hyperopt's ``algo`` callable for ``--algo name`` (``liar``: the fleet-aware TPE's rule)."""
     if name == "tpe":
+        if liar not in defaults.LIARS:
+            raise ConfigError(f"unknown --liar {liar!r}: choose one of {', '.join(defaults.LIARS)}")
+        return functools.partial(fleet_tpe.suggest, liar=liar)
+    if name == "tpe-hyperopt":
         return tpe.suggest
     if name == "rand":
         return rand.suggest
@@ -69,6 +75,7 @@ class SearchConfig:
     exp_key: str
     max_evals: int
     algo: str = "tpe"
+    liar: str = defaults.LIAR  #: ``--liar``: pending trials' loss for the fleet-aware TPE
     queue_len: int | None = None  #: None: twice the live workers (at least 2)
     seed: int | None = None
     timeout_s: float | None = None
@@ -114,12 +121,13 @@ def prepare_experiment(store: TrialStore, config: SearchConfig) -> dict[str, Any
     """
     if config.max_evals < 1:
         raise ConfigError(f"--max-evals must be at least 1, got {config.max_evals}")
-    algo_function(config.algo)
+    algo_function(config.algo, config.liar)
     fingerprint = config.space.fingerprint(config.settings)
     wanted = {
         "space": config.space.name,
         "settings": to_bson(config.settings),
         "algo": config.algo,
+        "liar": config.liar if config.algo == "tpe" else None,
         "fingerprint": fingerprint,
         "pruning": None if config.pruning is None else config.pruning.to_doc(),
     }
@@ -149,15 +157,24 @@ def _cancelled_since(before: dict[str, Any] | None, now: dict[str, Any]) -> bool
     )
 
 
+def _as_stored_today(existing: dict[str, Any]) -> dict[str, Any]:
+    """``existing`` as this version would store it: experiments stored before the fleet-aware TPE
+    say ``algo: "tpe"`` with no ``liar`` and ran hyperopt's own TPE (``--algo tpe-hyperopt``)."""
+    if existing.get("algo") == "tpe" and "liar" not in existing:
+        return {**existing, "algo": "tpe-hyperopt", "liar": None}
+    return existing
+
+
 def _started_doc(
     existing: dict[str, Any] | None, wanted: dict[str, Any], config: SearchConfig
 ) -> dict[str, Any]:
     """The experiment document of a search starting (or resuming) with ``config``; raises
     :class:`ExperimentMismatch` if ``existing`` holds another search (unless ``force``)."""
     if existing is not None and not config.force:
-        differs = [k for k, v in wanted.items() if existing.get(k) != v]
+        before = _as_stored_today(existing)
+        differs = [k for k, v in wanted.items() if before.get(k) != v]
         if differs:
-            was = ", ".join(f"{k}={existing.get(k)!r}" for k in differs)
+            was = ", ".join(f"{k}={before.get(k)!r}" for k in differs)
             now = ", ".join(f"{k}={wanted[k]!r}" for k in differs)
             raise ExperimentMismatch(
                 f"exp key {config.exp_key!r} already holds a search with {was}; this run asks "
@@ -215,7 +232,7 @@ class Coordinator:
         trials.refresh()
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.fmin_iter = FMinIter(
-            algo_function(config.algo),
+            algo_function(config.algo, config.liar),
             domain,
             trials,
             rstate=continue_stream(np.random.default_rng(seed), trials.stored),

@@ -162,6 +162,13 @@ def search_options() -> Decorator:
             help=f"suggestion algorithm: {', '.join(defaults.ALGOS)}",
         ),
         click.option(
+            "--liar",
+            type=click.Choice(defaults.LIARS),
+            default=defaults.LIAR,
+            show_default=True,
+            help="--algo tpe: the loss assumed for queued and running trials (docs/algorithms.md)",
+        ),
+        click.option(
             "--queue-len",
             type=click.IntRange(min=1),
             default=None,
