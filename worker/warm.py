@@ -3,9 +3,9 @@ first-use costs paid while no trial waits (``hyperfleet worker --warm``, the def
 
 A space that can warm itself has a ``warm_up(settings)`` method (Keras spaces do: see
 :class:`search_spaces.keras.space.KerasSearchSpace`). A worker pinned to an experiment warms
-that experiment's space with its settings (waiting up to ``EXPERIMENT_WAIT_S`` for the
-experiment to appear; none: nothing is warmed); an unpinned worker warms every registered space
-that can, once per distinct data loader, with default settings.
+that experiment's space with its settings; an unpinned worker warms the spaces of the running
+experiments. Either waits up to ``EXPERIMENT_WAIT_S`` for one to appear, then warms nothing (a
+fleet serving other spaces pays no Keras import).
 """
 
 from __future__ import annotations
@@ -15,40 +15,45 @@ import time
 from typing import Any
 
 from coordinator.errors import HyperfleetError
+from coordinator.states import ExperimentStatus
 from coordinator.store import TrialStore
-from search_spaces import SearchSpace, available_spaces, get_space
+from search_spaces import SearchSpace, get_space
 
 logger = logging.getLogger(__name__)
 
 
-#: how long a worker pinned to an experiment waits for it to appear (``hyperfleet local`` starts
-#: its workers just before the search creates it); then it warms nothing
+#: how long a worker waits for an experiment to warm for (``hyperfleet local`` starts its
+#: workers just before the search creates it); then it warms nothing
 EXPERIMENT_WAIT_S = 5.0
 
 
-def _experiment(store: TrialStore, exp_key: str) -> dict[str, Any] | None:
+def _experiments(store: TrialStore, exp_key: str | None) -> list[dict[str, Any]]:
+    """The experiment ``exp_key``, or (``None``) the running ones, once there is one."""
     deadline = time.monotonic() + EXPERIMENT_WAIT_S
     while True:
-        exp = store.get_experiment(exp_key)
-        if exp is not None or time.monotonic() >= deadline:
-            return exp
+        if exp_key is not None:
+            exp = store.get_experiment(exp_key)
+            found = [] if exp is None else [exp]
+        else:
+            running = ExperimentStatus.RUNNING.value
+            found = [e for e in store.list_experiments() if e.get("status") == running]
+        if found or time.monotonic() >= deadline:
+            return found
         time.sleep(0.1)
 
 
 def _targets(store: TrialStore, exp_key: str | None) -> list[tuple[SearchSpace, dict[str, Any]]]:
-    if exp_key is not None:
-        exp = _experiment(store, exp_key)
-        if exp is None or not exp.get("space"):
-            return []  # not there yet, or plain fmin: nothing known to warm
-        space = get_space(exp["space"])
-        return [(space, space.resolve_settings(exp.get("settings") or {}))]
-    seen: set[Any] = set()
     targets = []
-    for space in available_spaces():
-        loader = getattr(space, "data", None)
-        if callable(getattr(space, "warm_up", None)) and loader not in seen:
-            seen.add(loader)
-            targets.append((space, space.resolve_settings({})))
+    for exp in _experiments(store, exp_key):
+        if not exp.get("space"):
+            continue  # plain fmin: nothing known to warm
+        try:
+            space = get_space(exp["space"])
+        except HyperfleetError as e:
+            logger.info("not warming for experiment %r: %s", exp.get("_id"), e)
+            continue
+        if callable(getattr(space, "warm_up", None)):
+            targets.append((space, space.resolve_settings(exp.get("settings") or {})))
     return targets
 
 

@@ -79,10 +79,11 @@ from coordinator.errors import ConfigError
 @click.option(
     "--steps-per-execution",
     type=click.IntRange(min=1),
-    default=1,
+    default=32,
     show_default=True,
     envvar="HYPERFLEET_STEPS_PER_EXECUTION",
-    help="Keras: training steps per compiled call (fewer Python round trips; same results) "
+    help="Keras: training steps per compiled call (fewer Python round trips; same results; "
+    "1 is Keras's own default) "
     "[env: HYPERFLEET_STEPS_PER_EXECUTION]",
 )
 @click.option(
