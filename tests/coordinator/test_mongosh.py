@@ -32,6 +32,7 @@ SPACES = str(Path(__file__).with_name("inspect_spaces.py"))
 MONGOSH_DIR = ROOT / ".cache" / "mongosh"
 MONGOSH_VERSION = "2.12.0"
 EXP, LIVE = "ms", "ms-live"
+PRUNED = "ms-pruned"  #: a search with --prune asha (trials stopped early, rung records)
 
 
 def doc_blocks() -> dict[str, str]:
@@ -87,6 +88,12 @@ def searches(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
         server.uri, db, EXP, "curves",
         ["--set", "fail_every=5", "--max-evals", "12", "--algo", "rand", "--seed", "2",
          "--no-progress"],
+        logs, spaces=SPACES,
+    )  # fmt: skip
+    run_search_with_workers(
+        server.uri, db, PRUNED, "curves",
+        ["--prune", "asha", "--prune-metric", "val_loss", "--max-evals", "9", "--algo", "rand",
+         "--seed", "3", "--no-progress"],
         logs, spaces=SPACES,
     )  # fmt: skip
     live_worker = start_worker(
@@ -203,6 +210,15 @@ def test_every_documented_query_runs_in_real_mongosh(
         assert doc["_id"] == EXP and doc["space"] == "curves" and doc["status"] == "done"
         assert doc["best_tid"] == best["tid"] and doc["max_evals"] == 12
 
+    def stopped_early(rows: list[dict[str, Any]]) -> None:
+        pruned = [d["tid"] for d in store.trials(PRUNED) if d["result"].get("pruned")]
+        assert [r["tid"] for r in rows] == pruned and pruned
+        assert all(r["result"]["pruned"]["rule"] == "asha" for r in rows)
+
+    def rungs(rows: list[dict[str, Any]]) -> None:
+        assert len(rows) == len(store.rung_records(PRUNED)) > 0
+        assert {r["decision"] for r in rows} == {"continue", "prune"}
+
     checks: dict[str, tuple[Callable[[Any], None], str]] = {
         "Best 5 trials with their params": (best5, EXP),
         "Trials per worker and GPU": (per_worker, EXP),
@@ -211,6 +227,8 @@ def test_every_documented_query_runs_in_real_mongosh(
         "Failed trials with their error": (failed, EXP),
         "Per-epoch validation loss of one trial": (epochs, EXP),
         "Counts by state": (counts, EXP),
+        "Trials stopped early": (stopped_early, PRUNED),
+        "Early-stopping decisions, rung by rung": (rungs, PRUNED),
         "Trials still running, and for how long": (still_running, LIVE),
         "Live workers": (live_workers, LIVE),
         "The experiment": (experiment, EXP),
