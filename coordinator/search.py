@@ -11,6 +11,7 @@ on a dead worker. A seeded rerun continues its random stream
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import socket
@@ -49,17 +50,32 @@ def algo_function(name: str, liar: str = defaults.LIAR) -> Callable[..., Any]:
     if name == "rand":
         return rand.suggest
     if name == "anneal":
-        return anneal.suggest
+        return _one_id_at_a_time(anneal.suggest)
     if name == "atpe":
-        try:
-            from hyperopt import atpe
-        except ImportError as e:
+        missing = [m for m in ("lightgbm", "sklearn") if importlib.util.find_spec(m) is None]
+        if missing:
             raise ConfigError(
-                f"--algo atpe needs extra packages ({e.name} is missing): "
+                f"--algo atpe needs extra packages ({', '.join(missing)} missing): "
                 "pip install lightgbm scikit-learn"
-            ) from e
-        return atpe.suggest
+            )
+        from hyperopt import atpe
+
+        return _one_id_at_a_time(atpe.suggest)
     raise ConfigError(f"unknown --algo {name!r}: choose one of {', '.join(ALGOS)}")
+
+
+def _one_id_at_a_time(suggest: Callable[..., Any]) -> Callable[..., Any]:
+    """hyperopt's anneal and atpe accept one new id per call; fmin refills a queue of several.
+    Ask once per id, each with its own seed from the call's."""
+
+    @functools.wraps(suggest)
+    def each(new_ids: list[Any], domain: Any, trials: Any, seed: int, *a: Any, **kw: Any) -> Any:
+        docs: list[Any] = []
+        for i, new_id in enumerate(new_ids):
+            docs.extend(suggest([new_id], domain, trials, (seed + i) % 2**31, *a, **kw))
+        return docs
+
+    return each
 
 
 def _evaluated_by_workers(params: Any) -> Any:
@@ -193,6 +209,7 @@ def _started_doc(
         "coordinator": {"host": socket.gethostname(), "pid": os.getpid()},
     }
     doc.pop("version", None)
+    doc.pop("error", None)  # a crash of an earlier run; this one starts afresh
     doc.setdefault("created", utcnow())
     doc["resumed"] = existing is not None
     return doc
@@ -257,6 +274,11 @@ class Coordinator:
             self._tick(trials)
             self.fmin_iter.exhaust()
             status = ExperimentStatus.CANCELLED if trials.cancelled else ExperimentStatus.DONE
+        except (KeyboardInterrupt, HyperfleetError):
+            raise  # interrupted or the database gone: RUNNING stays, a rerun continues
+        except Exception as e:
+            self._record_crash(e)
+            raise
         finally:
             if status is not ExperimentStatus.FAILED:
                 trials.refresh_reuse_s = 0.0
@@ -286,6 +308,19 @@ class Coordinator:
             pruned = sum(1 for d in trials.trials if rules.pruned(d) is not None)
             self._progress.update(counts, None if best is None else best["result"]["loss"], pruned)
         return counts
+
+    def _record_crash(self, error: Exception) -> None:
+        """The search itself failed (e.g. the algorithm raised): say so on the experiment, so
+        ``status`` does not show it running for ever. A rerun restarts it."""
+        message = f"{type(error).__name__}: {error}"[:2000]
+        try:
+            self.store.finish_experiment(
+                self.config.exp_key,
+                ExperimentStatus.FAILED,
+                {"finished": utcnow(), "error": message},
+            )
+        except HyperfleetError as e:  # the database is gone too: nothing more to record
+            logger.warning("could not record the failure of %r: %s", self.config.exp_key, e)
 
     def _finish(self, trials: HyperfleetTrials, status: ExperimentStatus) -> None:
         best = rules.best_trial(trials.trials)

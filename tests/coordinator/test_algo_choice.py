@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+import numpy as np
 import pytest
 from hyperopt import tpe
 
@@ -50,3 +52,61 @@ def test_an_experiment_stored_before_the_fleet_tpe_resumes_as_hyperopts_tpe(
         prepare_experiment(store, _config())  # the default would silently change algorithm
     resumed = prepare_experiment(store, dataclasses.replace(_config(), algo="tpe-hyperopt"))
     assert resumed["resumed"] and resumed["algo"] == "tpe-hyperopt"
+
+
+def test_anneal_fills_a_queue_of_several(store: TrialStore) -> None:
+    """hyperopt's anneal takes one id per call; fmin refills the queue with several at once."""
+    from hyperopt import Trials, fmin, hp
+
+    trials = Trials()
+    suggest = algo_function("anneal")
+    docs = suggest([0, 1, 2], _domain(hp), trials, 7)
+    assert [d["tid"] for d in docs] == [0, 1, 2]
+    best = fmin(
+        lambda x: x**2,
+        hp.uniform("x", -1, 1),
+        algo=suggest,
+        max_evals=6,
+        trials=trials,
+        max_queue_len=3,
+        rstate=np.random.default_rng(1),
+        show_progressbar=False,
+    )
+    assert len(trials) == 6 and "x" in best
+
+
+def _domain(hp: Any) -> Any:
+    from hyperopt import base
+
+    return base.Domain(lambda x: x, hp.uniform("x", -1, 1))
+
+
+def test_atpe_without_its_packages_is_one_line_before_anything_is_written(
+    store: TrialStore,
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("lightgbm") and importlib.util.find_spec("sklearn"):
+        pytest.skip("lightgbm and scikit-learn are installed here: nothing is missing")
+    with pytest.raises(ConfigError, match="pip install lightgbm scikit-learn"):
+        prepare_experiment(store, _config(algo="atpe"))
+    assert store.get_experiment("a") is None
+
+
+def test_a_crashing_algorithm_marks_the_experiment_failed(
+    store: TrialStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coordinator that crashes must not leave its experiment "running" for ever."""
+    import coordinator.search as search
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the algorithm fell over")
+
+    monkeypatch.setattr(search, "algo_function", lambda *a: broken)
+    with pytest.raises(RuntimeError, match="fell over"):
+        search.Coordinator(store, _config()).run()
+    exp = store.get_experiment("a")
+    assert exp["status"] == "failed" and "fell over" in exp["error"]
+    monkeypatch.undo()
+    assert prepare_experiment(store, _config())["status"] == "running"
+    assert "error" not in store.get_experiment("a")
