@@ -69,7 +69,22 @@ def _group_tid(doc: Mapping[str, Any]) -> int:
 
 def _loss(doc: Mapping[str, Any]) -> float:
     loss = doc["result"].get("loss")
-    return math.inf if loss is None else float(loss)
+    if loss is None:
+        return math.inf
+    loss = float(loss)
+    return math.inf if math.isnan(loss) else loss
+
+
+def _finite_vals(doc: Mapping[str, Any]) -> bool:
+    """Whether every value of ``misc.vals`` is a finite number: TPE's Parzen estimators assert
+    on anything else, so a document that is not (the coordinator's view skips it already,
+    :func:`coordinator.rules.trial_problem`) is never shown to TPE."""
+    try:
+        return all(
+            math.isfinite(float(v)) for values in doc["misc"]["vals"].values() for v in values
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
 
 
 def lie(losses: Iterable[float], liar: str) -> float | None:
@@ -144,9 +159,10 @@ def suggest(
     """
     if liar not in LIARS:
         raise ValueError(f"unknown liar {liar!r}: choose one of {', '.join(LIARS)}")
-    finished = [doc for doc in trials.trials if has_result(doc)]
+    usable = [doc for doc in trials.trials if _finite_vals(doc)]
+    finished = [doc for doc in usable if has_result(doc)]
     n_results = len({_group_tid(doc) for doc in finished})
-    pending = sorted((doc for doc in trials.trials if is_pending(doc)), key=lambda d: d["tid"])
+    pending = sorted((doc for doc in usable if is_pending(doc)), key=lambda d: d["tid"])
     startup_done = n_results >= n_startup_jobs
     if min_results is not None and not startup_done:
         startup_done = n_results >= min_results and n_results + len(pending) >= n_startup_jobs

@@ -117,7 +117,9 @@ def trial_problem(
     a ``tid`` (an integer, or a string as hyperopt allows), a ``misc`` with that ``tid`` and
     ``idxs``/``vals`` of equal lists, a ``result`` dict with a string ``status`` (and a numeric
     ``loss`` where it has one, always with ``"ok"``), a string or missing ``exp_key``,
-    ``owner`` and ``space``, and non-negative integer counters. ``spec`` may hold anything.
+    ``owner`` and ``space``, non-negative integer counters, a non-negative integer ``tid``
+    (the counter never issues a negative one) and only finite scalars in ``misc.vals``.
+    ``spec`` may hold anything.
 
     ``labels`` (a search's hyperparameter labels) adds what a search's algorithm needs: an
     integer ``tid`` and ``misc.idxs``/``misc.vals`` that cover exactly these labels, each
@@ -138,6 +140,8 @@ def trial_problem(
         return "no tid"
     if not (_is_int(tid) or isinstance(tid, str)):
         return f"tid is {type(tid).__name__}, not an integer"
+    if _is_int(tid) and tid < 0:
+        return f"tid {tid} is negative (the tid counter never issues one)"
     state = doc.get("state")
     if not _is_int(state) or state not in TrialState._value2member_map_:
         return f"state {state!r} is not one of the integer states 0-4"
@@ -198,6 +202,11 @@ def _misc_problem(misc: Any, tid: Any) -> str | None:
         values = vals[label]
         if not isinstance(ids, list) or not isinstance(values, list) or len(ids) != len(values):
             return f"misc.idxs/vals of {_short(label)} are not lists of one length"
+        for value in values:
+            if isinstance(value, (list, tuple, Mapping)):
+                return f"misc.vals of {_short(label)} holds a {type(value).__name__}"
+            if _is_number(value) and not math.isfinite(value):
+                return f"misc.vals of {_short(label)} holds {value!r}, not a finite number"
     return None
 
 

@@ -215,6 +215,36 @@ def _started_doc(
     return doc
 
 
+def no_success_reason(docs: Any) -> str:
+    """Why none of the trial documents ``docs`` is a best trial, in one clause that says what
+    happened (all pruned, all failed, none ran) and points at the failures only if there are."""
+    usable = [d for d in docs if rules.trial_problem(d) is None]
+    pruned = sum(1 for d in usable if rules.pruned(d) is not None)
+    errors = sum(1 for d in usable if d.get("state") == TrialState.ERROR)
+    cancelled = sum(1 for d in usable if d.get("state") == TrialState.CANCEL)
+    pending = sum(1 for d in usable if d.get("state") in (TrialState.NEW, TrialState.RUNNING))
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (pruned, "pruned by the early-stopping rule (a pruned trial is never the best)"),
+            (errors, "failed"),
+            (cancelled, "cancelled"),
+            (pending, "still queued or running"),
+        )
+        if n
+    ]
+    others = len(usable) - pruned - errors - cancelled - pending
+    if others:
+        parts.append(f"{others} finished without an ok status and a finite loss")
+    if not parts:
+        return "no trial ran"
+    text = "of its trials " + ", ".join(parts)
+    if errors:
+        text += "; see the errors with the mongo shell: "
+        text += "db.jobs.find({state: 3}, {tid: 1, error: 1})"
+    return text
+
+
 class Coordinator:
     """Runs one search to completion (or cancellation/timeout) and records its outcome."""
 
@@ -325,7 +355,13 @@ class Coordinator:
     def _finish(self, trials: HyperfleetTrials, status: ExperimentStatus) -> None:
         best = rules.best_trial(trials.trials)
         fields: dict[str, Any] = {"finished": utcnow()}
-        if best is not None:
+        if best is None:
+            logger.warning(
+                "search %r: no trial succeeded; %s",
+                self.config.exp_key,
+                no_success_reason(trials.trials),
+            )
+        else:
             fields.update(
                 best_tid=best["tid"],
                 best_loss=best["result"]["loss"],

@@ -102,10 +102,7 @@ def report_best(
         _keras_space(exp, spaces)  # before any download: an unknown space is one line
     best = store.best_trial(exp_key)
     if best is None:
-        raise HyperfleetError(
-            f"no trial of {exp_key!r} succeeded yet; see the errors with the mongo shell: "
-            "db.jobs.find({state: 3}, {tid: 1, error: 1})"
-        )
+        raise HyperfleetError(f"no trial of {exp_key!r} succeeded yet; {_why_none(store, exp_key)}")
     result = best["result"]
     lines = [
         f"best trial: tid {best['tid']}, loss {result['loss']:.6g} "
@@ -141,6 +138,13 @@ def report_best(
             f"images, model of trial {holder['tid']})"
         )
     return lines
+
+
+def _why_none(store: TrialStore, exp_key: str) -> str:
+    """What the trials of ``exp_key`` did instead of succeeding (one clause)."""
+    from coordinator.search import no_success_reason
+
+    return no_success_reason(store.trials(exp_key))
 
 
 @click.command()

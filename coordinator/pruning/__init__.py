@@ -12,6 +12,7 @@ See docs/pruning.md.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,11 @@ from coordinator.pruning.base import (
     metric_value,
     resolve_pruning,
 )
+
+logger = logging.getLogger(__name__)
+
+#: (exp_key, metric) pairs already warned about in this process: one line each, not per epoch
+_UNREPORTED: set[tuple[str, str]] = set()
 
 __all__ = [
     "AttemptJudge",
@@ -58,7 +64,13 @@ class AttemptJudge:
 
     def report(self, metrics: Mapping[str, Any]) -> Decision | None:
         """The rule's decision on this epoch's ``metrics`` (``None``: nothing decided)."""
-        value = metric_value(metrics, self.pruner.config.metric)
+        metric = self.pruner.config.metric
+        raw = metrics.get(metric)
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            # the metric is missing or not a number: no report, never a reason to stop
+            self._warn_unreported(metric, metrics)
+            return None
+        value = metric_value(metrics, metric)
         self.curve.append(value)
         epoch = metrics.get("epoch")
         epoch = int(epoch) if isinstance(epoch, (int, float)) else self.previous_epoch + 1
@@ -73,3 +85,22 @@ class AttemptJudge:
         )
         self.previous_epoch = epoch
         return self.pruner.judge(report)
+
+    def _warn_unreported(self, metric: str, metrics: Mapping[str, Any]) -> None:
+        key = (self.exp_key, metric)
+        if key in _UNREPORTED:
+            return
+        _UNREPORTED.add(key)
+        reported = sorted(
+            str(k)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"
+        )
+        logger.warning(
+            "pruning %r: trial %s does not report metric %r (it reports: %s); its epochs are "
+            "not judged, no trial is stopped for it",
+            self.exp_key,
+            self.tid,
+            metric,
+            ", ".join(reported) or "nothing",
+        )

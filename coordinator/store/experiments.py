@@ -7,6 +7,7 @@ so a coordinator that read the document, decided, and writes back can tell wheth
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -17,12 +18,41 @@ from coordinator import rules
 from coordinator.states import ExperimentStatus, TrialState
 from coordinator.store.connection import retrying
 
+logger = logging.getLogger(__name__)
+
 #: fields only the status-changing methods write
 _STATUS_FIELDS = frozenset({"_id", "status", "cancel_requested", "cancelled_at", "version"})
 
 
 def _bump() -> dict[str, Any]:
     return {"$inc": {"version": 1}, "$currentDate": {"updated": True}}
+
+
+#: MongoDB's TypeMismatch: ``$inc`` on a field that holds no number
+_TYPE_MISMATCH = 14
+
+
+def _update_one(collection: Collection, query: dict[str, Any], update: dict[str, Any]) -> Any:
+    """``update_one`` that survives an ill-typed ``version`` (e.g. ``"v"`` written by hand):
+    ``$inc`` fails on it, so the document's ``version`` is reset to a number (1) instead,
+    conditionally on it still being no number, and the update is applied with that."""
+    try:
+        return collection.update_one(query, update)
+    except pymongo.errors.WriteError as e:
+        if e.code != _TYPE_MISMATCH or "version" not in update.get("$inc", {}):
+            raise
+    inc = {k: v for k, v in update["$inc"].items() if k != "version"}
+    reset = {k: v for k, v in update.items() if k != "$inc"}
+    reset["$set"] = {**update.get("$set", {}), "version": 1}
+    if inc:
+        reset["$inc"] = inc
+    not_a_number = [{"version": {"$not": {"$type": "number"}}}, {"version": {"$type": "array"}}]
+    guarded = {**query, "$or": not_a_number}
+    done = collection.update_one(guarded, reset)
+    if done.matched_count:
+        logger.warning("experiment %r: its version was not a number; reset to 1", query.get("_id"))
+        return done
+    return collection.update_one(query, update)  # someone else repaired it in between
 
 
 class Experiments:
@@ -55,8 +85,9 @@ class Experiments:
     @retrying
     def replace_experiment(self, doc: dict[str, Any], *, version: int | None) -> bool:
         """Replace the document if its ``version`` is still ``version``; ``False`` otherwise."""
+        valid = isinstance(version, int) and not isinstance(version, bool) and version >= 0
         replaced = self.experiments.replace_one(
-            {"_id": doc["_id"], "version": version}, {**doc, "version": (version or 0) + 1}
+            {"_id": doc["_id"], "version": version}, {**doc, "version": version + 1 if valid else 1}
         )
         return replaced.matched_count == 1
 
@@ -72,14 +103,15 @@ class Experiments:
         """Record ``fields``; set ``status`` only if it is still ``expect`` (``False``: it was
         not, and the status that was there stands)."""
         _check_fields(fields)
-        changed = self.experiments.update_one(
+        changed = _update_one(
+            self.experiments,
             {"_id": exp_key, "status": expect.value},
             {"$set": {**fields, "status": status.value}, **_bump()},
         )
         if changed.matched_count == 1:
             return True
         if fields:
-            self.experiments.update_one({"_id": exp_key}, {"$set": fields, **_bump()})
+            _update_one(self.experiments, {"_id": exp_key}, {"$set": fields, **_bump()})
         return False
 
     def cancel_experiment(self, exp_key: str, settle_s: float = 1.0) -> int:
@@ -98,7 +130,8 @@ class Experiments:
     def _request_cancel(self, exp_key: str) -> None:
         flag = {"cancel_requested": True}
         stamp = {"updated": True, "cancelled_at": True}
-        running = self.experiments.update_one(
+        running = _update_one(
+            self.experiments,
             {"_id": exp_key, "status": ExperimentStatus.RUNNING.value},
             {
                 "$set": {**flag, "status": ExperimentStatus.CANCELLED.value},
@@ -107,8 +140,10 @@ class Experiments:
             },
         )
         if running.matched_count == 0:
-            self.experiments.update_one(
-                {"_id": exp_key}, {"$set": flag, "$inc": {"version": 1}, "$currentDate": stamp}
+            _update_one(
+                self.experiments,
+                {"_id": exp_key},
+                {"$set": flag, "$inc": {"version": 1}, "$currentDate": stamp},
             )
 
     @retrying
@@ -127,7 +162,7 @@ class Experiments:
     def annotate_experiment(self, exp_key: str, fields: dict[str, Any]) -> bool:
         """Set informational ``fields`` (e.g. a test score); never the status or cancel flag."""
         _check_fields(fields)
-        done = self.experiments.update_one({"_id": exp_key}, {"$set": fields, **_bump()})
+        done = _update_one(self.experiments, {"_id": exp_key}, {"$set": fields, **_bump()})
         return done.matched_count == 1
 
 

@@ -30,6 +30,7 @@ class Attachments:
     """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
     jobs: Collection
+    experiments: Collection
     gfs: gridfs.GridFS
 
     @retrying
@@ -76,13 +77,19 @@ class Attachments:
         among trials that hold attachment ``with_attachment``; None if there is none.
 
         Only the fields the rules need are read for every candidate; the winner is read whole.
-        A document :func:`rules.trial_problem` refuses is never the best.
+        A document :func:`rules.trial_problem` refuses (of another space than the experiment's
+        included, as the coordinator's view refuses it) is never the best: ``best``, ``status``
+        and ``search`` name the same trial.
         """
         query = {"exp_key": exp_key, "state": int(TrialState.DONE), "result.status": "ok"}
+        exp = self.experiments.find_one({"_id": exp_key}, projection={"space": 1})
+        space = exp.get("space") if exp is not None else None
+        space = space if isinstance(space, str) else None
         # what rules.trial_problem reads (a malformed document is never the best) and
         # rules.best_trial (result.pruned among them: a pruned trial never is either)
         fields = dict.fromkeys((*rules.TRIAL_FIELDS, "_attachments"), 1)
-        rows = (r for r in self.jobs.find(query, projection=fields) if not rules.trial_problem(r))
+        found = self.jobs.find(query, projection=fields)
+        rows = (r for r in found if not rules.trial_problem(r, space=space))
         if with_attachment is not None:
             rows = (row for row in rows if with_attachment in _names(row))
         best = rules.best_trial(rows)
