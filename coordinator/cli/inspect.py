@@ -69,7 +69,7 @@ def _print_summary(s: ins.ExperimentSummary) -> None:
         click.echo(f"  best      loss {s.best_loss:.6g} (tid {s.best_tid})")
     else:
         click.echo("  best      - (no successful trial yet)")
-    rate = "-" if s.rate_per_min is None else f"{s.rate_per_min:.3g} trials/min"
+    rate = "-" if s.rate_per_min is None else f"{_rate(s.rate_per_min)} trials/min"
     eta = f", ETA {ins.fmt_duration(s.eta_s)}" if s.eta_s is not None else ""
     click.echo(f"  rate      {rate}{eta}")
     live = [w for w in s.workers if not w.stale]
@@ -219,13 +219,16 @@ def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -
         raise ConfigError(
             f"experiment {exp_key!r} has no trial {tid}; `hyperfleet top --all-states` lists them"
         )
-    problem = rules.trial_problem(doc, space=exp.get("space"))
+    decoder = ins.ParamDecoder(exp, spaces)
+    problem = rules.trial_problem(doc, space=ins.typed(exp.get("space"), str))
+    if problem is None and not doc.get("params"):
+        problem = decoder.problem(doc)
     if problem is not None:
         click.echo(f"trial {tid} of {exp_key}: {ins.MALFORMED} ({problem})")
         click.echo("    not a usable trial document: no count, search or best trial includes it")
         return
-    params = doc.get("params") or ins.ParamDecoder(exp, spaces)(doc)
-    result = doc.get("result") or {}
+    params = ins.typed(doc.get("params"), dict) or decoder(doc)
+    result = ins.typed(doc.get("result"), dict) or {}
     pruned = ins.pruned_text(doc)
     click.echo(
         f"trial {tid} of {exp_key}: {ins.state_name(doc.get('state'))}"
@@ -237,39 +240,46 @@ def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -
     now = store.server_time()
     running_s = (
         (now - doc["book_time"]).total_seconds()
-        if doc.get("state") == TrialState.RUNNING and doc.get("book_time")
+        if doc.get("state") == TrialState.RUNNING and ins.when(doc.get("book_time"))
         else None
     )
     _section(
         "timing",
         {
-            "started": doc.get("book_time"),
-            "ended": doc.get("ended"),
-            "duration_s": doc.get("duration_s"),
-            **(doc.get("timing") or {}),  # the phases (docs/schema.md)
+            "started": ins.when(doc.get("book_time")),
+            "ended": ins.when(doc.get("ended")),
+            "duration_s": ins.number(doc.get("duration_s")),
+            **_named(doc.get("timing")),  # the phases (docs/schema.md)
             "running for": ins.fmt_duration(running_s) if running_s is not None else None,
-            "last heartbeat": doc.get("refresh_time"),
-            "lease expires": doc.get("lease_expires"),
+            "last heartbeat": ins.when(doc.get("refresh_time")),
+            "lease expires": ins.when(doc.get("lease_expires")),
         },
     )
-    _section("worker", {**(doc.get("worker") or {}), "owner": doc.get("owner")})
+    _section("worker", {**_named(doc.get("worker")), "owner": doc.get("owner")})
     _section("attempts", {"attempt": doc.get("attempt", 0), "failed": doc.get("attempts", 0)})
-    for h in doc.get("attempt_history") or []:
+    for h in ins.typed(doc.get("attempt_history"), list) or []:
+        if not isinstance(h, dict):
+            continue
         click.echo(
             f"    attempt {h.get('attempt')} by {h.get('owner')}: {h.get('outcome')} "
             f"({h.get('reason')}) at {ins.fmt_value(h.get('at'))}"
         )
-    epochs = doc.get("epochs") or []
+    epochs = [e for e in ins.typed(doc.get("epochs"), list) or [] if isinstance(e, dict)]
     if epochs:
         click.echo(f"epochs ({len(epochs)})")
         flat = [ins.flatten(e, "") for e in epochs]
         names = list(dict.fromkeys(["epoch"] + [c for row in flat for c in row]))
         click.echo(_indent(ins.format_table(flat, names)))
-    error = doc.get("error")
+    error = _named(doc.get("error"))
     if error:
         click.echo(f"error: {error.get('type')}: {error.get('message')}")
-        if error.get("traceback"):
+        if isinstance(error.get("traceback"), str):
             click.echo(_indent(error["traceback"].rstrip()))
+
+
+def _named(value: Any) -> dict[str, Any]:
+    """A sub-document's fields under text names; anything but a dict (junk) reads as empty."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _section(title: str, values: dict[str, Any]) -> None:
@@ -368,3 +378,8 @@ def plot(mongo: str, db: str, exp_key: str, out_dir: Path, spaces: tuple[str, ..
         click.echo(str(path))
     for name, why in skipped.items():
         click.echo(f"skipped {name}: {why}", err=True)
+
+
+def _rate(per_min: float) -> str:
+    """3 significant digits, never in e-notation (a quick search finishes 1,300 trials/min)."""
+    return f"{per_min:.0f}" if per_min >= 100 else f"{per_min:.3g}"
