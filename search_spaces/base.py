@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hyperopt import pyll
 
-from coordinator.errors import ConfigError
+from coordinator.errors import ConfigError, SpaceError
 from coordinator.states import Verdict
 
 
@@ -104,10 +105,12 @@ class Setting:
                 parsed = int(value)
             else:
                 parsed = self.type(value)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             raise ConfigError(
                 f"setting {self.name}={value!r} is not a valid {self.type.__name__}"
             ) from None
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise ConfigError(f"setting {self.name}={value!r} must be a finite number")
         if self.choices is not None and parsed not in self.choices:
             raise ConfigError(
                 f"setting {self.name}={value!r} must be one of: "
@@ -202,8 +205,21 @@ class SearchSpace:
         return resolved
 
     def hyperopt_space(self, settings: Mapping[str, Any]) -> Any:
-        """The hyperopt space for ``settings`` (``build`` itself when it is not a function)."""
-        return self.build(settings) if self._builds() else self.build
+        """The hyperopt space for ``settings`` (``build`` itself when it is not a function).
+
+        A ``build`` that fails on these settings (hyperopt refusing ``low >= high``, an
+        overflow) is a one-line :class:`SpaceError` naming the space and its settings."""
+        if not self._builds():
+            return self.build
+        try:
+            return self.build(settings)
+        except (ValueError, TypeError, ArithmeticError, KeyError) as e:
+            shown = ", ".join(f"{k}={v!r}" for k, v in settings.items()) or "none"
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise SpaceError(
+                f"space {self.name!r} cannot be built from its settings ({shown}): {reason}; "
+                "change the --set value"
+            ) from None
 
     def fingerprint(self, settings: Mapping[str, Any]) -> str:
         """A short hash of the space's structure, to detect a changed space under one exp key."""

@@ -10,6 +10,7 @@ command's options and must stay fast.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,48 @@ Decorator = Callable[[F], F]
 _GPU_ID = re.compile(r"[0-9]+")
 #: what ``--gpu``/``--gpus`` accept for "no GPU, the CPU"
 CPU_WORDS = ("none", "cpu", "-1", "")
+
+
+# -- bounded numbers ---------------------------------------------------------------------------
+
+#: the largest integer MongoDB stores (a signed 64-bit int); larger ones are an OverflowError
+INT64_MAX = 2**63 - 1
+#: the longest lease-like duration (seconds, turned into milliseconds by pymongo and the store)
+MAX_SECONDS = 7 * 24 * 3600.0
+#: the longest duration of a whole run (``--timeout``, ``--idle-timeout``): ten years
+MAX_RUN_SECONDS = 10 * 365 * 24 * 3600.0
+
+
+def Int64(min: int = 0) -> click.IntRange:  # noqa: N802 - reads as a type, like click.IntRange
+    """An integer option that MongoDB can store: ``min`` .. 2**63-1."""
+    return click.IntRange(min=min, max=INT64_MAX)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float (no ``nan``, ``inf`` or an overflowing literal) within ``[min, max]``."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None) -> None:
+        self.min, self.max = min, max
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.min is not None and number < self.min) or (
+            self.max is not None and number > self.max
+        ):
+            low = "" if self.min is None else f"{self.min:g}<="
+            high = "" if self.max is None else f"<={self.max:g}"
+            self.fail(f"{value!r} is not in the range {low}x{high}", param, ctx)
+        return number
+
+    def __repr__(self) -> str:
+        return f"FiniteFloat({self.min}, {self.max})"
 
 
 def _stack(*decorators: Decorator) -> Decorator:
@@ -138,7 +181,7 @@ def space_options() -> Decorator:
 def max_attempts_option(help: str) -> Decorator:
     return click.option(
         "--max-attempts",
-        type=click.IntRange(min=1),
+        type=Int64(min=1),
         default=defaults.MAX_ATTEMPTS,
         show_default=True,
         help=help,
@@ -150,7 +193,7 @@ def search_options() -> Decorator:
     return _stack(
         click.option(
             "--max-evals",
-            type=click.IntRange(min=1),
+            type=Int64(min=1),
             default=50,
             show_default=True,
             help="number of trials to evaluate in all (a rerun continues up to it)",
@@ -170,17 +213,22 @@ def search_options() -> Decorator:
         ),
         click.option(
             "--queue-len",
-            type=click.IntRange(min=1),
+            type=Int64(min=1),
             default=None,
             help="trials queued ahead of the workers [default: 2 x live workers, min 2]",
         ),
-        click.option("--seed", type=int, default=None, help="random seed of the algorithm"),
+        click.option(
+            "--seed", type=Int64(min=0), default=None, help="random seed of the algorithm"
+        ),
         seconds_option(
-            "--timeout", "timeout_s", "stop queueing new trials after this many seconds"
+            "--timeout",
+            "timeout_s",
+            "stop queueing new trials after this many seconds",
+            maximum=MAX_RUN_SECONDS,
         ),
         click.option(
             "--loss-threshold",
-            type=float,
+            type=FiniteFloat(),
             default=None,
             help="stop once a trial's loss is below this",
         ),
@@ -214,7 +262,7 @@ PRUNE_OPTIONS = {
 def pruning_options() -> Decorator:
     """``--prune RULE`` and its parameters: early stopping of hopeless trials (docs/pruning.md).
     Unset parameters take their defaults from the rule and the space (``resolve_pruning``)."""
-    count = click.IntRange(min=0)
+    count = Int64(min=0)
     return _stack(
         click.option(
             "--prune",
@@ -251,21 +299,21 @@ def pruning_options() -> Decorator:
         ),
         click.option(
             "--prune-reduction",
-            type=click.IntRange(min=2),
+            type=Int64(min=2),
             default=None,
             help="asha/hyperband: keep the best 1/N at each rung "
             f"[default: {defaults.PRUNE_REDUCTION_FACTOR}]",
         ),
         click.option(
             "--prune-min-epochs",
-            type=click.IntRange(min=1),
+            type=Int64(min=1),
             default=None,
             help=f"asha/hyperband: epochs before the first rung [default: "
             f"{defaults.PRUNE_MIN_EPOCHS}]",
         ),
         click.option(
             "--prune-max-epochs",
-            type=click.IntRange(min=1),
+            type=Int64(min=1),
             default=None,
             help="hyperband: the largest budget [default: the space's epochs setting]",
         ),
@@ -335,7 +383,7 @@ def gpus_options(*, gpus_help: str, per_gpu_help: str) -> Decorator:
         ),
         click.option(
             "--per-gpu",
-            type=click.IntRange(min=1),
+            type=Int64(min=1),
             default=1,
             show_default=True,
             help=per_gpu_help,
@@ -346,7 +394,7 @@ def gpus_options(*, gpus_help: str, per_gpu_help: str) -> Decorator:
 def threads_option(help: str, *, envvar: str | None = None) -> Decorator:
     return click.option(
         "--threads",
-        type=click.IntRange(min=1),
+        type=Int64(min=1),
         default=None,
         envvar=envvar,
         help=_env(help, envvar),
@@ -358,13 +406,20 @@ def isolate_option(help: str) -> Decorator:
 
 
 def seconds_option(
-    flag: str, dest: str, help: str, *, default: float | None = None, minimum: float = 0
+    flag: str,
+    dest: str,
+    help: str,
+    *,
+    default: float | None = None,
+    minimum: float = 0,
+    maximum: float = MAX_SECONDS,
 ) -> Decorator:
-    """An option in seconds (``--lease``, ``--timeout``, ...) stored as ``dest`` (``*_s``)."""
+    """An option in seconds (``--lease``, ``--timeout``, ...) stored as ``dest`` (``*_s``): a
+    finite number from ``minimum`` to ``maximum`` (a week unless said otherwise)."""
     return click.option(
         flag,
         dest,
-        type=click.FloatRange(min=minimum),
+        type=FiniteFloat(min=minimum, max=maximum),
         default=default,
         show_default=default is not None,
         help=help,
@@ -372,7 +427,7 @@ def seconds_option(
 
 
 def idle_timeout_option(help: str) -> Decorator:
-    return seconds_option("--idle-timeout", "idle_timeout_s", help)
+    return seconds_option("--idle-timeout", "idle_timeout_s", help, maximum=MAX_RUN_SECONDS)
 
 
 def _db_path_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:

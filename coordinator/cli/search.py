@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from coordinator.cli.options import (
+    Int64,
     best_model_options,
     check_exp_key,
     db_path_option,
@@ -154,7 +155,7 @@ class NoWorkerNotice:
 @click.argument("space_name", metavar="SPACE")
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=Int64(min=1),
     default=2,
     show_default=True,
     help="CPU worker processes",

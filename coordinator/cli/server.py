@@ -6,6 +6,7 @@ import ipaddress
 import os
 import signal
 import sys
+import urllib.parse
 from typing import Any
 
 import click
@@ -96,6 +97,10 @@ def server(
     """
     from coordinator.server import EmbeddedServer
 
+    if not host.strip() or host != host.strip():
+        raise click.BadParameter(
+            f"{host!r}: give an address such as 127.0.0.1 or 0.0.0.0", param_hint="'--host'"
+        )
     if create_user is not None:
         if not auth:
             raise click.UsageError("--create-user needs --auth (users only matter with it)")
@@ -103,12 +108,6 @@ def server(
             raise click.UsageError("--create-user needs a --db-path on disk, not ':memory:'")
         bootstrap_user(db_path, create_user, read_password(create_user))
         click.echo(f"created user {create_user!r} (role root, authSource admin)", err=True)
-    if not auth and not is_loopback(host):
-        click.echo(
-            f"warning: listening on {host} without --auth: anyone who can reach port {port} can "
-            "read and change every experiment; add --auth (and --create-user NAME once)",
-            err=True,
-        )
     srv = EmbeddedServer(db_path, host=host, port=port, auth=auth, sync=sync)
 
     def _stop(signum: int, frame: Any) -> None:
@@ -117,8 +116,15 @@ def server(
     signal.signal(signal.SIGTERM, _stop)  # the daemon is stopped and its temp folder removed
     try:
         srv.start()
+        if not auth and not is_loopback(host):  # after start: the real port, also for --port 0
+            click.echo(
+                f"warning: listening on {host} without --auth: anyone who can reach port "
+                f"{srv.port} can read and change every experiment; add --auth (and "
+                "--create-user NAME once)",
+                err=True,
+            )
         shown_host = "127.0.0.1" if host == "0.0.0.0" else host
-        user = f"{create_user}:PASSWORD@" if create_user else ""
+        user = f"{urllib.parse.quote_plus(create_user)}:PASSWORD@" if create_user else ""
         suffix = "?authSource=admin" if auth else ""
         click.echo(
             f"hyperfleet server ready: mongodb://{user}{shown_host}:{srv.port}/{suffix} "

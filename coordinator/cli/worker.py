@@ -9,6 +9,7 @@ import click
 
 from coordinator import defaults
 from coordinator.cli.options import (
+    Int64,
     exp_key_option,
     gpu_option,
     idle_timeout_option,
@@ -25,9 +26,7 @@ from coordinator.errors import ConfigError
 @click.command()
 @mongo_options()
 @exp_key_option("serve only this experiment [default: any]")
-@click.option(
-    "--max-trials", type=click.IntRange(min=1), default=None, help="exit after this many trials"
-)
+@click.option("--max-trials", type=Int64(min=1), default=None, help="exit after this many trials")
 @idle_timeout_option("exit after this many seconds without a trial")
 @seconds_option(
     "--heartbeat",
@@ -78,7 +77,7 @@ from coordinator.errors import ConfigError
 )
 @click.option(
     "--steps-per-execution",
-    type=click.IntRange(min=1),
+    type=Int64(min=1),
     default=32,
     show_default=True,
     envvar="HYPERFLEET_STEPS_PER_EXECUTION",

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import time
 import urllib.parse
 import uuid
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -44,18 +46,27 @@ _SECRET_OPTION_RE = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "***"
+#: the longest outage budget ($HYPERFLEET_OUTAGE_S) accepted: a week
+MAX_OUTAGE_S = 7 * 24 * 3600.0
 
 
 def _credentials_end(rest: str) -> int:
     """Index of the ``@`` that ends the credentials in ``rest`` (the URI after ``://``), or -1.
 
-    The password may hold unescaped ``@``, ``/`` or ``?``, so this takes the last ``@`` followed
-    by a host list, preferring one before the query; a wrong guess hides too much, never too
-    little."""
+    The password may hold unescaped ``@``, ``/``, ``?`` or ``#``, so when the userinfo holds a
+    ``:`` (a password follows) this takes the **last** ``@`` followed by a host list: an
+    unescaped ``@`` in a password can only be resolved that way, and a wrong guess hides too
+    much, never too little. Without a password (``user@host``) it prefers an ``@`` before the
+    query."""
     ats = [i for i, c in enumerate(rest) if c == "@" and _HOSTS_RE.match(rest, i + 1)]
+    if not ats:
+        return -1
+    first_at = rest.find("@")
+    if ":" in rest[:first_at]:
+        return ats[-1]
     query = rest.find("?")
     before_query = [i for i in ats if query < 0 or i < query]
-    return (before_query or ats or [-1])[-1]
+    return (before_query or ats)[-1]
 
 
 def redact_uri(uri: str) -> str:
@@ -99,10 +110,18 @@ def _parsed_secrets(uri: str) -> list[str]:
 def outage_budget() -> float:
     """Seconds to keep retrying an unreachable server: $HYPERFLEET_OUTAGE_S or the default."""
     raw = os.environ.get("HYPERFLEET_OUTAGE_S", "")
+    if not raw:
+        return defaults.OUTAGE_S
     try:
-        return float(raw) if raw else defaults.OUTAGE_S
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"HYPERFLEET_OUTAGE_S={raw!r} is not a number of seconds") from None
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value <= MAX_OUTAGE_S:
+        raise ConfigError(
+            f"HYPERFLEET_OUTAGE_S={raw!r}: expected a number of seconds "
+            f"from 0 to {MAX_OUTAGE_S:.0f}"
+        )
+    return value
 
 
 def auth_error(safe_uri: str, error: Exception | None = None) -> AuthError:
@@ -155,14 +174,32 @@ def check_names(uri: str, db: str) -> None:
 def open_client(uri: str, timeout_s: float) -> pymongo.MongoClient:
     """A client for ``uri`` (no round trip yet); a malformed URI is a :class:`ConfigError`."""
     try:
-        return pymongo.MongoClient(
-            uri,
-            serverSelectionTimeoutMS=int(timeout_s * 1000),
-            connectTimeoutMS=int(timeout_s * 1000),
-            appname="hyperfleet",
-        )
+        with warnings.catch_warnings():
+            # pymongo only warns about an invalid option value (tls=maybe, authMechanism=BOGUS)
+            # and goes on without it: refuse it instead
+            warnings.simplefilter("error")
+            return pymongo.MongoClient(
+                uri,
+                serverSelectionTimeoutMS=int(timeout_s * 1000),
+                connectTimeoutMS=int(timeout_s * 1000),
+                appname="hyperfleet",
+            )
+    except Warning as e:
+        raise ConfigError(
+            f"malformed MongoDB URI {redact_uri(uri)!r}: invalid option ({_safe_reason(uri, e)})"
+        ) from None
     except (pymongo.errors.ConfigurationError, pymongo.errors.InvalidURI, ValueError) as e:
-        raise ConfigError(f"malformed MongoDB URI {redact_uri(uri)!r}: {e}") from e
+        raise ConfigError(
+            f"malformed MongoDB URI {redact_uri(uri)!r}: {_safe_reason(uri, e)}"
+        ) from None
+
+
+def _safe_reason(uri: str, error: BaseException) -> str:
+    """``error``'s message on one line, with any secret of ``uri`` removed."""
+    text = " ".join(str(error).split())
+    for secret in _parsed_secrets(uri):
+        text = text.replace(secret, REDACTED)
+    return text[:300]
 
 
 def check_reachable(client: pymongo.MongoClient, db: str, safe_uri: str, timeout_s: float) -> None:

@@ -147,3 +147,128 @@ def test_worker_without_trust_pickled_says_it_ignores_pickled_trials(
     text = log.read_text()
     assert text.count("ignoring the queued trials of experiment 'plainfmin'") == 1, text
     assert "WARNING" in text
+
+
+# -- issue 14: numbers MongoDB, numpy or a clock cannot take --------------------------------------
+
+TOO_BIG = str(2**63)  # one more than MongoDB's largest integer
+SEARCH = ["search", "quadratic", "--mongo", UNREACHABLE]
+WORKER = ["worker", "--mongo", UNREACHABLE]
+BAD_NUMBERS = [
+    (SEARCH, "--max-evals", TOO_BIG),
+    (SEARCH, "--seed", TOO_BIG),
+    (SEARCH, "--seed", "-1"),
+    (SEARCH, "--max-attempts", TOO_BIG),
+    (SEARCH, "--queue-len", TOO_BIG),
+    (SEARCH, "--prune-max-epochs", TOO_BIG),
+    (SEARCH, "--prune-min-epochs", TOO_BIG),
+    (SEARCH, "--prune-warmup", TOO_BIG),
+    (SEARCH, "--prune-startup", TOO_BIG),
+    (SEARCH, "--prune-reduction", TOO_BIG),
+    (SEARCH, "--timeout", "nan"),
+    (SEARCH, "--timeout", "inf"),
+    (SEARCH, "--loss-threshold", "nan"),
+    (SEARCH, "--loss-threshold", "-inf"),
+    (WORKER, "--threads", TOO_BIG),
+    (WORKER, "--max-trials", TOO_BIG),
+    (WORKER, "--steps-per-execution", TOO_BIG),
+    (WORKER, "--lease", "nan"),
+    (WORKER, "--lease", "1e308"),
+    (WORKER, "--heartbeat", "inf"),
+    (WORKER, "--heartbeat", "1e308"),
+    (WORKER, "--poll", "nan"),
+    (WORKER, "--idle-timeout", "1e308"),
+    (WORKER, "--idle-timeout", "nan"),
+    (["status", "--mongo", UNREACHABLE], "--stale-after", "nan"),
+    (["status", "--mongo", UNREACHABLE], "--stale-after", "1e308"),
+    (["reap", "--mongo", UNREACHABLE], "--max-attempts", TOO_BIG),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value"), BAD_NUMBERS, ids=[f"{a[0]}{o}={v}" for a, o, v in BAD_NUMBERS]
+)
+def test_out_of_range_numbers_are_one_line_before_connecting(args, option, value) -> None:
+    """Issue 14: an int above 2**63-1 (OverflowError in MongoDB), a negative --seed (numpy),
+    nan/inf floats and seconds too large to turn into milliseconds used to be tracebacks."""
+    result = CliRunner().invoke(main, [*args, option, value])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"Invalid value for '{option}'" in lines[0], result.output
+    assert "cannot reach MongoDB" not in result.output
+
+
+def test_largest_mongo_int_and_a_week_of_seconds_are_accepted() -> None:
+    """The bounds are MongoDB's and a week: their edges still pass the option parser (the
+    command then fails to connect, not to parse)."""
+    result = CliRunner().invoke(
+        main,
+        [*SEARCH, "--max-evals", str(2**63 - 1), "--seed", str(2**63 - 1), "--timeout", "1e6"],
+        env={"HYPERFLEET_OUTAGE_S": "0"},
+    )
+    assert "Invalid value" not in result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e308", "soon"])
+def test_bad_outage_budget_is_one_line(value: str) -> None:
+    """Issue 14: HYPERFLEET_OUTAGE_S=nan or a negative budget was taken as is."""
+    line = one_line(
+        hyperfleet(
+            "status", "--mongo", UNREACHABLE, env=cli_env(HYPERFLEET_OUTAGE_S=value), timeout=60
+        )
+    )
+    assert "HYPERFLEET_OUTAGE_S" in line and repr(value) in line
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_set_non_finite_float_is_one_line(value: str) -> None:
+    """Issue 14: `--set bound=nan` was a ValueError from hyperopt, `bound=inf` an
+    OverflowError."""
+    result = CliRunner().invoke(main, [*SEARCH, "--set", f"bound={value}"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"Error: setting bound={value!r} must be a finite number"
+
+
+def test_a_space_that_cannot_be_built_from_its_settings_is_a_space_error() -> None:
+    """Issue 14: a build that hyperopt refuses for these settings names the space and them."""
+    from hyperopt import hp
+
+    from coordinator.errors import SpaceError
+    from search_spaces.base import SearchSpace, Setting
+
+    space = SearchSpace(
+        "ranged",
+        lambda s: {"x": hp.uniform("x", s["low"], s["high"])},
+        lambda p: {"loss": p["x"], "status": "ok"},
+        settings=(Setting("low", 0.0, type=float), Setting("high", 1.0, type=float)),
+    )
+    settings = space.resolve_settings({"low": "5"})
+    with pytest.raises(SpaceError, match=r"space 'ranged' cannot be built .*low=5\.0, high=1\.0"):
+        space.hyperopt_space(settings)
+    assert space.hyperopt_space(space.resolve_settings())["x"] is not None
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ("tls=maybe", "tls"),
+        ("connectTimeoutMS=abc", "connecttimeoutms"),
+        ("authMechanism=BOGUS", "authmechanism"),
+    ],
+)
+def test_invalid_uri_option_is_one_line_not_a_warning(option: str, named: str) -> None:
+    """Issue 14: pymongo warned twice about an invalid URI option and went on without it."""
+    result = hyperfleet(
+        "status", "--mongo", f"mongodb://u:s3cret@127.0.0.1:9/?{option}", timeout=60
+    )
+    line = one_line(result)
+    assert "invalid option" in line and named in line.lower()
+    assert "UserWarning" not in result.stderr and "s3cret" not in result.stderr
+
+
+def test_server_refuses_an_empty_host() -> None:
+    """Issue 14: `server --host ''` was accepted and then hung."""
+    result = CliRunner().invoke(main, ["server", "--host", "", "--db-path", ":memory:"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--host'" in result.output

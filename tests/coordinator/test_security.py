@@ -39,6 +39,13 @@ REDACTIONS = [
         "mongodb+srv://bob:se:cret@cluster0.example.net/",
         "mongodb+srv://bob:***@cluster0.example.net/",
     ),
+    # issue 14: an unescaped @ in the password before a '/', '?' or '#' that looks like a host
+    (
+        "mongodb://bob:hunter@2:x/y?z@127.0.0.1:27320/",
+        "mongodb://bob:***@127.0.0.1:27320/",
+    ),
+    ("mongodb://bob:top@sec/ret?a@127.0.0.1:27320/", "mongodb://bob:***@127.0.0.1:27320/"),
+    ("mongodb://al%20ice:p@ss:w/rd?#x@127.0.0.1:27320/", "mongodb://al%20ice:***@127.0.0.1:27320/"),
     ("mongodb://alice@h:1/", "mongodb://alice@h:1/"),
     ("mongodb://h:1/hf", "mongodb://h:1/hf"),
 ]
@@ -48,8 +55,28 @@ REDACTIONS = [
 def test_redaction_hides_every_credential(uri: str, shown: str) -> None:
     """Finding 11: an unescaped @ in the password and *Password options never leak."""
     assert redact_uri(uri) == shown
-    for secret in ("ssW0rd", "s3cret", "tok", "cret", "w@h1"):
+    for secret in ("ssW0rd", "s3cret", "tok", "cret", "w@h1", "hunter", "top@sec", "ss:w/rd"):
         assert secret not in redact_uri(uri)
+
+
+LEAKY = [
+    "mongodb://bob:hunter@2:x/y?z@127.0.0.1:9/",
+    "mongodb://bob:top@sec/ret?a@127.0.0.1:9/",
+    "mongodb://al%20ice:p@ss:w/rd?#x@127.0.0.1:9/",
+]
+
+
+@pytest.mark.parametrize("uri", LEAKY)
+def test_status_never_prints_a_password_with_an_unescaped_at(uri: str) -> None:
+    """Issue 14: `status` printed `bob:***@2:x/y?z@...`, i.e. the rest of the password, for a
+    password holding '@' before something that looks like a host; also from $HYPERFLEET_MONGO."""
+    for env in ({}, {"HYPERFLEET_MONGO": uri}):
+        args = ("status",) if env else ("status", "--mongo", uri)
+        result = hyperfleet(*args, env=cli_env(HYPERFLEET_OUTAGE_S="0", **env), timeout=60)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert "***@127.0.0.1:9/" in result.stderr, result.stderr
+        for secret in ("hunter", "2:x/y", "top", "sec/ret", "p@ss", "ss:w/rd", "#x"):
+            assert secret not in result.stderr + result.stdout, (secret, result.stderr)
 
 
 def test_tls_handshake_failure_is_named_tls() -> None:
@@ -183,11 +210,15 @@ def test_server_beyond_loopback_without_auth_warns(tmp_path) -> None:
         env=cli_env(TMPDIR=str(tmp_path)),
     )
     try:
-        assert "ready" in proc.stdout.readline()
+        ready = proc.stdout.readline()
+        assert "ready" in ready
+        port = int(ready.split("mongodb://")[1].split("/")[0].rsplit(":", 1)[1])
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert "warning: listening on 0.0.0.0 without --auth" in err
+    # issue 14: with --port 0 the warning named "port 0"; it names the port really listened on
+    assert "port 0 " not in err and f"port {port} can read" in err, err
 
 
 # -- finding 9: no code chosen by the database ---------------------------------------------------
@@ -230,3 +261,24 @@ def test_the_evaluated_space_never_comes_from_the_experiment_document(tmp_path) 
     with pytest.raises(SpaceError, match="--spaces PATH"):
         _keras_space(exp)
     assert not marker.exists()
+
+
+def test_create_user_prints_a_uri_with_the_user_name_encoded(tmp_path) -> None:
+    """Issue 14: `server --auth --create-user 'al ice'` printed mongodb://al ice:PASSWORD@...,
+    a URI pymongo refuses; the name is now URL-encoded, and the printed URI works."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "server", "--auth", "--create-user", "al ice"]
+        + ["--port", "0", "--db-path", str(tmp_path / "db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(TMPDIR=str(tmp_path), HYPERFLEET_PASSWORD="pw d@1"),
+    )
+    try:
+        ready = proc.stdout.readline()
+        assert "mongodb://al+ice:PASSWORD@127.0.0.1:" in ready, ready
+        uri = ready.split()[3].replace("PASSWORD", "pw+d%401")
+        assert connect(uri, "hf").list_workers(alive_only=False) == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
