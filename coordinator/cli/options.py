@@ -39,9 +39,20 @@ MAX_SECONDS = 7 * 24 * 3600.0
 MAX_RUN_SECONDS = 10 * 365 * 24 * 3600.0
 
 
-def Int64(min: int = 0) -> click.IntRange:  # noqa: N802 - reads as a type, like click.IntRange
-    """An integer option that MongoDB can store: ``min`` .. 2**63-1."""
-    return click.IntRange(min=min, max=INT64_MAX)
+class Int64(click.IntRange):
+    """An integer option that MongoDB can store: ``min`` .. 2**63-1 (described as ``x>=min``,
+    as ``click.IntRange(min=...)`` is; a larger value gets its own message)."""
+
+    def __init__(self, min: int = 0) -> None:
+        super().__init__(min=min)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number > INT64_MAX:
+            self.fail(
+                f"{number} is larger than MongoDB's largest integer ({INT64_MAX})", param, ctx
+            )
+        return number
 
 
 class FiniteFloat(click.ParamType):
