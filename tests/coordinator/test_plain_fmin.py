@@ -106,7 +106,10 @@ def test_plain_fmin_polls_at_the_pace_of_the_trials(server, db_name, tmp_path) -
     finally:
         stop_all(workers)
     seconds = float(re.search(r"SECONDS (\S+)", out)[1])
-    assert seconds < 12, f"30 instant trials took {seconds:.1f} s"
+    # hyperopt's own loop cannot go below one trial per poll of 1 s: 30 s (38 s measured on
+    # 565403a). ~4 s on a quiet machine, 17 s measured at load 14 on 2 cores: the bound sits
+    # below the floor, so it fails only if the 1 s poll (or a queue of one) comes back
+    assert seconds < 25, f"30 instant trials took {seconds:.1f} s"
 
 
 @pytest.fixture
