@@ -77,6 +77,29 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def typed(value: Any, *types: type) -> Any:
+    """``value`` when it is one of ``types``, else ``None``: every field read from a document
+    goes through this, so a wrong type reads as missing (``bool`` is never a number here)."""
+    if isinstance(value, bool) and bool not in types:
+        return None
+    return value if isinstance(value, types) else None
+
+
+def number(value: Any) -> int | float | None:
+    """An int or float field (not ``bool``), else ``None``."""
+    return typed(value, int, float)
+
+
+def when(value: Any) -> dt.datetime | None:
+    """A date field, else ``None``."""
+    return typed(value, dt.datetime)
+
+
+def key_text(value: Any) -> str:
+    """An experiment's ``_id`` as text (another program's may be an ObjectId or a number)."""
+    return value if isinstance(value, str) else str(value)
+
+
 def malformed_row(doc: Mapping[str, Any], problem: str) -> dict[str, Any]:
     """The row of a document nobody can use: its tid (as text unless a number), ``state``
     ``"malformed"`` and the ``problem``; none of its other content."""
@@ -117,12 +140,12 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
         row.update(flatten(epochs[-1], "last_epoch"))
     row["epochs"] = len(epochs)
     row["pruned"] = _pruned_epoch(doc)
-    row["duration_s"] = doc.get("duration_s")
+    row["duration_s"] = number(doc.get("duration_s"))
     row.update(flatten(_mapping(doc.get("timing")), "timing"))  # phases (docs/schema.md)
-    row["book_time"] = doc.get("book_time")
-    row["ended"] = doc.get("ended")
-    row["attempt"] = doc.get("attempt", 0)
-    row["attempts"] = doc.get("attempts", 0)
+    row["book_time"] = when(doc.get("book_time"))
+    row["ended"] = when(doc.get("ended"))
+    row["attempt"] = typed(doc.get("attempt", 0), int)
+    row["attempts"] = typed(doc.get("attempts", 0), int)
     worker = _mapping(doc.get("worker"))
     for name in _WORKER_FIELDS:
         row[f"worker.{name}"] = worker.get(name)
@@ -158,7 +181,7 @@ def get_experiment(store: TrialStore, exp_key: str) -> dict[str, Any]:
         return exp
     if store.count(exp_key, list(TrialState)):  # plain hyperopt fmin: trials, no experiment doc
         return {"_id": exp_key, "status": "unknown"}
-    known = [e["_id"] for e in store.list_experiments()]
+    known = [fmt_value(key_text(e.get("_id")), 60) for e in store.list_experiments()]
     hint = f"known: {', '.join(known)}" if known else "the database holds no experiments"
     raise ConfigError(f"no experiment {exp_key!r} in database {store.db_name!r} ({hint})")
 
@@ -179,7 +202,9 @@ def load_rows(
     decode = ParamDecoder(exp, spaces)
     rows = []
     for d in docs:
-        problem = rules.trial_problem(d, space=exp.get("space"))
+        problem = rules.trial_problem(d, space=typed(exp.get("space"), str))
+        if problem is None and not d.get("params"):
+            problem = decode.problem(d)
         if problem is not None:
             rows.append(malformed_row(d, problem))
         else:
@@ -192,7 +217,7 @@ def usable_trials(
 ) -> list[dict[str, Any]]:
     """The documents of ``docs`` that :func:`rules.trial_problem` accepts (as trials of
     experiment ``exp``'s space, when it names one)."""
-    space = (exp or {}).get("space")
+    space = typed((exp or {}).get("space"), str)
     return [d for d in docs if rules.trial_problem(d, space=space) is None]
 
 
@@ -202,7 +227,8 @@ class ParamDecoder:
 
     def __init__(self, exp: Mapping[str, Any], spaces: Iterable[str] = ()) -> None:
         self._space: Any = None
-        name = exp.get("space")
+        self._labels: list[str] | None = None
+        name = typed(exp.get("space"), str)
         if not name:
             return
         try:
@@ -211,7 +237,9 @@ class ParamDecoder:
             for path in spaces:
                 load_spaces(path)
             space = get_space(name)
-            self._space = space.hyperopt_space(space.resolve_settings(exp.get("settings") or {}))
+            settings = _mapping(exp.get("settings"))
+            self._space = space.hyperopt_space(space.resolve_settings(dict(settings)))
+            self._labels = list(param_scales(self._space))
         except (SpaceError, ConfigError) as e:
             logger.debug("cannot decode params of %s: %s", exp.get("_id"), e)
 
@@ -219,15 +247,24 @@ class ParamDecoder:
     def space(self) -> Any:
         return self._space
 
+    def problem(self, doc: Mapping[str, Any]) -> str | None:
+        """Why ``doc``'s ``misc`` cannot be decoded with this space
+        (:func:`rules.trial_problem` with the space's labels); ``None`` when it can, or when the
+        space is unknown here (nothing is decoded then)."""
+        if self._labels is None:
+            return None
+        return rules.trial_problem(doc, self._labels)
+
     def __call__(self, doc: Mapping[str, Any]) -> dict[str, Any] | None:
-        if self._space is None or not doc.get("misc", {}).get("vals"):
+        misc = _mapping(doc.get("misc"))
+        if self._space is None or not misc.get("vals") or self.problem(doc) is not None:
             return None
         from hyperopt import base, space_eval
 
         try:
-            return space_eval(self._space, base.spec_from_misc(doc["misc"]))
-        except (KeyError, IndexError, TypeError, ValueError) as e:
-            logger.debug("trial %s: params not decodable: %s", doc.get("tid"), e)
+            return space_eval(self._space, base.spec_from_misc(misc))
+        except Exception as e:  # noqa: BLE001 - another program's misc: show no params
+            logger.debug("trial %s: params not decodable: %.200s", doc.get("tid"), e)
             return None
 
 
@@ -350,16 +387,18 @@ class WorkerView:
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], now: dt.datetime, stale_s: float) -> WorkerView:
-        seen = doc.get("last_seen")
+        seen = when(doc.get("last_seen"))
         age = (now - seen).total_seconds() if seen is not None else None
         state = doc.get("state", WorkerStatus.ALIVE.value)
+        state = state if isinstance(state, str) else str(state)
+        gpu = typed(doc.get("gpu"), str, int) or typed(doc.get("cuda_visible_devices"), str, int)
         return cls(
-            id=str(doc["_id"]),
-            host=doc.get("host"),
-            pid=doc.get("pid"),
-            gpu=doc.get("gpu") or doc.get("cuda_visible_devices") or None,
-            exp_key=doc.get("exp_key"),
-            current_tid=doc.get("current_tid"),
+            id=key_text(doc.get("_id")),
+            host=typed(doc.get("host"), str),
+            pid=typed(doc.get("pid"), int),
+            gpu=str(gpu) if gpu not in (None, "") else None,
+            exp_key=typed(doc.get("exp_key"), str),
+            current_tid=typed(doc.get("current_tid"), int, str),
             state=state,
             last_seen=seen,
             age_s=age,
@@ -403,9 +442,10 @@ def summarize(
     """Counts, best trial, throughput and ETA of one experiment (times in server time); the
     documents that cannot be used (``problem`` set by ``trial_outcomes``) are only counted as
     ``malformed``."""
-    exp_key = exp["_id"]
+    exp_key = key_text(exp.get("_id"))
     every = store.trial_outcomes(exp_key)
-    space = exp.get("space")  # rules.trial_problem(space=): another space's are not its trials
+    # rules.trial_problem(space=): another space's are not its trials
+    space = typed(exp.get("space"), str)
     docs = [d for d in every if not d.get("problem") and (not space or d.get("space") == space)]
     counts = dict.fromkeys(TrialState, 0)
     for d in docs:
@@ -423,14 +463,14 @@ def summarize(
         minutes = (end - min(starts)).total_seconds() / 60
         if minutes > 0:
             rate = len(ends) / minutes
-    max_evals = exp.get("max_evals")
+    max_evals = typed(exp.get("max_evals"), int)
     if running and rate and max_evals:
         eta = max(0, max_evals - finished) / rate * 60
     mine = [w for w in workers if w.exp_key in (None, exp_key)]
     return ExperimentSummary(
         exp_key=exp_key,
-        status=exp.get("status", "unknown"),
-        space=exp.get("space"),
+        status=str(exp.get("status", "unknown")),
+        space=space,
         max_evals=max_evals,
         counts=counts,
         best_tid=None if best is None else best["tid"],

@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from coordinator import rules
 from coordinator.errors import ConfigError
-from coordinator.inspect import best_row, flatten, ok_rows, trial_row
+from coordinator.inspect import best_row, flatten, ok_rows, trial_row, typed
 
 _STATE_COLORS = {"done": "tab:green", "error": "tab:red", "running": "tab:blue"}
 _RETRY_COLOR = "tab:gray"
@@ -51,6 +51,7 @@ def plot_all(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create {out_dir}: {e.strerror or e}") from e
+    docs = [_plottable(d) for d in docs]
     rows = [trial_row(d) for d in docs]
     now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
     makers = {
@@ -74,6 +75,43 @@ def plot_all(
             raise ConfigError(f"cannot write {path}: {e.strerror or e}") from e
         written.append(path)
     return written, skipped
+
+
+#: fields the plots read, with the types they need; any other type reads as missing
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "book_time": (dt.datetime,),
+    "ended": (dt.datetime,),
+    "refresh_time": (dt.datetime,),
+    "worker": (dict,),
+    "misc": (dict,),
+    "params": (dict,),
+    "result": (dict,),
+    "epochs": (list,),
+    "attempt_history": (list,),
+}
+
+
+def _plottable(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``doc`` without the fields of a wrong type (another program's junk), with
+    only dict epochs and attempts whose dates are dates."""
+    out = dict(doc)
+    for name, types in _FIELD_TYPES.items():
+        if name in out and typed(out[name], *types) is None:
+            del out[name]
+    if "epochs" in out:
+        out["epochs"] = [e for e in out["epochs"] if isinstance(e, Mapping)]
+    if "attempt_history" in out:
+        out["attempt_history"] = [
+            h
+            for h in out["attempt_history"]
+            if isinstance(h, Mapping)
+            and typed(h.get("started"), dt.datetime)
+            and typed(h.get("at"), dt.datetime)
+        ]
+    misc = out.get("misc")
+    if misc is not None and not isinstance(misc.get("vals", {}), Mapping):
+        out["misc"] = {k: v for k, v in misc.items() if k != "vals"}
+    return out
 
 
 def _column_scales(docs: list[dict[str, Any]], scales: Mapping[str, str]) -> dict[str, str]:
@@ -288,12 +326,12 @@ def timeline(exp_key: str, docs: list[dict[str, Any]], now: dt.datetime) -> Figu
     labels: dict[str, str] = {}
     for d in docs:
         if d.get("worker", {}).get("id"):
-            labels[d["worker"]["id"]] = _worker_label(d["worker"])
+            labels[str(d["worker"]["id"])] = _worker_label(d["worker"])
     bars: list[tuple[str, dt.datetime, dt.datetime, str]] = []
     for d in docs:
         for h in d.get("attempt_history") or []:
             if h.get("started") and h.get("at"):
-                owner = h.get("owner", "?")
+                owner = str(h.get("owner", "?"))
                 bars.append((labels.get(owner, owner), h["started"], h["at"], _RETRY_COLOR))
         state = {1: "running", 2: "done", 3: "error"}.get(d.get("state"))
         start = d.get("book_time")

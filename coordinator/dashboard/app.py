@@ -192,12 +192,25 @@ def _exp_key(request: Request) -> str:
     return key
 
 
-def _tid(request: Request) -> int:
-    raw = request.query_params.get("tid", "")
+#: the range of a stored trial id (BSON's 64-bit integers)
+_TID_MIN, _TID_MAX = -(2**63), 2**63 - 1
+
+
+def parse_tid(raw: str) -> int:
+    """A trial id from an address or a form; anything but a 64-bit integer is a
+    :class:`ConfigError` that says why (a 404 page: no such trial can exist)."""
+    short = raw if len(raw) <= 40 else raw[:39] + "…"
     try:
-        return int(raw)
+        tid = int(raw)
     except ValueError:
-        raise ConfigError(f"trial id {raw!r} is not a number") from None
+        raise ConfigError(f"trial id {short!r} is not a number") from None
+    if not _TID_MIN <= tid <= _TID_MAX:
+        raise ConfigError(f"trial id {short!r} is out of range (a 64-bit integer)")
+    return tid
+
+
+def _tid(request: Request) -> int:
+    return parse_tid(request.query_params.get("tid", ""))
 
 
 @page
@@ -369,10 +382,7 @@ def cancel_action(dash: Dashboard, request: Request, form: dict[str, str]) -> st
 @action
 def requeue_action(dash: Dashboard, request: Request, form: dict[str, str]) -> str:
     key = _form_key(form)
-    try:
-        tid = int(form.get("tid", ""))
-    except ValueError:
-        raise ConfigError("the form's trial id is not a number") from None
+    tid = parse_tid(form.get("tid", ""))
     doc = dash.store.get_trial(key, tid)
     if doc is None:
         raise ConfigError(f"no trial {tid} in experiment {key!r}")

@@ -124,10 +124,10 @@ class TrialEntry:
             row=row,
             ok_loss=rules.ok_loss(doc),
             curve=curve(doc.get("epochs")),
-            worker_id=worker.get("id"),
+            worker_id=inspect.typed(worker.get("id"), str),
             worker_label=label,
-            book_time=doc.get("book_time"),
-            ended=doc.get("ended"),
+            book_time=inspect.when(doc.get("book_time")),
+            ended=inspect.when(doc.get("ended")),
         )
 
     def to_json(self, *, with_curve: bool) -> dict[str, Any]:
@@ -236,7 +236,8 @@ def curve_tids(
 ) -> list[Any]:
     """The trials whose learning curves a page draws: every running one, the ``best``
     successful ones (rule order: loss, then tid) and the ``recent`` most recently ended."""
-    with_curves = [e for e in entries if e.curve is not None]
+    # a tid of another program's may be a list: no curve for it (tids are dict keys here)
+    with_curves = [e for e in entries if e.curve is not None and isinstance(e.tid, (int, str))]
     running = [e.tid for e in with_curves if e.state == "running"]
     ok = sorted(
         (e for e in with_curves if e.ok_loss is not None),

@@ -29,7 +29,8 @@ TIMELINE_MAX_PER_WORKER = 300
 
 def age(seconds: float | None) -> str:
     """``42 s``, ``3.5 min``, ``2.1 h``, or an em dash."""
-    if seconds is None:
+    seconds = inspect.number(seconds)
+    if seconds is None or not math.isfinite(seconds):
         return "—"
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -107,7 +108,10 @@ def experiment_doc(store: TrialStoreBase, exp_key: str) -> dict[str, Any]:
 def experiments(store: TrialStoreBase, caches: Caches) -> list[dict[str, Any]]:
     """Every experiment's summary, newest first."""
     workers = worker_views(store)
-    rows = [summary(caches.get(e["_id"]), e, workers) for e in store.list_experiments()]
+    rows = [
+        summary(caches.get(inspect.key_text(e.get("_id"))), e, workers)
+        for e in store.list_experiments()
+    ]
     return rows[::-1]
 
 
@@ -142,7 +146,9 @@ def trials_payload(
         "full": full,
         "now": timestamp(cache.now),
         "columns": cache.columns(),
-        "trials": [e.to_json(with_curve=e.tid in wanted) for e in changed],
+        "trials": [
+            e.to_json(with_curve=isinstance(e.tid, (int, str)) and e.tid in wanted) for e in changed
+        ],
         "curve_tids": drawn,
         "summary": summary(cache, exp, workers),
     }
@@ -154,12 +160,14 @@ def trials_payload(
 def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
     """The trial page's sections (values as stored; the template escapes them)."""
     result = doc.get("result") if isinstance(doc.get("result"), Mapping) else {}
-    epochs = [e for e in doc.get("epochs") or [] if isinstance(e, Mapping)]
+    epochs = [e for e in inspect.typed(doc.get("epochs"), list) or [] if isinstance(e, Mapping)]
     metric_names: dict[str, None] = {}
     for e in epochs:
         metric_names.update(dict.fromkeys(map(str, e)))
     error = doc.get("error") if isinstance(doc.get("error"), Mapping) else {}
-    attachments = [str(a[0]) for a in doc.get("_attachments") or [] if a]
+    attachments = [
+        str(a[0]) for a in inspect.typed(doc.get("_attachments"), list) or [] if _pair(a)
+    ]
     state = inspect.state_name(doc.get("state"))
     extras = {k: v for k, v in result.items() if k not in ("loss", "status", "history", "params")}
     return {
@@ -180,7 +188,7 @@ def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
             ("lease expires", when(doc.get("lease_expires"))),
             ("space", doc.get("space")),
         ],
-        "params": sorted(inspect.flatten(doc.get("params") or {}, "").items()),
+        "params": sorted(inspect.flatten(_dict(doc.get("params")), "").items()),
         "result": sorted(inspect.flatten(extras, "").items()),
         "metric_names": list(metric_names),
         "epochs": epochs,
@@ -197,7 +205,7 @@ def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
                 "started": when(a.get("started")),
                 "at": when(a.get("at")),
             }
-            for a in doc.get("attempt_history") or []
+            for a in inspect.typed(doc.get("attempt_history"), list) or []
             if isinstance(a, Mapping)
         ],
         "error": {
@@ -208,11 +216,19 @@ def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
         }
         if error
         else None,
-        "worker": sorted(inspect.flatten(doc.get("worker") or {}, "").items()),
+        "worker": sorted(inspect.flatten(_dict(doc.get("worker")), "").items()),
         "owner": doc.get("owner"),
         "has_model": defaults.MODEL_ATTACHMENT in attachments,
         "attachments": attachments,
     }
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _pair(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0
 
 
 def _plain_number(value: Any) -> bool:
@@ -250,9 +266,10 @@ def workers_page(
     views = worker_views(store)
     entries = []
     for exp in store.list_experiments():
-        cache = caches.get(exp["_id"])
-        entries.extend((exp["_id"], e) for e in cache.entries())
-    where = {e.tid: key for key, e in entries}
+        key = inspect.key_text(exp.get("_id"))
+        entries.extend((key, e) for e in caches.get(key).entries())
+    # a tid of another program's may be a list (unhashable): such a trial is no worker's
+    where = {e.tid: key for key, e in entries if isinstance(e.tid, (int, str))}
     start = now - dt.timedelta(hours=hours)
     span = (now - start).total_seconds()
     lanes: dict[str, Lane] = {}
