@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from coordinator.cli.options import (
+    Int64,
     exp_key_option,
     mongo_options,
     output_option,
@@ -204,7 +205,7 @@ def _numeric(rows: list[dict[str, Any]], column: str) -> bool:
 @click.command()
 @mongo_options()
 @exp_key_option(_EXP_KEY_HELP, required=True)
-@click.argument("tid", type=int)
+@click.argument("tid", type=Int64(min=-(2**63)))
 @spaces_option(_SPACES_HELP)
 def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -> None:
     """One trial: params, result, per-epoch metrics, timing, worker, attempts, error."""
