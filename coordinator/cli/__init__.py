@@ -9,6 +9,7 @@ Commands live in the module of their group and share the options of :mod:`.optio
 - :mod:`.inspect`: ``status``, ``workers``, ``top``, ``show``, ``export``, ``plot``
 - :mod:`.best`: ``best`` (Keras models)
 - :mod:`.launch`: ``launch`` (worker containers on a Docker host)
+- :mod:`.dashboard`: ``dashboard`` (the web dashboard)
 
 Command modules import hyperopt, pymongo, numpy and Keras inside the command functions, never at
 import time, so ``hyperfleet --help`` stays fast.
@@ -23,7 +24,7 @@ from typing import Any
 
 import click
 
-from coordinator.cli import best, inspect, launch, maintenance, search, server, worker
+from coordinator.cli import best, dashboard, inspect, launch, maintenance, search, server, worker
 from coordinator.cli.options import log_level_option
 from coordinator.errors import ConfigError, HyperfleetError, SpaceError
 
@@ -86,6 +87,7 @@ main.add_command(inspect.export)
 main.add_command(inspect.plot)
 main.add_command(best.best)
 main.add_command(launch.launch)
+main.add_command(dashboard.dashboard)
 
 
 def run() -> None:
