@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -157,3 +158,59 @@ def run_search_with_workers(
         return out
     finally:
         stop_all(workers)
+
+
+@pytest.fixture
+def keep_signal_handlers() -> Iterator[None]:
+    """``Worker.work`` installs its two-stage handlers; give pytest its own back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+DROP = object()
+
+
+def queued_doc(n: int, exp_key: str, /, **changes) -> dict:
+    """A well-formed queued ``quadratic`` trial document; a change to ``DROP`` removes the field."""
+    doc = {
+        "tid": n,
+        "state": 0,
+        "exp_key": exp_key,
+        "owner": None,
+        "spec": None,
+        "result": {"status": "new"},
+        "misc": {"tid": n, "cmd": None, "idxs": {"x": [n]}, "vals": {"x": [0.5]}},
+        "space": "quadratic",
+        "version": 0,
+    }
+    doc.update(changes)
+    return {k: v for k, v in doc.items() if v is not DROP}
+
+
+def search_quadratic(
+    uri: str, db: str, exp_key: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``hyperfleet search quadratic`` against ``uri``/``db`` under ``exp_key``."""
+    return hyperfleet(
+        "search",
+        "quadratic",
+        "--mongo",
+        uri,
+        "--db",
+        db,
+        "--exp-key",
+        exp_key,
+        *args,
+        timeout=timeout,
+    )
+
+
+def process_gone(pid: int) -> bool:
+    """Exited (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"

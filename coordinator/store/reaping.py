@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pymongo
@@ -39,14 +40,10 @@ class Reaping:
 
         def get_experiment(self, exp_key: str) -> dict[str, Any] | None: ...
 
-        def _release(
-            self,
-            lease: Lease,
-            outcome: AttemptOutcome,
-            reason: str,
-            limit: int,
-            extra_filter: dict[str, Any] | None,
-        ) -> TrialState | None: ...
+        # Leases._release(lease, outcome, reason, limit, extra_filter)
+        _release: Callable[
+            [Lease, AttemptOutcome, str, int, dict[str, Any] | None], TrialState | None
+        ]
 
         def quarantine_trial(self, doc: dict[str, Any], problem: str) -> bool: ...
 

@@ -21,7 +21,7 @@ import pytest
 
 from coordinator.states import TrialState
 from coordinator.store import connect
-from tests.conftest import ROOT, cli_env, wait_for
+from tests.conftest import ROOT, cli_env, process_gone, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -37,14 +37,6 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def free_port() -> int:
@@ -178,7 +170,11 @@ def chaos_step(fleet: Fleet, rng: random.Random, action: str) -> str:
         fleet.server.kill()
         fleet.server.wait()
         for pid in daemons:
-            wait_for(lambda pid=pid: gone(pid), 20, what=f"secantusd {pid} to die with the server")
+            wait_for(
+                lambda pid=pid: process_gone(pid),
+                20,
+                what=f"secantusd {pid} to die with the server",
+            )
         fleet.events.append(action)
         fleet.start_server()
         return action
@@ -238,9 +234,9 @@ def run_chaos(tmp: Path, mode: str, seed: int, n_events: int, n_trials: int) -> 
                     p.kill()
                     p.wait()
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not all(gone(pid) for pid in fleet.seen):
+    while time.monotonic() < deadline and not all(process_gone(pid) for pid in fleet.seen):
         time.sleep(0.2)
-    orphans = sorted(pid for pid in fleet.seen if not gone(pid))
+    orphans = sorted(pid for pid in fleet.seen if not process_gone(pid))
     killed = sum(e.startswith("kill") for e in fleet.events)
     stopped = sum(e.startswith("stop") for e in fleet.events)
     counts = {

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,35 +13,22 @@ from coordinator import fleet_tpe, rules
 from coordinator.pruning import AttemptJudge, Decision, PruningConfig
 from coordinator.search import no_success_reason
 from coordinator.states import ExperimentStatus, TrialState
-from tests.conftest import TEST_SPACES, hyperfleet, start_worker, stop_all
+from tests.conftest import (
+    TEST_SPACES,
+    hyperfleet,
+    queued_doc,
+    search_quadratic,
+    start_worker,
+    stop_all,
+)
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
-def doc(n: int, exp_key: str, /, **changes) -> dict:
-    d = {
-        "tid": n,
-        "state": 0,
-        "exp_key": exp_key,
-        "owner": None,
-        "spec": None,
-        "result": {"status": "new"},
-        "misc": {"tid": n, "cmd": None, "idxs": {"x": [n]}, "vals": {"x": [0.5]}},
-        "space": "quadratic",
-        "version": 0,
-    }
-    d.update(changes)
-    return d
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 
 def with_vals(n: int, value, exp_key: str = "e") -> dict:
-    return doc(n, exp_key, misc={"tid": n, "cmd": None, "idxs": {"x": [n]}, "vals": {"x": [value]}})
+    return queued_doc(
+        n, exp_key, misc={"tid": n, "cmd": None, "idxs": {"x": [n]}, "vals": {"x": [value]}}
+    )
 
 
 def test_rule_refuses_non_finite_vals_odd_shapes_and_negative_tids() -> None:
@@ -51,7 +36,9 @@ def test_rule_refuses_non_finite_vals_odd_shapes_and_negative_tids() -> None:
         problem = rules.trial_problem(with_vals(8, bad))
         assert problem is not None and "misc.vals" in problem, bad
     assert rules.trial_problem(with_vals(8, 0.25)) is None
-    assert "negative" in rules.trial_problem(doc(-7, "e", misc={**doc(-7, "e")["misc"], "tid": -7}))
+    assert "negative" in rules.trial_problem(
+        queued_doc(-7, "e", misc={**queued_doc(-7, "e")["misc"], "tid": -7})
+    )
 
 
 def test_fleet_tpe_never_shows_a_non_finite_value_to_tpe() -> None:
@@ -87,20 +74,8 @@ def test_search_finishes_with_a_nan_valued_queued_trial(server, db_name, store, 
     log = tmp_path / "w.log"
     worker = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, log=log)
     try:
-        out = hyperfleet(
-            "search",
-            "quadratic",
-            "--mongo",
-            server.uri,
-            "--db",
-            db_name,
-            "--exp-key",
-            key,
-            "--max-evals",
-            "8",
-            "--seed",
-            "3",
-            timeout=90,
+        out = search_quadratic(
+            server.uri, db_name, key, "--max-evals", "8", "--seed", "3", timeout=90
         )
         assert out.returncode == 0, out.stderr
         assert "Traceback" not in out.stderr
@@ -138,20 +113,7 @@ def test_search_finishes_when_the_experiment_version_is_not_a_number(
     store.experiments.update_one({"_id": key}, {"$set": {"version": "v"}})
     worker = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, log=tmp_path / "w.log")
     try:
-        out = hyperfleet(
-            "search",
-            "quadratic",
-            "--mongo",
-            server.uri,
-            "--db",
-            db_name,
-            "--exp-key",
-            key,
-            "--max-evals",
-            "3",
-            "--force",
-            timeout=90,
-        )
+        out = search_quadratic(server.uri, db_name, key, "--max-evals", "3", "--force", timeout=90)
     finally:
         stop_all([worker])
     assert out.returncode == 0, out.stderr
@@ -161,14 +123,14 @@ def test_search_finishes_when_the_experiment_version_is_not_a_number(
 
 def test_best_and_search_name_the_same_trial(server, db_name, store, tmp_path) -> None:
     key = "forged"
-    forged = doc(
+    forged = queued_doc(
         -7,
         key,
         state=int(TrialState.DONE),
         result={"status": "ok", "loss": -1e308},
         misc={"tid": -7, "cmd": None, "idxs": {"x": [-7]}, "vals": {"x": [0.0]}},
     )
-    other_space = doc(
+    other_space = queued_doc(
         777777,
         key,
         state=int(TrialState.DONE),
@@ -220,10 +182,12 @@ def test_an_unreported_metric_never_prunes_and_is_logged_once(caplog) -> None:
 
 
 def test_end_message_says_what_happened() -> None:
-    pruned = doc(1, "e", state=2, result={"status": "ok", "loss": 1.0, "pruned": {"epoch": 1}})
+    pruned = queued_doc(
+        1, "e", state=2, result={"status": "ok", "loss": 1.0, "pruned": {"epoch": 1}}
+    )
     text = no_success_reason([pruned, {**pruned, "tid": 2, "misc": {**pruned["misc"], "tid": 2}}])
     assert "2 pruned" in text and "state: 3" not in text
-    failed = doc(
+    failed = queued_doc(
         3,
         "e",
         state=3,

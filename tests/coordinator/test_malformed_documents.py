@@ -4,59 +4,39 @@ coordinator cannot use (another team's space, no ``misc``, no ``tid``, no ``spac
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
-
 import pytest
 
 from coordinator import rules
 from coordinator.inspect import load_rows, summarize
 from coordinator.states import TrialState
 from coordinator.store import TrialStore
-from tests.conftest import TEST_SPACES, hyperfleet, queue_trials, start_worker, stop_all
+from tests.conftest import (
+    DROP,
+    TEST_SPACES,
+    hyperfleet,
+    queue_trials,
+    queued_doc,
+    start_worker,
+    stop_all,
+)
 from worker.worker import Worker, WorkerConfig
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
-def good_doc(n: int, exp_key: str, /, **changes) -> dict:
-    doc = {
-        "tid": n,
-        "state": 0,
-        "exp_key": exp_key,
-        "owner": None,
-        "spec": None,
-        "result": {"status": "new"},
-        "misc": {"tid": n, "cmd": None, "idxs": {"x": [n]}, "vals": {"x": [0.5]}},
-        "space": "quadratic",
-        "version": 0,
-    }
-    doc.update(changes)
-    return {k: v for k, v in doc.items() if v is not DROP}
-
-
-DROP = object()
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 
 def test_rule_names_what_is_wrong() -> None:
     """Finding 3-5: the one rule says why a document cannot be used."""
-    ok = good_doc(1, "e")
+    ok = queued_doc(1, "e")
     assert rules.trial_problem(ok) is None
     assert rules.trial_problem(ok, ["x"]) is None
-    assert rules.trial_problem(good_doc(1, "e", misc=DROP)) == "no misc"
-    assert rules.trial_problem(good_doc(1, "e", tid=DROP)) == "no tid"
-    assert "state '2'" in rules.trial_problem(good_doc(1, "e", state="2"))
-    assert "space" in rules.trial_problem(good_doc(1, "e", space=None))
-    assert "not a dict" in rules.trial_problem(good_doc(1, "e", result=[1]))
-    assert "owned" in rules.trial_problem(good_doc(1, "e", owner="someone"))
+    assert rules.trial_problem(queued_doc(1, "e", misc=DROP)) == "no misc"
+    assert rules.trial_problem(queued_doc(1, "e", tid=DROP)) == "no tid"
+    assert "state '2'" in rules.trial_problem(queued_doc(1, "e", state="2"))
+    assert "space" in rules.trial_problem(queued_doc(1, "e", space=None))
+    assert "not a dict" in rules.trial_problem(queued_doc(1, "e", result=[1]))
+    assert "owned" in rules.trial_problem(queued_doc(1, "e", owner="someone"))
     assert "not this search's" in rules.trial_problem(ok, ["y"])
-    assert "misc.tid" in rules.trial_problem(good_doc(2, "e", misc=ok["misc"]))
+    assert "misc.tid" in rules.trial_problem(queued_doc(2, "e", misc=ok["misc"]))
 
 
 def test_worker_skips_an_unknown_space_and_serves_the_others(server, db_name, store) -> None:
@@ -82,9 +62,9 @@ def test_worker_quarantines_own_and_leaves_foreign_documents(server, db_name, st
     a foreign one (no experiment document) is left exactly as it was."""
     queue_trials(store, 1, exp_key="own", space="whoami", settings={"sleep": 0.0})
     own_bad = store.insert_raw_documents(
-        [good_doc(900, "own", tid=DROP), good_doc(901, "own", misc=DROP, space="whoami")]
+        [queued_doc(900, "own", tid=DROP), queued_doc(901, "own", misc=DROP, space="whoami")]
     )
-    foreign = store.insert_raw_documents([good_doc(902, "foreign", tid=DROP)])
+    foreign = store.insert_raw_documents([queued_doc(902, "foreign", tid=DROP)])
     config = WorkerConfig(
         server.uri, db_name, isolate=False, spaces=(TEST_SPACES,), idle_timeout_s=0.5
     )
@@ -94,7 +74,7 @@ def test_worker_quarantines_own_and_leaves_foreign_documents(server, db_name, st
         assert doc["state"] == TrialState.ERROR and doc["error"]["type"] == "MalformedTrial"
         assert "no tid" in doc["error"]["message"] or "no misc" in doc["error"]["message"]
     (left,) = store.trials_by_ids(foreign)
-    assert left == {**good_doc(902, "foreign", tid=DROP), "_id": foreign[0]}
+    assert left == {**queued_doc(902, "foreign", tid=DROP), "_id": foreign[0]}
 
 
 def test_reaper_survives_a_running_document_without_tid(store: TrialStore) -> None:
@@ -106,8 +86,8 @@ def test_reaper_survives_a_running_document_without_tid(store: TrialStore) -> No
     past = dt.datetime(2000, 1, 1)
     store.insert_raw_documents(
         [
-            good_doc(0, "own", tid=DROP, state=1, owner="w", lease_expires=past),
-            good_doc(7, "own", state=1, lease_expires=past),
+            queued_doc(0, "own", tid=DROP, state=1, owner="w", lease_expires=past),
+            queued_doc(7, "own", state=1, lease_expires=past),
         ]
     )
     assert store.reap_expired("own") == []
@@ -124,10 +104,10 @@ def test_search_finishes_with_malformed_documents_in_its_experiment(
     state-"2" document first, ``export`` and ``show`` call such documents malformed."""
     key = "polluted"
     junk = [
-        good_doc(1000, key, misc=DROP),
-        good_doc(1001, key, tid=DROP),
-        good_doc(1002, key, space=DROP),
-        good_doc(1003, key, state="2", result={"status": "ok", "loss": -1e9}),
+        queued_doc(1000, key, misc=DROP),
+        queued_doc(1001, key, tid=DROP),
+        queued_doc(1002, key, space=DROP),
+        queued_doc(1003, key, state="2", result={"status": "ok", "loss": -1e9}),
     ]
     store.insert_raw_documents(junk)
     log = tmp_path / "w.log"

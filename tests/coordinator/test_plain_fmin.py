@@ -11,10 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from coordinator.states import TrialState
 from coordinator.store import TrialStore, connect
@@ -110,14 +107,6 @@ def test_plain_fmin_polls_at_the_pace_of_the_trials(server, db_name, tmp_path) -
     # 565403a). ~4 s on a quiet machine, 17 s measured at load 14 on 2 cores: the bound sits
     # below the floor, so it fails only if the 1 s poll (or a queue of one) comes back
     assert seconds < 25, f"30 instant trials took {seconds:.1f} s"
-
-
-@pytest.fixture
-def keep_signal_handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_an_idle_worker_reaps_a_dead_workers_trial(

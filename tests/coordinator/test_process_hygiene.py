@@ -18,7 +18,14 @@ import pytest
 from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
 from coordinator.store import connect
-from tests.conftest import TEST_SPACES, cli_env, queue_trials, start_worker, wait_for
+from tests.conftest import (
+    TEST_SPACES,
+    cli_env,
+    process_gone,
+    queue_trials,
+    start_worker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -29,15 +36,6 @@ def children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
-
-
-def gone(pid: int) -> bool:
-    """Exited (a zombie waiting for init to reap it counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def trial_child(worker_pid: int) -> int | None:
@@ -64,7 +62,7 @@ def test_trial_child_dies_with_its_sigkilled_worker(server, db_name, tmp_path) -
         time.sleep(0.5)  # inside the objective now
         worker.kill()
         worker.wait(10)
-        wait_for(lambda: gone(child), 3, what=f"trial child {child} to die with its worker")
+        wait_for(lambda: process_gone(child), 3, what=f"trial child {child} to die with its worker")
         time.sleep(4.5)  # the objective would have returned by now and written to the pipe
         assert "Traceback" not in log.read_text()
     finally:
@@ -104,7 +102,7 @@ def test_sigkilled_server_takes_secantusd_along_and_restarts_cleanly(tmp_path) -
         first.kill()
         first.wait(10)
         for pid in daemons:
-            wait_for(lambda pid=pid: gone(pid), 15, what=f"secantusd-py {pid} to stop")
+            wait_for(lambda pid=pid: process_gone(pid), 15, what=f"secantusd-py {pid} to stop")
         second = server_cli(db, tmp)
         try:
             uri = wait_ready(second)

@@ -20,6 +20,7 @@ from tests.conftest import (
     cli_env,
     hyperfleet,
     queue_trials,
+    search_quadratic,
     start_worker,
     stop_all,
     wait_for,
@@ -236,20 +237,7 @@ def test_reusing_exp_key_with_other_settings_is_refused(server, db_name) -> None
             "status": "done",
         }
     )
-    out = hyperfleet(
-        "search",
-        "quadratic",
-        "--mongo",
-        server.uri,
-        "--db",
-        db_name,
-        "--exp-key",
-        "same",
-        "--set",
-        "bound=2",
-        "--max-evals",
-        "1",
-    )
+    out = search_quadratic(server.uri, db_name, "same", "--set", "bound=2", "--max-evals", "1")
     assert out.returncode == 1
     assert "already holds a search with" in out.stderr and "--force" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1

@@ -4,9 +4,6 @@ and ends the worker with a one-line error instead of a ``SystemExit``."""
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
-
 import pytest
 
 from coordinator.errors import WorkerMissingSpace
@@ -16,14 +13,7 @@ from coordinator.store import TrialStore
 from tests.conftest import TEST_SPACES, queue_trials
 from worker.worker import Worker, WorkerConfig
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers() -> Iterator[None]:
-    """``Worker.work`` installs its two-stage handlers; give pytest its own back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 
 def make_worker(server: EmbeddedServer, db_name: str, store: TrialStore, **kw) -> Worker:
