@@ -28,6 +28,10 @@ def test_local_quadratic_two_workers(tmp_path: Path) -> None:
         "30",
         "--seed",
         "1",
+        # instant trials would let the first worker whose trial process is up take all 30
+        # before the other's has started (seconds on a loaded machine): give each some work
+        "--set",
+        "sleep=0.1",
         "--exp-key",
         "q",
         "--db-path",
