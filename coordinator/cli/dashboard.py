@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import click
 
-from coordinator.cli.options import mongo_options
+from coordinator.cli.options import listen_options, mongo_options
 
 
 @click.command()
 @mongo_options()
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="address to listen on; anything beyond loopback is logged as a warning",
-)
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="port (0: any free port; the URL printed says which)",
+@listen_options(
+    port=8080,
+    host_help="address to listen on; anything beyond loopback is logged as a warning",
+    port_help="port (0: any free port; the URL printed says which)",
 )
 @click.option(
     "--allow-actions",

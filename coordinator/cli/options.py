@@ -437,6 +437,16 @@ def seconds_option(
     )
 
 
+def listen_options(*, port: int, host_help: str, port_help: str) -> Decorator:
+    """``--host`` (loopback by default) and ``--port`` of a serving command (server, dashboard)."""
+    return _stack(
+        click.option(
+            "--port", type=click.IntRange(0, 65535), default=port, show_default=True, help=port_help
+        ),
+        click.option("--host", default="127.0.0.1", show_default=True, help=host_help),
+    )
+
+
 def idle_timeout_option(help: str) -> Decorator:
     return seconds_option("--idle-timeout", "idle_timeout_s", help, maximum=MAX_RUN_SECONDS)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from coordinator.cli.options import db_path_option
+from coordinator.cli.options import db_path_option, listen_options
 from coordinator.errors import ConfigError
 
 #: where ``--create-user`` reads the new user's password (else it prompts; never from argv)
@@ -58,18 +58,10 @@ def bootstrap_user(db_path: str, user: str, password: str) -> None:
 
 @click.command()
 @db_path_option("storage directory (':memory:' for a throwaway server)")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=27017,
-    show_default=True,
-    help="port (0: any free port)",
-)
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="address to listen on (0.0.0.0 for other machines: use --auth then)",
+@listen_options(
+    port=27017,
+    host_help="address to listen on (0.0.0.0 for other machines: use --auth then)",
+    port_help="port (0: any free port)",
 )
 @click.option("--auth", is_flag=True, help="require SCRAM authentication")
 @click.option(
