@@ -31,7 +31,7 @@ from coordinator.progress import SearchProgress
 from coordinator.pruning import PruningConfig
 from coordinator.states import ExperimentStatus, TrialState
 from coordinator.store import TrialStore, to_bson, utcnow
-from coordinator.trials import HyperfleetTrials
+from coordinator.trials import HyperfleetTrials, one_seed_per_id
 from search_spaces import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def algo_function(name: str, liar: str = defaults.LIAR) -> Callable[..., Any]:
     if name == "rand":
         return rand.suggest
     if name == "anneal":
-        return _one_id_at_a_time(anneal.suggest)
+        return anneal.suggest  # one id per call: see one_seed_per_id
     if name == "atpe":
         missing = [m for m in ("lightgbm", "sklearn") if importlib.util.find_spec(m) is None]
         if missing:
@@ -60,22 +60,8 @@ def algo_function(name: str, liar: str = defaults.LIAR) -> Callable[..., Any]:
             )
         from hyperopt import atpe
 
-        return _one_id_at_a_time(atpe.suggest)
+        return atpe.suggest
     raise ConfigError(f"unknown --algo {name!r}: choose one of {', '.join(ALGOS)}")
-
-
-def _one_id_at_a_time(suggest: Callable[..., Any]) -> Callable[..., Any]:
-    """hyperopt's anneal and atpe accept one new id per call; fmin refills a queue of several.
-    Ask once per id, each with its own seed from the call's."""
-
-    @functools.wraps(suggest)
-    def each(new_ids: list[Any], domain: Any, trials: Any, seed: int, *a: Any, **kw: Any) -> Any:
-        docs: list[Any] = []
-        for i, new_id in enumerate(new_ids):
-            docs.extend(suggest([new_id], domain, trials, (seed + i) % 2**31, *a, **kw))
-        return docs
-
-    return each
 
 
 def _evaluated_by_workers(params: Any) -> Any:
@@ -280,11 +266,12 @@ class Coordinator:
         trials.use_domain(domain)
         trials.refresh()
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
+        stream = continue_stream(np.random.default_rng(seed), trials.stored)
         self.fmin_iter = FMinIter(
-            algo_function(config.algo, config.liar),
+            one_seed_per_id(algo_function(config.algo, config.liar), stream),
             domain,
             trials,
-            rstate=continue_stream(np.random.default_rng(seed), trials.stored),
+            rstate=stream,
             asynchronous=True,
             max_queue_len=config.queue_len or 2,
             poll_interval_secs=config.poll_s,

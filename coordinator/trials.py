@@ -422,11 +422,12 @@ class HyperfleetTrials(MongoTrials):
         house = Housekeeping(
             self.handle, self._exp_key, queue_len=self.queue_len, min_queue=max_queue_len
         )
+        stream = continue_stream(rstate, runs, self.stored) if runs else rstate
         fmin_iter = FMinIter(
-            algo,
+            one_seed_per_id(algo, stream),
             domain,
             self,
-            rstate=continue_stream(rstate, runs, self.stored) if runs else rstate,
+            rstate=stream,
             asynchronous=True,
             max_queue_len=max_queue_len,
             poll_interval_secs=house.poll_s,
@@ -578,3 +579,29 @@ def trial_rows(
     from coordinator.inspect import columns
 
     return pd.DataFrame(rows, columns=columns(rows))
+
+
+def one_seed_per_id(algo: Callable[..., Any], rstate: np.random.Generator) -> Callable[..., Any]:
+    """``algo`` asked for one new id at a time, each with the seed fmin would have drawn for it.
+
+    The housekeeping lets fmin's queue hold several trials, so fmin may ask ``algo`` for a batch
+    of ids with one seed, where an in-memory run asks once per id with a seed each: a seeded
+    ``rand`` search would then draw different points depending on how fast the workers were.
+    Asking once per id, the first with fmin's seed and the next ones with seeds drawn from
+    fmin's own ``rstate`` (as its next calls would have), keeps the points of a seed the same
+    however the batches fall. An algorithm that knows about batches (the fleet-aware TPE,
+    marked ``fleet_aware``) is left as it is."""
+    if getattr(getattr(algo, "func", algo), "fleet_aware", False):
+        return algo
+
+    def each(new_ids: list[Any], domain: Any, trials: Any, seed: int, *a: Any, **kw: Any) -> Any:
+        docs: list[Any] = []
+        for i, new_id in enumerate(new_ids):
+            own_seed = seed if i == 0 else int(rstate.integers(2**31 - 1))
+            got = algo([new_id], domain, trials, own_seed, *a, **kw)
+            if not got:  # the algorithm has nothing more to suggest: fmin stops on an empty list
+                return docs or got
+            docs.extend(got)
+        return docs
+
+    return each

@@ -10,7 +10,6 @@ so each process reads each of them once.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -38,9 +37,10 @@ def best_so_far(curve: tuple[float, ...] | list[float], direction: str) -> float
 def median_threshold(values: list[float]) -> float:
     """The median of ``values``, NaNs ignored (linear interpolation, as ``np.nanpercentile``);
     NaN when there is no number."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
-        return float(np.nanpercentile(np.asarray(values, dtype=float), 50.0))
+    numbers = [v for v in values if not math.isnan(v)]
+    if not numbers:  # no warnings.catch_warnings here: it is process-wide, not thread-safe
+        return math.nan
+    return float(np.percentile(np.asarray(numbers, dtype=float), 50.0))
 
 
 def decide(best: float, reference: list[float], direction: str) -> tuple[bool, float | None]:

@@ -17,7 +17,6 @@ import re
 import time
 import urllib.parse
 import uuid
-import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -173,25 +172,48 @@ def check_names(uri: str, db: str) -> None:
 
 def open_client(uri: str, timeout_s: float) -> pymongo.MongoClient:
     """A client for ``uri`` (no round trip yet); a malformed URI is a :class:`ConfigError`."""
+    _check_uri_options(uri)
     try:
-        with warnings.catch_warnings():
-            # pymongo only warns about an invalid option value (tls=maybe, authMechanism=BOGUS)
-            # and goes on without it: refuse it instead
-            warnings.simplefilter("error")
-            return pymongo.MongoClient(
-                uri,
-                serverSelectionTimeoutMS=int(timeout_s * 1000),
-                connectTimeoutMS=int(timeout_s * 1000),
-                appname="hyperfleet",
-            )
-    except Warning as e:
-        raise ConfigError(
-            f"malformed MongoDB URI {redact_uri(uri)!r}: invalid option ({_safe_reason(uri, e)})"
-        ) from None
+        return pymongo.MongoClient(
+            uri,
+            serverSelectionTimeoutMS=int(timeout_s * 1000),
+            connectTimeoutMS=int(timeout_s * 1000),
+            appname="hyperfleet",
+        )
     except (pymongo.errors.ConfigurationError, pymongo.errors.InvalidURI, ValueError) as e:
         raise ConfigError(
             f"malformed MongoDB URI {redact_uri(uri)!r}: {_safe_reason(uri, e)}"
         ) from None
+
+
+def _check_uri_options(uri: str) -> None:
+    """Refuse an invalid option of ``uri`` (``tls=maybe``, ``authMechanism=BOGUS``).
+
+    pymongo only warns about such an option and goes on without it. The check parses the
+    options with pymongo's own validator (``warn=False`` makes it raise) instead of turning
+    warnings into errors: ``warnings.catch_warnings`` changes process-wide state, and two
+    threads opening clients at once could leave every warning an error for good.
+    """
+    query = uri.partition("?")[2]
+    if not query:
+        return
+    try:
+        pymongo.uri_parser.split_options(query, validate=True, warn=False)
+    except (pymongo.errors.ConfigurationError, ValueError) as e:
+        raise ConfigError(
+            f"malformed MongoDB URI {redact_uri(uri)!r}: "
+            f"invalid option {_bad_option(query)}({_safe_reason(uri, e)})"
+        ) from None
+
+
+def _bad_option(query: str) -> str:
+    """The name of the first option of ``query`` pymongo refuses on its own, ``'name '``."""
+    for part in query.replace(";", "&").split("&"):
+        try:
+            pymongo.uri_parser.split_options(part, validate=True, warn=False)
+        except (pymongo.errors.ConfigurationError, ValueError):
+            return part.partition("=")[0] + " "
+    return ""
 
 
 def _safe_reason(uri: str, error: BaseException) -> str:

@@ -151,7 +151,17 @@ def chaos_step(fleet: Fleet, rng: random.Random, action: str) -> str:
         victim.wait()
         fleet.start_worker()
     elif action == "kill child":
-        pid = wait_for(fleet.trial_child, 20, what="a trial child")
+        # pinned workers exit once the search is DONE, before the driver itself has exited
+        # (CI failure, stop 9): then there is no child left to kill, and nothing to break
+        assert fleet.driver is not None
+        driver = fleet.driver
+        pid = wait_for(
+            lambda: fleet.trial_child() or (driver.poll() is not None and -1),
+            60,
+            what="a trial child (or the end of the search)",
+        )
+        if pid == -1:
+            return "search over"
         os.kill(pid, signal.SIGKILL)  # the worker records a crash and starts a fresh child
     elif action == "stop worker":
         victim = rng.choice(fleet.workers)

@@ -364,6 +364,18 @@ def test_generate_trials_to_calculate_warm_start(store, pickled_worker) -> None:
     assert best_fleet == best_memory and fleet.argmin == memory.argmin
 
 
+def test_seeded_rand_draws_the_same_points_however_fmin_batches(store, pickled_worker) -> None:
+    """CI failure (stop 9): with a queue of several trials fmin may ask the algorithm for a
+    batch of ids with one seed, so a seeded ``rand`` search drew different points depending on
+    the workers' pace. Each id now gets the seed fmin would have drawn for it."""
+    memory = Trials()
+    fleet = _fleet_trials(store, "batches")
+    fleet.queue_len = 6  # batches of up to 6 ids
+    _fmin(memory, max_evals=10)
+    _fmin(fleet, max_evals=10)
+    assert fleet.vals == memory.vals and fleet.tids == memory.tids
+
+
 # -- deliberate differences (docs/hyperopt-compat.md) ------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import threading
 import time
@@ -54,7 +55,8 @@ def test_reap_from_many_threads_releases_each_trial_once(store: TrialStore) -> N
 
 
 def _reap(uri: str, db: str) -> list[int]:
-    return connect(uri, db).reap_expired("exp")
+    with contextlib.closing(connect(uri, db)) as store:
+        return store.reap_expired("exp")
 
 
 def test_reaper_is_safe_from_two_processes(store: TrialStore, backend_uri: str) -> None:
@@ -77,7 +79,8 @@ def test_concurrent_tid_allocation_on_fresh_db(backend_uri: str, store: TrialSto
 
     def allocate() -> None:
         try:
-            got.append(connect(backend_uri, store.db_name).allocate_tids(3))
+            with contextlib.closing(connect(backend_uri, store.db_name)) as mine:
+                got.append(mine.allocate_tids(3))
         except BaseException as e:  # noqa: BLE001 - collected and asserted below
             errors.append(e)
 
