@@ -50,7 +50,7 @@ def algo_function(name: str, liar: str = defaults.LIAR) -> Callable[..., Any]:
     if name == "rand":
         return rand.suggest
     if name == "anneal":
-        return anneal.suggest  # one id per call: see one_seed_per_id
+        return _one_id_at_a_time(anneal.suggest)
     if name == "atpe":
         missing = [m for m in ("lightgbm", "sklearn") if importlib.util.find_spec(m) is None]
         if missing:
@@ -60,8 +60,23 @@ def algo_function(name: str, liar: str = defaults.LIAR) -> Callable[..., Any]:
             )
         from hyperopt import atpe
 
-        return atpe.suggest
+        return _one_id_at_a_time(atpe.suggest)
     raise ConfigError(f"unknown --algo {name!r}: choose one of {', '.join(ALGOS)}")
+
+
+def _one_id_at_a_time(suggest: Callable[..., Any]) -> Callable[..., Any]:
+    """hyperopt's anneal and atpe accept one new id per call; a caller may ask for several
+    (plain ``fmin`` with ``max_queue_len`` > 1). Ask once per id, each with its own seed from
+    the call's. (``hyperfleet search`` asks one id at a time anyway: see ``one_seed_per_id``.)"""
+
+    @functools.wraps(suggest)
+    def each(new_ids: list[Any], domain: Any, trials: Any, seed: int, *a: Any, **kw: Any) -> Any:
+        docs: list[Any] = []
+        for i, new_id in enumerate(new_ids):
+            docs.extend(suggest([new_id], domain, trials, (seed + i) % 2**31, *a, **kw))
+        return docs
+
+    return each
 
 
 def _evaluated_by_workers(params: Any) -> Any:

@@ -65,6 +65,7 @@ def _setup_logging(level: str) -> None:
 
 
 @click.group(cls=HyperfleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hyperfleet", prog_name="hyperfleet")
 @log_level_option()
 def main(log_level: str) -> None:
     """hyperfleet: distributed hyperparameter search for Keras models over MongoDB."""

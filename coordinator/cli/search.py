@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from coordinator.cli.options import (
     Int64,
@@ -56,6 +57,12 @@ def _search_config(
     from coordinator.search import SearchConfig
     from search_spaces import get_space, load_spaces, parse_set_options
 
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("liar") is ParameterSource.COMMANDLINE
+    if given and opts.get("algo") != "tpe":
+        logger.warning(
+            "--liar only changes --algo tpe; it is ignored with --algo %s", opts.get("algo")
+        )
     for path in spaces:
         load_spaces(path)
     space = get_space(space_name)

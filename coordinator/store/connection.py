@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pymongo
+import pymongo.common
 import pymongo.errors
 import pymongo.uri_parser
 
@@ -207,12 +208,15 @@ def _check_uri_options(uri: str) -> None:
 
 
 def _bad_option(query: str) -> str:
-    """The name of the first option of ``query`` pymongo refuses on its own, ``'name '``."""
+    """The name of the first option of ``query`` pymongo refuses on its own, as ``'name '``;
+    only a name pymongo knows is given back. pymongo cuts the options at the URI's first ``?``:
+    with an unescaped password that is part of the password, which no message may show."""
     for part in query.replace(";", "&").split("&"):
         try:
             pymongo.uri_parser.split_options(part, validate=True, warn=False)
         except (pymongo.errors.ConfigurationError, ValueError):
-            return part.partition("=")[0] + " "
+            name = part.partition("=")[0]
+            return name + " " if name.lower() in pymongo.common.URI_OPTIONS_VALIDATOR_MAP else ""
     return ""
 
 

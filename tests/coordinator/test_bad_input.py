@@ -272,3 +272,21 @@ def test_server_refuses_an_empty_host() -> None:
     result = CliRunner().invoke(main, ["server", "--host", "", "--db-path", ":memory:"])
     assert result.exit_code == 2
     assert "Invalid value for '--host'" in result.output
+
+
+def test_version_is_the_package_version() -> None:
+    import coordinator
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert (
+        result.exit_code == 0
+        and result.output.strip() == f"hyperfleet, version {coordinator.__version__}"
+    )
+
+
+def test_liar_with_another_algorithm_says_it_is_ignored() -> None:
+    args = ("search", "no-such-space", "--mongo", "mongodb://127.0.0.1:9/", "--algo", "rand")
+    result = hyperfleet(*args, "--liar", "best", timeout=60)
+    assert "--liar only changes --algo tpe; it is ignored with --algo rand" in result.stderr
+    quiet = hyperfleet(*args, timeout=60)
+    assert "--liar" not in quiet.stderr and "no-such-space" in quiet.stderr
