@@ -5,7 +5,8 @@ A space that can warm itself has a ``warm_up(settings)`` method (Keras spaces do
 :class:`search_spaces.keras.space.KerasSearchSpace`). A worker pinned to an experiment warms
 that experiment's space with its settings; an unpinned worker warms the spaces of the running
 experiments. Either waits up to ``EXPERIMENT_WAIT_S`` for one to appear, then warms nothing (a
-fleet serving other spaces pays no Keras import).
+fleet serving other spaces pays no Keras import); it stops waiting as soon as trials are queued
+with no experiment (plain ``hyperopt.fmin``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from typing import Any
 
 from coordinator.errors import HyperfleetError
-from coordinator.states import ExperimentStatus
+from coordinator.states import ExperimentStatus, TrialState
 from coordinator.store import TrialStore
 from search_spaces import SearchSpace, get_space
 
@@ -39,6 +40,10 @@ def _experiments(store: TrialStore, exp_key: str | None) -> list[dict[str, Any]]
             found = [e for e in store.list_experiments() if e.get("status") == running]
         if found or time.monotonic() >= deadline:
             return found
+        if store.count(exp_key, [TrialState.NEW]):
+            # trials are queued with no experiment to warm for (plain hyperopt.fmin makes
+            # none): waiting would only delay them
+            return []
         time.sleep(0.1)
 
 
