@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from coordinator import defaults
 from coordinator.cli.options import (
     exp_key_option,
     gpus_options,
@@ -34,7 +35,10 @@ from coordinator.launch import (
     per_gpu_help="worker containers per GPU (they share its memory)",
 )
 @click.option(
-    "--cpu-workers", type=click.IntRange(min=0), default=0, help="CPU-only worker containers"
+    "--cpu-workers",
+    type=click.IntRange(0, defaults.MAX_CONTAINERS),
+    default=0,
+    help="CPU-only worker containers",
 )
 @click.option("--image", default=DEFAULT_IMAGE, show_default=True, help="hyperfleet image")
 @mongo_options(required=False, help="MongoDB URI as seen from the containers")
@@ -59,7 +63,7 @@ from coordinator.launch import (
 @click.option("--stop", "stop_them", is_flag=True, help="stop and remove the worker containers")
 @click.option(
     "--stop-timeout",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 24 * 3600),
     default=STOP_TIMEOUT_S,
     show_default=True,
     help="with --stop: seconds a worker may finish its trial before it is killed",

@@ -394,7 +394,7 @@ def gpus_options(*, gpus_help: str, per_gpu_help: str) -> Decorator:
         ),
         click.option(
             "--per-gpu",
-            type=Int64(min=1),
+            type=click.IntRange(1, defaults.MAX_CONTAINERS),
             default=1,
             show_default=True,
             help=per_gpu_help,

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
+from coordinator import defaults
 from coordinator.cli.options import (
-    Int64,
     best_model_options,
     check_exp_key,
     db_path_option,
@@ -161,7 +161,7 @@ class NoWorkerNotice:
 @click.argument("space_name", metavar="SPACE")
 @click.option(
     "--workers",
-    type=Int64(min=1),
+    type=click.IntRange(1, defaults.MAX_LOCAL_WORKERS),
     default=2,
     show_default=True,
     help="CPU worker processes",

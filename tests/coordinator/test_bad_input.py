@@ -182,6 +182,11 @@ BAD_NUMBERS = [
     (["status", "--mongo", UNREACHABLE], "--stale-after", "nan"),
     (["status", "--mongo", UNREACHABLE], "--stale-after", "1e308"),
     (["reap", "--mongo", UNREACHABLE], "--max-attempts", TOO_BIG),
+    # a typo must not start 100,000 processes or containers on the host
+    (["local", "quadratic"], "--workers", "100000"),
+    (["launch"], "--cpu-workers", "1000"),
+    (["launch"], "--per-gpu", "1000"),
+    (["launch", "--stop"], "--stop-timeout", TOO_BIG),
 ]
 
 
