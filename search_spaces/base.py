@@ -111,6 +111,9 @@ class Setting:
             ) from None
         if isinstance(parsed, float) and not math.isfinite(parsed):
             raise ConfigError(f"setting {self.name}={value!r} must be a finite number")
+        if isinstance(parsed, int) and not -(2**63) <= parsed < 2**63:
+            # settings are stored in the experiment document: MongoDB's integers are 64-bit
+            raise ConfigError(f"setting {self.name}={value!r} is larger than a 64-bit integer")
         if self.choices is not None and parsed not in self.choices:
             raise ConfigError(
                 f"setting {self.name}={value!r} must be one of: "

@@ -55,6 +55,10 @@ def test_settings_defaults_and_bad_values() -> None:
         space.resolve_settings({"objective": "accuracy"})
     with pytest.raises(ConfigError, match="train_size=.* must be <= 50000"):
         space.resolve_settings({"train_size": "60000"})
+    # an int MongoDB cannot store is refused here, not as an OverflowError when it is saved
+    with pytest.raises(ConfigError, match="epochs=.* is larger than a 64-bit integer"):
+        space.resolve_settings({"epochs": str(2**63)})
+    assert space.resolve_settings({"epochs": str(2**63 - 1)})["epochs"] == 2**63 - 1
 
 
 def test_mnist_in_keras_format_and_the_lecture_split() -> None:
