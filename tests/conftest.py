@@ -10,10 +10,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from coordinator.server import EmbeddedServer
+from coordinator.states import TrialState
 from coordinator.store import TrialStore, connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +144,11 @@ def run_search_with_workers(
     gpus: tuple[str, ...] = ("0", "1"),
 ) -> subprocess.CompletedProcess[str]:
     """A finished search of ``space`` by one real worker per entry of ``gpus`` (pinned with
-    ``--gpu``: harmless on a CPU machine); the workers are stopped afterwards."""
+    ``--gpu``: harmless on a CPU machine); the workers are stopped afterwards.
+
+    The search starts only once every worker has registered, so that each is polling the queue
+    from the first trial on: else a short search can end before a slow worker's start-up (a
+    loaded CI machine) and tests that expect every worker in the results fail by chance."""
     extra = ["--spaces", spaces] if spaces else []
     workers = [
         start_worker(
@@ -151,6 +157,23 @@ def run_search_with_workers(
         for gpu in gpus
     ]
     try:
+        # a warm worker first waits a few seconds for the experiment (which the search creates),
+        # then registers: matched by pid, so workers of an earlier search in the same database
+        # do not count
+        pids = {w.pid for w in workers}
+        registry = connect(uri, db)
+
+        def all_registered() -> bool:
+            exited = [w.pid for w in workers if w.poll() is not None]
+            assert not exited, f"workers {exited} exited before registering (logs in {logs})"
+            return pids <= {row.get("pid") for row in registry.list_workers()}
+
+        try:
+            wait_for(
+                all_registered, 90, interval=0.2, what=f"the workers of {exp_key!r} to register"
+            )
+        finally:
+            registry.close()
         out = hyperfleet(
             "search", space, "--mongo", uri, "--db", db, "--exp-key", exp_key, *extra, *search_args
         )
@@ -205,6 +228,37 @@ def search_quadratic(
         *args,
         timeout=timeout,
     )
+
+
+def kill_worker_mid_trial(
+    store: TrialStore, exp_key: str, workers: list[subprocess.Popen[str]], timeout: float = 60
+) -> dict[str, Any] | None:
+    """SIGKILL the worker of a RUNNING first attempt of a trial of ``exp_key`` (a live worker of
+    ``workers``) and drop it from ``workers``. Returns the trial as read before the kill if the
+    worker died holding it; ``None`` if the trial ended (or was taken over) between that read
+    and the kill, so the kill landed between trials and proves nothing about a lost trial."""
+
+    def candidate() -> dict[str, Any] | None:
+        live = {w.pid for w in workers if w.poll() is None}
+        running = store.trials(exp_key, [TrialState.RUNNING])
+        # a first attempt only: a trial that already lost a worker has its own history
+        return next(
+            (d for d in running if d.get("attempt") == 1 and d["worker"].get("pid") in live),
+            None,
+        )
+
+    doc = wait_for(candidate, timeout, what=f"a trial of {exp_key!r} run by a live worker")
+    victim = next(w for w in workers if w.pid == doc["worker"]["pid"])
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    workers.remove(victim)
+    now = store.get_trial(exp_key, doc["tid"])
+    held = (
+        now is not None
+        and now["state"] == TrialState.RUNNING
+        and (now["owner"], now["attempt"]) == (doc["owner"], doc["attempt"])
+    )
+    return doc if held else None
 
 
 def process_gone(pid: int) -> bool:

@@ -29,10 +29,12 @@ CURVES, QUAD = "curves-t", "quad-t"
 def search(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     db = f"t_{uuid.uuid4().hex[:10]}"
     logs = tmp_path_factory.mktemp("inspect-logs")
+    # 0.1 s epochs (0.4 s trials): long enough that both registered workers get trials, which
+    # the GPU columns below rely on, and not one fast worker all twelve
     curves = run_search_with_workers(
         server.uri, db, CURVES, "curves",
-        ["--set", "fail_every=5", "--max-evals", "12", "--algo", "rand", "--seed", "2",
-         "--progress"],
+        ["--set", "fail_every=5", "--set", "sleep=0.1", "--max-evals", "12", "--algo", "rand",
+         "--seed", "2", "--progress"],
         logs, spaces=SPACES,
     )  # fmt: skip
     worker = start_worker(server.uri, db, "--exp-key", QUAD, log=logs / "quad.log")
@@ -104,10 +106,11 @@ def test_status_of_all_and_one_experiment(search) -> None:
 
 
 def test_workers_live_stale_and_stopped(search, tmp_path: Path) -> None:
-    w = start_worker(search["uri"], search["db"], "--exp-key", "idle", "--gpu", "3")
+    # --no-warm: a warm worker would first wait seconds for experiment "idle", which never comes
+    w = start_worker(search["uri"], search["db"], "--exp-key", "idle", "--gpu", "3", "--no-warm")
     try:
         store = search["store"]
-        wait_for(lambda: store.list_workers(), what="the idle worker's heartbeat")
+        wait_for(lambda: store.list_workers(), 90, what="the idle worker's heartbeat")
         out = cli(search, "workers")
         assert out.returncode == 0, out.stderr
         rows = table(out.stdout)
