@@ -58,6 +58,7 @@ class Fleet:
     workers: list[subprocess.Popen] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
     events: list[str] = field(default_factory=list)
+    server_starts: int = 0
 
     @property
     def uri(self) -> str:
@@ -77,11 +78,14 @@ class Fleet:
     def start_server(self) -> None:
         args = [sys.executable, "-m", "coordinator", "server", "--port", str(self.port)]
         self.server = self._spawn([*args, "--db-path", str(self.tmp / "db")], "server.log")
+        self.server_starts += 1
         wait_for(self._ready, 30, what="the server")
 
     def _ready(self) -> bool:
+        # one line per start that is up (the log is shared by every start, and each also logs
+        # "embedded server ready at" before it, which must not count for the next start)
         text = (self.tmp / "server.log").read_text()
-        return text.count("ready") > self.events.count("kill server")
+        return text.count("hyperfleet server ready") >= self.server_starts
 
     def start_worker(self) -> None:
         extra = ["--trust-pickled"] if self.mode == "fmin" else []

@@ -29,9 +29,10 @@ def test_local_quadratic_two_workers(tmp_path: Path) -> None:
         "--seed",
         "1",
         # instant trials would let the first worker whose trial process is up take all 30
-        # before the other's has started (seconds on a loaded machine): give each some work
+        # before the other's has started (seconds on a loaded machine): 0.3 s trials leave the
+        # other worker 9 s to join, both started together (0.1 s was done 1.8 s after the first)
         "--set",
-        "sleep=0.1",
+        "sleep=0.3",
         "--exp-key",
         "q",
         "--db-path",
@@ -39,8 +40,16 @@ def test_local_quadratic_two_workers(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    loss = float(re.search(r"best trial: tid \d+, loss (\S+)", out.stdout)[1])
-    assert loss < 0.5
+    best = re.search(r"best trial: tid (\d+), loss (\S+)", out.stdout)
+    best_tid, loss = int(best[1]), float(best[2])
+    # loosely: which points fleet TPE draws depends on when results arrive (its random start-up
+    # ends on results, its liar sees the pending trials), so no tight bound is timing-proof, and
+    # 30 random draws alone miss loss < 0.5 one time in nine (the old bound barely told TPE from
+    # random anyway; test_fleet_tpe covers its quality). Below 5: a working search of 30 draws
+    # misses it about never (random: once in 2,000 runs); one whose points or losses go wrong
+    # (x stuck at a bound, results lost) does not get there. The reported best is checked
+    # exactly against the documents below
+    assert loss < 5.0, out.stdout
     assert 'best params: {"x":' in out.stdout
     # results stay on disk: a new server on the same path reads them
     from coordinator.server import EmbeddedServer
@@ -51,6 +60,10 @@ def test_local_quadratic_two_workers(tmp_path: Path) -> None:
         assert len(docs) == 30
         assert all(d["state"] == TrialState.DONE for d in docs)
         assert all(set(d["params"]) == {"x"} for d in docs)
+        assert all(d["result"]["loss"] == d["params"]["x"] ** 2 for d in docs)
+        (reported,) = [d for d in docs if d["tid"] == best_tid]
+        assert reported["result"]["loss"] == min(d["result"]["loss"] for d in docs)
+        assert f"{reported['result']['loss']:.6g}" == best[2]
         owners = {d["worker"]["id"] for d in docs}
         assert len(owners) == 2, "both workers should have run trials"
         assert all(d["worker"]["host"] and d["worker"]["pid"] for d in docs)
@@ -247,10 +260,12 @@ def test_unreachable_server_fails_fast() -> None:
     import time
 
     started = time.monotonic()
-    out = hyperfleet("search", "quadratic", "--mongo", "mongodb://127.0.0.1:9/", timeout=30)
+    out = hyperfleet("search", "quadratic", "--mongo", "mongodb://127.0.0.1:9/", timeout=60)
     assert out.returncode == 1
     assert "cannot reach MongoDB at mongodb://127.0.0.1:9/" in out.stderr
-    assert time.monotonic() - started < 15
+    # a few seconds of server selection plus a cold interpreter (slow on a loaded machine);
+    # retrying for the 60 s outage budget would exceed it
+    assert time.monotonic() - started < 30
 
 
 def test_password_comes_from_env_and_is_redacted() -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from coordinator import rules
 from coordinator.states import TrialState
 from coordinator.store import connect
-from tests.conftest import cli_env, hyperfleet, start_worker, stop_all
+from tests.conftest import cli_env, hyperfleet, start_worker, stop_all, wait_for
 
 KEY = "fuzzed"  #: the running search's exp key
 OTHER_OWN = "fuzz-other-own"  #: another experiment of hyperfleet's (an experiment document)
@@ -160,7 +160,7 @@ def fuzz_search(server, db_name: str, tmp_path: Path, n_docs: int, max_evals: in
     search_log = tmp_path / "search.log"
     search = subprocess.Popen(
         [sys.executable, "-m", "coordinator", "search", SPACE, *common, "--exp-key", KEY]
-        + ["--max-evals", str(max_evals), "--set", "sleep=0.1", "--seed", "3", "--no-progress"],
+        + ["--max-evals", str(max_evals), "--set", "sleep=0.5", "--seed", "3", "--no-progress"],
         stdout=open(search_log, "w"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
         env=cli_env(),
@@ -168,6 +168,14 @@ def fuzz_search(server, db_name: str, tmp_path: Path, n_docs: int, max_evals: in
     try:
         docs = draw_documents(n_docs)  # while the processes start
         assert len(docs) == n_docs
+        # insert from the search's first running trial on: its 0.5 s trials keep the 3 workers
+        # busy for max_evals / 6 s more (2.7 s for 16), so the documents land while it runs,
+        # not after a fast search has already ended
+        wait_for(
+            lambda: store.count(KEY, [TrialState.RUNNING]) > 0,
+            90,
+            what="the search's first running trial",
+        )
         batch = max(1, len(docs) // 10)
         for i in range(0, len(docs), batch):
             store.insert_raw_documents([dict(d) for d in docs[i : i + batch]])

@@ -17,7 +17,7 @@ from coordinator.dashboard.app import create_app
 from coordinator.server import EmbeddedServer
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store import TrialStore, connect
-from tests.conftest import ROOT, stop_all
+from tests.conftest import ROOT, stop_all, wait_for
 from tests.dashboard.conftest import EXP, make_experiment, start_dashboard, trial_doc
 
 with warnings.catch_warnings():
@@ -238,11 +238,28 @@ def test_static_files_are_package_data() -> None:
     assert (base / "static/vendor/uplot/LICENSE").read_text().startswith("The MIT License")
 
 
+def get_until_ok(url: str, timeout: float = 30.0) -> str:
+    """The body of ``url`` once it answers 200. A fresh dashboard's first page is a 503 when the
+    database does not answer within its 3 s (a loaded machine): retried; any other error is not."""
+    import urllib.error
+    import urllib.request
+
+    def attempt() -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                assert r.status == 200, r.status
+                return r.read().decode()
+        except urllib.error.HTTPError as e:
+            if e.code != 503:
+                raise
+            return None
+
+    return wait_for(attempt, timeout, interval=0.5, what=f"a 200 from {url}")
+
+
 def test_cli_prints_url_serves_and_warns_beyond_loopback(
     server: EmbeddedServer, db_name: str, tmp_path: Path
 ) -> None:
-    import urllib.request
-
     store = connect(server.uri, db_name)
     make_experiment(store, [trial_doc(0, TrialState.DONE)])
     log = tmp_path / "dashboard.log"
@@ -250,8 +267,7 @@ def test_cli_prints_url_serves_and_warns_beyond_loopback(
     try:
         assert url.startswith("http://0.0.0.0:")
         local = url.replace("0.0.0.0", "127.0.0.1")
-        with urllib.request.urlopen(local + f"exp?key={EXP}", timeout=10) as r:
-            assert r.status == 200 and EXP in r.read().decode()
+        assert EXP in get_until_ok(local + f"exp?key={EXP}")
     finally:
         stop_all([proc])
         store.drop_database()

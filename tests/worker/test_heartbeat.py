@@ -39,7 +39,8 @@ def test_stops_at_once_even_with_a_long_interval(store: TrialStore) -> None:
     started = time.monotonic()
     with Heartbeat(store, lease, interval_s=60.0, lease_s=120.0) as beat:
         pass
-    assert time.monotonic() - started < 1.0
+    # far below the 60 s interval it would sleep out; slack for a thread start on a busy machine
+    assert time.monotonic() - started < 5.0
     assert not beat._thread.is_alive()
     assert not beat.lost.is_set()
 

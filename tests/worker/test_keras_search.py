@@ -51,6 +51,10 @@ def test_mlp_search_two_workers_metrics_model_and_test_accuracy(
             "1",
             "--heartbeat",
             "1",
+            # two each of the four trials: else the worker whose Keras warms up first can run
+            # them all before the other is ready, and "both workers ran trials" fails by chance
+            "--max-trials",
+            "2",
             log=tmp_path / f"worker-{i}.log",
         )
         for i in range(2)
@@ -72,7 +76,7 @@ def test_mlp_search_two_workers_metrics_model_and_test_accuracy(
             time.sleep(0.05)
         out, err = search.communicate(timeout=10)
         for w in workers:
-            w.wait(30)  # they leave by themselves once the search is over
+            w.wait(30)  # they leave by themselves after their two trials
     finally:
         stop_all([search, *workers])
     assert search.returncode == 0, err

@@ -14,8 +14,9 @@ from tests.conftest import TEST_SPACES, cli_env, queue_trials, start_worker, sto
 
 BUDGET_S = 3.0
 #: the worker's first failure (its next heartbeat), the child's exit, one short try to reserve
-#: and one to unregister, the interpreter's exit
-SLACK_S = 5.0
+#: and one to unregister, the interpreter's exit: about 6 s in all at low load, so generous for a
+#: loaded 2-core CI machine; the regression this guards took over a minute
+SLACK_S = 15.0
 
 
 def test_worker_and_trial_child_give_up_after_one_budget(tmp_path) -> None:
@@ -54,5 +55,7 @@ def test_worker_and_trial_child_give_up_after_one_budget(tmp_path) -> None:
     assert took < BUDGET_S + SLACK_S, f"worker took {took:.1f} s for a {BUDGET_S} s budget\n{text}"
     durations = [float(d) for d in re.findall(r"unreachable for ([0-9.]+) s", text)]
     assert durations, text
-    assert all(BUDGET_S - 0.5 <= d <= BUDGET_S + 2.5 for d in durations), durations
+    # the lower bound proves the budget is honoured; the upper one leaves room for a slow
+    # machine's retries yet still fails the child's old explicit 60 s
+    assert all(BUDGET_S - 0.5 <= d <= BUDGET_S + 6 for d in durations), durations
     assert "Traceback" not in text

@@ -43,7 +43,9 @@ def test_phases_in_every_trial_and_a_warm_first_trial(
         assert set(timing) == PHASES, timing
         assert all(v >= 0 for v in timing.values())
         assert abs(timing["fit_s"] - timing["steady_s"] - timing["compile_s"]) < 1e-3
-        assert timing["evaluate_s"] <= timing["run_s"] + 1e-3 <= doc["duration_s"] + 1
+        # run_s adds the worker's wait on its child to the trial's duration: seconds on a
+        # loaded machine, never the whole trial again
+        assert timing["evaluate_s"] <= timing["run_s"] + 1e-3 <= doc["duration_s"] + 5
         assert "timing" not in doc["result"]
         assert doc["worker"]["steps_per_execution"] == 4
         row = trial_row(doc)
