@@ -49,10 +49,12 @@ class SearchProgress:
         queued = counts.get(TrialState.NEW, 0)
         best_text = "-" if best is None else f"{best:.4g}"
         failed = counts.get(TrialState.ERROR, 0)
+        cancelled = counts.get(TrialState.CANCEL, 0)  # finished, never run: said apart
         fields = (
             f"running {running}, queued {queued}, best loss {best_text}"
             + (f", pruned {pruned}" if pruned else "")
             + (f", failed {failed}" if failed else "")
+            + (f", cancelled {cancelled}" if cancelled else "")
         )
         self._line = f"{self.exp_key}: {finished}/{self.max_evals} done, {fields}"
         if self._bar is not None:

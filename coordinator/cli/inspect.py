@@ -311,7 +311,7 @@ def _indent(text: str) -> str:
     "fmt",
     type=click.Choice(EXPORT_FORMATS),
     default=None,
-    help="[default: from the file's extension (.csv, .json, .jsonl), else csv]",
+    help="[default: from the file's extension (.csv, .json, .jsonl); csv when it has none]",
 )
 @output_option("output", "file to write [default: stdout]")
 @spaces_option(_SPACES_HELP)

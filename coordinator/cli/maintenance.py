@@ -20,6 +20,14 @@ def reap(mongo: str, db: str, exp_key: str | None, max_attempts: int) -> None:
     store = connect(mongo, db)
     tids = store.reap_expired(exp_key, max_attempts=max_attempts)
     click.echo(f"reaped {len(tids)} trials" + (f": {', '.join(map(str, tids))}" if tids else ""))
+    # plain fmin makes trials but no experiment document: both must be missing for a typo
+    unknown = exp_key is not None and not tids and store.get_experiment(exp_key) is None
+    if unknown and not store.count(exp_key, list(TrialState)):
+        click.echo(
+            f"note: database {db!r} has no experiment and no trial {exp_key!r}; "
+            "check --exp-key and --db (`hyperfleet status` lists the experiments)",
+            err=True,
+        )
 
 
 @click.command()

@@ -311,3 +311,15 @@ def test_wrong_credentials_against_auth_server(tmp_path: Path) -> None:
         assert len(bad.stderr.strip().splitlines()) == 1
         good = hyperfleet("reap", "--mongo", f"mongodb://alice:right@{host}?authSource=admin")
         assert good.returncode == 0 and "reaped 0 trials" in good.stdout
+
+
+def test_reap_of_an_unknown_exp_key_says_so(server, db_name, store) -> None:
+    """A typo in --exp-key used to answer "reaped 0 trials" like a healthy experiment."""
+    from tests.conftest import queued_doc
+
+    store.insert_trials([queued_doc(0, "plain")])  # plain fmin: trials, no experiment document
+    typo = hyperfleet("reap", "--mongo", server.uri, "--db", db_name, "--exp-key", "plian")
+    assert typo.returncode == 0 and "reaped 0 trials" in typo.stdout
+    assert "no experiment and no trial 'plian'" in typo.stderr
+    known = hyperfleet("reap", "--mongo", server.uri, "--db", db_name, "--exp-key", "plain")
+    assert known.returncode == 0 and "note:" not in known.stderr
