@@ -192,7 +192,3 @@ def suggest(
             **tpe_kwargs,
         )
     return suggested
-
-
-#: batches of ids are this function's own business (see ``coordinator.trials.one_seed_per_id``)
-suggest.fleet_aware = True  # type: ignore[attr-defined]

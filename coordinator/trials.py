@@ -582,26 +582,48 @@ def trial_rows(
 
 
 def one_seed_per_id(algo: Callable[..., Any], rstate: np.random.Generator) -> Callable[..., Any]:
-    """``algo`` asked for one new id at a time, each with the seed fmin would have drawn for it.
+    """``algo`` asked as consecutive fmin calls would ask it: one id at a time, each with its
+    own seed, each seeing the suggestions made before it as queued trials.
 
     The housekeeping lets fmin's queue hold several trials, so fmin may ask ``algo`` for a batch
-    of ids with one seed, where an in-memory run asks once per id with a seed each: a seeded
-    ``rand`` search would then draw different points depending on how fast the workers were.
-    Asking once per id, the first with fmin's seed and the next ones with seeds drawn from
-    fmin's own ``rstate`` (as its next calls would have), keeps the points of a seed the same
-    however the batches fall. An algorithm that knows about batches (the fleet-aware TPE,
-    marked ``fleet_aware``) is left as it is."""
-    if getattr(getattr(algo, "func", algo), "fleet_aware", False):
-        return algo
+    of ids with one seed, where one-at-a-time refills ask once per id with a seed each, after
+    inserting the previous suggestion. With one seed per batch a seeded search drew different
+    points depending on how fast the workers drained the queue; and an algorithm that answers a
+    batch from one view of the trials (hyperopt's TPE, anneal) spreads a batch less. Here the
+    first id gets fmin's seed, the next ones seeds drawn from fmin's own ``rstate`` (what its
+    next calls would have drawn), and each later id sees the batch's earlier suggestions as
+    queued (the fleet-aware TPE then gives them its liar's loss). The points of a seeded random
+    search or random start-up are the same however the batches fall."""
 
     def each(new_ids: list[Any], domain: Any, trials: Any, seed: int, *a: Any, **kw: Any) -> Any:
         docs: list[Any] = []
         for i, new_id in enumerate(new_ids):
             own_seed = seed if i == 0 else int(rstate.integers(2**31 - 1))
-            got = algo([new_id], domain, trials, own_seed, *a, **kw)
+            seen = trials if not docs else _WithQueued(trials, docs)
+            got = algo([new_id], domain, seen, own_seed, *a, **kw)
             if not got:  # the algorithm has nothing more to suggest: fmin stops on an empty list
                 return docs or got
             docs.extend(got)
         return docs
 
     return each
+
+
+class _WithQueued(base.Trials):
+    """``trials`` as an algorithm would see it had fmin inserted ``queued`` before asking:
+    hyperopt's ``Trials`` reads (``trials``, ``tids``, ``vals``, ``losses()``...) over the real
+    trials plus ``queued``; new documents are made by the real object."""
+
+    def __init__(self, real: Any, queued: list[dict[str, Any]]) -> None:
+        super().__init__(exp_key=getattr(real, "_exp_key", None), refresh=False)
+        self._real = real
+        self._trials = [*real.trials, *queued]
+        self._dynamic_trials = self._trials
+        self._ids = {doc.get("tid") for doc in self._trials}
+        self.attachments = real.attachments
+
+    def new_trial_docs(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return self._real.new_trial_docs(*args, **kwargs)
+
+    def refresh(self) -> None:  # a snapshot: nothing to read
+        pass

@@ -16,6 +16,7 @@ test's own database so that trial ids start at 0 as in memory.
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, hp, rand
+from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, hp, rand, tpe
 from hyperopt.base import (
     JOB_STATE_DONE,
     JOB_STATE_ERROR,
@@ -34,10 +35,11 @@ from hyperopt.base import (
 )
 from hyperopt.fmin import generate_trials_to_calculate, pickler
 
+from coordinator import fleet_tpe
 from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
 from coordinator.store import TrialStore
-from coordinator.trials import HyperfleetTrials
+from coordinator.trials import HyperfleetTrials, one_seed_per_id
 from tests.conftest import start_worker, stop_all
 
 Observed = dict[str, Any]
@@ -313,14 +315,9 @@ SPACE = hp.uniform("x", -1, 1)
 
 def _fmin(trials: Trials, **kwargs: Any) -> dict[str, float]:
     fn = lambda x: (x - 0.3) ** 2  # noqa: E731  (pickled by value for the worker)
+    kwargs.setdefault("algo", rand.suggest)
     return fmin(
-        fn,
-        SPACE,
-        algo=rand.suggest,
-        trials=trials,
-        rstate=np.random.default_rng(7),
-        show_progressbar=False,
-        **kwargs,
+        fn, SPACE, trials=trials, rstate=np.random.default_rng(7), show_progressbar=False, **kwargs
     )
 
 
@@ -364,16 +361,50 @@ def test_generate_trials_to_calculate_warm_start(store, pickled_worker) -> None:
     assert best_fleet == best_memory and fleet.argmin == memory.argmin
 
 
-def test_seeded_rand_draws_the_same_points_however_fmin_batches(store, pickled_worker) -> None:
+ALGOS = {
+    "rand": rand.suggest,
+    "tpe": tpe.suggest,  # its random start-up: 20 trials
+    "fleet-tpe": functools.partial(fleet_tpe.suggest, liar="worst"),
+}
+
+
+@pytest.mark.parametrize("name", list(ALGOS))
+def test_seeded_search_draws_the_same_points_however_fmin_batches(
+    store, pickled_worker, name: str
+) -> None:
     """CI failure (stop 9): with a queue of several trials fmin may ask the algorithm for a
-    batch of ids with one seed, so a seeded ``rand`` search drew different points depending on
-    the workers' pace. Each id now gets the seed fmin would have drawn for it."""
+    batch of ids with one seed, so a seeded search drew different points depending on the
+    workers' pace. Each id now gets the seed fmin would have drawn for it (random search, and
+    TPE's random start-up: 10 trials here)."""
     memory = Trials()
-    fleet = _fleet_trials(store, "batches")
+    fleet = _fleet_trials(store, f"batches-{name}")
     fleet.queue_len = 6  # batches of up to 6 ids
-    _fmin(memory, max_evals=10)
-    _fmin(fleet, max_evals=10)
+    _fmin(memory, max_evals=10, algo=ALGOS[name])
+    _fmin(fleet, max_evals=10, algo=ALGOS[name])
     assert fleet.vals == memory.vals and fleet.tids == memory.tids
+
+
+def test_each_id_of_a_batch_sees_the_earlier_ones_queued() -> None:
+    """As consecutive fmin calls would: the second id of a batch is suggested with the first
+    one among the trials (queued), the third with both; fmin's rstate gives their seeds."""
+    seen: list[tuple[int, list[Any], int]] = []
+
+    def recording(new_ids, domain, trials, seed):
+        seen.append((len(trials.trials), list(trials.tids), seed))
+        return rand.suggest(new_ids, domain, trials, seed)
+
+    trials = Trials()
+    domain = Domain(lambda x: x, SPACE)
+    trials.insert_trial_docs(rand.suggest([0], domain, trials, 1))
+    trials.refresh()
+    rstate = np.random.default_rng(5)
+    docs = one_seed_per_id(recording, rstate)([1, 2, 3], domain, trials, 42)
+    assert [d["tid"] for d in docs] == [1, 2, 3]
+    assert [(n, tids) for n, tids, _ in seen] == [(1, [0]), (2, [0, 1]), (3, [0, 1, 2])]
+    again = np.random.default_rng(5)
+    drawn = [int(again.integers(2**31 - 1)) for _ in range(2)]
+    assert [s for _, _, s in seen] == [42, *drawn]
+    assert len(trials.trials) == 1  # the real trials are untouched
 
 
 # -- deliberate differences (docs/hyperopt-compat.md) ------------------------------------------
