@@ -96,6 +96,13 @@ def redact_uri(uri: str) -> str:
 def _parsed_secrets(uri: str) -> list[str]:
     """The password and secret option values that pymongo's parser finds in ``uri``."""
     plain = uri.replace("mongodb+srv://", "mongodb://", 1)  # the same syntax, without DNS lookups
+    head, mark, query = plain.partition("?")
+    if mark:  # a repeated option makes pymongo warn even with warn=False: parse the first one
+        kept: dict[str, str] = {}
+        for n, part in enumerate(query.replace(";", "&").split("&")):
+            name = part.partition("=")[0].lower()
+            kept.setdefault(name if name != "readpreferencetags" else f"{name}{n}", part)
+        plain = head + mark + "&".join(kept.values())
     try:
         parsed = pymongo.uri_parser.parse_uri(plain, validate=False, warn=False)
     except Exception:  # noqa: BLE001 - a URI pymongo refuses: the textual redaction stands
@@ -171,6 +178,18 @@ def check_names(uri: str, db: str) -> None:
         raise ConfigError(f"invalid database name {db!r}: use letters, digits, '-' and '_'")
 
 
+#: what pymongo may raise for a bad URI or option besides its own errors (a validator's
+#: ``TypeError``, ``KeyError`` for an unknown enum value, ``OSError`` for a missing CA file)
+_URI_ERRORS = (
+    pymongo.errors.ConfigurationError,
+    pymongo.errors.InvalidURI,
+    ValueError,
+    TypeError,
+    KeyError,
+    OSError,
+)
+
+
 def open_client(uri: str, timeout_s: float) -> pymongo.MongoClient:
     """A client for ``uri`` (no round trip yet); a malformed URI is a :class:`ConfigError`."""
     _check_uri_options(uri)
@@ -181,30 +200,73 @@ def open_client(uri: str, timeout_s: float) -> pymongo.MongoClient:
             connectTimeoutMS=int(timeout_s * 1000),
             appname="hyperfleet",
         )
-    except (pymongo.errors.ConfigurationError, pymongo.errors.InvalidURI, ValueError) as e:
+    except _URI_ERRORS as e:
         raise ConfigError(
             f"malformed MongoDB URI {redact_uri(uri)!r}: {_safe_reason(uri, e)}"
         ) from None
 
 
 def _check_uri_options(uri: str) -> None:
-    """Refuse an invalid option of ``uri`` (``tls=maybe``, ``authMechanism=BOGUS``).
+    """Refuse an invalid option of ``uri`` (``tls=maybe``, ``authMechanism=BOGUS``, an option
+    given twice, an unknown compressor) with one line.
 
     pymongo only warns about such an option and goes on without it. The check parses the
     options with pymongo's own validator (``warn=False`` makes it raise) instead of turning
     warnings into errors: ``warnings.catch_warnings`` changes process-wide state, and two
-    threads opening clients at once could leave every warning an error for good.
+    threads opening clients at once could leave every warning an error for good. pymongo cuts
+    the options at the URI's first ``?``; when they are refused and the password holds an
+    unescaped ``/``, ``?`` or ``#``, the options came out of the password: that is what is said.
     """
-    query = uri.partition("?")[2]
+    rest = uri.partition("://")[2]
+    query = rest.partition("?")[2]
     if not query:
         return
+
+    def refuse(reason: str) -> ConfigError:
+        at = _credentials_end(rest)
+        if at >= 0 and any(c in rest[:at] for c in "?#/"):
+            reason = (
+                "the user name or password holds an unescaped '/', '?' or '#'; "
+                "URL-encode it (urllib.parse.quote_plus)"
+            )
+        return ConfigError(f"malformed MongoDB URI {redact_uri(uri)!r}: {reason}")
+
+    # first what pymongo would only warn about (even with warn=False)
+    seen: set[str] = set()
+    for part in query.replace(";", "&").split("&"):
+        key, _, value = part.partition("=")
+        name = key.lower()
+        if name in seen and name != "readpreferencetags":
+            raise refuse(f"option {_known(key)}given twice")
+        seen.add(name)
+        if name == "compressors":
+            problem = _compressor_problem(value)
+            if problem:
+                raise refuse(problem)
     try:
         pymongo.uri_parser.split_options(query, validate=True, warn=False)
-    except (pymongo.errors.ConfigurationError, ValueError) as e:
-        raise ConfigError(
-            f"malformed MongoDB URI {redact_uri(uri)!r}: "
-            f"invalid option {_bad_option(query)}({_safe_reason(uri, e)})"
-        ) from None
+    except _URI_ERRORS as e:
+        raise refuse(f"invalid option {_bad_option(query)}({_safe_reason(uri, e)})") from None
+
+
+def _known(key: str) -> str:
+    """``'key '`` when pymongo knows the option ``key`` (never echo what may be a secret)."""
+    return key + " " if key.lower() in pymongo.common.URI_OPTIONS_VALIDATOR_MAP else ""
+
+
+def _compressor_problem(value: str) -> str:
+    """Why pymongo would drop a compressor of ``value`` (unknown, or its package missing), or
+    ``''``; checked here because pymongo's own check warns even with ``warn=False``."""
+    import importlib.util
+
+    packages = {"zlib": None, "snappy": ("snappy", "python-snappy"), "zstd": ("zstandard",) * 2}
+    for name in urllib.parse.unquote(value).split(","):
+        if name not in packages:
+            return f"unsupported compressor (choose from {', '.join(packages)})"
+        needs = packages[name]
+        if needs is not None and importlib.util.find_spec(needs[0]) is None:
+            return f"compressor {name} needs a package: pip install {needs[1]}"
+    return ""
 
 
 def _bad_option(query: str) -> str:
@@ -214,9 +276,8 @@ def _bad_option(query: str) -> str:
     for part in query.replace(";", "&").split("&"):
         try:
             pymongo.uri_parser.split_options(part, validate=True, warn=False)
-        except (pymongo.errors.ConfigurationError, ValueError):
-            name = part.partition("=")[0]
-            return name + " " if name.lower() in pymongo.common.URI_OPTIONS_VALIDATOR_MAP else ""
+        except _URI_ERRORS:
+            return _known(part.partition("=")[0])
     return ""
 
 

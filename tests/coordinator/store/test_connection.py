@@ -66,3 +66,35 @@ def test_opening_clients_from_threads_leaves_the_warning_filters_alone(backend_u
 def test_invalid_option_is_named(backend_uri: str, option: str, named: str) -> None:
     with pytest.raises(ConfigError, match=f"invalid option {named} "):
         connect(f"{backend_uri.rstrip('/')}/?{option}")
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("zlibCompressionLevel=abc", "invalid option zlibCompressionLevel"),  # was a TypeError
+        ("datetime_conversion=x", "invalid option datetime_conversion"),  # was a KeyError
+        ("tlsCAFile=/nonexistent/ca.pem", "invalid option tlsCAFile"),  # was an OSError
+        ("tls=false&tls=true", "option tls given twice"),  # pymongo warns, keeps the last
+        ("compressors=bogus", "unsupported compressor"),  # pymongo warns, drops it
+    ],
+)
+def test_bad_options_are_one_line(query: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        connect(f"mongodb://127.0.0.1:9/?{query}", timeout_s=0.2)
+
+
+@pytest.mark.parametrize(
+    "uri", ["mongodb://u:hunter2?tls=maybe@127.0.0.1:9/", "mongodb://u:p?ss@127.0.0.1:9/?tls=true"]
+)
+def test_options_cut_from_a_password_are_blamed_on_the_password(uri: str) -> None:
+    """pymongo takes the options from the first '?', here inside the password: the message
+    says to URL-encode the password, and names no option taken out of it."""
+    with pytest.raises(ConfigError, match="password holds an unescaped") as caught:
+        connect(uri, timeout_s=0.2)
+    assert "hunter2" not in str(caught.value) and "tls" not in str(caught.value).split("@")[0]
+
+
+def test_repeated_read_preference_tags_and_an_at_in_an_option_are_fine(backend_uri: str) -> None:
+    base = backend_uri.rstrip("/")
+    connect(f"{base}/?readPreference=nearest&readPreferenceTags=dc:a&readPreferenceTags=").close()
+    connect(f"{base}/?appName=alice@laptop").close()
