@@ -40,11 +40,20 @@ def _experiments(store: TrialStore, exp_key: str | None) -> list[dict[str, Any]]
             found = [e for e in store.list_experiments() if e.get("status") == running]
         if found or time.monotonic() >= deadline:
             return found
-        if store.count(exp_key, [TrialState.NEW]):
-            # trials are queued with no experiment to warm for (plain hyperopt.fmin makes
-            # none): waiting would only delay them
+        if _queued_without_experiment(store, exp_key):
+            # plain hyperopt.fmin queues trials but makes no experiment to warm for: waiting
+            # would only delay them
             return []
         time.sleep(0.1)
+
+
+def _queued_without_experiment(store: TrialStore, exp_key: str | None) -> bool:
+    """Are trials queued (of ``exp_key``, or of any experiment) that no experiment document
+    describes? Trials of known experiments (a failed one's leftovers) do not count."""
+    if exp_key is not None:
+        return store.count(exp_key, [TrialState.NEW]) > 0
+    queued = {repr(key) for key in store.queued_exp_keys()}  # repr: any odd key compares
+    return bool(queued - {repr(e.get("_id")) for e in store.list_experiments()})
 
 
 def _targets(store: TrialStore, exp_key: str | None) -> list[tuple[SearchSpace, dict[str, Any]]]:

@@ -255,6 +255,10 @@ class TrialStoreBase(abc.ABC):
     def count_by_state(self, exp_key: str | None) -> dict[TrialState, int]:
         """Trials of ``exp_key`` by state (every state present, zero where none)."""
 
+    @abc.abstractmethod
+    def queued_exp_keys(self) -> set[Any]:
+        """The exp keys of the NEW trials (``None`` for a trial without one)."""
+
     # -- experiments --------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -98,6 +98,13 @@ class TrialReads:
         return self.jobs.count_documents(_match(exp_key, states))
 
     @retrying
+    def queued_exp_keys(self) -> set[Any]:
+        """The exp keys of the NEW trials (``None`` for a trial without one)."""
+        keys = self.jobs.distinct("exp_key", {"state": int(TrialState.NEW)})
+        # a list (or document) is no dict key: another program's odd exp_key is shown as text
+        return {k if isinstance(k, (str, int, float, type(None))) else repr(k) for k in keys}
+
+    @retrying
     def count_by_state(self, exp_key: str | None) -> dict[TrialState, int]:
         """Trials of ``exp_key`` by state; O(n) in the database, so not for hot paths."""
         rows = self.jobs.aggregate(

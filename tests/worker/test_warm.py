@@ -23,3 +23,17 @@ def test_queued_trials_without_an_experiment_end_the_wait(
     started = time.monotonic()
     assert warm._targets(store, "plain" if pinned else None) == []
     assert time.monotonic() - started < 30  # not the 60 s wait
+
+
+def test_queued_trials_of_a_known_experiment_do_not_end_the_wait(store: TrialStore) -> None:
+    """An unpinned worker stops waiting only for trials no experiment describes: a failed
+    experiment's leftover queued trials must not make it skip warming a new experiment."""
+    from worker import warm
+
+    store.create_experiment({"_id": "old", "space": "quadratic", "status": "failed"})
+    store.insert_trials([queued_doc(0, "old")])
+    assert not warm._queued_without_experiment(store, None)
+    store.insert_trials([queued_doc(1, "plain")])  # plain fmin: no experiment document
+    assert warm._queued_without_experiment(store, None)
+    assert warm._queued_without_experiment(store, "plain")
+    assert not warm._queued_without_experiment(store, "absent")

@@ -37,6 +37,7 @@ def test_named_reads(store: TrialStore) -> None:
     assert "spec" not in outcomes[0] and "misc" not in outcomes[0]
     assert store.get_trial("exp", done.tid)["result"]["loss"] == 1.0
     assert store.get_trial("exp", 10_000) is None
+    assert store.queued_exp_keys() == {"exp", "other"}  # "exp" still has 2 NEW trials
 
 
 def test_counts(store: TrialStore) -> None:
