@@ -50,9 +50,10 @@ PRUNE_REDUCTION_FACTOR = 3
 #: ``--prune-min-epochs``: ASHA/Hyperband's first rung (epochs); rung k is at min·η^k
 PRUNE_MIN_EPOCHS = 1
 
-#: the most worker processes ``hyperfleet local --workers`` starts on this machine (more
-#: machines: ``hyperfleet worker`` on each); a typo such as 100000 must not fork-bomb the host
+#: the most worker processes ``hyperfleet local`` starts on this machine (``--workers``, or GPUs
+#: x ``--per-gpu``; more machines: ``hyperfleet worker`` on each): a typo such as 100000 must
+#: not fork-bomb the host
 MAX_LOCAL_WORKERS = 256
-#: the most worker containers ``hyperfleet launch`` starts per GPU (``--per-gpu``) or on the CPU
-#: (``--cpu-workers``)
+#: the most worker containers one ``hyperfleet launch`` starts (GPUs x ``--per-gpu`` plus
+#: ``--cpu-workers``)
 MAX_CONTAINERS = 256

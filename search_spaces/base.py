@@ -84,6 +84,12 @@ _BOOLS = {
 }
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """``value`` as an error message shows it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class Setting:
     """One named setting of a space, overridable with ``--set NAME=VALUE``."""
@@ -107,13 +113,15 @@ class Setting:
                 parsed = self.type(value)
         except (ValueError, KeyError, TypeError, OverflowError):
             raise ConfigError(
-                f"setting {self.name}={value!r} is not a valid {self.type.__name__}"
+                f"setting {self.name}={_shown(value)} is not a valid {self.type.__name__}"
             ) from None
         if isinstance(parsed, float) and not math.isfinite(parsed):
             raise ConfigError(f"setting {self.name}={value!r} must be a finite number")
         if isinstance(parsed, int) and not -(2**63) <= parsed < 2**63:
             # settings are stored in the experiment document: MongoDB's integers are 64-bit
-            raise ConfigError(f"setting {self.name}={value!r} is larger than a 64-bit integer")
+            raise ConfigError(
+                f"setting {self.name}={_shown(value)} does not fit in a 64-bit integer"
+            )
         if self.choices is not None and parsed not in self.choices:
             raise ConfigError(
                 f"setting {self.name}={value!r} must be one of: "

@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from coordinator import __version__
 from coordinator.cli import best, dashboard, inspect, launch, maintenance, search, server, worker
 from coordinator.cli.options import log_level_option
 from coordinator.errors import ConfigError, HyperfleetError, SpaceError
@@ -65,7 +66,7 @@ def _setup_logging(level: str) -> None:
 
 
 @click.group(cls=HyperfleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="hyperfleet", prog_name="hyperfleet")
+@click.version_option(__version__, prog_name="hyperfleet")  # works from an uninstalled checkout
 @log_level_option()
 def main(log_level: str) -> None:
     """hyperfleet: distributed hyperparameter search for Keras models over MongoDB."""

@@ -94,6 +94,12 @@ def launch(
     """
     if list_only and stop_them:
         raise ConfigError("--ps and --stop exclude each other")
+    total = len(gpus or []) * per_gpu + cpu_workers
+    if total > defaults.MAX_CONTAINERS:
+        raise ConfigError(
+            f"--gpus x --per-gpu + --cpu-workers is {total} worker containers: at most "
+            f"{defaults.MAX_CONTAINERS} per launch"
+        )
     labels = parse_labels(label_pairs)
     launcher = Launcher(connect_docker(docker_host))
     if list_only:

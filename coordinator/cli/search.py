@@ -59,7 +59,7 @@ def _search_config(
 
     ctx = click.get_current_context(silent=True)
     given = ctx is not None and ctx.get_parameter_source("liar") is ParameterSource.COMMANDLINE
-    if given and opts.get("algo") != "tpe":
+    if given and opts.get("algo") in defaults.ALGOS and opts.get("algo") != "tpe":
         logger.warning(
             "--liar only changes --algo tpe; it is ignored with --algo %s", opts.get("algo")
         )
@@ -198,6 +198,11 @@ def local(
     """Run a whole search on this machine: embedded server, workers and coordinator."""
     if gpus == []:
         raise ConfigError("--gpus none: leave --gpus out for CPU workers")
+    if gpus and len(gpus) * per_gpu > defaults.MAX_LOCAL_WORKERS:
+        raise ConfigError(
+            f"--gpus ({len(gpus)} GPUs) x --per-gpu {per_gpu} is {len(gpus) * per_gpu} worker "
+            f"processes: at most {defaults.MAX_LOCAL_WORKERS} on one machine"
+        )
     from coordinator.local import LocalConfig, LocalRun, local_worker_envs
 
     started = dt.datetime.now()

@@ -295,3 +295,17 @@ def test_liar_with_another_algorithm_says_it_is_ignored() -> None:
     assert "--liar only changes --algo tpe; it is ignored with --algo rand" in result.stderr
     quiet = hyperfleet(*args, timeout=60)
     assert "--liar" not in quiet.stderr and "no-such-space" in quiet.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["local", "quadratic", "--gpus", "0,1,2,3,4,5,6,7", "--per-gpu", "256"],
+        ["launch", "--gpus", "0,1", "--per-gpu", "200", "--mongo", UNREACHABLE],
+    ],
+)
+def test_too_many_workers_in_all_is_one_line_before_anything_starts(args, tmp_path) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "at most 256" in lines[0], result.output

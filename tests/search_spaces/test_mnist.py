@@ -56,7 +56,7 @@ def test_settings_defaults_and_bad_values() -> None:
     with pytest.raises(ConfigError, match="train_size=.* must be <= 50000"):
         space.resolve_settings({"train_size": "60000"})
     # an int MongoDB cannot store is refused here, not as an OverflowError when it is saved
-    with pytest.raises(ConfigError, match="epochs=.* is larger than a 64-bit integer"):
+    with pytest.raises(ConfigError, match="epochs=.* does not fit in a 64-bit integer"):
         space.resolve_settings({"epochs": str(2**63)})
     assert space.resolve_settings({"epochs": str(2**63 - 1)})["epochs"] == 2**63 - 1
 
