@@ -105,3 +105,51 @@ class Housekeeping:
             fast = 0.5 / rate if rate > 0 else self.poll_s
             self.fmin_iter.poll_interval_secs = min(self.poll_s, max(MIN_POLL_S, fast))
         self._last_rate_check = (now, finished)
+
+
+#: seconds a search waits without a live worker before it says so (and again every 10x this)
+NO_WORKER_NOTICE_S = 5.0
+
+
+class NoWorkerNotice:
+    """Logs (at WARNING, so also when stderr is no terminal) that no live worker serves the
+    search: after ``NO_WORKER_NOTICE_S`` without one, then every ten times that while none
+    comes; once when one arrives after such a line. Asks the registry at most once a second.
+    ``hint``: how to start a worker that serves it."""
+
+    def __init__(
+        self,
+        store: TrialStore,
+        exp_key: str | None,
+        *,
+        hint: str,
+        after_s: float = NO_WORKER_NOTICE_S,
+    ) -> None:
+        self.store = store
+        self.exp_key = exp_key
+        self.hint = hint
+        self.after_s = after_s
+        self._since = time.monotonic()
+        self._checked = 0.0
+        self._said: float | None = None
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        if self.store.live_workers(defaults.STALE_WORKER_S, self.exp_key):
+            if self._said is not None:
+                logger.warning("a worker now serves %r", self.exp_key)
+            self._since, self._said = now, None
+            return
+        waited = now - self._since
+        due = self.after_s if self._said is None else self._said + 10 * self.after_s
+        if waited >= due:
+            self._said = waited
+            logger.warning(
+                "no live worker serves %r (waited %.0f s): start one with %s",
+                self.exp_key,
+                waited,
+                self.hint,
+            )

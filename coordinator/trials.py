@@ -410,7 +410,7 @@ class HyperfleetTrials(MongoTrials):
         from hyperopt import tpe
         from hyperopt.fmin import FMinIter, space_eval
 
-        from coordinator.housekeeping import TICK_S, Housekeeping, continue_stream
+        from coordinator.housekeeping import TICK_S, Housekeeping, NoWorkerNotice, continue_stream
 
         if algo is None:
             algo = tpe.suggest
@@ -444,8 +444,17 @@ class HyperfleetTrials(MongoTrials):
         saved = (self.on_poll, self.poll_every_s, self.refresh_reuse_s)
         user_poll = self.on_poll
 
+        pinned = f" --exp-key {self._exp_key}" if self._exp_key is not None else ""
+        notice = NoWorkerNotice(
+            self.handle,
+            self._exp_key,
+            hint=f"`hyperfleet worker --trust-pickled{pinned}` on the same database "
+            "(plain fmin's objective is pickled: only --trust-pickled workers run it)",
+        )
+
         def on_poll(trials: HyperfleetTrials) -> None:
             house.tick(trials)
+            notice.check()
             if user_poll is not None:
                 user_poll(trials)
 

@@ -116,8 +116,9 @@ def report_best(
     holder = store.best_trial(exp_key, with_attachment=MODEL_ATTACHMENT)
     if holder is None:
         raise HyperfleetError(
-            f"no trial of {exp_key!r} has a saved model (were the workers started with "
-            "--save-models none?); rerun the search with --save-models best"
+            f"no trial of {exp_key!r} has a saved model: only Keras spaces save models, and "
+            "only with workers saving them (`hyperfleet worker --save-models best`, the "
+            "default; `hyperfleet local --save-models best`)"
         )
     if holder["tid"] != best["tid"]:
         lines.append(

@@ -8,7 +8,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +53,7 @@ def _search_config(
     """The search that ``search_options`` and ``space_options`` describe; the exp key is
     ``exp_key`` or ``default_key(space name)``."""
     from coordinator.pruning import resolve_pruning
-    from coordinator.search import SearchConfig
+    from coordinator.search import SearchConfig, algo_function
     from search_spaces import get_space, load_spaces, parse_set_options
 
     ctx = click.get_current_context(silent=True)
@@ -63,6 +62,7 @@ def _search_config(
         logger.warning(
             "--liar only changes --algo tpe; it is ignored with --algo %s", opts.get("algo")
         )
+    algo_function(opts["algo"], opts["liar"])  # an unknown --algo, or atpe's missing packages
     for path in spaces:
         load_spaces(path)
     space = get_space(space_name)
@@ -107,54 +107,17 @@ def search(space_name: str, mongo: str, db: str, exp_key: str | None, **search_o
     config = _search_config(space_name, exp_key, lambda name: name, **search_opts)
     store = connect(mongo, db)
     coordinator = Coordinator(store, config)
-    notice = NoWorkerNotice(store, config.exp_key)
+    from coordinator.housekeeping import NoWorkerNotice
+
+    notice = NoWorkerNotice(
+        store,
+        config.exp_key,
+        hint=f"`hyperfleet worker --exp-key {config.exp_key}` (same --mongo/$HYPERFLEET_MONGO "
+        "and --spaces as this search)",
+    )
     coordinator.on_tick = lambda trials, counts: notice.check()
     outcome = coordinator.run()
     _print_outcome(outcome)
-
-
-#: seconds a search waits without a live worker before it says so (and again every 10x this)
-NO_WORKER_NOTICE_S = 5.0
-
-
-class NoWorkerNotice:
-    """Logs (at WARNING, so also when stderr is no terminal) that no live worker serves the
-    search: after ``NO_WORKER_NOTICE_S`` without one, then every ten times that while none
-    comes; once when one arrives after such a line. Asks the registry at most once a second."""
-
-    def __init__(
-        self, store: TrialStore, exp_key: str, after_s: float = NO_WORKER_NOTICE_S
-    ) -> None:
-        self.store = store
-        self.exp_key = exp_key
-        self.after_s = after_s
-        self._since = time.monotonic()
-        self._checked = 0.0
-        self._said: float | None = None
-
-    def check(self) -> None:
-        from coordinator import defaults
-
-        now = time.monotonic()
-        if now - self._checked < 1.0:
-            return
-        self._checked = now
-        if self.store.live_workers(defaults.STALE_WORKER_S, self.exp_key):
-            if self._said is not None:
-                logger.warning("a worker now serves %r", self.exp_key)
-            self._since, self._said = now, None
-            return
-        waited = now - self._since
-        due = self.after_s if self._said is None else self._said + 10 * self.after_s
-        if waited >= due:
-            self._said = waited
-            logger.warning(
-                "no live worker serves %r (waited %.0f s): start one with `hyperfleet worker "
-                "--exp-key %s` (same --mongo/$HYPERFLEET_MONGO and --spaces as this search)",
-                self.exp_key,
-                waited,
-                self.exp_key,
-            )
 
 
 @click.command()
@@ -249,8 +212,8 @@ def local(
         outcome = run.run()
     except KeyboardInterrupt:
         raise click.ClickException(
-            f"interrupted; finished trials are kept in {db_path}: rerun with --exp-key {key} "
-            "to continue"
+            f"interrupted; finished trials are kept in {db_path}: rerun the same command with "
+            f"--exp-key {key} to continue"
         ) from None
     _print_outcome(outcome)
     for line in report:

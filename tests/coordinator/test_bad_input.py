@@ -129,6 +129,38 @@ def test_search_without_a_live_worker_says_so(server, db_name) -> None:
     assert "hyperfleet worker --exp-key lonely" in seen
 
 
+def test_plain_fmin_without_a_live_worker_says_so(server, db_name) -> None:
+    """New-user review (stop 10): plain fmin with no worker to run its trials waited without a
+    word; it now logs the same WARNING as a search, naming --trust-pickled."""
+    script = (
+        "from hyperopt import fmin, hp, rand\n"
+        "from coordinator.trials import HyperfleetTrials\n"
+        f"trials = HyperfleetTrials({server.uri!r}, exp_key='lonely-fmin', db={db_name!r})\n"
+        "fmin(lambda x: x, hp.uniform('x', 0, 1), algo=rand.suggest, max_evals=2,\n"
+        "     trials=trials, show_progressbar=False)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        deadline = time.monotonic() + 40
+        seen = ""
+        while time.monotonic() < deadline and "no live worker serves" not in seen:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "no live worker serves 'lonely-fmin'" in seen, seen
+    assert "hyperfleet worker --trust-pickled --exp-key lonely-fmin" in seen
+
+
 def test_worker_without_trust_pickled_says_it_ignores_pickled_trials(
     server, store, db_name, tmp_path: Path
 ) -> None:
