@@ -103,21 +103,15 @@ def test_local_max_evals_zero_is_refused_before_starting(tmp_path) -> None:
     assert not list((tmp_path / "db").glob("WiredTiger*"))
 
 
-def test_search_without_a_live_worker_says_so(server, db_name) -> None:
-    """Finding 12: a search with no live worker, stderr not a terminal, used to wait without a
-    word; it now logs a WARNING after a few seconds."""
+def _stderr_until(args: list[str], needle: str, timeout: float = 40) -> str:
+    """Run ``args`` and read its stderr until ``needle`` shows (or ``timeout``); then kill it."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "search", "quadratic", "--max-evals", "2"]
-        + ["--mongo", server.uri, "--db", db_name, "--exp-key", "lonely"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(),
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env()
     )
     try:
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + timeout
         seen = ""
-        while time.monotonic() < deadline and "no live worker serves" not in seen:
+        while time.monotonic() < deadline and needle not in seen:
             line = proc.stderr.readline()
             if not line:
                 break
@@ -125,6 +119,17 @@ def test_search_without_a_live_worker_says_so(server, db_name) -> None:
     finally:
         proc.kill()
         proc.wait()
+    return seen
+
+
+def test_search_without_a_live_worker_says_so(server, db_name) -> None:
+    """Finding 12: a search with no live worker, stderr not a terminal, used to wait without a
+    word; it now logs a WARNING after a few seconds."""
+    seen = _stderr_until(
+        [sys.executable, "-m", "coordinator", "search", "quadratic", "--max-evals", "2"]
+        + ["--mongo", server.uri, "--db", db_name, "--exp-key", "lonely"],
+        "no live worker serves",
+    )
     assert "no live worker serves 'lonely'" in seen, seen
     assert "hyperfleet worker --exp-key lonely" in seen
 
@@ -139,24 +144,7 @@ def test_plain_fmin_without_a_live_worker_says_so(server, db_name) -> None:
         "fmin(lambda x: x, hp.uniform('x', 0, 1), algo=rand.suggest, max_evals=2,\n"
         "     trials=trials, show_progressbar=False)\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(),
-    )
-    try:
-        deadline = time.monotonic() + 40
-        seen = ""
-        while time.monotonic() < deadline and "no live worker serves" not in seen:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen += line
-    finally:
-        proc.kill()
-        proc.wait()
+    seen = _stderr_until([sys.executable, "-c", script], "no live worker serves")
     assert "no live worker serves 'lonely-fmin'" in seen, seen
     assert "hyperfleet worker --trust-pickled --exp-key lonely-fmin" in seen
 
