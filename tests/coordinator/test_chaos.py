@@ -186,7 +186,7 @@ def chaos_step(fleet: Fleet, rng: random.Random, action: str) -> str:
         for pid in daemons:
             wait_for(
                 lambda pid=pid: process_gone(pid),
-                60,  # a clean shutdown on SIGTERM: ~2 s quiet, much more under load
+                20,
                 what=f"secantusd {pid} to die with the server",
             )
         fleet.events.append(action)
