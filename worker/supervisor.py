@@ -172,11 +172,14 @@ class ChildRunner:
     def start(self) -> None:
         """Start the child now; with ``config.warm`` wait until it has warmed up (imports, data,
         a first fit), so the first trial reserved finds it warm."""
-        self._ensure_child()
         if not self.config.warm:
+            self._ensure_child()
             return
-        assert self._conn is not None
-        self._conn.send(WARM)
+        try:
+            self._send(WARM)
+        except TrialCrashed as e:
+            logger.warning("%s while warming up; the first trial starts a fresh one", e)
+            return
         while True:
             ready = mpc.wait([self._conn, self._proc.sentinel])
             if self._conn in ready:
@@ -184,7 +187,7 @@ class ChildRunner:
                     _, seconds = self._conn.recv()
                     logger.info("trial process warmed up in %.1f s", seconds)
                     return
-                except EOFError:
+                except (EOFError, OSError):  # OSError: ConnectionResetError from a killed child
                     pass
             if not self._proc.is_alive():
                 self._proc.join(5)
@@ -205,15 +208,41 @@ class ChildRunner:
             name="hyperfleet-trial",
             daemon=True,
         )
-        self._proc.start()
-        child.close()
+        try:
+            self._proc.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
         self._conn = parent
+
+    def _send(self, message: Any) -> None:
+        """Send ``message`` to a live child. A child that died since it was last seen (killed
+        between trials, or while it started) breaks the pipe: it is replaced by a fresh one,
+        once; a second failure is a crash of the trial."""
+        for attempt in (1, 2):
+            try:
+                self._ensure_child()
+                assert self._conn is not None
+                self._conn.send(message)
+                return
+            except (OSError, EOFError) as e:  # BrokenPipeError, ConnectionResetError
+                code = self._proc.exitcode if self._proc is not None else None
+                self._kill()
+                if attempt == 2:
+                    raise TrialCrashed(
+                        f"trial process could not be reached ({type(e).__name__}, "
+                        f"{describe_exit(code)})"
+                    ) from e
+                logger.warning(
+                    "trial process %s before it got its work; starting a fresh one",
+                    describe_exit(code) if code is not None else "was gone",
+                )
 
     def run(self, lease: Lease, extra: dict[str, Any], interrupt: threading.Event) -> Outcome:
         started = time.perf_counter()
-        self._ensure_child()
-        assert self._conn is not None
-        self._conn.send((lease, extra))
+        self._send((lease, extra))
         while True:
             ready = mpc.wait([self._conn, self._proc.sentinel], timeout=0.2)
             if self._conn in ready:
@@ -225,12 +254,12 @@ class ChildRunner:
                     timing["wait_child_s"] = round(max(run_s - outcome.duration_s, 0.0), 4)
                     timing["run_s"] = round(run_s, 4)
                     return outcome
-                except EOFError:
-                    pass  # died while answering: treated as a crash below
+                except (EOFError, OSError):  # ConnectionResetError: killed before it answered
+                    self._proc.join(5)  # the pipe is broken: the child is gone or going
             if self._proc.sentinel in ready or not self._proc.is_alive():
                 self._proc.join(5)
                 code = self._proc.exitcode
-                self._discard()
+                self._kill()
                 raise TrialCrashed(f"trial process {describe_exit(code)}")
             if interrupt.is_set():
                 self._kill()

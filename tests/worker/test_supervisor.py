@@ -5,6 +5,7 @@ after a crash. The trials come from tests/spaces_for_tests.py and the embedded s
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -66,6 +67,58 @@ def test_a_dying_child_is_a_crash_and_is_replaced(store: TrialStore, child: Chil
         assert child._proc is None  # discarded; the next run starts a fresh child
     lease = lease_for(store, "after", "whoami", {"sleep": 0.0})
     assert child.run(lease, {"pid": 2}, threading.Event()).result["status"] == "ok"
+
+
+class KilledAfterCheck(ChildRunner):
+    """Kills its idle child for real right after the liveness check, before the trial is sent:
+    where a SIGKILL between trials can land (chaos CI failure, stop 10: ConnectionResetError).
+    ``wait``: until the child is wholly gone (its pipe end closed), or not at all (it may still
+    be dying while the trial is sent)."""
+
+    def __init__(self, config: RunnerConfig, budget: int, wait: bool) -> None:
+        super().__init__(config)
+        self.budget, self.wait, self.kills = budget, wait, 0
+
+    def _ensure_child(self) -> None:
+        super()._ensure_child()
+        if self.kills < self.budget:
+            self.kills += 1
+            os.kill(self._proc.pid, signal.SIGKILL)
+            if self.wait:  # WNOWAIT: seen exited (every thread), not reaped
+                flags = os.WEXITED | os.WNOWAIT
+                os.waitid(os.P_PID, self._proc.pid, flags)
+
+
+def test_a_child_killed_between_trials_is_replaced(store: TrialStore, config: RunnerConfig) -> None:
+    runner = KilledAfterCheck(config, budget=1, wait=True)
+    try:
+        lease = lease_for(store, "between", "whoami", {"sleep": 0.0})
+        outcome = runner.run(lease, {"pid": 4}, threading.Event())
+        assert outcome.result["status"] == "ok" and runner.kills == 1  # a fresh child ran it
+        runner.budget = 3  # every fresh child dies too: a crash of the trial, not a traceback
+        lease = lease_for(store, "between2", "whoami", {"sleep": 0.0})
+        with pytest.raises(TrialCrashed, match="could not be reached"):
+            runner.run(lease, {"pid": 4}, threading.Event())
+        assert runner._proc is None
+    finally:
+        runner.close()
+
+
+def test_a_child_dying_as_the_trial_is_sent_is_a_crash(
+    store: TrialStore, config: RunnerConfig
+) -> None:
+    for i in range(5):
+        runner = KilledAfterCheck(config, budget=1, wait=False)
+        try:
+            lease = lease_for(store, f"dying{i}", "whoami", {"sleep": 0.0})
+            try:
+                outcome = runner.run(lease, {"pid": 5}, threading.Event())
+                assert outcome.result["status"] == "ok"  # the pipe broke at once: a fresh child
+            except TrialCrashed as crash:
+                assert "SIGKILL" in str(crash)  # sent before the pipe broke: a crash, no traceback
+            assert runner.kills == 1
+        finally:
+            runner.close()
 
 
 def test_an_interrupted_trial_kills_the_child(store: TrialStore, child: ChildRunner) -> None:
