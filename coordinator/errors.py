@@ -60,3 +60,8 @@ class WorkerMissingSpace(HyperfleetError):
 
 class DockerUnavailable(HyperfleetError):
     """The Docker engine could not be reached, or the docker SDK is not installed."""
+
+
+def counted(n: int, noun: str) -> str:
+    """``"1 trial"``, ``"3 trials"``: a count for messages (nouns with a plain ``s`` plural)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator import defaults
-from coordinator.errors import HyperfleetError
+from coordinator.errors import HyperfleetError, counted
 from coordinator.search import Coordinator, SearchConfig, SearchOutcome
 from coordinator.server import EmbeddedServer, die_with_parent
 from coordinator.store import TrialStore, connect
@@ -105,7 +105,7 @@ class LocalRun:
                         stdin=subprocess.DEVNULL,
                     )
                 )
-        logger.info("started %d workers; their logs: %s", len(self.procs), self.log_dir)
+        logger.info("started %s; their logs: %s", counted(len(self.procs), "worker"), self.log_dir)
 
     def _check_workers(self) -> None:
         dead = [p for p in self.procs if p.poll() is not None and p.returncode != 0]

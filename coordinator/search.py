@@ -25,7 +25,7 @@ from hyperopt import anneal, base, rand, tpe
 from hyperopt.fmin import FMinIter
 
 from coordinator import defaults, fleet_tpe, rules
-from coordinator.errors import ConfigError, ExperimentMismatch, HyperfleetError
+from coordinator.errors import ConfigError, ExperimentMismatch, HyperfleetError, counted
 from coordinator.housekeeping import POLL_S, TICK_S, Housekeeping, continue_stream
 from coordinator.progress import SearchProgress
 from coordinator.pruning import PruningConfig
@@ -299,7 +299,7 @@ class Coordinator:
         self.housekeeping.attach(self.fmin_iter)
         already = len(trials)
         if already:
-            logger.info("resuming %r: %d trials already stored", config.exp_key, already)
+            logger.info("resuming %r: %s already stored", config.exp_key, counted(already, "trial"))
         self._progress = SearchProgress(
             config.exp_key, config.max_evals, bar=config.progress, every=config.progress_every
         )

@@ -27,6 +27,7 @@ from coordinator.errors import (
     StoreUnavailable,
     TrialCrashed,
     WorkerMissingSpace,
+    counted,
 )
 from coordinator.states import AttemptOutcome, ExperimentStatus, TrialState
 from coordinator.store import Lease, TrialStore
@@ -159,7 +160,9 @@ class Worker:
         finally:
             self.runner.close()
             self._unregister(reason)
-            logger.info("worker %s exits: %s (%d trials)", self.id, reason, self.trials_done)
+            logger.info(
+                "worker %s exits: %s (%s)", self.id, reason, counted(self.trials_done, "trial")
+            )
         return 0
 
     # -- the steps ------------------------------------------------------------------------------

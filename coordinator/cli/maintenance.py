@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from coordinator.cli.options import exp_key_option, max_attempts_option, mongo_options
-from coordinator.errors import ConfigError
+from coordinator.errors import ConfigError, counted
 from coordinator.states import TrialState
 
 
@@ -19,7 +19,8 @@ def reap(mongo: str, db: str, exp_key: str | None, max_attempts: int) -> None:
 
     store = connect(mongo, db)
     tids = store.reap_expired(exp_key, max_attempts=max_attempts)
-    click.echo(f"reaped {len(tids)} trials" + (f": {', '.join(map(str, tids))}" if tids else ""))
+    listed = f": {', '.join(map(str, tids))}" if tids else ""
+    click.echo(f"reaped {counted(len(tids), 'trial')}{listed}")
     # plain fmin makes trials but no experiment document: both must be missing for a typo
     unknown = exp_key is not None and not tids and store.get_experiment(exp_key) is None
     if unknown and not store.count(exp_key, list(TrialState)):
@@ -35,11 +36,17 @@ def reap(mongo: str, db: str, exp_key: str | None, max_attempts: int) -> None:
 @exp_key_option("the experiment to stop", required=True)
 def cancel(mongo: str, db: str, exp_key: str) -> None:
     """Stop a search: queued trials become CANCEL, running ones stop at their next epoch."""
+    from coordinator.inspect import get_experiment
     from coordinator.store import connect
 
     store = connect(mongo, db)
     if store.get_experiment(exp_key) is None:
-        raise ConfigError(f"no experiment {exp_key!r} in database {db!r}")
+        get_experiment(store, exp_key)  # a typo: one line naming the known experiments
+        raise ConfigError(
+            f"experiment {exp_key!r} comes from plain hyperopt fmin (it has trials but no "
+            "experiment document): stop that fmin process (Ctrl-C) to end it; cancel stops "
+            "`hyperfleet search` experiments"
+        )
     n = store.cancel_experiment(exp_key)
     running = store.count(exp_key, [int(TrialState.RUNNING)])
     click.echo(f"cancelled {exp_key}: {n} queued trials cancelled, {running} running will stop")

@@ -31,7 +31,7 @@ from coordinator.cli.options import (
     spaces_option,
     threads_option,
 )
-from coordinator.errors import ConfigError
+from coordinator.errors import ConfigError, counted
 
 if TYPE_CHECKING:
     from coordinator.search import SearchConfig, SearchOutcome
@@ -199,8 +199,8 @@ def local(
     )
     where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
     click.echo(
-        f"experiment {key}: {len(envs)} workers ({where}, {envs[0]['HYPERFLEET_THREADS']} "
-        f"threads each), results in {Path(db_path).resolve()}",
+        f"experiment {key}: {counted(len(envs), 'worker')} ({where}, "
+        f"{envs[0]['HYPERFLEET_THREADS']} threads each), results in {Path(db_path).resolve()}",
         err=True,
     )
 

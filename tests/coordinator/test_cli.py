@@ -51,6 +51,7 @@ def test_local_quadratic_two_workers(tmp_path: Path) -> None:
     # exactly against the documents below
     assert loss < 5.0, out.stdout
     assert 'best params: {"x":' in out.stdout
+    assert "experiment q: 2 workers (CPU, " in out.stderr and " threads each)" in out.stderr
     # results stay on disk: a new server on the same path reads them
     from coordinator.server import EmbeddedServer
 
@@ -254,6 +255,22 @@ def test_bad_input_is_one_clear_line(server, db_name: str, tmp_path: Path, args,
     lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, out.stderr
     assert message in lines[0] and "Traceback" not in out.stderr
+
+
+def test_cancel_names_the_known_experiments_and_explains_plain_fmin(
+    server, db_name: str, store
+) -> None:
+    from tests.conftest import queue_trials
+
+    queue_trials(store, 1, exp_key="real")
+    queue_trials(store, 1, exp_key="plain", space=None)  # plain fmin: no experiment document
+    base = ["cancel", "--mongo", server.uri, "--db", db_name, "--exp-key"]
+    typo = hyperfleet(*base, "rael", timeout=30)
+    assert typo.returncode != 0 and "known: real" in typo.stderr
+    plain = hyperfleet(*base, "plain", timeout=30)
+    assert plain.returncode != 0 and "plain hyperopt fmin" in plain.stderr
+    assert len(plain.stderr.strip().splitlines()) == 1
+    assert store.count("plain", [TrialState.NEW]) == 1  # nothing was touched
 
 
 def test_unreachable_server_fails_fast() -> None:
