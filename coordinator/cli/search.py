@@ -68,10 +68,18 @@ def _search_config(
     space = get_space(space_name)
     settings = space.resolve_settings(parse_set_options(set_pairs))
     rule, prune_opts = pruning_kwargs(opts)
+    pruning = resolve_pruning(rule, settings, **prune_opts)
+    if pruning is not None and "epochs" not in settings:
+        logger.warning(
+            "--prune %s: space %r has no epochs setting; only trials that report per-epoch "
+            "metrics (the Keras callback, or ctx.report_epoch in the objective) can be pruned",
+            rule,
+            space.name,
+        )
     return SearchConfig(
         space=space,
         settings=settings,
-        pruning=resolve_pruning(rule, settings, **prune_opts),
+        pruning=pruning,
         exp_key=exp_key or check_exp_key(default_key(space.name), "default exp key"),
         spaces_source=",".join(spaces) or None,
         progress=sys.stderr.isatty() if progress is None else progress,

@@ -64,3 +64,17 @@ def test_bad_pruning_options_are_one_line(server: EmbeddedServer, db_name: str) 
     assert "Traceback" not in no_epochs.stderr
     bad = hyperfleet("search", "quadratic", *common, "--prune", "often")
     assert bad.returncode != 0 and "often" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pruning_a_space_without_epochs_warns(server: EmbeddedServer, db_name: str) -> None:
+    """quadratic reports no epochs: --prune is accepted (an objective may report epochs
+    itself) but says that nothing without per-epoch metrics can be pruned."""
+    key = "prune-no-epochs"
+    common = ["--mongo", server.uri, "--db", db_name, "--exp-key", key]
+    worker = start_worker(server.uri, db_name, "--exp-key", key, "--idle-timeout", "60")
+    try:
+        out = hyperfleet("search", "quadratic", *common, "--max-evals", "2", "--prune", "median")
+    finally:
+        stop_all([worker])
+    assert out.returncode == 0, out.stderr
+    assert "space 'quadratic' has no epochs setting" in out.stderr
