@@ -4,9 +4,11 @@ nothing heavy."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import click
 import pytest
@@ -80,6 +82,42 @@ def test_local_gpus_none_is_refused() -> None:
     assert out.stderr.strip() == "Error: --gpus none: leave --gpus out for CPU workers"
 
 
+def _fake_nvidia_smi(tmp_path: Path, gpus: int) -> dict[str, str]:
+    """A stand-in ``nvidia-smi`` on PATH (a fake: these machines have no GPU and no driver)
+    that lists ``gpus`` GPUs the way ``nvidia-smi -L`` does."""
+    lines = "".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:08d})\\n" for i in range(gpus))
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\nprintf '{lines}'\n")
+    fake.chmod(0o755)
+    return {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
+
+
+def test_local_gpus_the_machine_lacks_are_refused(tmp_path: Path) -> None:
+    """A worker pinned to a GPU that does not exist trains on the CPU without a word."""
+    env = _fake_nvidia_smi(tmp_path, 2)
+    argv = ["local", "quadratic", "--gpus", "0,3", "--db-path", str(tmp_path / "db")]
+    out = CliRunner().invoke(main, argv, env=env)
+    assert out.exit_code == 2, out.output
+    assert out.stderr.strip() == (
+        "Error: --gpus 0,3: this machine has 2 GPUs (ids 0 to 1, see nvidia-smi -L); "
+        "there is no GPU 3"
+    )
+    assert not list((tmp_path / "db").glob("WiredTiger*"))  # refused before the server started
+
+
+def test_check_gpu_ids_accepts_listed_gpus_and_warns_without_nvidia_smi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from coordinator.local import check_gpu_ids
+
+    monkeypatch.setenv("PATH", _fake_nvidia_smi(tmp_path, 2)["PATH"])
+    check_gpu_ids(["1", "0"])  # both exist: no error, no warning
+    assert not caplog.records
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no nvidia-smi at all
+    check_gpu_ids(["0"])
+    assert "cannot check the GPU ids" in caplog.text and "trains on the CPU" in caplog.text
+
+
 def _commands_with(param_name: str) -> dict[str, click.Command]:
     return {
         name: cmd
@@ -119,7 +157,10 @@ def test_required_exp_key_may_come_from_the_environment(
     assert out.returncode == 2 and "Missing option '--exp-key'" in out.stderr
     out = hyperfleet("cancel", env={**env, "HYPERFLEET_EXP_KEY": "from-env"}, timeout=30)
     assert out.returncode == 2
-    assert out.stderr.strip() == f"Error: no experiment 'from-env' in database '{db_name}'"
+    assert out.stderr.strip() == (
+        f"Error: no experiment 'from-env' in database '{db_name}' "
+        "(the database holds no experiments)"
+    )
 
 
 HEAVY = ("hyperopt", "scipy", "pymongo", "bson", "numpy", "tensorflow", "keras", "jax", "docker")
