@@ -173,6 +173,10 @@ def columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
 # -- experiments and trials ------------------------------------------------------------------------
 
 
+#: the status shown for trials without an experiment document (plain hyperopt fmin)
+PLAIN_FMIN = "plain fmin"
+
+
 def get_experiment(store: TrialStore, exp_key: str) -> dict[str, Any]:
     """The experiment document of ``exp_key``; an unknown key is a :class:`ConfigError` that
     names the known ones."""
@@ -180,10 +184,19 @@ def get_experiment(store: TrialStore, exp_key: str) -> dict[str, Any]:
     if exp is not None:
         return exp
     if store.count(exp_key, list(TrialState)):  # plain hyperopt fmin: trials, no experiment doc
-        return {"_id": exp_key, "status": "unknown"}
-    known = [fmt_value(key_text(e.get("_id")), 60) for e in store.list_experiments()]
+        return {"_id": exp_key, "status": PLAIN_FMIN}
+    known = [fmt_value(key_text(e.get("_id")), 60) for e in all_experiments(store)]
     hint = f"known: {', '.join(known)}" if known else "the database holds no experiments"
     raise ConfigError(f"no experiment {exp_key!r} in database {store.db_name!r} ({hint})")
+
+
+def all_experiments(store: TrialStore) -> list[dict[str, Any]]:
+    """Every experiment document, oldest first, then one stand-in (status ``plain fmin``) per
+    exp key that has trials but no document: plain ``hyperopt.fmin`` writes none."""
+    exps = store.list_experiments()
+    known = {e.get("_id") for e in exps}
+    plain = {k for k in store.trial_exp_keys() if isinstance(k, str) and k not in known}
+    return exps + [{"_id": key, "status": PLAIN_FMIN} for key in sorted(plain)]
 
 
 def load_trials(store: TrialStore, exp_key: str) -> list[dict[str, Any]]:

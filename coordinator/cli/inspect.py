@@ -45,7 +45,7 @@ def status(mongo: str, db: str, exp_key: str | None, stale_s: float) -> None:
     from coordinator.store import connect
 
     store = connect(mongo, db)
-    exps = [ins.get_experiment(store, exp_key)] if exp_key else store.list_experiments()
+    exps = [ins.get_experiment(store, exp_key)] if exp_key else ins.all_experiments(store)
     if not exps:
         click.echo(f"no experiments in database {db!r}")
         return

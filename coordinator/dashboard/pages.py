@@ -110,7 +110,7 @@ def experiments(store: TrialStoreBase, caches: Caches) -> list[dict[str, Any]]:
     workers = worker_views(store)
     rows = [
         summary(caches.get(inspect.key_text(e.get("_id"))), e, workers)
-        for e in store.list_experiments()
+        for e in inspect.all_experiments(store)  # type: ignore[arg-type]
     ]
     return rows[::-1]
 
@@ -265,7 +265,7 @@ def workers_page(
     now = store.server_time()
     views = worker_views(store)
     entries = []
-    for exp in store.list_experiments():
+    for exp in inspect.all_experiments(store):  # type: ignore[arg-type]
         key = inspect.key_text(exp.get("_id"))
         entries.extend((key, e) for e in caches.get(key).entries())
     # a tid of another program's may be a list (unhashable): such a trial is no worker's

@@ -259,6 +259,11 @@ class TrialStoreBase(abc.ABC):
     def queued_exp_keys(self) -> set[Any]:
         """The exp keys of the NEW trials (``None`` for a trial without one)."""
 
+    @abc.abstractmethod
+    def trial_exp_keys(self, states: Iterable[TrialState | int] | None = None) -> set[Any]:
+        """The exp keys of the trials in ``states`` (all: ``None``); ``None`` for a trial
+        without one, the text of an exp key that is not a string or number."""
+
     # -- experiments --------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -97,10 +97,16 @@ class TrialReads:
         """How many trials of ``exp_key`` are in one of ``states``."""
         return self.jobs.count_documents(_match(exp_key, states))
 
-    @retrying
     def queued_exp_keys(self) -> set[Any]:
         """The exp keys of the NEW trials (``None`` for a trial without one)."""
-        keys = self.jobs.distinct("exp_key", {"state": int(TrialState.NEW)})
+        return self.trial_exp_keys([TrialState.NEW])
+
+    @retrying
+    def trial_exp_keys(self, states: Iterable[TrialState | int] | None = None) -> set[Any]:
+        """The exp keys of the trials in ``states`` (all: ``None``); ``None`` for a trial
+        without one."""
+        query = {} if states is None else {"state": {"$in": [int(s) for s in states]}}
+        keys = self.jobs.distinct("exp_key", query)
         # a list (or document) is no dict key: another program's odd exp_key is shown as text
         return {k if isinstance(k, (str, int, float, type(None))) else repr(k) for k in keys}
 

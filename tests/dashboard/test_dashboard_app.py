@@ -17,7 +17,7 @@ from coordinator.dashboard.app import create_app
 from coordinator.server import EmbeddedServer
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store import TrialStore, connect
-from tests.conftest import ROOT, stop_all, wait_for
+from tests.conftest import ROOT, hyperfleet, stop_all, wait_for
 from tests.dashboard.conftest import EXP, make_experiment, start_dashboard, trial_doc
 
 with warnings.catch_warnings():
@@ -331,3 +331,19 @@ def test_view_trials_is_lean_and_incremental(dash_store: TrialStore) -> None:
     assert docs[0]["epochs"] and docs[0]["mtime"] is not None
     later = dash_store.server_time() + dt.timedelta(seconds=5)
     assert dash_store.view_trials(EXP, later) == []
+
+
+def test_plain_fmin_experiments_are_listed(dash_store: TrialStore, server: EmbeddedServer) -> None:
+    """Plain hyperopt fmin writes trials but no experiment document: the home page, the
+    experiment page and ``hyperfleet status`` still show them (marked ``plain fmin``)."""
+    make_experiment(dash_store, mixed())
+    dash_store.insert_trials([trial_doc(t, TrialState.DONE, exp_key="plain-k") for t in (50, 51)])
+    c = client(dash_store)
+    home = c.get("/")
+    assert home.status_code == 200 and EXP in home.text and "plain-k" in home.text
+    assert "plain fmin" in home.text
+    assert c.get("/exp", params={"key": "plain-k"}).status_code == 200
+    out = hyperfleet("status", "--mongo", server.uri, "--db", dash_store.db_name)
+    assert out.returncode == 0, out.stderr
+    assert "experiment plain-k  [plain fmin]" in out.stdout and f"experiment {EXP}" in out.stdout
+    assert "2 finished" in out.stdout.split("experiment plain-k")[1]

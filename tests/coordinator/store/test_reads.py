@@ -38,6 +38,9 @@ def test_named_reads(store: TrialStore) -> None:
     assert store.get_trial("exp", done.tid)["result"]["loss"] == 1.0
     assert store.get_trial("exp", 10_000) is None
     assert store.queued_exp_keys() == {"exp", "other"}  # "exp" still has 2 NEW trials
+    assert store.trial_exp_keys() == {"exp", "other"}
+    assert store.trial_exp_keys([TrialState.DONE]) == {"exp"}
+    assert store.trial_exp_keys([TrialState.ERROR]) == set()
 
 
 def test_counts(store: TrialStore) -> None:
