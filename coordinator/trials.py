@@ -47,6 +47,18 @@ from coordinator.store import DocId, TrialStore, connect, utcnow
 
 logger = logging.getLogger(__name__)
 
+
+class _QuietRedomain(logging.Filter):
+    """Drops hyperopt's "over-writing old domain trials attachment" WARNING: every resumed
+    search and every rerun of a plain fmin replaces the pickled domain, as it should; the
+    coordinator says "resuming" instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "over-writing old domain trials attachment"
+
+
+logging.getLogger("hyperopt.fmin").addFilter(_QuietRedomain())
+
 #: a full refresh every so often, as a safety net for writers that do not stamp ``mtime``
 FULL_REFRESH_EVERY_S = 60.0
 #: an incremental refresh also re-reads what was written this long before the newest change it

@@ -50,6 +50,7 @@ def test_three_killed_coordinators_never_repeat_a_parameter_set(
             search.wait()
         out = hyperfleet(*args)
         assert out.returncode == 0, out.stderr
+        assert "resuming 'seeded'" in out.stderr and "over-writing" not in out.stderr
     finally:
         stop_all(workers)
     docs = store.trials(key)
