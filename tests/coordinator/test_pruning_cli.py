@@ -45,6 +45,12 @@ def test_a_pruned_search_through_the_cli(server: EmbeddedServer, db_name: str) -
 
     top = hyperfleet("top", *common, "--exp-key", key, "-n", "12")
     assert top.returncode == 0 and "pruned" in top.stdout.splitlines()[0]
+    # ranked as `best` ranks: every trial that ran to its end before every pruned one
+    pruned_tids = {r["tid"] for r in pruned}
+    order = [line.split()[1] in pruned_tids for line in top.stdout.splitlines()[1:] if line]
+    assert order == sorted(order) and True in order and False in order, top.stdout
+    best = hyperfleet("best", *common, "--exp-key", key)
+    assert f"tid {top.stdout.splitlines()[1].split()[1]}," in best.stdout, (best.stdout, top.stdout)
 
     show = hyperfleet("show", *common, "--exp-key", key, pruned[0]["tid"])
     assert f"pruned at epoch {pruned[0]['pruned']} by asha" in show.stdout.splitlines()[0]
