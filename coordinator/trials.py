@@ -115,7 +115,7 @@ class HyperfleetTrials(MongoTrials):
         on_poll: Callable[[HyperfleetTrials], None] | None = None,
         poll_every_s: float = 1.0,
     ) -> None:
-        store = arg if isinstance(arg, TrialStore) else connect(arg, db)
+        store = arg if isinstance(arg, TrialStore) else connect(arg, db, wait=True)
         self.space_name = space_name
         self.on_poll = on_poll
         self.poll_every_s = poll_every_s

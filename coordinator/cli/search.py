@@ -113,7 +113,7 @@ def search(space_name: str, mongo: str, db: str, exp_key: str | None, **search_o
     from coordinator.store import connect
 
     config = _search_config(space_name, exp_key, lambda name: name, **search_opts)
-    store = connect(mongo, db)
+    store = connect(mongo, db, wait=True)
     coordinator = Coordinator(store, config)
     from coordinator.housekeeping import NoWorkerNotice
 

@@ -134,7 +134,7 @@ def worker(
         )
     from coordinator.store import connect, redact_uri
 
-    store = connect(mongo, db)
+    store = connect(mongo, db, wait=not check)  # a healthcheck answers now; a worker waits
     if check:
         from coordinator.store.connection import check_read_write
 

@@ -305,10 +305,71 @@ def check_reachable(client: pymongo.MongoClient, db: str, safe_uri: str, timeout
             raise auth_error(safe_uri, e) from e
         if is_tls_failure(e):
             raise tls_error(safe_uri, e) from e
-        raise StoreUnavailable(
+        raise ServerUnreachable(
             f"cannot reach MongoDB at {safe_uri} within {timeout_s:.0f} s; is the server "
-            "running? (`hyperfleet server` starts an embedded one)"
+            "running? (`hyperfleet server` starts an embedded one)",
+            reason=_unreachable_reason(e),
         ) from e
+
+
+class ServerUnreachable(StoreUnavailable):
+    """No server answered (nothing listening, a timeout): it may be starting or restarting.
+    ``reason`` is pymongo's short cause; ``lookup_failed`` when the host name does not
+    resolve, which waiting rarely cures (a typo)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.lookup_failed = any(m in reason for m in _NAME_NOT_FOUND)
+
+
+#: what a failed host-name lookup says (glibc, macOS, musl)
+_NAME_NOT_FOUND = ("Name or service not known", "nodename nor servname", "Name does not resolve")
+
+
+def _unreachable_reason(e: Exception) -> str:
+    text = str(e).split(", Timeout:")[0].split(" (configured timeouts")[0]
+    return text[:300]
+
+
+def wait_until_reachable(
+    client: pymongo.MongoClient, db: str, safe_uri: str, timeout_s: float, wait_s: float
+) -> None:
+    """:func:`check_reachable`, waiting up to ``wait_s`` for a server that does not answer yet
+    (a worker or coordinator started, or restarted by its supervisor, while the database is
+    down or restarting); one warning says so at once. A host name that does not resolve,
+    refused credentials and TLS failures are not waited for."""
+    started = time.monotonic()
+    warned = False
+    while True:
+        try:
+            check_reachable(client, db, safe_uri, timeout_s)
+        except ServerUnreachable as e:
+            waited = time.monotonic() - started
+            if e.lookup_failed or waited >= wait_s:
+                if warned:
+                    raise ServerUnreachable(
+                        f"cannot reach MongoDB at {safe_uri}: waited {waited:.0f} s "
+                        f"($HYPERFLEET_OUTAGE_S); last error: {e.reason}",
+                        reason=e.reason,
+                    ) from e
+                raise
+            if not warned:
+                warned = True
+                logger.warning(
+                    "cannot reach MongoDB at %s yet (%s); waiting up to %.0f s for it "
+                    "($HYPERFLEET_OUTAGE_S); Ctrl-C to stop",
+                    safe_uri,
+                    e.reason,
+                    wait_s,
+                )
+            time.sleep(min(1.0, max(0.0, wait_s - waited)))
+            continue
+        if warned:
+            logger.warning(
+                "MongoDB at %s answers after %.1f s", safe_uri, time.monotonic() - started
+            )
+        return
 
 
 def check_read_write(client: pymongo.MongoClient, db: str, safe_uri: str) -> None:

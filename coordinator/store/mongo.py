@@ -27,6 +27,7 @@ from coordinator.store.connection import (
     open_client,
     outage_budget,
     redact_uri,
+    wait_until_reachable,
 )
 from coordinator.store.experiments import Experiments
 from coordinator.store.files import Attachments
@@ -98,6 +99,7 @@ def connect(
     timeout_s: float = 5.0,
     outage_s: float | None = None,
     check: bool = True,
+    wait: bool = False,
 ) -> TrialStore:
     """Open a :class:`TrialStore` on ``uri`` (any standard ``mongodb://`` or ``mongodb+srv://``).
 
@@ -105,7 +107,9 @@ def connect(
     :class:`~coordinator.errors.StoreUnavailable`, :class:`~coordinator.errors.AuthError` or
     :class:`~coordinator.errors.ConfigError` is raised. ``outage_s`` (default:
     $HYPERFLEET_OUTAGE_S or ``defaults.OUTAGE_S``) is how long operations retry while the server
-    is unreachable before giving up.
+    is unreachable before giving up. With ``wait`` (long-running processes: workers,
+    coordinators) the check itself waits up to ``outage_s`` for a server that does not answer
+    yet, saying so at once; inspection commands fail fast instead.
     """
     safe = redact_uri(uri)
     if outage_s is None:
@@ -115,7 +119,10 @@ def connect(
     store = TrialStore(client, db, safe_uri=safe, outage_s=outage_s)
     if check:
         try:
-            check_reachable(client, db, safe, timeout_s)
+            if wait:
+                wait_until_reachable(client, db, safe, timeout_s, outage_s)
+            else:
+                check_reachable(client, db, safe, timeout_s)
         except BaseException:
             client.close()
             raise

@@ -14,7 +14,7 @@ import pytest
 from coordinator.states import TrialState
 from coordinator.store import connect
 from coordinator.trials import HyperfleetTrials
-from tests.conftest import ROOT, TEST_SPACES, cli_env, hyperfleet, start_worker, stop_all
+from tests.conftest import ROOT, TEST_SPACES, cli_env, hyperfleet, start_worker, stop_all, wait_for
 
 
 def test_local_quadratic_two_workers(tmp_path: Path) -> None:
@@ -273,16 +273,63 @@ def test_cancel_names_the_known_experiments_and_explains_plain_fmin(
     assert store.count("plain", [TrialState.NEW]) == 1  # nothing was touched
 
 
-def test_unreachable_server_fails_fast() -> None:
+def test_unreachable_server_inspection_fails_fast_search_waits_its_budget() -> None:
+    """Inspection answers at once; a search (a long-running process, often restarted by a
+    supervisor while the database restarts) waits up to $HYPERFLEET_OUTAGE_S, saying so at
+    once, then fails with one line; a host name that does not resolve is not waited for."""
     import time
 
     started = time.monotonic()
-    out = hyperfleet("search", "quadratic", "--mongo", "mongodb://127.0.0.1:9/", timeout=60)
+    out = hyperfleet("status", "--mongo", "mongodb://127.0.0.1:9/", timeout=60)
     assert out.returncode == 1
     assert "cannot reach MongoDB at mongodb://127.0.0.1:9/" in out.stderr
-    # a few seconds of server selection plus a cold interpreter (slow on a loaded machine);
-    # retrying for the 60 s outage budget would exceed it
+    # a few seconds of server selection plus a cold interpreter (slow on a loaded machine)
     assert time.monotonic() - started < 30
+
+    started = time.monotonic()
+    env = cli_env(HYPERFLEET_OUTAGE_S="8")
+    out = hyperfleet("search", "quadratic", "--mongo", "mongodb://127.0.0.1:9/", env=env)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert "waiting up to 8 s for it" in lines[0] and "Connection refused" in lines[0]
+    assert "cannot reach MongoDB at mongodb://127.0.0.1:9/: waited" in lines[-1]
+    assert len(lines) == 2 and time.monotonic() - started < 40
+
+    started = time.monotonic()
+    env = cli_env(HYPERFLEET_OUTAGE_S="120")
+    out = hyperfleet("search", "quadratic", "--mongo", "mongodb://no-such-host.invalid/", env=env)
+    assert out.returncode == 1 and "cannot reach MongoDB" in out.stderr
+    assert "waiting" not in out.stderr and time.monotonic() - started < 40
+
+
+def test_a_worker_started_before_its_server_waits_for_it(tmp_path: Path) -> None:
+    """A worker (a SLURM array task, a restarted container) may start while the database is
+    still starting: it waits for it within its outage budget instead of exiting."""
+    import socket
+
+    from coordinator.server import EmbeddedServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"mongodb://127.0.0.1:{port}/"
+    log = tmp_path / "w.log"
+    worker = start_worker(
+        uri, "late", "--max-trials", "1", log=log, env=cli_env(HYPERFLEET_OUTAGE_S="120")
+    )
+    try:
+        wait_for(lambda: "waiting up to 120 s" in log.read_text(), 60, what="the waiting line")
+        assert worker.poll() is None
+        with EmbeddedServer(tmp_path / "db", port=port) as srv:
+            store = connect(srv.uri, "late")
+            from tests.conftest import queue_trials
+
+            queue_trials(store, 1, exp_key="late")
+            assert worker.wait(120) == 0, log.read_text()
+            assert store.count("late", [TrialState.DONE]) == 1
+    finally:
+        stop_all([worker])
+    assert "answers after" in log.read_text()
 
 
 def test_password_comes_from_env_and_is_redacted() -> None:
@@ -290,7 +337,7 @@ def test_password_comes_from_env_and_is_redacted() -> None:
         "search",
         "quadratic",
         timeout=30,
-        env=cli_env(HYPERFLEET_MONGO="mongodb://bob:hunter2@127.0.0.1:9/"),
+        env=cli_env(HYPERFLEET_MONGO="mongodb://bob:hunter2@127.0.0.1:9/", HYPERFLEET_OUTAGE_S="1"),
     )
     assert out.returncode == 1
     assert "hunter2" not in out.stderr and "bob:***@127.0.0.1:9" in out.stderr
