@@ -513,6 +513,53 @@ class HyperfleetTrials(MongoTrials):
         a missing name is a ``KeyError``."""
         return TrialAttachments(self.handle, trial)
 
+    @property
+    def attachments(self) -> ExperimentAttachments:  # type: ignore[override]
+        """The experiment's own files (hyperopt's ``FMinIter_Domain``, fmin's run count), as
+        stock ``MongoTrials.attachments`` offers them; every call rides out a server outage,
+        and a replaced file is never missing for a moment."""
+        return ExperimentAttachments(self.handle, self._exp_key or None)
+
+
+class ExperimentAttachments:
+    """An experiment's files: ``name in a``, ``a[name]``, ``a[name] = bytes``, ``del a[name]``,
+    ``len``, iteration, ``keys``/``values``/``items``; a missing name is a ``KeyError``."""
+
+    def __init__(self, store: TrialStore, exp_key: str | None) -> None:
+        self.store = store
+        self.exp_key = exp_key
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.store.has_experiment_file(self.exp_key, name)
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __getitem__(self, name: str) -> bytes:
+        data = self.store.read_experiment_file(self.exp_key, name)
+        if data is None:
+            raise KeyError(name)
+        return data
+
+    def __setitem__(self, name: str, value: bytes) -> None:
+        self.store.write_experiment_file(self.exp_key, name, value)
+
+    def __delitem__(self, name: str) -> None:
+        if not self.store.delete_experiment_file(self.exp_key, name):
+            raise KeyError(name)
+
+    def keys(self) -> list[str]:
+        return self.store.experiment_file_names(self.exp_key)
+
+    def values(self) -> list[bytes]:
+        return [self[k] for k in self]
+
+    def items(self) -> list[tuple[str, bytes]]:
+        return [(k, self[k]) for k in self]
+
 
 class TrialAttachments:
     """One trial's attachments: ``name in a``, ``a[name]``, ``a[name] = bytes``, ``del a[name]``,

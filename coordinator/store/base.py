@@ -356,6 +356,26 @@ class TrialStoreBase(abc.ABC):
     def get_domain_blob(self, exp_key: str | None) -> bytes | None:
         """hyperopt's pickled ``FMinIter_Domain`` for ``exp_key`` (for trusted workers only)."""
 
+    @abc.abstractmethod
+    def experiment_file_names(self, exp_key: str | None) -> list[str]:
+        """The names of the experiment's own GridFS files (``MongoTrials.attachments``)."""
+
+    @abc.abstractmethod
+    def has_experiment_file(self, exp_key: str | None, name: str) -> bool:
+        """Whether the experiment has a file ``name``."""
+
+    @abc.abstractmethod
+    def read_experiment_file(self, exp_key: str | None, name: str) -> bytes | None:
+        """The newest version of the experiment's file ``name``; ``None`` if there is none."""
+
+    @abc.abstractmethod
+    def write_experiment_file(self, exp_key: str | None, name: str, data: bytes) -> None:
+        """Replace the experiment's file ``name``, the new version written before the old go."""
+
+    @abc.abstractmethod
+    def delete_experiment_file(self, exp_key: str | None, name: str) -> bool:
+        """Delete every version of the experiment's file ``name``; ``False`` if there was none."""
+
     # -- early stopping: rung records (coordinator.pruning; one per exp, bracket, rung, trial) --
 
     @abc.abstractmethod

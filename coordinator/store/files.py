@@ -131,11 +131,57 @@ class Attachments:
                 dropped += 1
         return dropped
 
-    @retrying
     def get_domain_blob(self, exp_key: str | None) -> bytes | None:
         """hyperopt's pickled ``FMinIter_Domain`` attachment for ``exp_key`` (trusted workers)."""
-        query = {} if exp_key is None else {"exp_key": exp_key}
-        try:
-            return self.gfs.get_last_version(filename="FMinIter_Domain", **query).read()
-        except gridfs.errors.NoFile:
-            return None
+        return self.read_experiment_file(exp_key, "FMinIter_Domain")
+
+    # -- an experiment's own files (``MongoTrials.attachments``: hyperopt's FMinIter_Domain) --
+
+    @retrying
+    def experiment_file_names(self, exp_key: str | None) -> list[str]:
+        """The names of the experiment's own GridFS files (every experiment's: ``None``)."""
+        found = self.gfs.find(_file_query(exp_key))
+        return sorted({f.filename for f in found if isinstance(f.filename, str)})
+
+    @retrying
+    def has_experiment_file(self, exp_key: str | None, name: str) -> bool:
+        return self.gfs.exists(filename=name, **_file_query(exp_key))
+
+    @retrying
+    def read_experiment_file(self, exp_key: str | None, name: str) -> bytes | None:
+        """The newest version of the experiment's file ``name``; ``None`` if there is none. A
+        version deleted while it was read (a writer replacing it) is read again."""
+        for _ in range(CORRUPT_RETRIES):
+            try:
+                return self.gfs.get_last_version(filename=name, **_file_query(exp_key)).read()
+            except gridfs.errors.NoFile:
+                return None
+            except gridfs.errors.CorruptGridFile:
+                logger.debug("file %r changed while it was read; reading it again", name)
+        return None
+
+    @retrying
+    def write_experiment_file(self, exp_key: str | None, name: str, data: bytes) -> None:
+        """Replace the experiment's file ``name``: the new version is written first, then the
+        older ones go, so a reader (a worker unpickling the domain) always finds one whole
+        version. hyperopt deletes first, leaving a window (or, if killed there, nothing)."""
+        query = _file_query(exp_key)
+        new_id = self.gfs.put(data, filename=name, encoding="utf-8", **query)
+        for old in self.gfs.find({"filename": name, **query, "_id": {"$ne": new_id}}):
+            self.delete_file(old._id)
+
+    @retrying
+    def delete_experiment_file(self, exp_key: str | None, name: str) -> bool:
+        """Delete every version of the experiment's file ``name``; ``False`` if there was none."""
+        found = list(self.gfs.find({"filename": name, **_file_query(exp_key)}))
+        for old in found:
+            self.delete_file(old._id)
+        return bool(found)
+
+
+#: how often a GridFS file deleted while it was being read is read again
+CORRUPT_RETRIES = 5
+
+
+def _file_query(exp_key: str | None) -> dict[str, Any]:
+    return {} if exp_key is None else {"exp_key": exp_key}

@@ -73,3 +73,35 @@ def test_delete_all_removes_trials_their_files_and_the_experiments_files(store) 
     assert "note" not in HyperfleetTrials(store, exp_key="gone").attachments
     with pytest.raises(Exception, match="no file"):  # the trial's GridFS file is gone too
         store.get_attachment(doc, "model")
+
+
+def test_a_replaced_experiment_file_is_never_missing(store: TrialStore) -> None:
+    """hyperopt replaces ``FMinIter_Domain`` by deleting, then writing: a worker reading it in
+    between found none and failed its trial (review finding: 1,558 of 1,962 reads). The store
+    writes the new version first; a reader racing 40 rewrites always gets a whole version."""
+    import threading
+
+    store.write_experiment_file("exp", "FMinIter_Domain", b"v0" * 1000)
+    seen: list[bytes | None] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(store.get_domain_blob("exp"))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(1, 41):
+            store.write_experiment_file("exp", "FMinIter_Domain", f"v{i}".encode() * 1000)
+    finally:
+        done.set()
+        reader.join()
+    assert seen and None not in seen
+    assert all(len(set(data.split(b"v")[1:])) == 1 for data in seen)  # one whole version each
+    assert store.read_experiment_file("exp", "FMinIter_Domain") == b"v40" * 1000
+    assert store.experiment_file_names("exp") == ["FMinIter_Domain"]  # older versions went
+    assert store.db["fs.files"].count_documents({"filename": "FMinIter_Domain"}) == 1
+    assert store.delete_experiment_file("exp", "FMinIter_Domain")
+    assert not store.delete_experiment_file("exp", "FMinIter_Domain")
+    assert store.get_domain_blob("exp") is None
