@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 import urllib.parse
 import uuid
@@ -459,55 +460,80 @@ def retrying(method: Callable[..., T]) -> Callable[..., T]:
     idempotent or fenced: a write whose reply was lost and that is sent again either changes
     nothing or reports the lost fence. Authentication failures become :class:`AuthError` at
     once; an outage longer than the budget :class:`StoreUnavailable`, with its real duration.
+
+    Besides connection failures, an operation that ran out of its time (``e.timeout``: the
+    server's ExecutionTimeout for an attempt's deadline) or lost its cursor to a restarted
+    server (CursorNotFound) is an outage too. A retrying method called inside another (in the
+    same thread) runs once: the outermost call retries the whole operation under one deadline,
+    where nested deadlines expired each other (ExecutionTimeout) and nested loops stacked.
     """
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
-        delay = 0.2
-        while True:
-            attempt = time.monotonic()
-            since: float | None = getattr(self, "_outage_since", None)
-            limit = _attempt_limit(self, since, attempt)
-            try:
-                if limit is None:
-                    result = method(self, *args, **kwargs)
-                else:
-                    with pymongo.timeout(limit):
-                        result = method(self, *args, **kwargs)
-            except pymongo.errors.OperationFailure as e:
-                if is_auth_failure(e):
-                    raise auth_error(self.safe_uri, e) from e
-                raise
-            except pymongo.errors.ConnectionFailure as e:
-                if is_auth_failure(e):  # a refused handshake is no outage: waiting cannot help
-                    raise auth_error(self.safe_uri, e) from e
-                now = time.monotonic()
-                if since is None:
-                    since = attempt
-                    self._outage_since = attempt
-                    logger.warning(
-                        "lost contact with MongoDB at %s (%s); retrying for up to %.0f s",
-                        self.safe_uri,
-                        type(e).__name__,
-                        self.outage_s,
-                    )
-                down = now - since
-                if down >= self.outage_s:
-                    raise StoreUnavailable(
-                        f"MongoDB at {self.safe_uri} unreachable for {down:.1f} s "
-                        f"(last error: {type(e).__name__}); nothing was lost: start the server "
-                        "again and rerun the same command to continue"
-                    ) from e
-                time.sleep(max(0.0, min(delay, self.outage_s - down)))
-                delay = min(delay * 2, 5.0)
-                continue
-            if getattr(self, "_outage_since", None) is not None:
-                self._outage_since = None
-                logger.warning(
-                    "MongoDB at %s reachable again after %.1f s",
-                    self.safe_uri,
-                    time.monotonic() - (since if since is not None else attempt),
-                )
-            return result
+        if getattr(_nesting, "inside", False):
+            return method(self, *args, **kwargs)
+        _nesting.inside = True
+        try:
+            return _retry(method, self, args, kwargs)
+        finally:
+            _nesting.inside = False
 
     return wrapper
+
+
+_nesting = threading.local()  #: whether this thread is inside a retrying call
+
+
+def _is_outage(e: pymongo.errors.PyMongoError) -> bool:
+    """A failure that waiting for the server can cure (auth and TLS failures are sorted out
+    before this is asked)."""
+    if isinstance(e, (pymongo.errors.ConnectionFailure, pymongo.errors.CursorNotFound)):
+        return True
+    return bool(getattr(e, "timeout", False))
+
+
+def _retry(method: Callable[..., T], self: Any, args: Any, kwargs: Any) -> T:
+    delay = 0.2
+    while True:
+        attempt = time.monotonic()
+        since: float | None = getattr(self, "_outage_since", None)
+        limit = _attempt_limit(self, since, attempt)
+        try:
+            if limit is None:
+                result = method(self, *args, **kwargs)
+            else:
+                with pymongo.timeout(limit):
+                    result = method(self, *args, **kwargs)
+        except pymongo.errors.PyMongoError as e:
+            if is_auth_failure(e):  # a refused handshake is no outage: waiting cannot help
+                raise auth_error(self.safe_uri, e) from e
+            if not _is_outage(e):
+                raise
+            now = time.monotonic()
+            if since is None:
+                since = attempt
+                self._outage_since = attempt
+                logger.warning(
+                    "lost contact with MongoDB at %s (%s); retrying for up to %.0f s",
+                    self.safe_uri,
+                    type(e).__name__,
+                    self.outage_s,
+                )
+            down = now - since
+            if down >= self.outage_s:
+                raise StoreUnavailable(
+                    f"MongoDB at {self.safe_uri} unreachable for {down:.1f} s "
+                    f"(last error: {type(e).__name__}); nothing was lost: start the server "
+                    "again and rerun the same command to continue"
+                ) from e
+            time.sleep(max(0.0, min(delay, self.outage_s - down)))
+            delay = min(delay * 2, 5.0)
+            continue
+        if getattr(self, "_outage_since", None) is not None:
+            self._outage_since = None
+            logger.warning(
+                "MongoDB at %s reachable again after %.1f s",
+                self.safe_uri,
+                time.monotonic() - (since if since is not None else attempt),
+            )
+        return result

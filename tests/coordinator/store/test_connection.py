@@ -98,3 +98,71 @@ def test_repeated_read_preference_tags_and_an_at_in_an_option_are_fine(backend_u
     base = backend_uri.rstrip("/")
     connect(f"{base}/?readPreference=nearest&readPreferenceTags=dc:a&readPreferenceTags=").close()
     connect(f"{base}/?appName=alice@laptop").close()
+
+
+class _Flaky:
+    """Retrying methods over no server at all: ``inner`` fails ``fails`` times with the given
+    pymongo error (the errors pymongo raises; no server needed to tell how they are handled)."""
+
+    safe_uri = "mongodb://flaky/"
+    outage_s = 30.0
+
+    def __init__(self, error: Exception, fails: int) -> None:
+        self.error, self.fails = error, fails
+        self.outer_calls = self.inner_calls = 0
+
+    def outer(self) -> str:
+        self.outer_calls += 1
+        return self.inner()
+
+    def inner(self) -> str:
+        self.inner_calls += 1
+        if self.inner_calls <= self.fails:
+            raise self.error
+        return "ok"
+
+
+def _flaky(error: Exception, fails: int) -> _Flaky:
+    from coordinator.store.connection import retrying
+
+    flaky = _Flaky(error, fails)
+    flaky.outer = retrying(_Flaky.outer).__get__(flaky)  # type: ignore[method-assign]
+    flaky.inner = retrying(_Flaky.inner).__get__(flaky)  # type: ignore[method-assign]
+    return flaky
+
+
+def test_a_nested_retrying_call_is_retried_by_the_outermost_only() -> None:
+    """Nested retry loops stacked their waits, and nested deadlines expired each other
+    (ExecutionTimeout, review finding): the inner call now fails through to the outer one,
+    which retries the whole operation."""
+    import pymongo.errors
+
+    flaky = _flaky(pymongo.errors.AutoReconnect("down"), fails=2)
+    assert flaky.outer() == "ok"
+    assert (flaky.outer_calls, flaky.inner_calls) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "ExecutionTimeout",  # the server's answer to an attempt's expired deadline
+        "CursorNotFound",  # a restarted server lost the cursor of a long read
+        "NetworkTimeout",
+        "WTimeoutError",
+    ],
+)
+def test_timeouts_and_lost_cursors_are_outages(error: str) -> None:
+    import pymongo.errors
+
+    cls = getattr(pymongo.errors, error)
+    flaky = _flaky(cls("gone", 50) if error != "NetworkTimeout" else cls("gone"), fails=1)
+    assert flaky.inner() == "ok" and flaky.inner_calls == 2
+
+
+def test_other_pymongo_errors_are_not_retried() -> None:
+    import pymongo.errors
+
+    flaky = _flaky(pymongo.errors.DuplicateKeyError("dup", 11000), fails=1)
+    with pytest.raises(pymongo.errors.DuplicateKeyError):
+        flaky.inner()
+    assert flaky.inner_calls == 1
