@@ -45,7 +45,11 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                if not self.store.heartbeat(self.lease, self.lease_s):
+                renewed = self.store.heartbeat(self.lease, self.lease_s)
+                if self._stop.is_set():
+                    return  # the trial ended while this renewal waited out an outage: its
+                    # result is recorded (or handed back) already; nothing more to say or do
+                if not renewed:
                     logger.warning(
                         "trial %s: lease lost (reaped or cancelled); its result will be dropped",
                         self.lease.tid,
@@ -56,8 +60,16 @@ class Heartbeat:
                     self.on_beat()
             except StoreUnavailable as e:
                 logger.error("trial %s: heartbeat failed: %s", self.lease.tid, e)
-            except Exception:  # noqa: BLE001 - a heartbeat must never kill the worker
-                logger.exception("trial %s: heartbeat failed", self.lease.tid)
+            except Exception as e:  # noqa: BLE001 - a heartbeat must never kill the worker
+                # one line (the stack at DEBUG): the worker goes on, its lease is renewed again
+                # at the next beat, and a log line starting "Traceback" reads like a crash
+                logger.error(
+                    "trial %s: heartbeat failed (%s: %s); retrying at the next beat",
+                    self.lease.tid,
+                    type(e).__name__,
+                    e,
+                )
+                logger.debug("heartbeat failure", exc_info=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from coordinator.states import AttemptOutcome
 from coordinator.store import Lease, TrialStore
 from tests.conftest import queue_trials, wait_for
@@ -55,7 +57,9 @@ def test_a_lost_lease_sets_lost_and_ends_the_thread(store: TrialStore) -> None:
         assert not beat._thread.is_alive()
 
 
-def test_a_failing_on_beat_does_not_stop_the_heartbeat(store: TrialStore) -> None:
+def test_a_failing_on_beat_does_not_stop_the_heartbeat(
+    store: TrialStore, caplog: pytest.LogCaptureFixture
+) -> None:
     lease = reserve_one(store)
     calls: list[float] = []
 
@@ -67,3 +71,36 @@ def test_a_failing_on_beat_does_not_stop_the_heartbeat(store: TrialStore) -> Non
         wait_for(lambda: len(calls) >= 3, timeout=5, what="three beats")
         assert beat._thread.is_alive()
     assert not beat.lost.is_set()
+    # one line per failure, no stack: a log line starting "Traceback" reads like a crash
+    failures = [r for r in caplog.records if "heartbeat failed" in r.getMessage()]
+    assert failures and all(r.exc_info is None for r in failures)
+    assert "RuntimeError: registry write failed" in failures[0].getMessage()
+
+
+def test_a_renewal_that_returns_after_the_trial_ended_says_nothing(
+    store: TrialStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal still waiting out an outage when the trial ends (the worker stops waiting
+    for the thread after 10 s) used to log a false "lease lost" after the result was
+    recorded, and re-register the worker with the finished trial. A stand-in store holds the
+    renewal: a real outage cannot be ended at exactly the moment wanted."""
+    lease = reserve_one(store)
+    entered, release = threading.Event(), threading.Event()
+    beats: list[int] = []
+
+    class SlowStore:
+        def heartbeat(self, lease: Lease, lease_s: float) -> bool:
+            entered.set()
+            release.wait(10)
+            return False  # as if the trial had moved on meanwhile
+
+    beat = Heartbeat(
+        SlowStore(), lease, interval_s=0.01, lease_s=30.0, on_beat=lambda: beats.append(1)
+    )  # type: ignore[arg-type]
+    beat.__enter__()
+    assert entered.wait(5)
+    beat._stop.set()  # the trial ended while the renewal was out
+    release.set()
+    beat._thread.join(5)
+    assert not beat.lost.is_set() and not beats
+    assert "lease lost" not in caplog.text
