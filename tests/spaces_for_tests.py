@@ -107,3 +107,23 @@ counted = SearchSpace(
     (Setting("log", "", "file that gets one line per evaluation"),),
     "appends its tid to a file on every evaluation",
 )
+
+
+class _SlowWarmSpace(SearchSpace):
+    """A space whose warm-up (``hyperfleet worker --warm``) takes ``warm_s`` seconds, as a
+    Keras import, a dataset download and a first fit can."""
+
+    def warm_up(self, settings) -> None:
+        time.sleep(settings["warm_s"])
+
+
+slow_warm = _SlowWarmSpace(
+    "slow_warm",
+    _x_space,
+    _whoami,
+    (
+        Setting("warm_s", 60.0, "seconds the warm-up takes", float),
+        Setting("sleep", 0.0, "seconds per trial", float),
+    ),
+    "a warm-up that takes its time",
+)

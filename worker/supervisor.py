@@ -49,7 +49,7 @@ class Runner(Protocol):
     """Where trials execute. ``run`` raises :class:`TrialCrashed` when the trial's process dies
     and :class:`Interrupted` once ``interrupt`` is set (the trial is abandoned)."""
 
-    def start(self) -> None: ...
+    def start(self, stop: threading.Event | None = None) -> None: ...
     def run(self, lease: Lease, extra: dict[str, Any], interrupt: threading.Event) -> Outcome: ...
     def close(self) -> None: ...
 
@@ -82,8 +82,9 @@ class InProcessRunner:
         self.resolver: Resolver = Resolver(self.store, config.spaces, config.trust_pickled)
         self.config = config
 
-    def start(self) -> None:
-        """Warm this process (``config.warm``): trials run in it."""
+    def start(self, stop: threading.Event | None = None) -> None:
+        """Warm this process (``config.warm``): trials run in it (``stop`` is not watched: the
+        warm-up runs in this very process)."""
         self.warm()
 
     def warm(self) -> float:
@@ -169,9 +170,10 @@ class ChildRunner:
         self._proc: Any = None
         self._conn: mpc.Connection | None = None
 
-    def start(self) -> None:
+    def start(self, stop: threading.Event | None = None) -> None:
         """Start the child now; with ``config.warm`` wait until it has warmed up (imports, data,
-        a first fit), so the first trial reserved finds it warm."""
+        a first fit), so the first trial reserved finds it warm. Once ``stop`` is set (the
+        worker got a signal) the warm-up is abandoned: the child is killed."""
         if not self.config.warm:
             self._ensure_child()
             return
@@ -181,14 +183,18 @@ class ChildRunner:
             logger.warning("%s while warming up; the first trial starts a fresh one", e)
             return
         while True:
-            ready = mpc.wait([self._conn, self._proc.sentinel])
+            ready = mpc.wait([self._conn, self._proc.sentinel], timeout=0.2)
+            if stop is not None and stop.is_set():
+                logger.info("warm-up abandoned: the worker is stopping")
+                self._kill()
+                return
             if self._conn in ready:
                 try:
                     _, seconds = self._conn.recv()
                     logger.info("trial process warmed up in %.1f s", seconds)
                     return
                 except (EOFError, OSError):  # OSError: ConnectionResetError from a killed child
-                    pass
+                    self._proc.join(5)  # the pipe is broken: the child is gone or going
             if not self._proc.is_alive():
                 self._proc.join(5)
                 logger.warning(

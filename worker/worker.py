@@ -110,6 +110,7 @@ class Worker:
         self.trials_done = 0
         self.signals = 0
         self.interrupt = threading.Event()  # hand the current trial back now
+        self.stopping = threading.Event()  # a signal came: abandon a warm-up
         self._current: Lease | None = None
         self._in_process_trial = False
         self._idle_since = time.monotonic()
@@ -138,8 +139,9 @@ class Worker:
         reason = "stopped"
         self._idle_since = time.monotonic()
         try:
-            self.runner.start()
-            logger.info("worker %s ready", self.id)
+            self.runner.start(self.stopping)
+            if not self.stopping.is_set():
+                logger.info("worker %s ready", self.id)
             while True:
                 self._check_for_stop()
                 self._maintain()
@@ -383,6 +385,7 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
+        self.stopping.set()
         name = signal.Signals(signum).name
         running = self._current is not None
         if self.signals == 1 and not self.config.requeue_on_term:

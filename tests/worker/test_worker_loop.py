@@ -4,13 +4,16 @@ and ends the worker with a one-line error instead of a ``SystemExit``."""
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 
 from coordinator.errors import WorkerMissingSpace
 from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
 from coordinator.store import TrialStore
-from tests.conftest import TEST_SPACES, queue_trials
+from tests.conftest import TEST_SPACES, queue_trials, start_worker, stop_all, wait_for
 from worker.worker import Worker, WorkerConfig
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
@@ -52,3 +55,26 @@ def test_an_unknown_space_hands_the_trial_back_and_raises(
     (trial,) = store.trials("elsewhere")
     assert trial["state"] == TrialState.NEW and trial["attempts"] == 0
     assert trial["attempt_history"][-1]["outcome"] == "requeued"
+
+
+def test_a_signal_during_the_warm_up_stops_the_worker_at_once(
+    server, db_name, store: TrialStore, tmp_path
+) -> None:
+    """The worker waited for a long warm-up (a Keras import, a download) to finish before it
+    looked at a SIGTERM: Ctrl-C did nothing for as long as the warm-up took (review finding)."""
+    store.create_experiment(
+        {"_id": "sw", "space": "slow_warm", "settings": {"warm_s": 120.0}, "status": "running"}
+    )
+    log = tmp_path / "w.log"
+    worker = start_worker(
+        server.uri, db_name, "--exp-key", "sw", "--spaces", TEST_SPACES, "--warm", log=log
+    )
+    try:
+        wait_for(lambda: "started" in log.read_text(), 60, what="the worker to start")
+        time.sleep(2.0)  # inside the 120 s warm-up by now (or still importing: either way)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0, log.read_text()
+    finally:
+        stop_all([worker])
+    text = log.read_text()
+    assert "stopped by signal" in text and "ready" not in text, text
