@@ -43,6 +43,9 @@ class RunnerConfig:
     #: warm the trial process (imports, data, a first fit) before the first reservation
     warm: bool = False
     exp_key: str | None = None  #: the experiment to warm for (None: every warmable space)
+    #: a trial process stopped (SIGSTOP, a frozen cgroup) this long is killed: its heartbeat,
+    #: which the worker keeps, would hold the trial forever (the worker's lease by default)
+    stopped_limit_s: float = 60.0
 
 
 class Runner(Protocol):
@@ -169,6 +172,7 @@ class ChildRunner:
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
         self._conn: mpc.Connection | None = None
+        self._stopped_since: float | None = None
 
     def start(self, stop: threading.Event | None = None) -> None:
         """Start the child now; with ``config.warm`` wait until it has warmed up (imports, data,
@@ -248,6 +252,7 @@ class ChildRunner:
 
     def run(self, lease: Lease, extra: dict[str, Any], interrupt: threading.Event) -> Outcome:
         started = time.perf_counter()
+        self._stopped_since = None
         self._send((lease, extra))
         while True:
             ready = mpc.wait([self._conn, self._proc.sentinel], timeout=0.2)
@@ -270,6 +275,29 @@ class ChildRunner:
             if interrupt.is_set():
                 self._kill()
                 raise Interrupted()
+            stopped = self._stopped_for()
+            if stopped >= self.config.stopped_limit_s:
+                self._kill()
+                raise TrialCrashed(
+                    f"trial process stopped (SIGSTOP or a frozen cgroup) for {stopped:.0f} s; "
+                    "killed"
+                )
+
+    def _stopped_for(self) -> float:
+        """How long the child has been seen stopped (state ``T`` in ``/proc``); 0 while it runs
+        and where ``/proc`` is missing."""
+        try:
+            with open(f"/proc/{self._proc.pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = b"?"
+        if state != b"T":  # not "t": a debugger's tracing stop is the user's business
+            self._stopped_since = None
+            return 0.0
+        now = time.monotonic()
+        if self._stopped_since is None:
+            self._stopped_since = now
+        return now - self._stopped_since
 
     def _kill(self) -> None:
         if self._proc is not None and self._proc.is_alive():

@@ -103,6 +103,7 @@ class Worker:
             config.outage_s,
             warm=config.warm,
             exp_key=config.exp_key,
+            stopped_limit_s=config.lease_s,
         )
         self.runner: Runner = (
             ChildRunner(runner_config) if config.isolate else InProcessRunner(runner_config)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -139,3 +140,23 @@ def test_in_process_runner_runs_here(store: TrialStore, config: RunnerConfig) ->
     finally:
         runner.close()
     assert outcome.result["worker_pid"] == os.getpid()
+
+
+def test_a_stopped_child_is_killed_after_the_limit(store: TrialStore, config: RunnerConfig) -> None:
+    """A SIGSTOPped trial process kept its trial forever: the worker's heartbeat renews the
+    lease while the child does nothing (review finding). Past ``stopped_limit_s`` it is
+    killed and the trial is a crash (handed back, retried elsewhere)."""
+    import dataclasses
+
+    runner = ChildRunner(dataclasses.replace(config, stopped_limit_s=1.0))
+    try:
+        runner.start()
+        lease = lease_for(store, "frozen", "whoami", {"sleep": 60.0})
+        pid = runner._proc.pid
+        threading.Timer(0.5, os.kill, (pid, signal.SIGSTOP)).start()
+        started = time.monotonic()
+        with pytest.raises(TrialCrashed, match="stopped .* for 1 s"):
+            runner.run(lease, {"pid": 6}, threading.Event())
+        assert time.monotonic() - started < 20 and runner._proc is None
+    finally:
+        runner.close()
