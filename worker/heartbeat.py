@@ -59,8 +59,11 @@ class Heartbeat:
                 if self.on_beat is not None:
                     self.on_beat()
             except StoreUnavailable as e:
-                logger.error("trial %s: heartbeat failed: %s", self.lease.tid, e)
+                if not self._stop.is_set():  # else the trial is over: nothing to renew
+                    logger.error("trial %s: heartbeat failed: %s", self.lease.tid, e)
             except Exception as e:  # noqa: BLE001 - a heartbeat must never kill the worker
+                if self._stop.is_set():
+                    return
                 # one line (the stack at DEBUG): the worker goes on, its lease is renewed again
                 # at the next beat, and a log line starting "Traceback" reads like a crash
                 logger.error(

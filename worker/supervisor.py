@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from coordinator.errors import Interrupted, TrialCrashed
+from coordinator.errors import HyperfleetError, Interrupted, TrialCrashed
 
 if TYPE_CHECKING:
     from coordinator.store import Lease, TrialStore
@@ -43,8 +43,8 @@ class RunnerConfig:
     #: warm the trial process (imports, data, a first fit) before the first reservation
     warm: bool = False
     exp_key: str | None = None  #: the experiment to warm for (None: every warmable space)
-    #: a trial process stopped (SIGSTOP, a frozen cgroup) this long is killed: its heartbeat,
-    #: which the worker keeps, would hold the trial forever (the worker's lease by default)
+    #: a trial process stopped (SIGSTOP: state T) this long is killed: its heartbeat, which the
+    #: worker keeps, would hold the trial forever (the worker's lease by default)
     stopped_limit_s: float = 60.0
 
 
@@ -230,16 +230,18 @@ class ChildRunner:
     def _send(self, message: Any) -> None:
         """Send ``message`` to a live child. A child that died since it was last seen (killed
         between trials, or while it started) breaks the pipe: it is replaced by a fresh one,
-        once; a second failure is a crash of the trial."""
+        once; a second failure is a crash of the trial. A child that cannot be started at
+        all (no memory, no file descriptors) is :class:`HyperfleetError`: the worker exits."""
         for attempt in (1, 2):
             try:
                 self._ensure_child()
                 assert self._conn is not None
                 self._conn.send(message)
                 return
-            except (OSError, EOFError) as e:  # BrokenPipeError, ConnectionResetError
-                code = self._proc.exitcode if self._proc is not None else None
+            except (BrokenPipeError, ConnectionResetError, EOFError) as e:
+                proc = self._proc
                 self._kill()
+                code = proc.exitcode if proc is not None else None
                 if attempt == 2:
                     raise TrialCrashed(
                         f"trial process could not be reached ({type(e).__name__}, "
@@ -249,6 +251,12 @@ class ChildRunner:
                     "trial process %s before it got its work; starting a fresh one",
                     describe_exit(code) if code is not None else "was gone",
                 )
+            except OSError as e:
+                self._kill()
+                raise HyperfleetError(
+                    f"cannot start a trial process ({type(e).__name__}: {e}); this worker "
+                    "exits, and its trial goes back to the queue when its lease runs out"
+                ) from e
 
     def run(self, lease: Lease, extra: dict[str, Any], interrupt: threading.Event) -> Outcome:
         started = time.perf_counter()
@@ -278,10 +286,7 @@ class ChildRunner:
             stopped = self._stopped_for()
             if stopped >= self.config.stopped_limit_s:
                 self._kill()
-                raise TrialCrashed(
-                    f"trial process stopped (SIGSTOP or a frozen cgroup) for {stopped:.0f} s; "
-                    "killed"
-                )
+                raise TrialCrashed(f"trial process stopped (SIGSTOP) for {stopped:.0f} s; killed")
 
     def _stopped_for(self) -> float:
         """How long the child has been seen stopped (state ``T`` in ``/proc``); 0 while it runs

@@ -91,6 +91,8 @@ class HyperoptJobs:
             try:
                 self.jobs.bulk_write(ops, ordered=False)
             except pymongo.errors.BulkWriteError as e:
+                if e.timeout:  # a write-concern timeout: an outage, retried (upserts: idempotent)
+                    raise
                 raise HyperoptOperationFailure(f"trial insert refused: {e.details}") from e
         return [d["_id"] for d in docs]
 

@@ -314,18 +314,12 @@ def check_reachable(client: pymongo.MongoClient, db: str, safe_uri: str, timeout
 
 
 class ServerUnreachable(StoreUnavailable):
-    """No server answered (nothing listening, a timeout): it may be starting or restarting.
-    ``reason`` is pymongo's short cause; ``lookup_failed`` when the host name does not
-    resolve, which waiting rarely cures (a typo)."""
+    """No server answered (nothing listening, a timeout, a name that does not resolve yet):
+    it may be starting or restarting. ``reason`` is pymongo's short cause."""
 
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
-        self.lookup_failed = any(m in reason for m in _NAME_NOT_FOUND)
-
-
-#: what a failed host-name lookup says (glibc, macOS, musl)
-_NAME_NOT_FOUND = ("Name or service not known", "nodename nor servname", "Name does not resolve")
 
 
 def _unreachable_reason(e: Exception) -> str:
@@ -338,8 +332,9 @@ def wait_until_reachable(
 ) -> None:
     """:func:`check_reachable`, waiting up to ``wait_s`` for a server that does not answer yet
     (a worker or coordinator started, or restarted by its supervisor, while the database is
-    down or restarting); one warning says so at once. A host name that does not resolve,
-    refused credentials and TLS failures are not waited for."""
+    down or restarting); one warning says so at once. A host name that does not resolve is
+    waited for too (Docker's and Kubernetes' DNS drop a restarting server's name); refused
+    credentials and TLS failures are not."""
     started = time.monotonic()
     warned = False
     while True:
@@ -347,7 +342,7 @@ def wait_until_reachable(
             check_reachable(client, db, safe_uri, timeout_s)
         except ServerUnreachable as e:
             waited = time.monotonic() - started
-            if e.lookup_failed or waited >= wait_s:
+            if waited >= wait_s:
                 if warned:
                     raise ServerUnreachable(
                         f"cannot reach MongoDB at {safe_uri}: waited {waited:.0f} s "

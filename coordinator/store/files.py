@@ -33,22 +33,38 @@ class Attachments:
     experiments: Collection
     gfs: gridfs.GridFS
 
-    @retrying
     def attach(self, lease: Lease, name: str, data: bytes) -> bool:
         """Store ``data`` in GridFS as the trial's attachment ``name``, replacing an older one;
-        ``False`` (and the new file deleted) if the lease was lost."""
+        ``False`` (and the new file deleted) if the lease was lost.
+
+        The files it replaced are deleted after the fenced link is written (each deletion
+        retried on its own): a retry of the link after an outage must not lose track of them.
+        """
+        seen: dict[str, list[ObjectId]] = {"old": [], "unlinked": [], "put": []}
+        ok = self._link_attachment(lease, name, data, seen)
+        # lost lease: only files known unlinked go (one whose link may have been written stays)
+        replaced = {*seen["old"], *seen["put"]} - set(seen["put"][-1:])
+        stale = replaced if ok else set(seen["unlinked"])
+        for file_id in stale:
+            self.delete_file(file_id)
+        return ok
+
+    @retrying
+    def _link_attachment(
+        self, lease: Lease, name: str, data: bytes, seen: dict[str, list[ObjectId]]
+    ) -> bool:
         doc = self.jobs.find_one(lease.fence, projection={"_attachments": 1})
         if doc is None:
             return False
         file_id = self.gfs.put(data, filename=f"{lease.id}_{name}", tid=lease.tid, name=name)
-        old = [a for a in doc.get("_attachments", []) if a[0] == name]
+        seen["put"].append(file_id)
+        seen["old"] += [a[1] for a in doc.get("_attachments", []) if a[0] == name]
         new = [a for a in doc.get("_attachments", []) if a[0] != name] + [[name, file_id]]
         updated = self.jobs.update_one(
             lease.fence, {"$set": {"_attachments": new}, "$currentDate": {"mtime": True}}
         )
-        stale = old if updated.matched_count == 1 else [[name, file_id]]
-        for _name, stale_id in stale:
-            self.delete_file(stale_id)
+        if updated.matched_count != 1:
+            seen["unlinked"].append(file_id)
         return updated.matched_count == 1
 
     @retrying
@@ -95,7 +111,6 @@ class Attachments:
         best = rules.best_trial(rows)
         return None if best is None else self.jobs.find_one({"_id": best["_id"]})
 
-    @retrying
     def drop_superseded_models(
         self, exp_key: str | None, name: str, worse_than: float, *, keep_tid: int
     ) -> int:
@@ -104,14 +119,31 @@ class Attachments:
         except ``keep_tid``; returns how many went.
 
         The one write to finished trials: it removes a superseded model, never a result. Each
-        update is conditional on the attachment list it read, so concurrent calls are safe."""
+        update is conditional on the attachment list it read, so concurrent calls are safe.
+        The files go after the links (each deletion retried on its own), so a retry of the
+        unlinking after an outage does not lose track of the files already unlinked."""
+        unlinked: dict[Any, list[ObjectId]] = {}
+        self._unlink_superseded(exp_key, name, worse_than, keep_tid, unlinked)
+        for files in unlinked.values():
+            for file_id in files:
+                self.delete_file(file_id)
+        return len(unlinked)
+
+    @retrying
+    def _unlink_superseded(
+        self,
+        exp_key: str | None,
+        name: str,
+        worse_than: float,
+        keep_tid: int,
+        unlinked: dict[Any, list[ObjectId]],
+    ) -> None:
         query = {
             "exp_key": exp_key,
             "state": int(TrialState.DONE),
             "tid": {"$ne": keep_tid},
             "_attachments": {"$exists": True},
         }
-        dropped = 0
         for row in self.jobs.find(query, projection={"state": 1, "result": 1, "_attachments": 1}):
             loss = rules.ok_loss(row)
             if loss is not None and loss <= worse_than:
@@ -126,10 +158,7 @@ class Attachments:
                 {"$set": {"_attachments": kept}, "$currentDate": {"mtime": True}},
             )
             if updated.matched_count == 1:
-                for _name, file_id in gone:
-                    self.delete_file(file_id)
-                dropped += 1
-        return dropped
+                unlinked[row["_id"]] = [file_id for _name, file_id in gone]
 
     def get_domain_blob(self, exp_key: str | None) -> bytes | None:
         """hyperopt's pickled ``FMinIter_Domain`` attachment for ``exp_key`` (trusted workers)."""
@@ -162,18 +191,22 @@ class Attachments:
 
     @retrying
     def write_experiment_file(self, exp_key: str | None, name: str, data: bytes) -> None:
-        """Replace the experiment's file ``name``: the new version is written first, then the
-        older ones go, so a reader (a worker unpickling the domain) always finds one whole
-        version. hyperopt deletes first, leaving a window (or, if killed there, nothing)."""
-        query = _file_query(exp_key)
-        new_id = self.gfs.put(data, filename=name, encoding="utf-8", **query)
-        for old in self.gfs.find({"filename": name, **query, "_id": {"$ne": new_id}}):
+        """Replace the experiment's file ``name``: the new version is written first, then every
+        version but the newest goes, so a reader (a worker unpickling the domain) always finds
+        one whole version, even with two writers at once. hyperopt deletes first, leaving a
+        window (or, if killed there, nothing). ``exp_key=None`` replaces the file written
+        without an experiment, never other experiments' files."""
+        query = {"filename": name, "exp_key": exp_key}
+        self.gfs.put(data, filename=name, encoding="utf-8", **_file_query(exp_key))
+        versions = self.gfs.find(query, sort=[("uploadDate", -1), ("_id", -1)])
+        for old in list(versions)[1:]:
             self.delete_file(old._id)
 
     @retrying
     def delete_experiment_file(self, exp_key: str | None, name: str) -> bool:
-        """Delete every version of the experiment's file ``name``; ``False`` if there was none."""
-        found = list(self.gfs.find({"filename": name, **_file_query(exp_key)}))
+        """Delete every version of the experiment's file ``name`` (``exp_key=None``: the file
+        written without an experiment); ``False`` if there was none."""
+        found = list(self.gfs.find({"filename": name, "exp_key": exp_key}))
         for old in found:
             self.delete_file(old._id)
         return bool(found)

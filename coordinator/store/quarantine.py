@@ -50,9 +50,10 @@ class Quarantine:
         ``owner`` and ``attempt`` it was read with; ``True`` when this call wrote), leave it
         alone otherwise (``False``). Logged once per document and process."""
         first = doc.get("_id") not in self._unusable
-        self._unusable.add(doc.get("_id"))
         own = self.is_own_experiment(doc.get("exp_key"))
         written = own and self._mark_malformed(doc, problem)
+        # only now: if the write failed (an outage), the caller's retry must meet it again
+        self._unusable.add(doc.get("_id"))
         if first:
             logger.warning(
                 "job document %s (exp key %.60r, tid %.40r) cannot be used: %s; %s",

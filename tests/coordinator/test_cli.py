@@ -276,7 +276,7 @@ def test_cancel_names_the_known_experiments_and_explains_plain_fmin(
 def test_unreachable_server_inspection_fails_fast_search_waits_its_budget() -> None:
     """Inspection answers at once; a search (a long-running process, often restarted by a
     supervisor while the database restarts) waits up to $HYPERFLEET_OUTAGE_S, saying so at
-    once, then fails with one line; a host name that does not resolve is not waited for."""
+    once, then fails with one line."""
     import time
 
     started = time.monotonic()
@@ -295,11 +295,10 @@ def test_unreachable_server_inspection_fails_fast_search_waits_its_budget() -> N
     assert "cannot reach MongoDB at mongodb://127.0.0.1:9/: waited" in lines[-1]
     assert len(lines) == 2 and time.monotonic() - started < 40
 
-    started = time.monotonic()
-    env = cli_env(HYPERFLEET_OUTAGE_S="120")
+    # a name that does not resolve is waited for too (a restarting container's DNS name)
+    env = cli_env(HYPERFLEET_OUTAGE_S="1")
     out = hyperfleet("search", "quadratic", "--mongo", "mongodb://no-such-host.invalid/", env=env)
     assert out.returncode == 1 and "cannot reach MongoDB" in out.stderr
-    assert "waiting" not in out.stderr and time.monotonic() - started < 40
 
 
 def test_a_worker_started_before_its_server_waits_for_it(tmp_path: Path) -> None:

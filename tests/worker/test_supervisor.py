@@ -155,8 +155,32 @@ def test_a_stopped_child_is_killed_after_the_limit(store: TrialStore, config: Ru
         pid = runner._proc.pid
         threading.Timer(0.5, os.kill, (pid, signal.SIGSTOP)).start()
         started = time.monotonic()
-        with pytest.raises(TrialCrashed, match="stopped .* for 1 s"):
+        with pytest.raises(TrialCrashed, match=r"stopped \(SIGSTOP\) for \d+ s"):
             runner.run(lease, {"pid": 6}, threading.Event())
         assert time.monotonic() - started < 20 and runner._proc is None
     finally:
         runner.close()
+
+
+def test_a_child_that_cannot_be_started_stops_the_worker_in_one_line(
+    store: TrialStore, config: RunnerConfig
+) -> None:
+    """No file descriptor left (EMFILE): every trial would crash and lose an attempt; the
+    worker exits with one line instead (its trial is reaped when its lease runs out)."""
+    import resource
+
+    from coordinator.errors import HyperfleetError
+
+    lease = lease_for(store, "nofd", "whoami", {"sleep": 0.0})
+    runner = ChildRunner(config)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use, hard))  # the pipe needs two more
+    try:
+        with pytest.raises(HyperfleetError, match="cannot start a trial process .*Too many open"):
+            runner.run(lease, {"pid": 7}, threading.Event())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        runner.close()
+    assert runner._proc is None
+

@@ -105,3 +105,40 @@ def test_a_replaced_experiment_file_is_never_missing(store: TrialStore) -> None:
     assert store.delete_experiment_file("exp", "FMinIter_Domain")
     assert not store.delete_experiment_file("exp", "FMinIter_Domain")
     assert store.get_domain_blob("exp") is None
+
+
+def test_experiment_files_stay_within_their_experiment(store: TrialStore) -> None:
+    """Replacing or deleting a file of one experiment (or of none: plain fmin's default
+    ``exp_key=None``) never touches another experiment's copy (review finding: ``None``
+    matched every experiment's ``FMinIter_Domain``)."""
+    store.write_experiment_file("a", "FMinIter_Domain", b"a")
+    store.write_experiment_file("b", "FMinIter_Domain", b"b")
+    store.write_experiment_file(None, "FMinIter_Domain", b"none1")
+    store.write_experiment_file(None, "FMinIter_Domain", b"none2")
+    assert store.read_experiment_file("a", "FMinIter_Domain") == b"a"
+    assert store.read_experiment_file("b", "FMinIter_Domain") == b"b"
+    assert store.db["fs.files"].count_documents({"filename": "FMinIter_Domain"}) == 3
+    assert store.delete_experiment_file(None, "FMinIter_Domain")
+    assert store.read_experiment_file("a", "FMinIter_Domain") == b"a"
+    assert store.read_experiment_file("b", "FMinIter_Domain") == b"b"
+    assert store.has_experiment_file("b", "FMinIter_Domain")
+
+
+def test_two_writers_at_once_leave_one_whole_version(store: TrialStore) -> None:
+    """Each writer keeps the newest version, not its own: two at once never delete both."""
+    import threading
+
+    barrier = threading.Barrier(2)
+
+    def write(tag: bytes) -> None:
+        barrier.wait()
+        for _ in range(10):
+            store.write_experiment_file("exp", "shared", tag * 100)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in (b"x", b"y")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.read_experiment_file("exp", "shared") in (b"x" * 100, b"y" * 100)
+    assert store.db["fs.files"].count_documents({"filename": "shared"}) == 1
