@@ -33,7 +33,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -521,22 +521,23 @@ class HyperfleetTrials(MongoTrials):
         return ExperimentAttachments(self.handle, self._exp_key or None)
 
 
-class ExperimentAttachments:
-    """An experiment's files: ``name in a``, ``a[name]``, ``a[name] = bytes``, ``del a[name]``,
-    ``len``, iteration, ``keys``/``values``/``items``; a missing name is a ``KeyError``."""
+class ExperimentAttachments(MutableMapping[str, bytes]):
+    """An experiment's files, a mapping of name to bytes (``in``, ``a[name]``, ``a[name] =
+    bytes``, ``del a[name]``, ``len``, iteration, ``keys``/``values``/``items``); a missing
+    name is a ``KeyError``."""
 
     def __init__(self, store: TrialStore, exp_key: str | None) -> None:
         self.store = store
         self.exp_key = exp_key
 
-    def __contains__(self, name: object) -> bool:
+    def __contains__(self, name: object) -> bool:  # one query, not a read of the file
         return isinstance(name, str) and self.store.has_experiment_file(self.exp_key, name)
 
     def __len__(self) -> int:
-        return len(self.keys())
+        return len(self.store.experiment_file_names(self.exp_key))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
+        return iter(self.store.experiment_file_names(self.exp_key))
 
     def __getitem__(self, name: str) -> bytes:
         data = self.store.read_experiment_file(self.exp_key, name)
@@ -551,19 +552,10 @@ class ExperimentAttachments:
         if not self.store.delete_experiment_file(self.exp_key, name):
             raise KeyError(name)
 
-    def keys(self) -> list[str]:
-        return self.store.experiment_file_names(self.exp_key)
 
-    def values(self) -> list[bytes]:
-        return [self[k] for k in self]
-
-    def items(self) -> list[tuple[str, bytes]]:
-        return [(k, self[k]) for k in self]
-
-
-class TrialAttachments:
-    """One trial's attachments: ``name in a``, ``a[name]``, ``a[name] = bytes``, ``del a[name]``,
-    ``len``, iteration, ``keys``/``values``/``items``."""
+class TrialAttachments(MutableMapping[str, bytes]):
+    """One trial's attachments, a mapping of name to bytes (``in``, ``a[name]``, ``a[name] =
+    bytes``, ``del a[name]``, ``len``, iteration, ``keys``/``values``/``items``)."""
 
     def __init__(self, store: TrialStore, trial: dict[str, Any]) -> None:
         self.store = store
@@ -594,15 +586,6 @@ class TrialAttachments:
         if name not in self:
             raise KeyError(name)
         self.store.delete_attachment(self.trial, name, collection=self.store.jobs)
-
-    def keys(self) -> list[str]:
-        return list(self)
-
-    def values(self) -> list[bytes]:
-        return [self[k] for k in self]
-
-    def items(self) -> list[tuple[str, bytes]]:
-        return [(k, self[k]) for k in self]
 
 
 def open_trials(uri: str, exp_key: str, db: str = defaults.DB_NAME) -> HyperfleetTrials:
