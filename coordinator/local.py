@@ -86,11 +86,17 @@ def check_gpu_ids(gpus: list[str], option: str = "--gpus") -> None:
         )
 
 
+#: how often ``local`` replaces one worker slot's dead worker before giving that slot up
+WORKER_RESTARTS = 3
+
+
 class LocalRun:
     def __init__(self, config: LocalConfig) -> None:
         self.config = config
         self.server = EmbeddedServer(config.db_path)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._envs: list[dict[str, str]] = []
+        self._restarts: list[int] = []  #: per worker slot, how often it was replaced
         self.log_dir = config.log_dir or Path(config.db_path).resolve().parent / "logs"
 
     def run(self) -> SearchOutcome:
@@ -104,6 +110,9 @@ class LocalRun:
             if self.config.after is not None:
                 self.config.after(store, outcome)
             return outcome
+        except KeyboardInterrupt:
+            self._finish_running_trials()
+            raise
         finally:
             self._stop_workers()
             self.server.stop()
@@ -114,41 +123,94 @@ class LocalRun:
         check_exp_key(self.config.search.exp_key, "exp key")  # it names the log files
         self.log_dir.mkdir(parents=True, exist_ok=True)
         envs = self.config.worker_envs or [{} for _ in range(self.config.workers)]
-        for i, extra_env in enumerate(envs):
-            env = {**os.environ, "HYPERFLEET_MONGO": self.server.uri, **extra_env}
-            cmd = [
-                sys.executable,
-                "-m",
-                "coordinator",
-                "worker",
-                "--db",
-                self.config.db,
-                "--exp-key",
-                self.config.search.exp_key,
-                *self.config.worker_args,
-            ]
-            log_path = self.log_dir / f"{self.config.search.exp_key}-worker-{i}.log"
-            with open(log_path, "ab") as log:
-                # SIGKILLed with us: a search nobody drives needs no workers; their trials
-                # are requeued by the next run's reaper
-                self.procs.append(
-                    subprocess.Popen(
-                        die_with_parent(cmd, signal.SIGKILL),
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                    )
-                )
+        self._envs = envs
+        self.procs = [self._spawn(i) for i in range(len(envs))]
+        self._restarts = [0] * len(envs)
         logger.info("started %s; their logs: %s", counted(len(self.procs), "worker"), self.log_dir)
 
-    def _check_workers(self) -> None:
-        dead = [p for p in self.procs if p.poll() is not None and p.returncode != 0]
-        if dead and len(dead) == len(self.procs):
-            raise HyperfleetError(
-                f"all {len(dead)} workers exited with errors (first: code {dead[0].returncode}); "
-                f"see their logs in {self.log_dir}"
+    def _log_path(self, i: int) -> Path:
+        return self.log_dir / f"{self.config.search.exp_key}-worker-{i}.log"
+
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "HYPERFLEET_MONGO": self.server.uri, **self._envs[i]}
+        cmd = [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "worker",
+            "--db",
+            self.config.db,
+            "--exp-key",
+            self.config.search.exp_key,
+            *self.config.worker_args,
+        ]
+        with open(self._log_path(i), "ab") as log:
+            # SIGKILLed with us: a search nobody drives needs no workers; their trials are
+            # requeued by the next run's reaper. Their own session: a Ctrl-C in the terminal
+            # reaches this process only, which decides what the workers do (see run()).
+            return subprocess.Popen(
+                die_with_parent(cmd, signal.SIGKILL),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
+
+    def _check_workers(self) -> None:
+        """A worker that died during the search (killed, crashed) is replaced, up to
+        ``WORKER_RESTARTS`` times per slot; its trial goes back to the queue when its lease
+        runs out. When every slot has given up, the search stops with one error."""
+        from worker.supervisor import describe_exit
+
+        for i, proc in enumerate(self.procs):
+            code = proc.poll()
+            if code is None or code == 0 or self._restarts[i] > WORKER_RESTARTS:
+                continue  # running, left by itself (the search is over), or given up
+            self._restarts[i] += 1
+            if self._restarts[i] > WORKER_RESTARTS:
+                logger.error(
+                    "worker %d %s again: not restarted any more (%d restarts); see %s",
+                    i,
+                    describe_exit(code),
+                    WORKER_RESTARTS,
+                    self._log_path(i),
+                )
+                continue
+            logger.warning(
+                "worker %d (pid %d) %s; its trial goes back to the queue when its lease runs "
+                "out; starting a new one (log: %s)",
+                i,
+                proc.pid,
+                describe_exit(code),
+                self._log_path(i),
+            )
+            self.procs[i] = self._spawn(i)
+        if all(n > WORKER_RESTARTS for n in self._restarts):
+            code = self.procs[0].returncode
+            raise HyperfleetError(
+                f"all {len(self.procs)} workers kept exiting with errors (first: "
+                f"{describe_exit(code)}); see their logs in {self.log_dir}"
+            )
+
+    def _finish_running_trials(self) -> None:
+        """The first Ctrl-C (or SIGTERM): no new trials; each worker finishes its running
+        trial, records it and exits. A second Ctrl-C hands the running trials back at once."""
+        live = [p for p in self.procs if p.poll() is None]
+        if not live:
+            return
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)  # one: finish the trial, then exit
+        logger.warning(
+            "stopping: %s finish their running trials first (Ctrl-C again to hand them back "
+            "to the queue now)",
+            counted(len(live), "worker"),
+        )
+        try:
+            for proc in live:
+                proc.wait()
+        except KeyboardInterrupt:
+            logger.warning("handing the running trials back now")
 
     def _stop_workers(self, grace_s: float = 30.0) -> None:
         """Workers leave by themselves once the search is over; stragglers get two SIGTERMs

@@ -124,7 +124,13 @@ def search(space_name: str, mongo: str, db: str, exp_key: str | None, **search_o
         "and --spaces as this search)",
     )
     coordinator.on_tick = lambda trials, counts: notice.check()
-    outcome = coordinator.run()
+    try:
+        outcome = coordinator.run()
+    except KeyboardInterrupt:
+        raise click.ClickException(
+            f"interrupted; experiment {config.exp_key!r} stays in the database (running trials "
+            "finish on their workers): rerun the same command to continue"
+        ) from None
     _print_outcome(outcome)
 
 

@@ -331,6 +331,24 @@ def test_a_worker_started_before_its_server_waits_for_it(tmp_path: Path) -> None
     assert "answers after" in log.read_text()
 
 
+def test_search_ctrl_c_says_how_to_continue(server, db_name: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "search", "quadratic", "--mongo", server.uri]
+        + ["--db", db_name, "--exp-key", "intr", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    store = connect(server.uri, db_name)
+    wait_for(lambda: store.count("intr", [TrialState.NEW]) > 0, 60, what="queued trials")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err and "Aborted!" not in err
+    assert "interrupted; experiment 'intr' stays in the database" in err
+    assert "rerun the same command to continue" in err
+
+
 def test_password_comes_from_env_and_is_redacted() -> None:
     out = hyperfleet(
         "search",

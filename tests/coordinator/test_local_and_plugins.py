@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -38,6 +39,7 @@ def test_local_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(),
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     head = ""
     while "embedded server ready at" not in head:
@@ -46,11 +48,16 @@ def test_local_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path: Path) -> None:
         head += line
     uri = re.search(r"ready at (mongodb://\S+)", head)[1]
     wait_for(lambda: connect(uri).count("ctrlc", [TrialState.DONE]) >= 1, 60, what="a trial")
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "interrupted; finished trials are kept" in err and "--exp-key ctrlc" in err
     assert "Traceback" not in err
+    # the workers (their own session: the terminal's SIGINT does not reach them) were asked
+    # once, so they finished their running trials instead of handing them back
+    assert "finish their running trials first" in err and "handing" not in err
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("ctrlc-worker-*.log"))
+    assert "handing trial" not in logs and "stopped by signal" in logs
     # everything stopped: the db path is free again, and no trial is left RUNNING
     with EmbeddedServer(tmp_path / "db") as srv:
         counts = connect(srv.uri).count_by_state("ctrlc")
@@ -86,3 +93,39 @@ def test_spaces_from_entry_point_group(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "plugin_cubic: a space from a plugin  [entry point hf_plugin:plugin_space]" in out.stdout
     assert "--set scale=1 [int]" in out.stdout
+
+
+def _workers_of(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"worker" in cmdline:
+                found.append(int(child))
+    return found
+
+
+def test_local_replaces_a_worker_that_dies(tmp_path: Path) -> None:
+    """`local` is its workers' parent: one SIGKILLed mid-search is replaced at once (before,
+    the search went on one worker short, and said nothing)."""
+    args = ["local", "quadratic", "--workers", "2", "--max-evals", "16", "--exp-key", "rw"]
+    args += ["--set", "sleep=0.5", "--db-path", str(tmp_path / "db"), "--no-progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        pids = wait_for(lambda: len(_workers_of(proc.pid)) == 2 and _workers_of(proc.pid), 60)
+        os.kill(pids[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert re.search(rf"worker \d \(pid {pids[0]}\) killed by SIGKILL.*starting a new one", err)
+    assert re.search(r"experiment rw: done 16 ", out)
