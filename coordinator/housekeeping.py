@@ -115,7 +115,8 @@ class NoWorkerNotice:
     """Logs (at WARNING, so also when stderr is no terminal) that no live worker serves the
     search: after ``NO_WORKER_NOTICE_S`` without one, then every ten times that while none
     comes; once when one arrives after such a line. Asks the registry at most once a second.
-    ``hint``: how to start a worker that serves it."""
+    ``hint``: how to start a worker that serves it; ``pickled``: only workers that run pickled
+    objectives (``--trust-pickled``) count (plain fmin's trials)."""
 
     def __init__(
         self,
@@ -124,10 +125,12 @@ class NoWorkerNotice:
         *,
         hint: str,
         after_s: float = NO_WORKER_NOTICE_S,
+        pickled: bool = False,
     ) -> None:
         self.store = store
         self.exp_key = exp_key
         self.hint = hint
+        self.pickled = pickled  # only workers started with --trust-pickled serve it
         self.after_s = after_s
         self._since = time.monotonic()
         self._checked = 0.0
@@ -138,7 +141,10 @@ class NoWorkerNotice:
         if now - self._checked < 1.0:
             return
         self._checked = now
-        if self.store.live_workers(defaults.STALE_WORKER_S, self.exp_key):
+        live = self.store.live_workers(defaults.STALE_WORKER_S, self.exp_key)
+        if self.pickled:  # a worker without --trust-pickled leaves plain fmin's trials alone
+            live = [w for w in live if w.get("trust_pickled") is True]
+        if live:
             if self._said is not None:
                 logger.warning("a worker now serves %r", self.exp_key)
             self._since, self._said = now, None

@@ -462,6 +462,7 @@ class HyperfleetTrials(MongoTrials):
             self._exp_key,
             hint=f"`hyperfleet worker --trust-pickled{pinned}` on the same database "
             "(plain fmin's objective is pickled: only --trust-pickled workers run it)",
+            pickled=self.space_name is None,
         )
 
         def on_poll(trials: HyperfleetTrials) -> None:

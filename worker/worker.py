@@ -42,6 +42,8 @@ IDLE_POLL_MIN_S = 0.01  # first idle re-poll; doubles up to --poll
 SEARCH_OVER_EVERY_S = 0.5
 #: how often an idle worker without --trust-pickled looks for plain-fmin (pickled) trials
 PICKLED_CHECK_S = 5.0
+#: a pinned worker idle this long with no experiment of its key says so (once)
+MISSING_EXPERIMENT_NOTE_S = 10.0
 #: workers reap expired leases every ``lease_s`` times this (whoever drives the search, even
 #: a plain ``hyperopt.fmin`` or none at all, a dead worker's trial goes back to the queue)
 REAP_EVERY_LEASE = 0.5
@@ -91,6 +93,7 @@ class Worker:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "exp_key": config.exp_key,
+            "trust_pickled": config.trust_pickled,  # whether it runs plain fmin's trials
             **config.info,
         }
         for path in config.spaces:
@@ -120,6 +123,7 @@ class Worker:
         self._last_registered = 0.0
         self._last_pickled_check = float("-inf")
         self._pickled_noted: set[str] = set()  #: exp keys whose pickled trials were logged
+        self._missing_noted = False  #: whether a missing pinned experiment was logged
         self._last_reap = 0.0
         #: experiments whose search space this worker does not know: not served by it
         self._skipped_exp_keys: set[str | None] = set()
@@ -363,10 +367,33 @@ class Worker:
             return False
         self._last_over_check = now
         exp = self.store.get_experiment(self.config.exp_key)
-        if exp is None or exp.get("status") == ExperimentStatus.RUNNING.value:
+        if exp is None:
+            self._note_missing_experiment(now)
+            return False
+        if exp.get("status") == ExperimentStatus.RUNNING.value:
             return False
         queued = self.store.count(self.config.exp_key, [int(TrialState.NEW)])
         return queued == 0
+
+    def _note_missing_experiment(self, now: float) -> None:
+        """A worker pinned to an experiment that does not exist (a typo in --exp-key or --db,
+        or a search not started yet) says so once, after ``MISSING_EXPERIMENT_NOTE_S`` idle,
+        naming the experiments it could have meant. Plain fmin makes no experiment document:
+        trials of the key count as an experiment."""
+        key = self.config.exp_key
+        if self._missing_noted or now - self._idle_since < MISSING_EXPERIMENT_NOTE_S:
+            return
+        self._missing_noted = True
+        if key in self.store.trial_exp_keys():
+            return  # plain hyperopt fmin's experiment
+        known = sorted(str(e.get("_id")) for e in self.store.list_experiments())[:10]
+        logger.warning(
+            "no experiment %r in database %r yet (%s); waiting for it: check --exp-key and --db "
+            "if no search is about to start",
+            key,
+            self.store.db_name,
+            f"known: {', '.join(known)}" if known else "the database holds no experiments",
+        )
 
     def _register(self, tid: int | None, force: bool = False) -> None:
         """Refresh this worker's row in ``workers`` (host, GPU, current trial, last seen), at most

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from coordinator.cli import main
 from coordinator.cli.options import check_exp_key
 from coordinator.errors import ConfigError
+from coordinator.store import connect
 from tests.conftest import cli_env, hyperfleet, queue_trials, start_worker, stop_all, wait_for
 
 UNREACHABLE = "mongodb://127.0.0.1:9/"  # a command that got as far as connecting would say so
@@ -144,7 +145,15 @@ def test_plain_fmin_without_a_live_worker_says_so(server, db_name) -> None:
         "fmin(lambda x: x, hp.uniform('x', 0, 1), algo=rand.suggest, max_evals=2,\n"
         "     trials=trials, show_progressbar=False)\n"
     )
-    seen = _stderr_until([sys.executable, "-c", script], "no live worker serves")
+    # a live worker without --trust-pickled does not count: it leaves these trials alone
+    # (new-user review, stop 11: fmin then stalled without a word)
+    untrusting = start_worker(server.uri, db_name, "--exp-key", "lonely-fmin", "--no-warm")
+    try:
+        store = connect(server.uri, db_name)
+        wait_for(lambda: store.live_workers(60, "lonely-fmin"), 60, what="the worker's row")
+        seen = _stderr_until([sys.executable, "-c", script], "no live worker serves")
+    finally:
+        stop_all([untrusting])
     assert "no live worker serves 'lonely-fmin'" in seen, seen
     assert "hyperfleet worker --trust-pickled --exp-key lonely-fmin" in seen
 

@@ -78,3 +78,18 @@ def test_a_signal_during_the_warm_up_stops_the_worker_at_once(
         stop_all([worker])
     text = log.read_text()
     assert "stopped by signal" in text and "ready" not in text, text
+
+
+def test_a_worker_pinned_to_a_missing_experiment_says_so(
+    server, db_name, store: TrialStore, tmp_path
+) -> None:
+    """A typo in --exp-key left the worker waiting forever without a word (new-user review)."""
+    store.create_experiment({"_id": "q1", "space": "quadratic", "status": "running"})
+    log = tmp_path / "w.log"
+    worker = start_worker(server.uri, db_name, "--exp-key", "q1x", "--no-warm", log=log)
+    try:
+        wait_for(lambda: "no experiment 'q1x'" in log.read_text(), 60, what="the warning")
+        assert worker.poll() is None  # it keeps waiting: a search may be about to start
+    finally:
+        stop_all([worker])
+    assert "known: q1" in log.read_text()
