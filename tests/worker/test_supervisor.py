@@ -183,4 +183,3 @@ def test_a_child_that_cannot_be_started_stops_the_worker_in_one_line(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         runner.close()
     assert runner._proc is None
-
