@@ -103,8 +103,9 @@ class LocalRun:
         self.server.start()
         try:
             store = connect(self.server.uri, self.config.db)
-            self._start_workers()
             coordinator = Coordinator(store, self.config.search)
+            coordinator.prepare()  # a rerun with other settings is refused before any worker
+            self._start_workers()
             coordinator.on_tick = lambda trials, counts: self._check_workers()
             outcome = coordinator.run()
             if self.config.after is not None:

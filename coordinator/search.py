@@ -189,15 +189,23 @@ def _started_doc(
 ) -> dict[str, Any]:
     """The experiment document of a search starting (or resuming) with ``config``; raises
     :class:`ExperimentMismatch` if ``existing`` holds another search (unless ``force``)."""
-    if existing is not None and not config.force:
+    if existing is not None:
         before = _as_stored_today(existing)
         differs = [k for k, v in wanted.items() if before.get(k) != v]
         if differs:
             was = ", ".join(f"{k}={before.get(k)!r}" for k in differs)
             now = ", ".join(f"{k}={wanted[k]!r}" for k in differs)
-            raise ExperimentMismatch(
-                f"exp key {config.exp_key!r} already holds a search with {was}; this run asks "
-                f"for {now}. Use another --exp-key, or --force to continue it anyway"
+            if not config.force:
+                raise ExperimentMismatch(
+                    f"exp key {config.exp_key!r} already holds a search with {was}; this run "
+                    f"asks for {now}. Use another --exp-key, or --force to continue it anyway"
+                )
+            logger.warning(
+                "--force: continuing %r, whose stored trials were made with %s, as a search "
+                "with %s; its best trial may come from the old one",
+                config.exp_key,
+                was,
+                now,
             )
     doc = {
         **(existing or {}),
@@ -264,11 +272,20 @@ class Coordinator:
             max_attempts=config.max_attempts,
         )
         self._progress: SearchProgress | None = None
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Create the experiment document, or check that a rerun asks for the same search
+        (:func:`prepare_experiment`); :meth:`run` does it unless it was done. ``local`` calls
+        it before it starts any worker, so a mismatch is refused before anything runs."""
+        prepare_experiment(self.store, self.config)
+        self._prepared = True
 
     def run(self) -> SearchOutcome:
         config = self.config
         started = time.monotonic()
-        prepare_experiment(self.store, config)
+        if not self._prepared:
+            self.prepare()
         trials = HyperfleetTrials(
             self.store,
             exp_key=config.exp_key,

@@ -129,3 +129,14 @@ def test_local_replaces_a_worker_that_dies(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert re.search(rf"worker \d \(pid {pids[0]}\) killed by SIGKILL.*starting a new one", err)
     assert re.search(r"experiment rw: done 16 ", out)
+
+
+def test_local_refuses_other_settings_before_starting_workers(tmp_path: Path) -> None:
+    """A rerun with other settings was refused only after the workers had started (7 s)."""
+    args = ["local", "quadratic", "--workers", "1", "--max-evals", "1", "--exp-key", "mm"]
+    args += ["--set", "sleep=0", "--db-path", str(tmp_path / "db"), "--no-progress"]
+    first = hyperfleet(*args, cwd=tmp_path, timeout=120)
+    assert first.returncode == 0, first.stderr
+    again = hyperfleet(*args, "--set", "bound=2", cwd=tmp_path, timeout=120)
+    assert again.returncode == 1 and "already holds a search with" in again.stderr
+    assert "started 1 worker" not in again.stderr, again.stderr

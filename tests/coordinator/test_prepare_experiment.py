@@ -75,3 +75,21 @@ def test_a_concurrent_write_is_read_again(store: TrialStore, monkeypatch) -> Non
     prepare_experiment(store, _config())
     exp = read("e")
     assert exp["status"] == ExperimentStatus.RUNNING and exp["test"] == {"accuracy": 0.5}
+
+
+def test_force_says_what_it_mixes(store: TrialStore, caplog: pytest.LogCaptureFixture) -> None:
+    """--force continued another search without a word (new-user review)."""
+    import dataclasses
+
+    from coordinator.errors import ExperimentMismatch
+
+    prepare_experiment(store, _config())
+    space = get_space("quadratic")
+    other = dataclasses.replace(_config(), settings=space.resolve_settings({"bound": 2.0}))
+    with pytest.raises(ExperimentMismatch, match="bound"):
+        prepare_experiment(store, other)
+    assert not caplog.records
+    prepare_experiment(store, dataclasses.replace(other, force=True))
+    (line,) = [r.getMessage() for r in caplog.records if "--force" in r.getMessage()]
+    assert "'bound': 10.0" in line and "'bound': 2.0" in line
+    assert store.get_experiment("e")["settings"]["bound"] == 2.0
