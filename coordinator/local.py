@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator import defaults
-from coordinator.errors import ConfigError, HyperfleetError, counted
+from coordinator.errors import HyperfleetError, counted
 from coordinator.search import Coordinator, SearchConfig, SearchOutcome
 from coordinator.server import EmbeddedServer, die_with_parent
 from coordinator.store import TrialStore, connect
@@ -49,41 +49,6 @@ def local_worker_envs(
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     per_worker = threads or max(1, (cores or 1) // len(pins))
     return [{"HYPERFLEET_GPU": pin, "HYPERFLEET_THREADS": str(per_worker)} for pin in pins]
-
-
-def check_gpu_ids(gpus: list[str], option: str = "--gpus") -> None:
-    """Refuse GPU ids this machine does not have (``nvidia-smi -L`` numbers them, as
-    ``CUDA_VISIBLE_DEVICES`` does): a worker pinned to a missing GPU would quietly train on
-    the CPU. Without a working ``nvidia-smi`` nothing can be checked: a warning says so."""
-    try:
-        listed = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        logger.warning(
-            "%s %s: cannot check the GPU ids (nvidia-smi -L: %s); a worker pinned to a GPU "
-            "that does not exist trains on the CPU",
-            option,
-            ",".join(gpus),
-            e.strerror if isinstance(e, OSError) else "timed out",
-        )
-        return
-    found = sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
-    if listed.returncode != 0 or not found:
-        why = (listed.stderr or listed.stdout).strip().splitlines()[:1] or ["no GPU listed"]
-        logger.warning(
-            "%s %s: nvidia-smi -L lists no GPU (%s); workers pinned to GPUs train on the CPU",
-            option,
-            ",".join(gpus),
-            why[0][:200],
-        )
-        return
-    missing = [g for g in gpus if int(g) >= found]
-    if missing:
-        raise ConfigError(
-            f"{option} {','.join(gpus)}: this machine has {counted(found, 'GPU')} (ids 0 to "
-            f"{found - 1}, see nvidia-smi -L); there is no GPU {missing[0]}"
-        )
 
 
 #: how often ``local`` replaces one worker slot's dead worker before giving that slot up

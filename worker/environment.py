@@ -7,8 +7,14 @@ friends plus TensorFlow's and XLA's own for threads.
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
 from typing import Any
+
+from coordinator.errors import ConfigError, counted
+
+logger = logging.getLogger(__name__)
 
 _THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -47,3 +53,38 @@ def pin_devices(gpu: str | None, threads: int | None) -> dict[str, Any]:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "threads": threads,
     }
+
+
+def check_gpu_ids(gpus: list[str], option: str = "--gpus") -> None:
+    """Refuse GPU ids this machine does not have (``nvidia-smi -L`` numbers them, as
+    ``CUDA_VISIBLE_DEVICES`` does): a worker pinned to a missing GPU would quietly train on
+    the CPU. Without a working ``nvidia-smi`` nothing can be checked: a warning says so."""
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        logger.warning(
+            "%s %s: cannot check the GPU ids (nvidia-smi -L: %s); a worker pinned to a GPU "
+            "that does not exist trains on the CPU",
+            option,
+            ",".join(gpus),
+            e.strerror if isinstance(e, OSError) else "timed out",
+        )
+        return
+    found = sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
+    if listed.returncode != 0 or not found:
+        why = (listed.stderr or listed.stdout).strip().splitlines()[:1] or ["no GPU listed"]
+        logger.warning(
+            "%s %s: nvidia-smi -L lists no GPU (%s); workers pinned to GPUs train on the CPU",
+            option,
+            ",".join(gpus),
+            why[0][:200],
+        )
+        return
+    missing = [g for g in gpus if int(g) >= found]
+    if missing:
+        raise ConfigError(
+            f"{option} {','.join(gpus)}: this machine has {counted(found, 'GPU')} (ids 0 to "
+            f"{found - 1}, see nvidia-smi -L); there is no GPU {missing[0]}"
+        )

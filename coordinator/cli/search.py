@@ -180,7 +180,8 @@ def local(
             f"--gpus ({len(gpus)} GPUs) x --per-gpu {per_gpu} is {len(gpus) * per_gpu} worker "
             f"processes: at most {defaults.MAX_LOCAL_WORKERS} on one machine"
         )
-    from coordinator.local import LocalConfig, LocalRun, check_gpu_ids, local_worker_envs
+    from coordinator.local import LocalConfig, LocalRun, local_worker_envs
+    from worker.environment import check_gpu_ids
 
     if gpus:
         check_gpu_ids(gpus)

@@ -121,7 +121,10 @@ def worker(
     check: bool,
 ) -> None:
     """Evaluate trials from MongoDB until stopped, idle or the search is over."""
-    from worker.environment import pin_devices
+    from worker.environment import check_gpu_ids, pin_devices
+
+    if gpu:
+        check_gpu_ids(gpu, "--gpu")  # a GPU this machine lacks would quietly mean the CPU
 
     # before any framework is imported; [] is the CPU
     env_info = pin_devices(None if gpu is None else ",".join(gpu) or "none", threads)

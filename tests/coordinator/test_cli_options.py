@@ -108,7 +108,7 @@ def test_local_gpus_the_machine_lacks_are_refused(tmp_path: Path) -> None:
 def test_check_gpu_ids_accepts_listed_gpus_and_warns_without_nvidia_smi(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from coordinator.local import check_gpu_ids
+    from worker.environment import check_gpu_ids
 
     monkeypatch.setenv("PATH", _fake_nvidia_smi(tmp_path, 2)["PATH"])
     check_gpu_ids(["1", "0"])  # both exist: no error, no warning
