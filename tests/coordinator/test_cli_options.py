@@ -103,6 +103,10 @@ def test_local_gpus_the_machine_lacks_are_refused(tmp_path: Path) -> None:
         "there is no GPU 3"
     )
     assert not list((tmp_path / "db").glob("WiredTiger*"))  # refused before the server started
+    worker = CliRunner().invoke(
+        main, ["worker", "--mongo", "mongodb://127.0.0.1:9/", "--gpu", "2"], env=env
+    )
+    assert worker.exit_code == 2 and "--gpu 2: this machine has 2 GPUs" in worker.stderr
 
 
 def test_check_gpu_ids_accepts_listed_gpus_and_warns_without_nvidia_smi(
