@@ -218,7 +218,8 @@ def local(
     where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
     click.echo(
         f"experiment {key}: {counted(len(envs), 'worker')} ({where}, "
-        f"{envs[0]['HYPERFLEET_THREADS']} threads each), results in {Path(db_path).resolve()}",
+        f"{counted(int(envs[0]['HYPERFLEET_THREADS']), 'thread')} each), results in "
+        f"{Path(db_path).resolve()}",
         err=True,
     )
 

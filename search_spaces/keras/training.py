@@ -40,6 +40,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
+class _ExpectedRetracing(logging.Filter):
+    """Drops TensorFlow's "N out of the last N calls to <function> triggered tf.function
+    retracing" warning: a worker builds a new model per trial, so every trial traces anew (its
+    cost is in the trial's ``timing``); the advice in that warning does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(_ExpectedRetracing())
+
 __all__ = [
     "EpochReporter",
     "PhaseClock",

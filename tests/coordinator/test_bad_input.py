@@ -35,7 +35,7 @@ def test_unusable_db_path_is_one_line_before_anything_starts(command: str, tmp_p
     result = hyperfleet(*args, cwd=tmp_path, timeout=60)
     line = one_line(result)
     assert "/proc/nope" in line and "--db-path" in line
-    assert " threads each)" not in result.stderr and not (tmp_path / ".hyperfleet").exists()
+    assert " each), results in" not in result.stderr and not (tmp_path / ".hyperfleet").exists()
 
 
 BAD_KEYS = ["../../X", "a/b", "..", "a\\b", " lead", ""]
@@ -100,7 +100,7 @@ def test_local_max_evals_zero_is_refused_before_starting(tmp_path) -> None:
     )
     line = one_line(result)
     assert "'--max-evals': 0 is not in the range x>=1" in line
-    assert " threads each)" not in result.stderr
+    assert " each), results in" not in result.stderr
     assert not list((tmp_path / "db").glob("WiredTiger*"))
 
 

@@ -125,3 +125,20 @@ def test_lecture_model_reproduces_the_lecture(tmp_path: Path) -> None:
     test = float(re.search(r"test accuracy: (\S+)", out.stdout)[1])
     assert abs(val - LECTURE_VAL_ACCURACY) <= 0.01, out.stdout
     assert test > 0.94, out.stdout
+
+
+def test_tensorflows_retracing_warning_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """Every trial builds a new model, so every trial retraces: TensorFlow's warning about it
+    (two per trial in worker logs, new-user review) says nothing a user can act on."""
+    import logging
+
+    import search_spaces.keras.training  # noqa: F401 - installs the filter
+
+    tf_logger = logging.getLogger("tensorflow")
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        tf_logger.warning(
+            "5 out of the last 5 calls to <function f> triggered tf.function retracing. "
+            "Tracing is expensive"
+        )
+        tf_logger.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
