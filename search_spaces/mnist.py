@@ -184,5 +184,5 @@ mnist_lecture = keras_space(
     build_mlp,
     mnist_data,
     MNIST_SETTINGS,
-    "the lecture's exact MNIST model (one point: 64-64 relu, RMSprop, batch 64), a baseline",
+    "a fixed reference MNIST model (one point: 64-64 relu, RMSprop, batch 64), a baseline",
 )
