@@ -20,6 +20,7 @@ from coordinator import defaults
 from coordinator.errors import HyperfleetError, counted
 from coordinator.search import Coordinator, SearchConfig, SearchOutcome
 from coordinator.server import EmbeddedServer, die_with_parent
+from coordinator.states import ExperimentStatus
 from coordinator.store import TrialStore, connect
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ def local_worker_envs(
 WORKER_RESTARTS = 3
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a supervisor, ``docker stop``): stop now, handing running trials back, unlike
+    a first Ctrl-C, which lets them finish."""
+
+
 class LocalRun:
     def __init__(self, config: LocalConfig) -> None:
         self.config = config
@@ -62,6 +68,7 @@ class LocalRun:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._envs: list[dict[str, str]] = []
         self._restarts: list[int] = []  #: per worker slot, how often it was replaced
+        self._store: TrialStore | None = None
         self.log_dir = config.log_dir or Path(config.db_path).resolve().parent / "logs"
 
     def run(self) -> SearchOutcome:
@@ -70,18 +77,22 @@ class LocalRun:
             store = connect(self.server.uri, self.config.db)
             coordinator = Coordinator(store, self.config.search)
             coordinator.prepare()  # a rerun with other settings is refused before any worker
+            self._store = store
             self._start_workers()
             coordinator.on_tick = lambda trials, counts: self._check_workers()
             outcome = coordinator.run()
             if self.config.after is not None:
                 self.config.after(store, outcome)
             return outcome
-        except KeyboardInterrupt:
-            self._finish_running_trials()
+        except KeyboardInterrupt as stop:
+            if not isinstance(stop, Terminated):  # Ctrl-C: let the running trials finish
+                self._finish_running_trials()
             raise
         finally:
-            self._stop_workers()
-            self.server.stop()
+            try:
+                self._stop_workers()
+            finally:
+                self.server.stop()  # even when another Ctrl-C cut the workers' stop short
 
     def _start_workers(self) -> None:
         from coordinator.cli.options import check_exp_key
@@ -90,8 +101,9 @@ class LocalRun:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         envs = self.config.worker_envs or [{} for _ in range(self.config.workers)]
         self._envs = envs
-        self.procs = [self._spawn(i) for i in range(len(envs))]
         self._restarts = [0] * len(envs)
+        for i in range(len(envs)):  # one at a time: a failure halfway leaves the started ones
+            self.procs.append(self._spawn(i))  # in self.procs, to be stopped
         logger.info("started %s; their logs: %s", counted(len(self.procs), "worker"), self.log_dir)
 
     def _log_path(self, i: int) -> Path:
@@ -129,10 +141,18 @@ class LocalRun:
         runs out. When every slot has given up, the search stops with one error."""
         from worker.supervisor import describe_exit
 
+        running: bool | None = None  # whether the experiment still runs (read when needed)
         for i, proc in enumerate(self.procs):
             code = proc.poll()
-            if code is None or code == 0 or self._restarts[i] > WORKER_RESTARTS:
-                continue  # running, left by itself (the search is over), or given up
+            if code is None or self._restarts[i] > WORKER_RESTARTS:
+                continue  # running, or given up
+            if code == 0:  # left by itself: the search is over, or someone stopped it
+                if running is None:
+                    assert self._store is not None
+                    exp = self._store.get_experiment(self.config.search.exp_key) or {}
+                    running = exp.get("status") == ExperimentStatus.RUNNING.value
+                if not running:
+                    continue
             self._restarts[i] += 1
             if self._restarts[i] > WORKER_RESTARTS:
                 logger.error(
@@ -152,10 +172,10 @@ class LocalRun:
                 self._log_path(i),
             )
             self.procs[i] = self._spawn(i)
-        if all(n > WORKER_RESTARTS for n in self._restarts):
+        if all(p.poll() is not None for p in self.procs) and running is not False:
             code = self.procs[0].returncode
             raise HyperfleetError(
-                f"all {len(self.procs)} workers kept exiting with errors (first: "
+                f"no worker left: all {len(self.procs)} kept exiting (first: "
                 f"{describe_exit(code)}); see their logs in {self.log_dir}"
             )
 
@@ -177,6 +197,9 @@ class LocalRun:
                 proc.wait()
         except KeyboardInterrupt:
             logger.warning("handing the running trials back now")
+            for proc in live:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)  # the second: hand the trial back
 
     def _stop_workers(self, grace_s: float = 30.0) -> None:
         """Workers leave by themselves once the search is over; stragglers get two SIGTERMs

@@ -223,8 +223,10 @@ def local(
         err=True,
     )
 
+    from coordinator.local import Terminated
+
     def _stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # SIGTERM like Ctrl-C: workers and server stopped, temp removed
+        raise Terminated  # SIGTERM: workers hand their trials back, server stopped, temp removed
 
     signal.signal(signal.SIGTERM, _stop)
     try:

@@ -123,8 +123,11 @@ def worker(
     """Evaluate trials from MongoDB until stopped, idle or the search is over."""
     from worker.environment import check_gpu_ids, pin_devices
 
-    if gpu:
-        check_gpu_ids(gpu, "--gpu")  # a GPU this machine lacks would quietly mean the CPU
+    ctx = click.get_current_context()
+    if gpu and ctx.get_parameter_source("gpu") is click.core.ParameterSource.COMMANDLINE:
+        # a GPU this machine lacks would quietly mean the CPU; from $HYPERFLEET_GPU (set by
+        # `local`, which checked its --gpus once) it is not asked again at every start
+        check_gpu_ids(gpu, "--gpu")
 
     # before any framework is imported; [] is the CPU
     env_info = pin_devices(None if gpu is None else ",".join(gpu) or "none", threads)

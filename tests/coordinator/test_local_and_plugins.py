@@ -127,8 +127,59 @@ def test_local_replaces_a_worker_that_dies(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert re.search(rf"worker \d \(pid {pids[0]}\) killed by SIGKILL.*starting a new one", err)
+    found = re.search(rf"worker (\d) \(pid {pids[0]}\) killed by SIGKILL.*starting a new one", err)
+    assert found, err
     assert re.search(r"experiment rw: done 16 ", out)
+    # the replacement (same slot, same log file: a new pid) started and ran trials
+    log = (tmp_path / "logs" / f"rw-worker-{found[1]}.log").read_text()
+    started = {int(pid) for pid in re.findall(r"worker \S+?:(\d+):\w+ started", log)}
+    assert started - {pids[0]}, log
+    assert re.search(r"trial \d+: ok", log), log
+
+
+def _local_with_a_long_trial(tmp_path: Path) -> tuple[subprocess.Popen, Path, str]:
+    args = ["local", "quadratic", "--workers", "1", "--max-evals", "2", "--exp-key", "long"]
+    args += ["--set", "sleep=60", "--db-path", str(tmp_path / "db"), "--no-progress"]
+    err = tmp_path / "local.err"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=open(err, "w"),  # noqa: SIM115
+        text=True,
+        env=cli_env(),
+        start_new_session=True,
+    )
+    uri = wait_for(lambda: re.search(r"ready at (mongodb://\S+)", err.read_text()), 60)[1]
+    wait_for(lambda: connect(uri).count("long", [TrialState.RUNNING]) >= 1, 60, what="a trial")
+    return proc, err, uri
+
+
+def _no_trial_left_running(tmp_path: Path) -> None:
+    with EmbeddedServer(tmp_path / "db") as srv:
+        counts = connect(srv.uri).count_by_state("long")
+    assert counts[TrialState.RUNNING] == 0 and counts[TrialState.NEW] >= 1  # handed back
+
+
+def test_local_sigterm_hands_running_trials_back_at_once(tmp_path: Path) -> None:
+    """SIGTERM (docker stop, systemd) must not wait for a 60 s trial: its grace is ~10 s."""
+    proc, err, _ = _local_with_a_long_trial(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(40) == 1, err.read_text()
+    assert "finish their running trials" not in err.read_text()
+    _no_trial_left_running(tmp_path)
+
+
+def test_local_second_ctrl_c_hands_running_trials_back(tmp_path: Path) -> None:
+    proc, err, _ = _local_with_a_long_trial(tmp_path)
+    os.killpg(proc.pid, signal.SIGINT)
+    wait_for(lambda: "finish their running trials" in err.read_text(), 30, what="the first")
+    assert proc.poll() is None  # waiting for the 60 s trial to finish
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(40) == 1, err.read_text()
+    assert "handing the running trials back now" in err.read_text()
+    assert "Traceback" not in err.read_text()
+    _no_trial_left_running(tmp_path)
 
 
 def test_local_refuses_other_settings_before_starting_workers(tmp_path: Path) -> None:
