@@ -9,11 +9,27 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
 from coordinator.store import connect
 from tests.conftest import cli_env, hyperfleet, wait_for
+
+
+def _start_local(
+    tmp_path: Path, args: list[str], stderr: Any = subprocess.PIPE
+) -> subprocess.Popen:
+    """``hyperfleet local ARGS`` in its own process group (as a terminal's foreground job)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "coordinator", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE if stderr is subprocess.PIPE else subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+        env=cli_env(),
+        start_new_session=True,
+    )
 
 
 def test_local_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path: Path) -> None:
@@ -32,15 +48,7 @@ def test_local_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path: Path) -> None:
         str(tmp_path / "db"),
         "--no-progress",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(),
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
+    proc = _start_local(tmp_path, args)
     head = ""
     while "embedded server ready at" not in head:
         line = proc.stderr.readline()
@@ -110,14 +118,7 @@ def test_local_replaces_a_worker_that_dies(tmp_path: Path) -> None:
     the search went on one worker short, and said nothing)."""
     args = ["local", "quadratic", "--workers", "2", "--max-evals", "16", "--exp-key", "rw"]
     args += ["--set", "sleep=0.5", "--db-path", str(tmp_path / "db"), "--no-progress"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(),
-    )
+    proc = _start_local(tmp_path, args)
     try:
         pids = wait_for(lambda: len(_workers_of(proc.pid)) == 2 and _workers_of(proc.pid), 60)
         os.kill(pids[0], signal.SIGKILL)
@@ -141,15 +142,7 @@ def _local_with_a_long_trial(tmp_path: Path) -> tuple[subprocess.Popen, Path, st
     args = ["local", "quadratic", "--workers", "1", "--max-evals", "2", "--exp-key", "long"]
     args += ["--set", "sleep=60", "--db-path", str(tmp_path / "db"), "--no-progress"]
     err = tmp_path / "local.err"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=open(err, "w"),  # noqa: SIM115
-        text=True,
-        env=cli_env(),
-        start_new_session=True,
-    )
+    proc = _start_local(tmp_path, args, stderr=open(err, "w"))  # noqa: SIM115
     uri = wait_for(lambda: re.search(r"ready at (mongodb://\S+)", err.read_text()), 60)[1]
     wait_for(lambda: connect(uri).count("long", [TrialState.RUNNING]) >= 1, 60, what="a trial")
     return proc, err, uri
