@@ -65,3 +65,8 @@ class DockerUnavailable(HyperfleetError):
 def counted(n: int, noun: str) -> str:
     """``"1 trial"``, ``"3 trials"``: a count for messages (nouns with a plain ``s`` plural)."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+class TrialWriteRefused(HyperfleetError):
+    """The database refused a trial write that is not an outage (e.g. an insert whose ``_id``
+    another trial already uses, or no trial id could be allocated)."""

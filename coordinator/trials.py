@@ -42,6 +42,7 @@ from hyperopt.mongoexp import MongoTrials
 
 from coordinator import defaults, rules
 from coordinator.errors import ConfigError
+from coordinator.hyperopt_jobs import HyperoptJobs
 from coordinator.states import TrialState
 from coordinator.store import DocId, TrialStore, connect, utcnow
 
@@ -132,17 +133,14 @@ class HyperfleetTrials(MongoTrials):
         #: a refresh asked for this soon after the previous one reuses it (0: never)
         self.refresh_reuse_s = 0.0
         self._reset_cache()
-        super().__init__(store, exp_key=exp_key, refresh=refresh)
-
-    @property
-    def store(self) -> TrialStore:
-        return self.handle
+        self.store = store
+        super().__init__(HyperoptJobs(store), exp_key=exp_key, refresh=refresh)
 
     def view(
         self, exp_key: str | None = None, cmd: Any = None, workdir: Any = None, refresh: bool = True
     ) -> HyperfleetTrials:
         return self.__class__(
-            self.handle,
+            self.store,
             exp_key=self._exp_key if exp_key is None else exp_key,
             space_name=self.space_name,
             refresh=refresh,
@@ -172,7 +170,7 @@ class HyperfleetTrials(MongoTrials):
     def _pull(self) -> None:
         """Bring ``_docs`` and the counts up to date: everything on the first call and every
         ``FULL_REFRESH_EVERY_S``, otherwise what was written since the watermark."""
-        store: TrialStore = self.handle
+        store = self.store
         now = time.monotonic()
         if not self._synced or now - self._last_full > FULL_REFRESH_EVERY_S:
             self._reset_cache()
@@ -323,7 +321,7 @@ class HyperfleetTrials(MongoTrials):
         if now - self._cancel_checked < CANCEL_CHECK_S:
             return self._fmin_cancelled
         self._cancel_checked = now
-        return self.handle.cancel_requested(self._exp_key)
+        return self.store.cancel_requested(self._exp_key)
 
     def _insert_trial_docs(self, docs: list[dict[str, Any]]) -> list[DocId]:
         if self._cancel_requested():
@@ -338,7 +336,7 @@ class HyperfleetTrials(MongoTrials):
             doc.setdefault("attempts", 0)
             if self.space_name is not None:
                 doc["space"] = self.space_name
-        ids = self.handle.insert_trials(docs)
+        ids = self.store.insert_trials(docs)
         # the next refresh or count must read them: never reuse across an insert
         self._refreshed_at = self._pulled_at = 0.0
         return ids
@@ -359,7 +357,7 @@ class HyperfleetTrials(MongoTrials):
         """Trials by state as of the last refresh or count: no O(n) count or aggregate in the
         database, unlike ``store.count_by_state``."""
         if not self._synced:
-            return self.handle.count_by_state(self._exp_key)
+            return self.store.count_by_state(self._exp_key)
         counts = dict.fromkeys(TrialState, 0)
         for state, n in self._counts.items():
             if state in TrialState._value2member_map_:
@@ -384,7 +382,7 @@ class HyperfleetTrials(MongoTrials):
         self._tid_pool = [t for t in self._tid_pool if t > floor]
         if len(self._tid_pool) < n:
             above = floor if floor >= 0 and floor >= self._allocated_up_to else None
-            fresh = self.handle.allocate_tids(max(n, TID_BLOCK), above=above)
+            fresh = self.store.allocate_tids(max(n, TID_BLOCK), above=above)
             self._allocated_up_to = max(self._allocated_up_to, fresh[-1])
             self._tid_pool.extend(fresh)
         ids, self._tid_pool = self._tid_pool[:n], self._tid_pool[n:]
@@ -432,7 +430,7 @@ class HyperfleetTrials(MongoTrials):
         runs = self._count_fmin_run()
         rstate = rstate or np.random.default_rng()
         house = Housekeeping(
-            self.handle, self._exp_key, queue_len=self.queue_len, min_queue=max_queue_len
+            self.store, self._exp_key, queue_len=self.queue_len, min_queue=max_queue_len
         )
         stream = continue_stream(rstate, runs, self.stored) if runs else rstate
         fmin_iter = FMinIter(
@@ -458,7 +456,7 @@ class HyperfleetTrials(MongoTrials):
 
         pinned = f" --exp-key {self._exp_key}" if self._exp_key is not None else ""
         notice = NoWorkerNotice(
-            self.handle,
+            self.store,
             self._exp_key,
             hint=f"`hyperfleet worker --trust-pickled{pinned}` on the same database "
             "(plain fmin's objective is pickled: only --trust-pickled workers run it)",
@@ -505,21 +503,21 @@ class HyperfleetTrials(MongoTrials):
     def delete_all(self, cond: dict[str, Any] | None = None) -> None:
         """Delete this experiment's trials matching ``cond`` (all by default), their
         attachments and the experiment's attachments (:attr:`attachments`), as stock does."""
-        self.handle.delete_all(cond, exp_key=self._exp_key or None)
+        self.store.delete_all(cond, exp_key=self._exp_key or None)
         self._reset_cache()
         self.refresh()
 
     def trial_attachments(self, trial: dict[str, Any]) -> TrialAttachments:
         """A trial's attachments (GridFS), a dict-like view as stock ``MongoTrials`` offers;
         a missing name is a ``KeyError``."""
-        return TrialAttachments(self.handle, trial)
+        return TrialAttachments(self.store, trial)
 
     @property
     def attachments(self) -> ExperimentAttachments:  # type: ignore[override]
         """The experiment's own files (hyperopt's ``FMinIter_Domain``, fmin's run count), as
         stock ``MongoTrials.attachments`` offers them; every call rides out a server outage,
         and a replaced file is never missing for a moment."""
-        return ExperimentAttachments(self.handle, self._exp_key or None)
+        return ExperimentAttachments(self.store, self._exp_key or None)
 
 
 class ExperimentAttachments(MutableMapping[str, bytes]):
@@ -581,12 +579,12 @@ class TrialAttachments(MutableMapping[str, bytes]):
         return data
 
     def __setitem__(self, name: str, value: bytes) -> None:
-        self.store.set_attachment(self.trial, value, name, collection=self.store.jobs)
+        HyperoptJobs(self.store).set_attachment(self.trial, value, name)
 
     def __delitem__(self, name: str) -> None:
         if name not in self:
             raise KeyError(name)
-        self.store.delete_attachment(self.trial, name, collection=self.store.jobs)
+        HyperoptJobs(self.store).delete_attachment(self.trial, name)
 
 
 def open_trials(uri: str, exp_key: str, db: str = defaults.DB_NAME) -> HyperfleetTrials:

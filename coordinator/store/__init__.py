@@ -5,7 +5,7 @@
 * :mod:`~coordinator.store.mongo` — :class:`TrialStore` on MongoDB and :func:`connect`.
 * :mod:`~coordinator.store.connection` — client options, retries through outages, error
   translation, :func:`redact_uri`, :func:`ping`, :func:`create_user`.
-* :mod:`~coordinator.store.compat` — hyperopt's ``MongoJobs`` protocol on pymongo 4.
+* :mod:`~coordinator.store.inserts` — trial ids, batched inserts, deletion, the hot indexes.
 * :mod:`~coordinator.store.leases`, :mod:`~coordinator.store.reaping`,
   :mod:`~coordinator.store.reads`, :mod:`~coordinator.store.experiments`,
   :mod:`~coordinator.store.registry`, :mod:`~coordinator.store.files` — the contract's parts.

@@ -1,13 +1,15 @@
 """The MongoDB trial store: :class:`TrialStore` and :func:`connect`.
 
-:class:`TrialStore` is hyperopt's ``MongoJobs`` (so ``MongoTrials``/``fmin`` drive it unchanged,
-see :mod:`~coordinator.store.compat`) plus the contract of :class:`~coordinator.store.base.
-TrialStoreBase`, one idea per mixin: the lease protocol (:mod:`~coordinator.store.leases`),
+:class:`TrialStore` implements the contract of :class:`~coordinator.store.base.TrialStoreBase`,
+one idea per part: new trials and ids (:mod:`~coordinator.store.inserts`), the lease protocol
+(:mod:`~coordinator.store.leases`),
 reaping (:mod:`~coordinator.store.reaping`), documents nobody can use
 (:mod:`~coordinator.store.quarantine`), named reads (:mod:`~coordinator.store.reads`),
 experiments (:mod:`~coordinator.store.experiments`), the worker registry
 (:mod:`~coordinator.store.registry`) and attachments (:mod:`~coordinator.store.files`).
-It is the only place in hyperfleet that holds a pymongo client.
+It is the only place in hyperfleet that holds a pymongo client. No hyperopt class is among its
+ancestors: hyperopt's ``MongoJobs`` surface is an adapter over it
+(:class:`coordinator.hyperopt_jobs.HyperoptJobs`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ from typing import Any
 
 import gridfs
 import pymongo
-from hyperopt.mongoexp import MongoJobs
 
 from coordinator import defaults
 from coordinator.store.base import TrialStoreBase
-from coordinator.store.compat import HyperoptJobs
 from coordinator.store.connection import (
     check_names,
     check_reachable,
@@ -31,6 +31,7 @@ from coordinator.store.connection import (
 )
 from coordinator.store.experiments import Experiments
 from coordinator.store.files import Attachments
+from coordinator.store.inserts import TrialInserts
 from coordinator.store.leases import LeaseWrites
 from coordinator.store.quarantine import Quarantine
 from coordinator.store.reads import TrialReads
@@ -41,7 +42,7 @@ from coordinator.store.views import TrialViews
 
 
 class TrialStore(
-    HyperoptJobs,
+    TrialInserts,
     LeaseWrites,
     Quarantine,
     Reaping,
@@ -51,7 +52,6 @@ class TrialStore(
     WorkerRegistry,
     Attachments,
     RungRecords,
-    MongoJobs,
     TrialStoreBase,
 ):
     """The trial store on MongoDB (any server speaking its wire protocol, e.g. SecantusDB).
@@ -69,9 +69,9 @@ class TrialStore(
         outage_s: float = defaults.OUTAGE_S,
     ) -> None:
         db = client[db_name]
-        MongoJobs.__init__(
-            self, db, db["jobs"], gridfs.GridFS(db, collection="fs"), client, None, "spec"
-        )
+        self.db = db
+        self.jobs = db["jobs"]
+        self.gfs = gridfs.GridFS(db, collection="fs")
         self.client = client
         self.db_name = db_name
         self.safe_uri = safe_uri

@@ -125,7 +125,7 @@ def test_refresh_sees_changes_made_by_another_process(store: TrialStore) -> None
     other.insert_trial_docs(_finished_docs("other", 3))
     # and changes a trial through hyperopt's MongoJobs.update, as stock tools do
     doc = other.store.trials("other", [TrialState.DONE])[0]
-    other.store.update(doc, {"result": {**doc["result"], "note": "edited"}})
+    other.handle.update(doc, {"result": {**doc["result"], "note": "edited"}})
     trials.refresh()
     assert len(trials) == 5
     assert sorted(r.get("note", "") for r in trials.results) == ["", "", "", "", "edited"]

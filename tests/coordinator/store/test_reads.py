@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from coordinator.errors import TrialWriteRefused
 from coordinator.states import TrialState
 from coordinator.store import TrialStore
 from tests.conftest import queue_trials
@@ -83,13 +84,11 @@ def test_every_write_stamps_mtime_and_changed_trials_finds_it(store: TrialStore)
 
 
 def test_insert_retry_is_harmless_and_a_foreign_id_is_refused(store: TrialStore) -> None:
-    from hyperopt.mongoexp import OperationFailure
-
     doc = {"tid": "x", "exp_key": "exp", "state": 0, "misc": {"tid": "x"}, "result": {}}
     [doc_id] = store.insert_trials([doc])
     assert store.insert_trials([dict(doc)]) == [doc_id]  # the same document again: a retry
     assert len(store.trials("exp")) == 1
-    with pytest.raises(OperationFailure):
+    with pytest.raises(TrialWriteRefused):
         store.insert_trials([{**doc, "exp_key": "other"}])  # another trial's _id
     assert [d["tid"] for d in store.trials(None)] == ["x"]
 

@@ -1,11 +1,10 @@
-"""hyperopt's ``MongoJobs`` protocol on pymongo 4: what ``MongoTrials`` and ``fmin`` call.
+"""New trials: ids from the ``job_ids`` counter, batched inserts, deletion, the hot indexes.
 
-hyperopt 0.3.0 still calls pymongo-3 APIs that pymongo 4 removed (``insert``, ``update``,
-``remove``, ``find_and_modify``, ``Cursor.count``); these methods replace them while keeping its
-document protocol: the ``jobs`` collection, the ``job_ids`` counter (``{a: 0, last_id}``) and
-GridFS attachments. Trial ids and inserts live here too, as hyperopt defines them. Like every
-write to ``jobs``, inserts stamp ``mtime`` with the server's clock (see :mod:`~coordinator.store.
-base`).
+The document protocol is hyperopt's (the ``jobs`` collection, the ``job_ids`` counter
+``{a: 0, last_id}``, GridFS attachments), so stock tools keep reading it; hyperopt's own
+``MongoJobs`` surface is an adapter over the store (:mod:`coordinator.hyperopt_jobs`), not part
+of it. Like every write to ``jobs``, inserts stamp ``mtime`` with the server's clock (see
+:mod:`~coordinator.store.base`).
 """
 
 from __future__ import annotations
@@ -18,25 +17,22 @@ import gridfs
 import pymongo
 import pymongo.errors
 from bson import ObjectId
-from hyperopt.mongoexp import OperationFailure as HyperoptOperationFailure
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from coordinator.errors import TrialWriteRefused
 from coordinator.store.connection import retrying
 
 logger = logging.getLogger(__name__)
 
 
-class HyperoptJobs:
-    """Mixin for :class:`~coordinator.store.mongo.TrialStore` (a ``MongoJobs`` subclass)."""
+class TrialInserts:
+    """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
     db: Database
     jobs: Collection
     gfs: gridfs.GridFS
     _indexed: bool
-
-    def __len__(self) -> int:
-        return self.jobs.count_documents({})
 
     @retrying
     def create_jobs_indexes(self) -> None:
@@ -58,15 +54,6 @@ class HyperoptJobs:
             )
         self._indexed = True
 
-    def create_drivers_indexes(self) -> None:
-        """hyperopt's unused ``drivers`` collection is not created."""
-
-    def insert(self, job: dict[str, Any]) -> dict[str, Any]:
-        """hyperopt's single insert (stamped with the server's clock like every write)."""
-        doc = dict(job)
-        self.insert_trials([doc])
-        return doc
-
     @retrying
     def insert_trials(self, docs: list[dict[str, Any]]) -> list[ObjectId]:
         """Insert trial documents, each stamped with the server's clock (``mtime``), in one
@@ -75,8 +62,8 @@ class HyperoptJobs:
         Each is an upsert on ``{_id, exp_key, tid}`` that only sets fields on insert: a retry
         after a lost reply matches the document it inserted before and changes nothing but
         ``mtime`` (``_id`` is client-side); an ``_id`` already used by another trial (e.g. a
-        document copied from another experiment with its ``_id``) raises hyperopt's
-        ``OperationFailure``, as stock ``MongoJobs.insert`` does.
+        document copied from another experiment with its ``_id``) raises
+        :class:`~coordinator.errors.TrialWriteRefused`.
         """
         ops = []
         for doc in docs:
@@ -93,12 +80,8 @@ class HyperoptJobs:
             except pymongo.errors.BulkWriteError as e:
                 if e.timeout:  # a write-concern timeout: an outage, retried (upserts: idempotent)
                     raise
-                raise HyperoptOperationFailure(f"trial insert refused: {e.details}") from e
+                raise TrialWriteRefused(f"trial insert refused: {e.details}") from e
         return [d["_id"] for d in docs]
-
-    @retrying
-    def delete(self, job: dict[str, Any]) -> None:
-        self.jobs.delete_one({"_id": job["_id"]})
 
     @retrying
     def delete_all(self, cond: dict[str, Any] | None = None, *, exp_key: str | None = None) -> None:
@@ -118,27 +101,6 @@ class HyperoptJobs:
             self.jobs.delete_one({"_id": doc["_id"]})
         for fdoc in self.db["fs.files"].find(query, projection=["_id"]):
             self.gfs.delete(fdoc["_id"])
-
-    @retrying
-    def update(
-        self,
-        doc: dict[str, Any],
-        dct: dict[str, Any],
-        collection: Any = None,
-        do_sanity_checks: bool = True,
-    ) -> dict[str, Any]:
-        """Set ``dct`` on ``doc`` if its version did not move (hyperopt's optimistic update)."""
-        collection = self.jobs if collection is None else collection
-        dct = {k: v for k, v in dct.items() if k not in ("_id", "version")}
-        query: dict[str, Any] = {"_id": doc["_id"]}
-        if "version" in doc:
-            query["version"] = doc["version"]
-        dct["version"] = doc.get("version", 0) + 1
-        result = collection.update_one(query, {"$set": dct, "$currentDate": {"mtime": True}})
-        if do_sanity_checks and result.matched_count != 1:
-            raise HyperoptOperationFailure(f"updated doc not found (concurrent change?): {query}")
-        doc.update(dct)
-        return doc
 
     @retrying
     def allocate_tids(self, n: int, *, above: int | None = None) -> list[int]:
@@ -165,4 +127,4 @@ class HyperoptJobs:
                 return list(range(last - n, last))
             with contextlib.suppress(pymongo.errors.DuplicateKeyError):  # another one won
                 self.db.job_ids.update_one({"a": 0}, {"$setOnInsert": {"last_id": 0}}, upsert=True)
-        raise HyperoptOperationFailure("could not allocate trial ids from db.job_ids")
+        raise TrialWriteRefused("could not allocate trial ids from db.job_ids")
