@@ -26,12 +26,12 @@ REQUIREMENTS = {
 
 def ensure_venv(name: str) -> Path:
     """``bench/.venvs/NAME`` with its pinned packages (created once, reused after)."""
+    found = existing_venv(name)
+    if found is not None:
+        return found
     path = VENVS / name
-    python = path / "bin" / "python"
-    stamp = path / "requirements.txt"
+    python, stamp = path / "bin" / "python", path / "requirements.txt"
     wanted = "\n".join(REQUIREMENTS[name]) + "\n"
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
     print(f"creating {path} ({', '.join(REQUIREMENTS[name])}) ...", file=sys.stderr, flush=True)
     shutil.rmtree(path, ignore_errors=True)
     venv.EnvBuilder(with_pip=True).create(path)
@@ -44,10 +44,25 @@ def ensure_venv(name: str) -> Path:
     return python
 
 
+def existing_venv(name: str) -> Path | None:
+    """``bench/.venvs/NAME``'s python if that venv exists with its pinned packages, else None."""
+    path = VENVS / name
+    python, stamp = path / "bin" / "python", path / "requirements.txt"
+    wanted = "\n".join(REQUIREMENTS[name]) + "\n"
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    return None
+
+
 def versions(python: Path | str, modules: list[str]) -> dict[str, str]:
     code = (
-        "import importlib.metadata as m, json, sys;"
-        "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
+        "import importlib.metadata as m, json, sys\n"
+        "def v(n):\n"
+        "    try:\n"
+        "        return m.version(n)\n"
+        "    except m.PackageNotFoundError:\n"
+        "        return 'not installed'\n"
+        "print(json.dumps({n: v(n) for n in sys.argv[1:]}))"
     )
     out = subprocess.run([str(python), "-c", code, *modules], capture_output=True, text=True)
     return json.loads(out.stdout) if out.returncode == 0 else {}

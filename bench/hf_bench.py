@@ -2,12 +2,15 @@
 coordinator in this process; ``quadratic`` with no sleep, so every second measured is overhead.
 
 Figures: trials/s over the search (coordinator start to return, workers already idle and
-registered), per-trial overhead, dispatch latency (``queued`` -> ``book_time``), and the
-coordinator's per-iteration cost (refresh, suggest) as trials grow.
+registered), per-trial overhead, dispatch latency (``queued`` -> ``book_time``), server operations
+per finished trial (the server's ``serverStatus`` opcounters over the same span: insert + query +
+update + delete + getmore + command, all clients), and the coordinator's per-iteration cost
+(refresh, suggest) as trials grow.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import statistics
@@ -15,15 +18,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pymongo
 
 from coordinator import search as search_module
 from coordinator.search import Coordinator, SearchConfig
 from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
 from coordinator.store import TrialStore, connect
-from coordinator.trials import HyperfleetTrials
 from search_spaces import get_space
 
 
@@ -35,34 +40,90 @@ class _Timings:
         self.suggest: list[tuple[int, float]] = []
 
 
-def _instrument(timings: _Timings) -> tuple[Any, Any]:
-    """Wrap the coordinator's Trials refresh and its algorithm with timers (bench only)."""
-    real_trials, real_algo = search_module.HyperfleetTrials, search_module.algo_function
+def _instrument(timings: _Timings) -> Callable[[], None]:
+    """Wrap the coordinator's Trials refresh and its algorithm with timers (bench only).
 
-    class TimedTrials(HyperfleetTrials):
-        def refresh_tids(self, tids: Any) -> None:
-            started = time.perf_counter()
-            super().refresh_tids(tids)
-            timings.refresh.append((len(self._trials), time.perf_counter() - started))
+    The timers patch names in ``coordinator.search``; the coordinator is being rewritten, so a
+    name that is gone is left alone (its figures are then empty) instead of failing the run.
+    Returns the function that puts the real names back.
+    """
+    saved: dict[str, Any] = {}
+    real_trials = getattr(search_module, "HyperfleetTrials", None)
+    if real_trials is not None and hasattr(real_trials, "refresh_tids"):
 
-    def timed_algo(name: str) -> Any:
-        algo = real_algo(name)
+        class TimedTrials(real_trials):  # type: ignore[misc, valid-type]
+            def refresh_tids(self, tids: Any) -> None:
+                started = time.perf_counter()
+                super().refresh_tids(tids)
+                timings.refresh.append((len(self._trials), time.perf_counter() - started))
 
-        def suggest(new_ids: list[int], domain: Any, trials: Any, seed: int) -> Any:
-            started = time.perf_counter()
-            out = algo(new_ids, domain, trials, seed)
-            timings.suggest.append((len(trials), (time.perf_counter() - started) / len(new_ids)))
-            return out
+        saved["HyperfleetTrials"] = real_trials
+        search_module.HyperfleetTrials = TimedTrials  # type: ignore[misc]
 
-        return suggest
+    real_algo = getattr(search_module, "algo_function", None)
+    if real_algo is not None:
 
-    search_module.HyperfleetTrials = TimedTrials  # type: ignore[misc]
-    search_module.algo_function = timed_algo  # type: ignore[assignment]
-    return real_trials, real_algo
+        @functools.wraps(real_algo)
+        def timed_algo(*args: Any, **kwargs: Any) -> Any:
+            algo = real_algo(*args, **kwargs)
+
+            def suggest(new_ids: list[int], domain: Any, trials: Any, seed: int, *more: Any) -> Any:
+                started = time.perf_counter()
+                out = algo(new_ids, domain, trials, seed, *more)
+                per_id = (time.perf_counter() - started) / max(1, len(new_ids))
+                timings.suggest.append((len(trials), per_id))
+                return out
+
+            return suggest
+
+        saved["algo_function"] = real_algo
+        search_module.algo_function = timed_algo
+
+    def restore() -> None:
+        for name, value in saved.items():
+            setattr(search_module, name, value)
+
+    return restore
 
 
-def _restore(saved: tuple[Any, Any]) -> None:
-    search_module.HyperfleetTrials, search_module.algo_function = saved  # type: ignore[misc]
+OPCOUNTERS = ("insert", "query", "update", "delete", "getmore", "command")
+
+
+class OpCounter:
+    """Server operations over a span, from the server's ``serverStatus`` opcounters.
+
+    The counters are the whole server's: every client's operations count (coordinator, workers,
+    their connection monitors). The ``serverStatus`` calls made here are measured once and taken
+    off, so the figure is what the search itself cost.
+    """
+
+    def __init__(self, uri: str) -> None:
+        # no monitor chatter of its own during the span: a polling monitor (no streaming hello,
+        # no round-trip-time thread) that polls once an hour
+        self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            uri,
+            heartbeatFrequencyMS=3_600_000,
+            serverMonitoringMode="poll",
+            serverSelectionTimeoutMS=10_000,
+        )
+        # what one read() adds (serverStatus is itself a command): the least of three pairs,
+        # so another client's operation that lands in between is not taken for ours
+        pairs = []
+        for _ in range(3):
+            first, second = self.read(), self.read()
+            pairs.append({k: second[k] - first[k] for k in OPCOUNTERS})
+        self.own = min(pairs, key=lambda d: sum(d.values()))
+
+    def read(self) -> dict[str, int]:
+        counters = self.client.admin.command("serverStatus")["opcounters"]
+        return {k: int(counters.get(k, 0)) for k in OPCOUNTERS}
+
+    def since(self, before: dict[str, int]) -> dict[str, int]:
+        after = self.read()
+        return {k: after[k] - before[k] - self.own[k] for k in OPCOUNTERS}
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def _wait_workers(store: TrialStore, n: int, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -131,7 +192,8 @@ def run_hyperfleet(
     server = EmbeddedServer(":memory:", log_path=log_dir / "server.log").start()
     procs: list[subprocess.Popen[bytes]] = []
     timings = _Timings()
-    saved = _instrument(timings)
+    restore = _instrument(timings)
+    ops: OpCounter | None = None
     try:
         store = connect(server.uri)
         store.create_jobs_indexes()
@@ -153,14 +215,19 @@ def run_hyperfleet(
             timeout_s=timeout_s,
         )
         pids = {"server": server.process.pid, "workers": [p.pid for p in procs]}  # type: ignore[union-attr]
+        ops = OpCounter(server.uri)
         cpu0 = _cpu_snapshot(pids)
+        ops0 = ops.read()
         started = time.perf_counter()
         outcome = Coordinator(store, config).run()
         wall = time.perf_counter() - started
+        server_ops = ops.since(ops0)
         cpu1 = _cpu_snapshot(pids)
         docs = store.trial_outcomes(exp_key)
     finally:
-        _restore(saved)
+        restore()
+        if ops is not None:
+            ops.close()
         for proc in procs:
             try:
                 proc.wait(15)
@@ -189,7 +256,9 @@ def run_hyperfleet(
         "cpu_ms_per_trial": {
             k: round((cpu1[k] - cpu0[k]) * 1000 / max(1, len(done)), 2) for k in cpu0
         },
-        "counts": {s.name: c for s, c in outcome.counts.items() if c},
+        "server_ops_per_trial": round(sum(server_ops.values()) / max(1, len(done)), 2),
+        "server_ops": server_ops,
+        "counts": {getattr(s, "name", str(s)): c for s, c in outcome.counts.items() if c},
     }
 
 

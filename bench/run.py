@@ -2,15 +2,18 @@
 
     .venv/bin/python bench/run.py                 # 500 and 5,000 trials (the recorded figures)
     .venv/bin/python bench/run.py --sizes 100     # a quick check
+    .venv/bin/python bench/run.py --smoke --out /tmp/bench   # what the test suite runs (~30 s)
 
 Per size: hyperfleet (embedded server, 2 ``hyperfleet worker`` processes, TPE, ``quadratic`` with
 no sleep), hyperopt's in-memory ``fmin(Trials())`` (the ceiling), stock hyperopt 0.3.0 +
 pymongo 3.13 tuned (2 ``hyperopt-mongo-worker --no-subprocesses --poll-interval=0.1``, fmin poll
-0.05 s, queue 8) and Optuna with 2 processes on SQLite and PostgreSQL. Once: stock hyperopt with
-its defaults (``--default-n`` trials), and bench/worker_overhead.py when it exists. Baselines run
-in their own virtualenvs under bench/.venvs (created on first use). Baselines slower than
-``--cap-s`` are stopped there and reported as the rate over what they finished. Writes
-bench/results/<time>.json and .md and prints the table.
+0.05 s, queue 8) and Optuna with 2 processes on SQLite, a JournalFileStorage file and PostgreSQL.
+hyperfleet's row also counts server operations per finished trial (``serverStatus`` opcounters).
+Once: stock hyperopt with its defaults (``--default-n`` trials), and bench/worker_overhead.py when
+it exists. Baselines run in their own virtualenvs under bench/.venvs (created on first use;
+``--venvs existing`` skips the missing ones with a note). Baselines slower than ``--cap-s`` are
+stopped there and reported as the rate over what they finished. Writes bench/results/<time>.json
+and .md (``--out``), prints the table, and exits 1 if any row failed.
 """
 
 from __future__ import annotations
@@ -107,9 +110,23 @@ def optuna(python: Path, storage: str, label: str, n: int, cap_s: float) -> dict
     return baselines.run_json(cmd, timeout_s=cap_s + 600)
 
 
+def baseline_python(name: str, args: argparse.Namespace, report: dict[str, Any]) -> Path | None:
+    """The interpreter of baseline venv ``name`` (created on first use unless ``--venvs
+    existing``); None, with a printed and recorded note, when it is missing and not created."""
+    if args.venvs == "create":
+        return baselines.ensure_venv(name)
+    python = baselines.existing_venv(name)
+    if python is None:
+        note = (
+            f"{name} baselines skipped: {baselines.VENVS / name} is missing "
+            f"(run bench/run.py without --venvs existing to create it)"
+        )
+        print(note, file=sys.stderr, flush=True)
+        report["skipped"].append(note)
+    return python
+
+
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
-    stock_py = baselines.ensure_venv("stock")
-    optuna_py = baselines.ensure_venv("optuna")
     work = Path(tempfile.mkdtemp(prefix="hf-bench-"))
     report: dict[str, Any] = {
         "started": f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}",
@@ -119,16 +136,30 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "hyperfleet venv": baselines.versions(
                 sys.executable, ["hyperopt", "pymongo", "SecantusDB", "numpy"]
             ),
-            "stock venv": baselines.versions(stock_py, ["hyperopt", "pymongo", "numpy"]),
-            "optuna venv": baselines.versions(
-                optuna_py, ["optuna", "SQLAlchemy", "psycopg2-binary", "numpy"]
-            ),
         },
+        "skipped": [],
         "rows": [],
     }
+    stock_py = None
+    if args.no_stock:
+        report["skipped"].append("stock hyperopt skipped: --no-stock")
+    else:
+        stock_py = baseline_python("stock", args, report)
+    if stock_py is not None:
+        report["versions"]["stock venv"] = baselines.versions(
+            stock_py, ["hyperopt", "pymongo", "numpy"]
+        )
+    optuna_py: Path | None = args.optuna_python or baseline_python("optuna", args, report)
+    if optuna_py is not None:
+        where = "optuna venv" if args.optuna_python is None else f"optuna ({optuna_py})"
+        report["versions"][where] = baselines.versions(
+            optuna_py, ["optuna", "SQLAlchemy", "psycopg2-binary", "numpy"]
+        )
     rows = report["rows"]
     pg_url, pg_stop = None, None
-    if not args.no_postgres:
+    if args.no_postgres:
+        report["postgres_skipped"] = "--no-postgres"
+    elif optuna_py is not None:
         try:
             pg_url, pg_stop = baselines.start_postgres()
             report["versions"]["postgresql"] = subprocess.run(
@@ -136,6 +167,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             ).stdout.strip()
         except RuntimeError as e:
             report["postgres_skipped"] = str(e)
+            print(f"PostgreSQL skipped: {e}", file=sys.stderr, flush=True)
     try:
         for n in args.sizes:
             rows.append(measured(f"hyperfleet n={n}", lambda n=n: hf_bench.run_hyperfleet(n)))
@@ -147,32 +179,34 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 )
             rows.append(measured(f"in-memory n={n}", lambda n=n: baselines.in_memory_hyperopt(n)))
-            rows.append(
-                measured(
-                    f"stock tuned n={n}",
-                    lambda n=n: stock(stock_py, n, "tuned", args.cap_s, work),
-                )
-            )
-            sqlite = f"sqlite:///{work}/optuna-{n}.db"
-            rows.append(
-                measured(
-                    f"optuna sqlite n={n}",
-                    lambda n=n, s=sqlite: optuna(optuna_py, s, "SQLite", n, args.cap_s),
-                )
-            )
-            if pg_url is not None:
+            if stock_py is not None:
                 rows.append(
                     measured(
-                        f"optuna postgresql n={n}",
-                        lambda n=n: optuna(optuna_py, pg_url, "PostgreSQL", n, args.cap_s),
+                        f"stock tuned n={n}",
+                        lambda n=n, py=stock_py: stock(py, n, "tuned", args.cap_s, work),
                     )
                 )
-        if args.default_n:
+            if optuna_py is None:
+                continue
+            storages = [
+                ("SQLite", f"sqlite:///{work}/optuna-{n}.db"),
+                ("JournalFileStorage", f"journal:{work}/optuna-{n}.journal"),
+            ]
+            if pg_url is not None:
+                storages.append(("PostgreSQL", pg_url))
+            for label, url in storages:
+                rows.append(
+                    measured(
+                        f"optuna {label} n={n}",
+                        lambda n=n, u=url, lb=label, py=optuna_py: optuna(py, u, lb, n, args.cap_s),
+                    )
+                )
+        if args.default_n and stock_py is not None:
             n = args.default_n
             rows.append(
                 measured(
                     f"stock defaults n={n}",
-                    lambda: stock(stock_py, n, "default", args.cap_s, work),
+                    lambda py=stock_py: stock(py, n, "default", args.cap_s, work),
                 )
             )
     finally:
@@ -233,15 +267,18 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"{venv_name}: {_fmt(vers)}")
     if "postgres_skipped" in report:
         lines.append(f"PostgreSQL skipped: {report['postgres_skipped']}")
+    lines += [f"skipped: {note}" for note in report.get("skipped", [])]
     lines += [
         "",
         "| system | trials | done | s | trials/s | overhead ms/trial | dispatch p50/p95 ms "
-        "| load before → after |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| server ops/trial | load before → after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:
         if "error" in r:
-            lines.append(f"| {r['system']} | | | | failed: {r['error']} | | | {r['load_before']} |")
+            lines.append(
+                f"| {r['system']} | | | | failed: {r['error']} | | | | {r['load_before']} |"
+            )
             continue
         capped = " (capped)" if r["done"] < r["n"] else ""
         dispatch = (
@@ -252,7 +289,7 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['system']} | {r['n']} | {r['done']}{capped} | {_fmt(r['seconds'])} "
             f"| {_fmt(r['trials_per_s'])} | {_fmt(r.get('overhead_ms'))} | {dispatch} "
-            f"| {r['load_before']} → {r['load_after']} |"
+            f"| {_fmt(r.get('server_ops_per_trial'))} | {r['load_before']} → {r['load_after']} |"
         )
     lines.append("")
     for r in report["rows"]:
@@ -262,6 +299,12 @@ def table(report: dict[str, Any]) -> str:
                 f"{{{_fmt(r['refresh_ms_at'])}}}, suggest ms {{{_fmt(r['suggest_ms_at'])}}}; "
                 f"CPU ms per trial {{{_fmt(r['cpu_ms_per_trial'])}}}"
             )
+            if "server_ops" in r:
+                lines.append(
+                    f"{r['system']} n={r['n']}: server ops per trial "
+                    f"{r['server_ops_per_trial']:.2f} = ({_ops(r['server_ops'])}) / {r['done']} "
+                    "trials (serverStatus opcounters over the search, all clients)"
+                )
     lines += ["", "ratios (same run):"] + ratios(report)
     wo = report.get("worker_overhead", {})
     if "output" in wo:
@@ -273,7 +316,40 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _ops(ops: dict[str, int]) -> str:
+    return " + ".join(f"{v} {k}" for k, v in ops.items() if v) or "0"
+
+
+#: (label, which row by its system name, the target ratio hyperfleet / it by size: 0 for none)
+BASELINES: list[tuple[str, Callable[[str], bool], Callable[[int], float]]] = [
+    ("stock tuned", lambda s: s.startswith("stock hyperopt (tuned)"), lambda n: 8.0 * (n == 500)),
+    (
+        "optuna JournalFileStorage",
+        lambda s: s.startswith("optuna") and "Journal" in s,
+        lambda n: 0.5 * (n == 500),  # issue 19 (goal: 1)
+    ),
+    (
+        "optuna SQLite",
+        lambda s: s.startswith("optuna") and "SQLite" in s,
+        lambda n: 2.0 * (n == 500),
+    ),
+    ("optuna PostgreSQL", lambda s: s.startswith("optuna") and "PostgreSQL" in s, lambda n: 0.0),
+    (
+        "in-memory hyperopt",
+        lambda s: s.startswith("hyperopt in-memory"),
+        lambda n: 0.6 * (n >= 5000),
+    ),
+]
+#: issue 19's target: server operations per finished trivial trial
+OPS_TARGET = 3.0
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
 def ratios(report: dict[str, Any]) -> list[str]:
+    """hyperfleet's rate over each baseline's, size by size, with the targets where set."""
     ok = [r for r in report["rows"] if "error" not in r]
     out = []
     for n in sorted({r["n"] for r in ok}):
@@ -282,43 +358,25 @@ def ratios(report: dict[str, Any]) -> list[str]:
         if hf is None:
             continue
         rate = hf["trials_per_s"]
-
-        def ratio(name: str, rate: float = rate, by: dict[str, Any] = by) -> float | None:
-            base = next((r for s, r in by.items() if s.startswith(name)), None)
-            return None if base is None else rate / base["trials_per_s"]
-
-        checks: list[tuple[str, float | None, float]] = [
-            ("hyperfleet / stock tuned", ratio("stock hyperopt (tuned)"), 8.0 if n == 500 else 0),
-            (
-                "hyperfleet / optuna SQLite",
-                ratio("optuna") if "SQLite" in str(by) else None,
-                2.0 if n == 500 else 0,
-            ),
-            (
-                "hyperfleet / optuna PostgreSQL",
-                next((rate / r["trials_per_s"] for s, r in by.items() if "PostgreSQL" in s), None),
-                0,
-            ),
-            (
-                "hyperfleet / in-memory hyperopt",
-                ratio("hyperopt in-memory"),
-                0.6 if n >= 5000 else 0,
-            ),
-        ]
         parts = [f"n={n}: hyperfleet {rate:.1f} trials/s"]
         if n == 500:
-            parts.append(f"target ≥ 100: {'met' if rate >= 100 else 'MISSED'}")
-        for name, value, target in checks:
-            if value is None:
+            parts.append(f"target ≥ 100: {_verdict(rate >= 100)}")
+        for label, matches, target_at in BASELINES:
+            base = next((r for s, r in by.items() if matches(s)), None)
+            if base is None or not base["trials_per_s"]:
                 continue
-            verdict = ""
-            if target:
-                verdict = f" (target ≥ {target:g}: {'met' if value >= target else 'MISSED'})"
-            parts.append(f"{name} = {value:.2f}{verdict}")
+            value = rate / base["trials_per_s"]
+            target = target_at(n)
+            verdict = f" (target ≥ {target:g}: {_verdict(value >= target)})" if target else ""
+            parts.append(f"hyperfleet / {label} = {value:.2f}{verdict}")
+        if "server_ops_per_trial" in hf:
+            per = hf["server_ops_per_trial"]
+            met = _verdict(per <= OPS_TARGET)
+            parts.append(f"server ops/trial {per:.2f} (target ≤ {OPS_TARGET:g}: {met})")
         p50, p95 = hf["dispatch_median_ms"], hf["dispatch_p95_ms"]
         parts.append(
-            f"dispatch p50 {p50:.0f} ms (target < 50: {'met' if p50 < 50 else 'MISSED'}), "
-            f"p95 {p95:.0f} ms (target < 200: {'met' if p95 < 200 else 'MISSED'})"
+            f"dispatch p50 {p50:.0f} ms (target < 50: {_verdict(p50 < 50)}), "
+            f"p95 {p95:.0f} ms (target < 200: {_verdict(p95 < 200)})"
         )
         out.append("  " + "; ".join(parts))
     return out
@@ -342,15 +400,44 @@ def main() -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-keras", action="store_true", help="skip bench/worker_overhead.py")
     parser.add_argument("--no-queries", action="store_true", help="skip bench/store_queries.py")
+    parser.add_argument("--no-stock", action="store_true", help="skip stock hyperopt's rows")
+    parser.add_argument(
+        "--venvs",
+        choices=("create", "existing"),
+        default="create",
+        help="baseline virtualenvs (bench/.venvs): create missing ones (downloads packages), "
+        "or use those present and skip the rest with a note",
+    )
+    parser.add_argument(
+        "--optuna-python",
+        type=Path,
+        help="run the Optuna rows with this interpreter (optuna 5 installed) instead of "
+        "bench/.venvs/optuna",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder for the .json and .md results"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest run that exercises every row: --sizes 20 --venvs existing "
+        "--default-n 0 --no-isolate-max 0 --no-postgres --no-keras --no-queries",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.sizes, args.venvs, args.default_n, args.no_isolate_max = [20], "existing", 0, 0
+        args.no_postgres = args.no_keras = args.no_queries = True
     report = run_all(args)
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}"
     text = table(report)
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=1, default=str))
-    (RESULTS / f"{stamp}.md").write_text(text + "\n")
+    (args.out / f"{stamp}.json").write_text(json.dumps(report, indent=1, default=str))
+    (args.out / f"{stamp}.md").write_text(text + "\n")
     print(text)
-    print(f"\nwritten: bench/results/{stamp}.json and .md", file=sys.stderr)
+    print(f"\nwritten: {args.out / stamp}.json and .md", file=sys.stderr)
+    failed = [r["system"] for r in report["rows"] if "error" in r]
+    if failed:
+        sys.exit(f"failed rows: {', '.join(failed)} (see the table and the traceback above)")
 
 
 if __name__ == "__main__":
