@@ -24,12 +24,14 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator import defaults, rules
 from coordinator.errors import ConfigError, SpaceError
 from coordinator.states import ExperimentStatus, TrialState, WorkerStatus
-from coordinator.store import TrialStore
+
+if TYPE_CHECKING:  # typed against the contract; importing a backend here would cost every reader
+    from coordinator.store import TrialStoreBase as TrialStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ EXPORT_FORMATS = defaults.EXPORT_FORMATS
 #: a worker whose last heartbeat is older than this is flagged stale
 DEFAULT_STALE_S = defaults.STALE_WORKER_S
 #: columns shown first, in this order, wherever they exist
-_LEADING = ("tid", "state", "status", "loss")
+_LEADING = ("tid", "state", "status", "loss", "rank")
 _TRAILING_PREFIXES = ("worker.", "error.")
 _TRAILING = (
     "epochs",
@@ -209,7 +211,9 @@ def load_rows(
 ) -> list[dict[str, Any]]:
     """Flat rows of every trial of ``exp_key``; queued and running trials get their params
     decoded from ``misc.vals`` when the experiment's search space is known here. Documents
-    :func:`rules.trial_problem` refuses become :func:`malformed_row` rows."""
+    :func:`rules.trial_problem` refuses become :func:`malformed_row` rows. Each row's ``rank``
+    is its place in :func:`rules.ranked` (1 = the best; pruned trials after the full ones;
+    ``None`` for failed, unfinished and malformed trials)."""
     exp = get_experiment(store, exp_key)
     docs = load_trials(store, exp_key)
     decode = ParamDecoder(exp, spaces)
@@ -222,6 +226,7 @@ def load_rows(
             rows.append(malformed_row(d, problem))
         else:
             rows.append(trial_row(d, None if d.get("params") else decode(d)))
+    add_ranks(rows)
     return rows
 
 
@@ -236,41 +241,54 @@ def usable_trials(
 
 class ParamDecoder:
     """Decodes ``misc.vals`` (hyperopt's index lists) into params with the experiment's space,
-    for trials no worker has decoded yet. Unknown spaces decode to ``None``."""
+    for trials no worker has decoded yet. Unknown spaces decode to ``None``.
+
+    The space (hence hyperopt) is built on first use: reading a search whose trials all carry
+    their decoded ``params`` never imports hyperopt."""
 
     def __init__(self, exp: Mapping[str, Any], spaces: Iterable[str] = ()) -> None:
+        self._exp = exp
+        self._spaces = tuple(spaces)
+        self._built = False
         self._space: Any = None
         self._labels: list[str] | None = None
-        name = typed(exp.get("space"), str)
+
+    def _build(self) -> None:
+        if self._built:
+            return
+        self._built = True
+        name = typed(self._exp.get("space"), str)
         if not name:
             return
         try:
             from search_spaces import get_space, load_spaces
 
-            for path in spaces:
+            for path in self._spaces:
                 load_spaces(path)
             space = get_space(name)
-            settings = _mapping(exp.get("settings"))
+            settings = _mapping(self._exp.get("settings"))
             self._space = space.hyperopt_space(space.resolve_settings(dict(settings)))
             self._labels = list(param_scales(self._space))
         except (SpaceError, ConfigError) as e:
-            logger.debug("cannot decode params of %s: %s", exp.get("_id"), e)
+            logger.debug("cannot decode params of %s: %s", self._exp.get("_id"), e)
 
     @property
     def space(self) -> Any:
+        self._build()
         return self._space
 
     def problem(self, doc: Mapping[str, Any]) -> str | None:
         """Why ``doc``'s ``misc`` cannot be decoded with this space
         (:func:`rules.trial_problem` with the space's labels); ``None`` when it can, or when the
         space is unknown here (nothing is decoded then)."""
+        self._build()
         if self._labels is None:
             return None
         return rules.trial_problem(doc, self._labels)
 
     def __call__(self, doc: Mapping[str, Any]) -> dict[str, Any] | None:
         misc = _mapping(doc.get("misc"))
-        if self._space is None or not misc.get("vals") or self.problem(doc) is not None:
+        if not misc.get("vals") or self.space is None or self.problem(doc) is not None:
             return None
         from hyperopt import base, space_eval
 
@@ -349,7 +367,7 @@ def _as_trial(row: Mapping[str, Any]) -> dict[str, Any]:
     result = {"status": row.get("status"), "loss": row.get("loss")}
     if row.get("pruned") is not None:
         result["pruned"] = {"epoch": row["pruned"]}
-    return {"tid": row.get("tid"), "state": state, "result": result, "row": row}
+    return {"tid": row.get("tid"), "state": state, "result": result, "ended": row.get("ended")}
 
 
 def _pruned_epoch(doc: Mapping[str, Any]) -> int | None:
@@ -378,8 +396,45 @@ def ok_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def best_row(rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     """The row of the best trial (:func:`coordinator.rules.best_trial`), or ``None``."""
-    best = rules.best_trial(_as_trial(r) for r in rows)
-    return None if best is None else best["row"]
+    first = next(iter(ranked_rows(rows)), None)
+    return first if first is not None and first.get("pruned") is None else None
+
+
+def ranked_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of successful trials, best first (:func:`coordinator.rules.ranked`: pruned
+    trials after the full ones; failed, unfinished and malformed rows left out)."""
+    return rules.ranked(rows, _as_trial)
+
+
+def add_ranks(rows: Iterable[dict[str, Any]]) -> None:
+    """Set each row's ``rank``: 1 for the best, in :func:`ranked_rows` order; ``None`` for the
+    rows that order leaves out."""
+    rows = list(rows)
+    for row in rows:
+        row["rank"] = None
+    for place, row in enumerate(ranked_rows(rows), 1):
+        row["rank"] = place
+
+
+def rank_rows(
+    rows: list[dict[str, Any]], by: str = "loss", *, descending: bool = False
+) -> list[dict[str, Any]]:
+    """``rows`` in the order ``top`` lists them: on ``loss`` the ranking rule
+    (:func:`ranked_rows`; ``descending``: worst full trial first, pruned ones still after
+    them), followed by the rows it leaves out; on any other column :func:`sort_rows`."""
+    if by != "loss":
+        return sort_rows(rows, by, descending=descending)
+    best_first = ranked_rows(rows)
+    if descending:
+        full = [r for r in best_first if r.get("pruned") is None]
+        best_first = full[::-1] + [r for r in best_first if r.get("pruned") is not None][::-1]
+    chosen = {id(r) for r in best_first}
+    return best_first + [r for r in sort_rows(rows, by) if id(r) not in chosen]
+
+
+def best_so_far_rows(rows: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], float, float]]:
+    """:func:`coordinator.rules.best_so_far` over rows: ``(row, loss, best so far)`` by end time."""
+    return rules.best_so_far(rows, _as_trial)
 
 
 # -- summaries ---------------------------------------------------------------------------------

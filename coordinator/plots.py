@@ -2,7 +2,8 @@
 
 ``plot_all`` writes:
 
-* ``loss_over_time.png``: each trial's loss at the time it ended, with the running best;
+* ``loss_over_time.png``: each trial's loss at the time it ended, with the running best
+  (:func:`coordinator.rules.best_so_far`: pruned trials are drawn apart and never move it);
 * ``params.png``: each parameter against loss (log axis for log-scaled parameters, jittered
   strips for categorical ones), the best trial starred;
 * ``learning_curves.png``: validation loss (or the early-stopping rule's metric) per epoch: the 5
@@ -26,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 
 from coordinator import rules
 from coordinator.errors import ConfigError
-from coordinator.inspect import best_row, flatten, ok_rows, trial_row, typed
+from coordinator.inspect import best_row, best_so_far_rows, flatten, ok_rows, trial_row, typed
 
 _STATE_COLORS = {"done": "tab:green", "error": "tab:red", "running": "tab:blue"}
 _RETRY_COLOR = "tab:gray"
@@ -135,31 +136,45 @@ def _use_log(values: list[float]) -> bool:
 
 def loss_over_time(exp_key: str, rows: list[dict[str, Any]]) -> Figure | str:
     ok = [r for r in ok_rows(rows) if r.get("ended") is not None]
-    if not ok:
+    series = best_so_far_rows(ok)  # full trials only: the line `best` would draw
+    stopped = [r for r in ok if r.get("pruned") is not None]
+    if not series and not stopped:
         return "no successful trial yet"
     t0 = min(r["book_time"] or r["ended"] for r in ok)
-    ok.sort(key=lambda r: r["ended"])
-    div, unit = _time_unit((ok[-1]["ended"] - t0).total_seconds())
-    minutes = [(r["ended"] - t0).total_seconds() / div for r in ok]
-    losses = [r["loss"] for r in ok]
-    best, running = [], math.inf
-    for loss in losses:
-        running = min(running, loss)
-        best.append(running)
+    div, unit = _time_unit((max(r["ended"] for r in ok) - t0).total_seconds())
+
+    def since(r: dict[str, Any]) -> float:
+        return (r["ended"] - t0).total_seconds() / div
+
+    minutes = [since(r) for r, _, _ in series]
+    losses = [loss for _, loss, _ in series]
+    best = [b for _, _, b in series]
     fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
     ax.scatter(minutes, losses, s=18, alpha=0.6, label="trial loss")
-    ax.step(minutes, best, where="post", color="tab:red", lw=2, label="best so far")
+    if stopped:  # their loss is that of an unfinished training: shown, never the best
+        ax.scatter(
+            [since(r) for r in stopped],
+            [r["loss"] for r in stopped],
+            s=18,
+            marker="x",
+            color="tab:orange",
+            alpha=0.6,
+            label=f"stopped early ({len(stopped)})",
+        )
+    if series:
+        ax.step(minutes, best, where="post", color="tab:red", lw=2, label="best so far")
     failed = [r for r in rows if r["state"] == "error" and r.get("ended") is not None]
     if failed:
         for r in failed:
             ax.axvline((r["ended"] - t0).total_seconds() / div, color="tab:red", alpha=0.25, lw=1)
         ax.plot([], [], color="tab:red", alpha=0.4, label=f"failed trial ({len(failed)})")
-    if _use_log(losses):
+    if _use_log([r["loss"] for r in ok]):
         ax.set_yscale("log")
     ax.set_xlabel(f"{unit} since the first trial started")
     ax.set_ylabel("loss")
-    ax.set_title(f"{exp_key}: loss per trial ({len(ok)} ok), best {best[-1]:.4g}")
+    best_text = f"best {best[-1]:.4g}" if best else "no full trial yet"
+    ax.set_title(f"{exp_key}: loss per trial ({len(ok)} ok), {best_text}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
     fig.tight_layout()
@@ -255,10 +270,7 @@ def learning_curves(exp_key: str, docs: list[dict[str, Any]]) -> Figure | str:
     grey, and the trials an early-stopping rule stopped ending in a red x where it stopped them."""
     with_epochs = [d for d in docs if d.get("epochs")]
     stopped = [d for d in with_epochs if rules.pruned(d) is not None]
-    finished = sorted(
-        (d for d in with_epochs if rules.is_ok_trial(d) and rules.pruned(d) is None),
-        key=lambda d: (rules.ok_loss(d), d["tid"]),
-    )
+    finished = [d for d in rules.ranked(with_epochs) if rules.pruned(d) is None]
     ranked = finished[:TOP_CURVES]
     if not ranked and not stopped:
         return "no successful trial reported per-epoch metrics"

@@ -7,12 +7,15 @@ and ``search`` always name the same best trial.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from coordinator import defaults
 from coordinator.states import TrialState
+
+T = TypeVar("T")
 
 
 def _is_number(value: Any) -> bool:
@@ -23,7 +26,8 @@ def ok_loss(doc: Mapping[str, Any]) -> float | None:
     """The loss of a successful trial: DONE (the integer state, not a look-alike such as ``"2"``),
     ``result.status == "ok"`` and a finite numeric ``result.loss``; ``None`` for anything else.
     A pruned trial (:func:`pruned`) has one too — its last reported value, which TPE learns
-    from — but is never the best (:func:`best_trial`)."""
+    from — but ranks after every full trial (:func:`ranked`) and is never the best
+    (:func:`best_trial`)."""
     state = doc.get("state")
     if not _is_number(state) or state != TrialState.DONE:
         return None
@@ -49,13 +53,104 @@ def pruned(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return record if isinstance(record, Mapping) else None
 
 
-def best_trial(docs: Iterable[Mapping[str, Any]]) -> Any:
-    """The best successful trial of ``docs`` (lowest loss, then lowest tid), or ``None``.
-    Pruned trials never are: their loss is that of an unfinished training."""
-    ok = [d for d in docs if is_ok_trial(d) and pruned(d) is None]
-    if not ok:
+def ranked(items: Iterable[T], doc: Callable[[T], Mapping[str, Any]] | None = None) -> list[T]:
+    """The ranking rule, the one order every reader shows trials in (``best``, ``search``,
+    ``top``, ``export``'s ``rank``, the plots and the dashboard's charts): the successful
+    trials of ``items`` (:func:`ok_loss`), best first — full trials by loss, then tid
+    (:func:`tid_order`); after all of them the pruned ones (:func:`pruned`: their loss is that of
+    an unfinished training), by the same key. Failed, unfinished and malformed trials are left
+    out: a document whose ``problem`` is set (:func:`trial_problem`, as the store's lean reads
+    record it) is malformed; documents read whole should be checked by the caller.
+
+    ``doc`` gives the trial document of an item (``items`` are documents when it is ``None``),
+    so callers rank their own wrappers (rows, cache entries) without copying them.
+    """
+    as_doc: Callable[[Any], Mapping[str, Any]] = doc or (lambda d: d)
+    keyed = [(rank_key(as_doc(item)), item) for item in items]
+    return [item for _, item in sorted(((k, i) for k, i in keyed if k is not None), key=_first)]
+
+
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
+
+
+def rank_key(doc: Mapping[str, Any]) -> tuple[bool, float, tuple[int, Any]] | None:
+    """The sort key of :func:`ranked` (pruned?, loss, tid), ``None`` for a trial it leaves out."""
+    loss = ok_loss(doc)
+    if loss is None or doc.get("problem"):
         return None
-    return min(ok, key=lambda d: (ok_loss(d), tid_order(d.get("tid"))))
+    return (pruned(doc) is not None, loss, tid_order(doc.get("tid")))
+
+
+def best_trial(docs: Iterable[Mapping[str, Any]]) -> Any:
+    """The best trial of ``docs``: the first of :func:`ranked` unless that is pruned (a pruned
+    trial never is the best: its loss is that of an unfinished training), else ``None``."""
+    first = next(iter(ranked(docs)), None)
+    return first if first is not None and pruned(first) is None else None
+
+
+def best_so_far(
+    items: Iterable[T],
+    doc: Callable[[T], Mapping[str, Any]] | None = None,
+    when: Callable[[Mapping[str, Any]], Any] | None = None,
+) -> list[tuple[T, float, float]]:
+    """The running best over time: ``(item, its loss, best loss up to it)`` for each trial that
+    can be the best (:func:`best_trial`'s: successful, not pruned, not failed, not malformed)
+    in the order of ``when(doc)`` (default: the ``ended`` date; items without one are left out).
+    So the line of every "best so far" chart starts at, and ends on, a trial ``best`` would name.
+    """
+    as_doc: Callable[[Any], Mapping[str, Any]] = doc or (lambda d: d)
+    moment = when or ended
+    counted = []
+    for item in items:
+        d = as_doc(item)
+        key = rank_key(d)
+        at = moment(d)
+        if key is not None and not key[0] and at is not None:
+            counted.append((at, key[2], key[1], item))
+    counted.sort(key=lambda c: (c[0], c[1]))
+    series, best = [], math.inf
+    for _, _, loss, item in counted:
+        best = min(best, loss)
+        series.append((item, loss, best))
+    return series
+
+
+def ended(doc: Mapping[str, Any]) -> dt.datetime | None:
+    """When a trial ended (its ``ended`` date), ``None`` for anything but a date."""
+    value = doc.get("ended")
+    return value if isinstance(value, dt.datetime) else None
+
+
+def no_success_reason(docs: Iterable[Mapping[str, Any]]) -> str:
+    """Why none of the trial documents ``docs`` is a best trial (:func:`best_trial`), in one
+    clause that says what happened (all pruned, all failed, none ran) and points at the
+    failures only if there are."""
+    usable = [d for d in docs if trial_problem(d) is None]
+    pruned_n = sum(1 for d in usable if pruned(d) is not None)
+    errors = sum(1 for d in usable if d.get("state") == TrialState.ERROR)
+    cancelled = sum(1 for d in usable if d.get("state") == TrialState.CANCEL)
+    pending = sum(1 for d in usable if d.get("state") in (TrialState.NEW, TrialState.RUNNING))
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (pruned_n, "pruned by the early-stopping rule (a pruned trial is never the best)"),
+            (errors, "failed"),
+            (cancelled, "cancelled"),
+            (pending, "still queued or running"),
+        )
+        if n
+    ]
+    others = len(usable) - pruned_n - errors - cancelled - pending
+    if others:
+        parts.append(f"{others} finished without an ok status and a finite loss")
+    if not parts:
+        return "no trial ran"
+    text = "of its trials " + ", ".join(parts)
+    if errors:
+        text += "; see the errors with the mongo shell: "
+        text += "db.jobs.find({state: 3}, {tid: 1, error: 1})"
+    return text
 
 
 def tid_order(tid: Any) -> tuple[int, Any]:

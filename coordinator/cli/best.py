@@ -143,7 +143,7 @@ def report_best(
 
 def _why_none(store: TrialStore, exp_key: str) -> str:
     """What the trials of ``exp_key`` did instead of succeeding (one clause)."""
-    from coordinator.search import no_success_reason
+    from coordinator.rules import no_success_reason  # not coordinator.search: no hyperopt
 
     return no_success_reason(store.trials(exp_key))
 

@@ -169,12 +169,8 @@ def top(
             ins.sort_rows(rows, by)  # raises the unknown-field error
         click.echo(f"experiment {exp_key}: no successful trials yet ({len(rows)} trials)")
         return
-    ranked = ins.sort_rows(pool, by, descending=desc)
-    if by == "loss":  # as `best`: a trial stopped early never outranks one that ran to its end
-        ranked = [r for r in ranked if r.get("pruned") is None] + [
-            r for r in ranked if r.get("pruned") is not None
-        ]
-    ranked = ranked[:limit]
+    # on loss, the ranking rule (as `best`: a trial stopped early never outranks a full one)
+    ranked = ins.rank_rows(pool, by, descending=desc)[:limit]
     metrics = [
         c
         for c in ins.columns(ranked)

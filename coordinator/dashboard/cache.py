@@ -21,11 +21,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator import inspect, rules
 from coordinator.dashboard import states
-from coordinator.store import TrialStoreBase
+
+if TYPE_CHECKING:
+    from coordinator.store import TrialStoreBase
 
 #: seconds re-read before the last refresh's start (writes stamped just before it)
 OVERLAP_S = 2.0
@@ -33,7 +35,8 @@ OVERLAP_S = 2.0
 MIN_INTERVAL_S = 1.0
 #: at most this many points of one learning curve go to a page (evenly spaced, last kept)
 MAX_CURVE_POINTS = 200
-#: learning curves shown: every running trial, the best and the most recently finished
+#: learning curves shown: every running trial, the best (:func:`coordinator.rules.ranked`) and the
+#: most recently finished
 CURVES_BEST = 10
 CURVES_RECENT = 10
 
@@ -89,9 +92,13 @@ class TrialEntry:
     state: str
     mtime: Any
     seq: int
-    outcome: dict[str, Any]  #: what :mod:`coordinator.rules` and ``inspect.summarize`` read
+    #: what :mod:`coordinator.rules` and ``inspect.summarize`` read, with ``problem`` (why the
+    #: document cannot be used, :func:`coordinator.rules.trial_problem`; ``None`` if it can)
+    outcome: dict[str, Any]
     row: dict[str, Any]  #: ``inspect.trial_row``, JSON-ready
-    ok_loss: float | None
+    ok_loss: float | None  #: :func:`coordinator.rules.ok_loss`; ``None`` for a malformed one
+    #: it can be the best (:func:`coordinator.rules.best_so_far` counts it): ok, full, usable
+    counted: bool
     curve: dict[str, list[float | None]] | None
     worker_id: str | None
     worker_label: str | None
@@ -100,9 +107,12 @@ class TrialEntry:
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], seq: int) -> TrialEntry:
-        # what ``inspect.summarize`` and the rules read: the lean document without its epochs
+        # what ``inspect.summarize`` and the rules read: the lean document without its epochs,
+        # with the ``problem`` the store's lean reads record (so both skip a malformed one)
         outcome = {k: v for k, v in doc.items() if k != "epochs"}
-        state = states.display_state(doc)
+        outcome["problem"] = rules.trial_problem(doc)
+        state = states.display_state(outcome)
+        key = rules.rank_key(outcome)
         row = {k: inspect.jsonable(v) for k, v in inspect.trial_row(doc).items()}
         row["state"] = state
         worker = doc.get("worker") if isinstance(doc.get("worker"), Mapping) else {}
@@ -122,7 +132,8 @@ class TrialEntry:
             seq=seq,
             outcome=outcome,
             row=row,
-            ok_loss=rules.ok_loss(doc),
+            ok_loss=None if key is None else key[1],
+            counted=key is not None and not key[0],
             curve=curve(doc.get("epochs")),
             worker_id=inspect.typed(worker.get("id"), str),
             worker_label=label,
@@ -135,6 +146,7 @@ class TrialEntry:
             "tid": self.tid,
             "state": self.state,
             "ok": self.ok_loss,
+            "counted": self.counted,
             "loss": self.row.get("loss"),
             "t0": timestamp(self.book_time),
             "t1": timestamp(self.ended),
@@ -231,18 +243,20 @@ class TrialCache:
         return [e.outcome for e in self.entries()]
 
 
+def _outcome(entry: TrialEntry) -> Mapping[str, Any]:
+    return entry.outcome
+
+
 def curve_tids(
     entries: Iterable[TrialEntry], best: int = CURVES_BEST, recent: int = CURVES_RECENT
 ) -> list[Any]:
-    """The trials whose learning curves a page draws: every running one, the ``best``
-    successful ones (rule order: loss, then tid) and the ``recent`` most recently ended."""
+    """The trials whose learning curves a page draws: every running one, the ``best`` first
+    of :func:`coordinator.rules.ranked` (pruned trials only after every full one) and the
+    ``recent`` most recently ended."""
     # a tid of another program's may be a list: no curve for it (tids are dict keys here)
     with_curves = [e for e in entries if e.curve is not None and isinstance(e.tid, (int, str))]
     running = [e.tid for e in with_curves if e.state == "running"]
-    ok = sorted(
-        (e for e in with_curves if e.ok_loss is not None),
-        key=lambda e: (e.ok_loss, rules.tid_order(e.tid)),
-    )
+    ok = rules.ranked(with_curves, _outcome)
     ended = sorted(
         (e for e in with_curves if e.ended is not None), key=lambda e: e.ended, reverse=True
     )
@@ -250,6 +264,21 @@ def curve_tids(
     chosen.update(dict.fromkeys(e.tid for e in ok[:best]))
     chosen.update(dict.fromkeys(e.tid for e in ended[:recent]))
     return list(chosen)
+
+
+def best_series(entries: Iterable[TrialEntry]) -> dict[str, list[Any]]:
+    """The "best loss so far" line (:func:`coordinator.rules.best_so_far`, so it starts at and
+    ends on trials ``best`` would name): the points where the best improved, and the last
+    counted trial's, as columns ``{"t": [Unix seconds], "best": [...], "tid": [...]}``."""
+    series = rules.best_so_far(entries, _outcome)
+    line: dict[str, list[Any]] = {"t": [], "best": [], "tid": []}
+    for i, (entry, _loss, best) in enumerate(series):
+        improved = i == 0 or best < series[i - 1][2]
+        if improved or i == len(series) - 1:
+            line["t"].append(timestamp(entry.ended))
+            line["best"].append(best)
+            line["tid"].append(entry.tid)
+    return line
 
 
 class Caches:

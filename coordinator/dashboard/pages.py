@@ -11,13 +11,22 @@ import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator import defaults, inspect
 from coordinator.dashboard import states
-from coordinator.dashboard.cache import CachedOutcomes, Caches, TrialCache, curve_tids, timestamp
+from coordinator.dashboard.cache import (
+    CachedOutcomes,
+    Caches,
+    TrialCache,
+    best_series,
+    curve_tids,
+    timestamp,
+)
 from coordinator.states import TrialState
-from coordinator.store import TrialStoreBase
+
+if TYPE_CHECKING:
+    from coordinator.store import TrialStoreBase
 
 #: hours of the workers page's timeline
 TIMELINE_HOURS = 2.0
@@ -62,6 +71,8 @@ def _summarize(
     if pruned:  # DONE trials that were stopped early: their own chip
         counts["done"] -= pruned
         counts["pruned"] = pruned
+    if s.malformed:  # as `status`: counted apart, in no state
+        counts[inspect.MALFORMED] = s.malformed
     return s, counts
 
 
@@ -134,7 +145,7 @@ def trials_payload(
 ) -> dict[str, Any]:
     """What the experiment page's poll gets: every trial (first poll, or the dashboard
     restarted) or those changed after sequence number ``since``; the learning curves of the
-    trials it draws; the summary line."""
+    trials it draws; the "best so far" line (``cache.best_series``); the summary line."""
     entries = cache.entries()
     full = since <= 0 or token != cache.token
     changed = entries if full else [e for e in entries if e.seq > since]
@@ -150,6 +161,7 @@ def trials_payload(
             e.to_json(with_curve=isinstance(e.tid, (int, str)) and e.tid in wanted) for e in changed
         ],
         "curve_tids": drawn,
+        "best_so_far": cache.derived("best", None, lambda: best_series(entries), math.inf),
         "summary": summary(cache, exp, workers),
     }
 

@@ -1,7 +1,8 @@
 """How the dashboard shows each trial state: one entry per state, nothing else knows the list.
 
-Keys are the names :func:`display_state` gives: ``TrialState`` names in lower case, and
-``pruned`` for trials an early-stopping rule stopped. A new state is one more entry here (and,
+Keys are the names :func:`display_state` gives: ``TrialState`` names in lower case,
+``pruned`` for trials an early-stopping rule stopped and ``malformed`` for documents nobody can
+use. A new state is one more entry here (and,
 if it is not a ``TrialState``, one line in :func:`display_state`); a state the database holds
 that is missing here still shows, in :data:`UNKNOWN_COLOR`.
 """
@@ -31,13 +32,19 @@ STATE_STYLES: dict[str, StateStyle] = {
     "pruned": StateStyle("pruned", "#ff7f0e"),
     "error": StateStyle("error", "#d62728"),
     "cancel": StateStyle("cancelled", "#9467bd"),
+    # a document nobody can use (``problem``: see display_state): in no count, chart or rank
+    "malformed": StateStyle("malformed", "#7f7f7f"),
 }
 UNKNOWN_COLOR = "#bcbd22"
 
 
 def display_state(doc: Mapping[str, Any]) -> str:
-    """The state a page shows: the trial state's name, or ``pruned`` for a DONE trial an
-    early-stopping rule stopped (:func:`coordinator.rules.pruned`)."""
+    """The state a page shows: the trial state's name, ``pruned`` for a DONE trial an
+    early-stopping rule stopped (:func:`coordinator.rules.pruned`), or ``malformed`` for a
+    document whose ``problem`` is set (:func:`coordinator.rules.trial_problem`, as
+    ``status`` shows it)."""
+    if doc.get("problem"):
+        return inspect.MALFORMED
     if doc.get("state") == TrialState.DONE and rules.pruned(doc) is not None:
         return "pruned"
     return inspect.state_name(doc.get("state"))

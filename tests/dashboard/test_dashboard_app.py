@@ -347,3 +347,27 @@ def test_plain_fmin_experiments_are_listed(dash_store: TrialStore, server: Embed
     assert out.returncode == 0, out.stderr
     assert "experiment plain-k  [plain fmin]" in out.stdout and f"experiment {EXP}" in out.stdout
     assert "2 finished" in out.stdout.split("experiment plain-k")[1]
+
+
+def test_best_so_far_line_and_malformed_follow_the_rules(dash_store: TrialStore) -> None:
+    """The experiment page's "best loss so far" comes from coordinator.rules.best_so_far: it
+    starts at the first *full* trial, never at a pruned trial's lower partial loss (the page
+    used to take the running minimum of every successful loss); a malformed document is in no
+    chart, counted apart as `status` counts it."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    docs = [trial_doc(t, TrialState.DONE) for t in range(4)]
+    docs[0]["result"] = {"status": "ok", "loss": 0.01, "pruned": {"epoch": 2, "rule": "median"}}
+    docs[3]["misc"]["tid"] = 99  # malformed: misc.tid is not its tid
+    docs[3]["result"] = {"status": "ok", "loss": 0.001}
+    for t, d in enumerate(docs):
+        d["ended"] = now - dt.timedelta(seconds=10 - t)  # the pruned trial ends first
+    make_experiment(dash_store, docs)
+    body = client(dash_store).get("/api/trials", params={"key": EXP, "since": 0}).json()
+    line = body["best_so_far"]
+    # where the best improved (tid 1) and the last trial it counts (tid 2, the line's end)
+    assert line["tid"] == [1, 2] and line["best"] == [1.0, 1.0] and len(line["t"]) == 2
+    trials = {t["tid"]: t for t in body["trials"]}
+    assert [tid for tid, t in sorted(trials.items()) if t["counted"]] == [1, 2]
+    assert trials[3]["state"] == "malformed" and trials[3]["ok"] is None
+    assert body["summary"]["counts"]["malformed"] == 1
+    assert body["summary"]["best_tid"] == 1

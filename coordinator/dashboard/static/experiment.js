@@ -13,6 +13,7 @@
   const trials = new Map(); // tid -> trial
   const curves = new Map(); // tid -> {epoch: [...], metric: [...]}
   let curveTids = [];
+  let bestLine = null; // {t: [...], best: [...]}: where the best so far improved, from the server
   let columns = [];
   let cursor = { cache: '', seq: 0 };
   const ui = { sortCol: 'tid', sortDesc: false, filter: '', state: '', page: 0 };
@@ -85,6 +86,7 @@
       if (t.curve) curves.set(t.tid, t.curve);
     }
     curveTids = body.curve_tids;
+    bestLine = body.best_so_far;
     const keep = new Set(curveTids);
     for (const tid of [...curves.keys()]) if (!keep.has(tid)) curves.delete(tid);
     renderSummary(body.summary);
@@ -144,16 +146,18 @@
 
   function renderCharts() {
     const all = [...trials.values()];
-    // best loss so far: running minimum of the successful trials' losses, by end time
-    const ok = all.filter((t) => t.ok !== null && t.t1 !== null).sort((a, b) => a.t1 - b.t1);
+    // best loss so far: the server's line (coordinator.rules.best_so_far: full successful
+    // trials only, so it starts at and ends on trials `best` would name), with their losses
+    const counted = all.filter((t) => t.counted && t.t1 !== null).sort((a, b) => a.t1 - b.t1);
+    const line = bestLine || { t: [], best: [] };
     const bx = [];
     const by = [];
     const pts = [];
-    let best = Infinity;
-    for (const t of ok) {
-      best = Math.min(best, t.ok);
+    let step = -1;
+    for (const t of counted) {
+      while (step + 1 < line.t.length && line.t[step + 1] <= t.t1) step += 1;
       bx.push(t.t1);
-      by.push(best);
+      by.push(step >= 0 ? line.best[step] : null);
       pts.push(t.ok);
     }
     draw('chart-best', 'best', () => ({
