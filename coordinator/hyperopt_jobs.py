@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 from typing import Any
+from urllib.parse import quote_plus
 
 import pymongo
 from hyperopt.mongoexp import MongoJobs, OperationFailure, parse_url
@@ -36,12 +37,42 @@ def store_from(arg: TrialStore | MongoJobs | str, db: str = defaults.DB_NAME) ->
     if isinstance(arg, HyperoptJobs):
         return arg.store
     if isinstance(arg, str) and arg.startswith("mongo://"):
-        _protocol, user, password, host, port, db_name, _collection = parse_url(arg)
-        auth = f"{user}:{password}@" if user else ""
-        return connect(f"mongodb://{auth}{host}:{port or 27017}/", db_name, wait=True)
+        return connect(*_mongodb_uri(arg), wait=True)
     if isinstance(arg, str):
         return connect(arg, db, wait=True)
     raise TypeError(f"expected a TrialStore, HyperoptJobs or connection string, got {arg!r}")
+
+
+def _mongodb_uri(conn_str: str) -> tuple[str, str]:
+    """hyperopt's ``mongo://[user[:pw]@]host:port/db/jobs[?authSource=adb]`` as a
+    ``mongodb://`` URI and the database name."""
+    # hyperopt 0.3.0's parse_url gives 8 fields (0.2.x gave 7): take them by position
+    _protocol, user, password, host, port, db_name, collection, *rest = parse_url(conn_str)
+    if collection != "jobs":
+        raise ValueError(
+            f"{conn_str!r}: hyperfleet keeps trials in the 'jobs' collection, not {collection!r}"
+        )
+    auth = ""
+    if user:
+        auth = quote_plus(user) + (f":{quote_plus(password)}" if password else "") + "@"
+    auth_source = rest[0] if rest else None
+    query = f"?authSource={quote_plus(auth_source)}" if auth_source else ""
+    return f"mongodb://{auth}{host}:{port}/{query}", db_name
+
+
+def owner_id(host_id: Any) -> str:
+    """``host_id`` as the string ``owner`` hyperfleet's schema requires. hyperopt's workers pass
+    tuples (``MongoWorker.run_one``'s default is ``("host:pid",)``, its tests pass
+    ``("hostname", 0)``): stored as they are, they become BSON arrays, which every hyperfleet
+    reader refuses (:func:`coordinator.rules.trial_problem`), so a search would never see
+    those trials finish. Parts are joined with ``:`` (``"host:pid"``, ``"hostname:0"``)."""
+    if isinstance(host_id, (tuple, list)):
+        owner = ":".join(str(part) for part in host_id)
+    else:
+        owner = "" if host_id is None else str(host_id)
+    if not owner:
+        raise ValueError(f"reserve needs a non-empty host id, got {host_id!r}")
+    return owner
 
 
 class HyperoptJobs(MongoJobs):
@@ -86,14 +117,15 @@ class HyperoptJobs(MongoJobs):
     ) -> dict[str, Any] | None:
         """Claim one NEW trial for ``host_id`` as stock ``reserve`` does (owner, ``book_time``,
         ``refresh_time``, RUNNING), in one ``find_one_and_update``; ``None`` when none is
-        queued. Unlike stock's, the claim also stamps ``mtime`` and takes the oldest trial."""
+        queued. Unlike stock's, the claim also stamps ``mtime``, takes the oldest trial and
+        records the owner as a string (:func:`owner_id`)."""
         query = dict(cond or {})
         if exp_key is not None:
             query["exp_key"] = exp_key
         if query.get("owner") is not None:
             raise ValueError("refusing to reserve owned job")
         query.update(owner=None, state=int(TrialState.NEW))
-        return _claim(self.store, query, host_id)
+        return _claim(self.store, query, owner_id(host_id))
 
     def update(
         self,
@@ -128,11 +160,13 @@ def _delete_one(store: TrialStore, _id: Any) -> None:
 
 
 @retrying
-def _claim(store: TrialStore, query: dict[str, Any], host_id: Any) -> dict[str, Any] | None:
+def _claim(store: TrialStore, query: dict[str, Any], owner: str) -> dict[str, Any] | None:
     return store.jobs.find_one_and_update(
         query,
         {
-            "$set": {"owner": host_id, "state": int(TrialState.RUNNING)},
+            # no lease: hyperopt's worker never renews one, so its trials are never reaped
+            # (as with stock hyperopt), whatever an earlier attempt left in lease_expires
+            "$set": {"owner": owner, "state": int(TrialState.RUNNING), "lease_expires": None},
             "$currentDate": {"book_time": True, "refresh_time": True, "mtime": True},
         },
         sort=[("tid", 1)],
