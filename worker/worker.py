@@ -3,6 +3,14 @@
 Shutdown has two stages. The first SIGTERM/SIGINT lets the current trial finish, then the worker
 exits 0 (with ``requeue_on_term`` it hands the trial back at once instead). A second signal hands
 the trial back at once (not counted as an attempt) and exits.
+
+Round trips. For trivial trials the server's operations are the cost, so a worker whose recent
+trials were short (median under ``HOLD_FAST_S``) claims up to ``HOLD_MAX`` trials at once and
+runs them one after the other (:class:`Batch`); the outcomes wait, and travel with the next
+claim in one round trip. A held trial never waits behind a slow one: once the running trial
+passes ``HOLD_SLOW_S``, the outcomes waiting are written and the held trials handed back (not
+counted). On exit they are handed back too. A worker killed outright loses what it held: those
+trials are reaped like the one it ran (a counted attempt each) and run again.
 """
 
 from __future__ import annotations
@@ -11,9 +19,11 @@ import logging
 import os
 import signal
 import socket
+import statistics
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -31,6 +41,7 @@ from coordinator.errors import (
 )
 from coordinator.states import AttemptOutcome, ExperimentStatus, TrialState
 from coordinator.store import Lease, TrialStore
+from coordinator.store.base import Ending
 from search_spaces import get_space, load_spaces
 from worker.evaluate import Outcome
 from worker.heartbeat import Heartbeat
@@ -47,6 +58,16 @@ MISSING_EXPERIMENT_NOTE_S = 10.0
 #: workers reap expired leases every ``lease_s`` times this (whoever drives the search, even
 #: a plain ``hyperopt.fmin`` or none at all, a dead worker's trial goes back to the queue)
 REAP_EVERY_LEASE = 0.5
+#: the most trials a worker claims at once (only while its trials are short: HOLD_FAST_S)
+HOLD_MAX = 4
+#: claim several trials at once only while the median of the recent trials is below this
+HOLD_FAST_S = 0.2
+#: how many recent trials that median looks at (and how many run before any batch)
+HOLD_RECENT = 5
+#: a running trial this long hands back the trials held behind it and writes waiting outcomes
+HOLD_SLOW_S = 1.0
+#: an outcome waits at most this long for the next claim's round trip
+ENDINGS_WAIT_S = 0.25
 
 
 @dataclass
@@ -77,6 +98,51 @@ class HandBack:
 
     outcome: AttemptOutcome
     reason: str
+
+
+class Batch:
+    """What a worker holds between round trips: trials claimed but not started, and outcomes
+    not written yet. Shared with the heartbeat thread (which may hand it all back behind a
+    slow trial), hence the lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held: list[Lease] = []
+        self.endings: list[Ending] = []
+        self.oldest_ending = 0.0  #: monotonic time of the oldest outcome waiting
+
+    def next_held(self) -> Lease | None:
+        with self.lock:
+            return self.held.pop(0) if self.held else None
+
+    def hold(self, leases: list[Lease]) -> None:
+        with self.lock:
+            self.held.extend(leases)
+
+    def add_ending(self, ending: Ending) -> None:
+        with self.lock:
+            if not self.endings:
+                self.oldest_ending = time.monotonic()
+            self.endings.append(ending)
+
+    def take_endings(self) -> list[Ending]:
+        with self.lock:
+            endings, self.endings = self.endings, []
+            return endings
+
+    def take_all(self) -> tuple[list[Ending], list[Lease]]:
+        with self.lock:
+            endings, self.endings = self.endings, []
+            held, self.held = self.held, []
+            return endings, held
+
+    def endings_waited(self) -> float:
+        with self.lock:
+            return time.monotonic() - self.oldest_ending if self.endings else 0.0
+
+    def __bool__(self) -> bool:
+        with self.lock:
+            return bool(self.held or self.endings)
 
 
 def new_worker_id() -> str:
@@ -116,6 +182,8 @@ class Worker:
         self.interrupt = threading.Event()  # hand the current trial back now
         self.stopping = threading.Event()  # a signal came: abandon a warm-up
         self._current: Lease | None = None
+        self._batch = Batch()
+        self._recent: deque[float] = deque(maxlen=HOLD_RECENT)  #: seconds of recent trials
         self._in_process_trial = False
         self._idle_since = time.monotonic()
         self._idle_delay = IDLE_POLL_MIN_S
@@ -150,7 +218,7 @@ class Worker:
             while True:
                 self._check_for_stop()
                 self._maintain()
-                lease = self._reserve()
+                lease = self._next_trial()
                 if lease is None:
                     self._wait_for_work()
                     continue
@@ -165,6 +233,7 @@ class Worker:
             reason = str(e)
             raise
         finally:
+            self._settle()
             self.runner.close()
             self._unregister(reason)
             logger.info(
@@ -192,15 +261,42 @@ class Worker:
         self._last_reap = now
         self.store.reap_expired(self.config.exp_key)
 
-    def _reserve(self) -> Lease | None:
-        return self.store.reserve_trial(
+    def _next_trial(self) -> Lease | None:
+        """The next trial to run: one held from an earlier claim, else a fresh claim (of
+        several while trials are short), whose round trip writes the outcomes waiting."""
+        lease = self._batch.next_held()
+        if lease is not None:
+            if self._batch.endings_waited() > ENDINGS_WAIT_S:
+                self._write_endings(self._batch.take_endings())
+            return lease
+        endings = self._batch.take_endings()
+        reserved = self.store.reserve_trials(
             self.id,
+            self._claim_size(),
             exp_key=self.config.exp_key,
             lease_s=self.config.lease_s,
             trusted=self.config.trust_pickled,
             worker=self.info,
             skip_exp_keys=self._skipped_exp_keys,
+            endings=endings,
         )
+        self._note_lost_endings(endings, reserved.ended)
+        if not reserved.leases:
+            return None
+        first, *rest = reserved.leases
+        self._batch.hold(rest)
+        return first
+
+    def _claim_size(self) -> int:
+        """How many trials to claim: several only while the recent trials were short (a slow
+        trial must never sit behind a busy worker), never more than ``--max-trials`` leaves,
+        and few enough that the held ones cannot outlive their lease waiting."""
+        if len(self._recent) < HOLD_RECENT or statistics.median(self._recent) >= HOLD_FAST_S:
+            return 1
+        n = min(HOLD_MAX, int(self.config.lease_s / (2 * HOLD_SLOW_S)))
+        if self.config.max_trials is not None:
+            n = min(n, self.config.max_trials - self.trials_done)
+        return max(1, n)
 
     def _wait_for_work(self) -> None:
         """The queue is empty: stop if idle too long or the search is over; else keep the
@@ -245,18 +341,23 @@ class Worker:
                 "trial %s of %s: started (attempt %s)", lease.tid, lease.exp_key, lease.attempt
             )
             self._register(lease.tid)
+            started = time.monotonic()
             with Heartbeat(
                 self.store,
                 lease,
                 interval_s=self.config.heartbeat_s,
                 lease_s=self.config.lease_s,
                 on_beat=lambda: self._register(lease.tid, force=True),
+                on_slow=self._settle if self._batch else None,
+                slow_after_s=HOLD_SLOW_S,
             ) as beat:
                 outcome = self._execute(lease)
+            self._recent.append(time.monotonic() - started)
             return None if beat.lost.is_set() else outcome
         except Interrupted:
             return HandBack(AttemptOutcome.REQUEUED, "worker stopped by signal")
         except TrialCrashed as crash:
+            self._recent.append(float("inf"))  # a crash is no reason to claim more
             return HandBack(AttemptOutcome.CRASHED, str(crash))
         finally:
             self._current = None
@@ -288,6 +389,8 @@ class Worker:
             self._in_process_trial = False
 
     def _record(self, lease: Lease, outcome: Outcome) -> None:
+        """Queue the trial's outcome: it is written with the next claim, in its round trip
+        (:meth:`_next_trial`), or sooner (:meth:`_settle`)."""
         fields = {
             "params": outcome.params,
             "duration_s": round(outcome.duration_s, 6),
@@ -296,8 +399,8 @@ class Worker:
         if outcome.lost:
             logger.warning("trial %s: %s", lease.tid, outcome.lost_reason)
             return
+        self._batch.add_ending(Ending(lease, outcome.result, fields, outcome.error))
         if outcome.error is not None:
-            ok = self.store.fail(lease, outcome.error, fields)
             logger.error(
                 "trial %s: objective raised %s: %s",
                 lease.tid,
@@ -305,7 +408,6 @@ class Worker:
                 outcome.error["message"],
             )
         else:
-            ok = self.store.finish(lease, outcome.result, fields)
             logger.info(
                 "trial %s: %s loss=%s (%.2f s)",
                 lease.tid,
@@ -313,11 +415,35 @@ class Worker:
                 outcome.result.get("loss"),
                 outcome.duration_s,
             )
-        if not ok:
+
+    def _write_endings(self, endings: list[Ending]) -> None:
+        self._note_lost_endings(endings, self.store.end_trials(endings))
+
+    def _note_lost_endings(self, endings: list[Ending], written: list[bool]) -> None:
+        for ending, ok in zip(endings, written, strict=True):
+            if not ok:
+                logger.warning(
+                    "trial %s: lost the lease before writing the result (reaped while "
+                    "paused?); the new owner's result stands",
+                    ending.lease.tid,
+                )
+
+    def _settle(self) -> None:
+        """Write the outcomes waiting and hand back the trials held but not started (not
+        counted as attempts): on exit, and from the heartbeat behind a slow trial."""
+        endings, held = self._batch.take_all()
+        try:
+            if endings:
+                self._write_endings(endings)
+            if held:
+                back = self.store.release_held(held, "handed back unstarted by a busy worker")
+                logger.info("handed %s back to the queue", counted(back, "held trial"))
+        except StoreUnavailable:
             logger.warning(
-                "trial %s: lost the lease before writing the result (reaped while "
-                "paused?); the new owner's result stands",
-                lease.tid,
+                "could not write %s or hand back %s: MongoDB unreachable; they are reaped "
+                "once their leases expire",
+                counted(len(endings), "result"),
+                counted(len(held), "held trial"),
             )
 
     def _release(self, lease: Lease, outcome: AttemptOutcome, reason: str) -> None:

@@ -87,6 +87,28 @@ class Lease:
         )
 
 
+@dataclass(frozen=True)
+class Ending:
+    """A trial's end with an outcome, to be written under its lease: DONE with ``result``, or
+    ERROR when the objective raised (``error``: ``type``, ``message``, ``traceback``).
+    ``fields`` are extra fields set with it (``params``, ``duration_s``, ``timing``)."""
+
+    lease: Lease
+    result: dict[str, Any]
+    fields: dict[str, Any]
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What :meth:`TrialStoreBase.reserve_trials` did: the trials it claimed (each under its
+    own lease) and, for each ending it was given, whether that ending was written (``False``:
+    the lease was lost; another worker's result stands)."""
+
+    leases: list[Lease]
+    ended: list[bool]
+
+
 class TrialStoreBase(abc.ABC):
     """The store contract (see the module docstring for the invariants every method keeps).
 
@@ -124,6 +146,38 @@ class TrialStoreBase(abc.ABC):
         :func:`coordinator.rules.trial_problem` refuses is never claimed: it goes to
         :meth:`quarantine_trial`. Without ``exp_key``, trials of ``skip_exp_keys`` are not taken.
         """
+
+    @abc.abstractmethod
+    def reserve_trials(
+        self,
+        owner: str,
+        n: int = 1,
+        *,
+        exp_key: str | None = None,
+        lease_s: float = defaults.LEASE_S,
+        trusted: bool = False,
+        worker: dict[str, Any] | None = None,
+        skip_exp_keys: Iterable[str | None] = (),
+        endings: Iterable[Ending] = (),
+    ) -> Reservation:
+        """Write ``endings`` (as :meth:`end_trials` does) and claim up to ``n`` NEW trials for
+        ``owner``, as :meth:`reserve_trial` claims one: each claimed trial has its own lease and
+        ``attempt`` + 1, and no two callers ever get the same trial and attempt. Both travel in
+        one round trip; ``leases`` is empty when nothing is queued (the endings are written
+        all the same). Each ending and each claim is its own fenced write: sharing a round trip
+        makes none of them depend on another."""
+
+    @abc.abstractmethod
+    def end_trials(self, endings: Iterable[Ending]) -> list[bool]:
+        """Write several trials' endings (:meth:`finish` or :meth:`fail` for each) in one round
+        trip; for each, ``False`` if its lease was lost."""
+
+    @abc.abstractmethod
+    def release_held(self, leases: Iterable[Lease], reason: str) -> int:
+        """Hand back RUNNING trials that were claimed but never started (a worker's extra
+        claims on shutdown, or behind a slow trial): NEW again, not counted as an attempt
+        (``requeued`` in ``attempt_history``), in one round trip. Returns how many went back
+        (a lease already lost is left alone)."""
 
     @abc.abstractmethod
     def heartbeat(self, lease: Lease, lease_s: float) -> bool:
