@@ -1,32 +1,30 @@
 """What keeps a search moving, whoever drives it: ``hyperfleet search`` or plain ``hyperopt.fmin``.
 
-hyperopt's ``FMinIter`` enqueues suggestions and polls the trials; every ``tick_s`` (from inside
-its polls, the final wait included) :meth:`Housekeeping.tick` reaps the trials of dead workers,
-quarantines the search's own documents that cannot be used, notices cancellation, sizes the
-queue to the live workers and adapts the poll interval to how fast trials finish. Workers reap
-too (:mod:`worker.worker`), so a search whose driver is gone still gets its trials back.
+Every ``tick_s`` the search loop (:mod:`coordinator.loop`) calls :meth:`Housekeeping.tick`, which
+reaps the trials of dead workers, quarantines the search's own documents that cannot be used,
+notices cancellation, sizes the queue to the live workers and adapts the poll interval to how
+fast trials finish. Workers reap too (:mod:`worker.worker`), so a search whose driver is gone
+still gets its trials back. It talks to the store contract and reads the loop's
+:class:`~coordinator.trial_view.TrialView`; it calls nothing back.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from coordinator import defaults
 from coordinator.states import FINISHED_STATES, TrialState
-from coordinator.store import TrialStore
-
-if TYPE_CHECKING:
-    from coordinator.trials import HyperfleetTrials
+from coordinator.store import TrialStoreBase
+from coordinator.trial_view import TrialView
 
 logger = logging.getLogger(__name__)
 
-#: fmin's sleep between polls while trials are slow
+#: the loop's sleep between reads while trials are slow
 POLL_S = 0.02
-#: the shortest sleep of fmin's loop, while trials finish very fast
+#: the shortest sleep of the loop, while trials finish very fast
 MIN_POLL_S = 0.002
 #: seconds between two housekeeping ticks
 TICK_S = 0.5
@@ -52,12 +50,13 @@ class Housekeeping:
 
     ``queue_len``: a fixed queue length, or ``None`` to size it to ``QUEUE_PER_WORKER`` x the
     live workers (at least ``min_queue``). ``max_attempts``: the attempt limit for experiments
-    that record none.
+    that record none. The loop reads :attr:`max_queue`, :attr:`poll_interval` and
+    :attr:`cancelled`.
     """
 
     def __init__(
         self,
-        store: TrialStore,
+        store: TrialStoreBase,
         exp_key: str | None,
         *,
         poll_s: float = POLL_S,
@@ -71,39 +70,39 @@ class Housekeeping:
         self.queue_len = queue_len
         self.min_queue = min_queue
         self.max_attempts = max_attempts
-        self.fmin_iter: Any = None
+        #: how many trials the loop keeps queued
+        self.max_queue = queue_len if queue_len is not None else min_queue
+        #: how long the loop sleeps between two reads
+        self.poll_interval = poll_s
+        #: whether ``hyperfleet cancel`` was run for the experiment
+        self.cancelled = False
         self._last_rate_check: tuple[float, int] | None = None
 
-    def attach(self, fmin_iter: Any) -> None:
-        """The ``FMinIter`` whose queue length and poll interval this housekeeping sets."""
-        self.fmin_iter = fmin_iter
-        if self.queue_len is not None:
-            fmin_iter.max_queue_len = self.queue_len
-
-    def tick(self, trials: HyperfleetTrials) -> dict[TrialState, int]:
+    def tick(self, view: TrialView) -> dict[TrialState, int]:
         """Reap, quarantine, cancel, size the queue, adapt the poll; returns the counts."""
         self.store.reap_expired(self.exp_key, max_attempts=self.max_attempts)
-        for doc, problem in trials.take_refused():
+        for doc, problem in view.take_refused():
             self.store.quarantine_trial(doc, problem)
         if self.exp_key is not None and self.store.cancel_requested(self.exp_key):
-            trials.mark_cancelled()
-        if self.queue_len is None and self.fmin_iter is not None:
+            self.cancelled = True
+        if self.queue_len is None:
             live = self.store.live_workers(max_age_s=defaults.STALE_WORKER_S, exp_key=self.exp_key)
-            self.fmin_iter.max_queue_len = max(self.min_queue, QUEUE_PER_WORKER * len(live))
-        counts = trials.state_counts()  # from fmin's last refresh: no O(n) aggregate per tick
+            self.max_queue = max(self.min_queue, QUEUE_PER_WORKER * len(live))
+        counts = view.state_counts()  # from the loop's last read: no O(n) aggregate per tick
         self._adapt_poll(counts)
         return counts
 
     def _adapt_poll(self, counts: dict[TrialState, int]) -> None:
-        """Poll fmin's queue about twice per finished trial while trials are fast (workers must
-        not wait for it), and every ``poll_s`` while they are slow (no needless load)."""
+        """While trials are fast, read again about when half the queue should be done (the
+        workers never find it empty, and each read and insert serves several trials); every
+        ``poll_s`` while they are slow (no needless load)."""
         finished = sum(counts.get(s, 0) for s in FINISHED_STATES)
         now = time.monotonic()
-        if self.fmin_iter is not None and self._last_rate_check is not None:
+        if self._last_rate_check is not None:
             seconds = now - self._last_rate_check[0]
             rate = (finished - self._last_rate_check[1]) / seconds if seconds > 0 else 0.0
-            fast = 0.5 / rate if rate > 0 else self.poll_s
-            self.fmin_iter.poll_interval_secs = min(self.poll_s, max(MIN_POLL_S, fast))
+            fast = max(1, self.max_queue // 2) / rate if rate > 0 else self.poll_s
+            self.poll_interval = min(self.poll_s, max(MIN_POLL_S, fast))
         self._last_rate_check = (now, finished)
 
 
@@ -120,7 +119,7 @@ class NoWorkerNotice:
 
     def __init__(
         self,
-        store: TrialStore,
+        store: TrialStoreBase,
         exp_key: str | None,
         *,
         hint: str,

@@ -1,11 +1,13 @@
-"""The coordinator: hyperopt's own FMinIter over :class:`HyperfleetTrials`, plus housekeeping.
+"""The coordinator of ``hyperfleet search`` and ``hyperfleet local``: the experiment document,
+hyperfleet's search loop over it, and the outcome.
 
-hyperopt's loop enqueues suggestions and polls; every ``tick_s`` (from inside its polls, its final
-wait included) the coordinator runs :class:`~coordinator.housekeeping.Housekeeping` (reaps trials
-of dead workers, quarantines unusable documents of its own, notices cancellation, sizes the queue
-to the live workers, adapts the poll) and refreshes the progress line. fmin therefore never hangs
-on a dead worker. A seeded rerun continues its random stream
-(:func:`~coordinator.housekeeping.continue_stream`) instead of repeating earlier suggestions.
+The loop (:mod:`coordinator.loop`) is the same one plain ``hyperopt.fmin`` runs on
+:class:`~coordinator.trials.HyperfleetTrials`: every ``tick_s`` the housekeeping
+(:class:`~coordinator.housekeeping.Housekeeping`) reaps trials of dead workers, quarantines
+unusable documents of its own, notices cancellation, sizes the queue to the live workers and
+adapts the poll; the search therefore never hangs on a dead worker. A seeded rerun continues its
+random stream (:func:`~coordinator.housekeeping.continue_stream`) instead of repeating earlier
+suggestions.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from typing import Any
 
 import numpy as np
 from hyperopt import anneal, base, rand, tpe
-from hyperopt.fmin import FMinIter
 
 from coordinator import defaults, fleet_tpe, rules
 from coordinator.errors import ConfigError, ExperimentMismatch, HyperfleetError, counted
 from coordinator.housekeeping import POLL_S, TICK_S, Housekeeping, continue_stream
+from coordinator.loop import OnTick, SearchLoop
 from coordinator.progress import SearchProgress
 from coordinator.pruning import PruningConfig
 from coordinator.states import ExperimentStatus, TrialState
@@ -114,7 +116,7 @@ class SearchOutcome:
     best: dict[str, Any] | None
     seconds: float
     cancelled: bool = False
-    #: when no trial succeeded: what happened instead (see :func:`no_success_reason`)
+    #: when no trial succeeded: what happened instead (see :func:`rules.no_success_reason`)
     no_success: str | None = None
 
     @property
@@ -226,44 +228,19 @@ def _started_doc(
     return doc
 
 
-def no_success_reason(docs: Any) -> str:
-    """Why none of the trial documents ``docs`` is a best trial, in one clause that says what
-    happened (all pruned, all failed, none ran) and points at the failures only if there are."""
-    usable = [d for d in docs if rules.trial_problem(d) is None]
-    pruned = sum(1 for d in usable if rules.pruned(d) is not None)
-    errors = sum(1 for d in usable if d.get("state") == TrialState.ERROR)
-    cancelled = sum(1 for d in usable if d.get("state") == TrialState.CANCEL)
-    pending = sum(1 for d in usable if d.get("state") in (TrialState.NEW, TrialState.RUNNING))
-    parts = [
-        f"{n} {what}"
-        for n, what in (
-            (pruned, "pruned by the early-stopping rule (a pruned trial is never the best)"),
-            (errors, "failed"),
-            (cancelled, "cancelled"),
-            (pending, "still queued or running"),
-        )
-        if n
-    ]
-    others = len(usable) - pruned - errors - cancelled - pending
-    if others:
-        parts.append(f"{others} finished without an ok status and a finite loss")
-    if not parts:
-        return "no trial ran"
-    text = "of its trials " + ", ".join(parts)
-    if errors:
-        text += "; see the errors with the mongo shell: "
-        text += "db.jobs.find({state: 3}, {tid: 1, error: 1})"
-    return text
-
-
 class Coordinator:
-    """Runs one search to completion (or cancellation/timeout) and records its outcome."""
+    """Runs one search to completion (or cancellation/timeout) and records its outcome.
+
+    :meth:`run` prepares the experiment document, then runs the search loop
+    (:class:`~coordinator.loop.SearchLoop`: housekeeping, read what changed, enqueue, wait).
+    ``on_tick`` is called after every housekeeping tick with the trials and their counts (e.g.
+    ``local`` supervises its worker processes there).
+    """
 
     def __init__(self, store: TrialStore, config: SearchConfig) -> None:
         self.store = store
         self.config = config
-        self.fmin_iter: FMinIter | None = None
-        self.on_tick: Callable[[HyperfleetTrials, dict[TrialState, int]], None] | None = None
+        self.on_tick: OnTick | None = None
         self.housekeeping = Housekeeping(
             store,
             config.exp_key,
@@ -286,45 +263,34 @@ class Coordinator:
         started = time.monotonic()
         if not self._prepared:
             self.prepare()
-        trials = HyperfleetTrials(
-            self.store,
-            exp_key=config.exp_key,
-            space_name=config.space.name,
-            on_poll=self._tick,
-            poll_every_s=config.tick_s,
-        )
-        trials.refresh_reuse_s = 0.005  # fmin refreshes twice in a row around each insert
+        trials = HyperfleetTrials(self.store, exp_key=config.exp_key, space_name=config.space.name)
         domain = base.Domain(_evaluated_by_workers, config.space.hyperopt_space(config.settings))
         trials.use_domain(domain)
         trials.refresh()
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         stream = continue_stream(np.random.default_rng(seed), trials.stored)
-        self.fmin_iter = FMinIter(
-            one_seed_per_id(algo_function(config.algo, config.liar), stream),
-            domain,
-            trials,
-            rstate=stream,
-            asynchronous=True,
-            max_queue_len=config.queue_len or 2,
-            poll_interval_secs=config.poll_s,
-            max_evals=config.max_evals,
-            timeout=config.timeout_s,
-            loss_threshold=config.loss_threshold,
-            verbose=False,
-            show_progressbar=False,
-        )
-        self.housekeeping.attach(self.fmin_iter)
         already = len(trials)
         if already:
             logger.info("resuming %r: %s already stored", config.exp_key, counted(already, "trial"))
         self._progress = SearchProgress(
             config.exp_key, config.max_evals, bar=config.progress, every=config.progress_every
         )
+        loop = SearchLoop(
+            trials,
+            domain,
+            one_seed_per_id(algo_function(config.algo, config.liar), stream),
+            stream,
+            self.housekeeping,
+            max_evals=config.max_evals,
+            timeout_s=config.timeout_s,
+            loss_threshold=config.loss_threshold,
+            tick_s=config.tick_s,
+            on_tick=self._tick,
+        )
         status = ExperimentStatus.FAILED
         try:
-            self._tick(trials)
-            self.fmin_iter.exhaust()
-            status = ExperimentStatus.CANCELLED if trials.cancelled else ExperimentStatus.DONE
+            loop.run()
+            status = ExperimentStatus.CANCELLED if loop.cancelled else ExperimentStatus.DONE
         except (KeyboardInterrupt, HyperfleetError):
             raise  # interrupted or the database gone: RUNNING stays, a rerun continues
         except Exception as e:
@@ -332,30 +298,27 @@ class Coordinator:
             raise
         finally:
             if status is not ExperimentStatus.FAILED:
-                trials.refresh_reuse_s = 0.0
-                trials.refresh()
                 self._finish(trials, status)
                 self._report(trials)
             self._progress.close()
         best = rules.best_trial(trials.trials)
         return SearchOutcome(
             exp_key=config.exp_key,
-            counts=trials.state_counts(),  # usable documents only, as fmin counted them
+            counts=trials.state_counts(),  # usable documents only, as the loop counted them
             best=best,
             seconds=time.monotonic() - started,
-            cancelled=trials.cancelled,
-            no_success=None if best is not None else no_success_reason(trials.trials),
+            cancelled=loop.cancelled,
+            no_success=None if best is not None else rules.no_success_reason(trials.trials),
         )
 
-    def _tick(self, trials: HyperfleetTrials) -> None:
-        """From inside fmin's polls: the housekeeping, then the progress line."""
-        counts = self.housekeeping.tick(trials)
+    def _tick(self, trials: HyperfleetTrials, counts: dict[TrialState, int]) -> None:
+        """After each housekeeping tick: the progress line, then the driver's hook."""
         self._report(trials)
         if self.on_tick is not None:
             self.on_tick(trials, counts)
 
     def _report(self, trials: HyperfleetTrials) -> dict[TrialState, int]:
-        counts = trials.state_counts()  # from fmin's last refresh: no O(n) aggregate per tick
+        counts = trials.state_counts()  # from the loop's last read: no O(n) aggregate per tick
         if self._progress is not None:
             best = rules.best_trial(trials.trials)
             pruned = sum(1 for d in trials.trials if rules.pruned(d) is not None)
@@ -382,7 +345,7 @@ class Coordinator:
             logger.warning(
                 "search %r: no trial succeeded; %s",
                 self.config.exp_key,
-                no_success_reason(trials.trials),
+                rules.no_success_reason(trials.trials),
             )
         else:
             fields.update(

@@ -11,7 +11,7 @@ import pytest
 
 from coordinator import fleet_tpe, rules
 from coordinator.pruning import AttemptJudge, Decision, PruningConfig
-from coordinator.search import no_success_reason
+from coordinator.rules import no_success_reason
 from coordinator.states import ExperimentStatus, TrialState
 from tests.conftest import (
     TEST_SPACES,

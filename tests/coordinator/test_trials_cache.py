@@ -43,31 +43,27 @@ def test_cache_counts_and_order_match_a_fresh_read(store: TrialStore) -> None:
     assert [t["tid"] for t in trials.trials] == sorted(t["tid"] for t in trials.trials)
 
 
-def test_refresh_reuse_never_hides_a_fresh_insert(store) -> None:
-    """Regression: with refresh reuse on (as in the coordinator), a trial inserted right after a
-    refresh must still be seen once a worker finishes it."""
-    from tests.conftest import queue_trials
-
-    trials = queue_trials(store, 1, exp_key="reuse")
-    trials.refresh_reuse_s = 10.0  # reuse everything, except across an insert
-    lease = store.reserve_trial("w", exp_key="reuse")
-    store.finish(lease, {"loss": 1.0, "status": "ok"}, {})
-    trials.refresh()  # reused: the finish is not seen yet, as designed
-    more = queue_trials(store, 1, exp_key="reuse")  # another object inserts: not ours
-    assert len(more.trials) == 2
+def test_an_insert_is_seen_at_once_and_its_later_changes_too(store) -> None:
+    """Inserted trials join the view without a read back (the loop saves that round trip), and
+    a worker's later writes to them are still read."""
     from hyperopt import hp, rand
     from hyperopt.base import Domain
 
+    trials = queue_trials(store, 1, exp_key="ins")
+    more = queue_trials(store, 1, exp_key="ins")  # another object inserts: read, not applied
+    assert len(more.trials) == 2
     domain = Domain(lambda p: 0.0, {"x": hp.uniform("x", -1, 1)})
     trials.insert_trial_docs(rand.suggest(trials.new_trial_ids(1), domain, trials, 7))
-    trials.refresh()  # not reused: it follows our insert
-    lease = store.reserve_trial("w", exp_key="reuse")
+    assert trials.cache.count(TrialState.NEW) == 2  # ours at once, unread: the other one's
+    assert len(trials.trials) == 1  # hyperopt's lists change at a refresh, as stock's
+    trials.refresh()
+    assert len(trials.trials) == 3 and trials.count_by_state_unsynced(TrialState.NEW) == 3
+    lease = store.reserve_trial("w", exp_key="ins")
     while lease is not None:
         store.finish(lease, {"loss": 2.0, "status": "ok"}, {})
-        lease = store.reserve_trial("w", exp_key="reuse")
-    trials.refresh_reuse_s = 0.0
+        lease = store.reserve_trial("w", exp_key="ins")
     trials.refresh()
-    assert sorted(trials.losses()) == [1.0, 2.0, 2.0]
+    assert sorted(trials.losses()) == [2.0, 2.0, 2.0]
 
 
 def test_incremental_refresh_sees_every_change(store: TrialStore) -> None:

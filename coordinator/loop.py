@@ -1,0 +1,182 @@
+"""hyperfleet's search loop: one short loop of named steps, the same for every driver.
+
+``hyperfleet search``, ``hyperfleet local`` (:class:`coordinator.search.Coordinator`) and plain
+``hyperopt.fmin(..., trials=HyperfleetTrials(...))`` (:meth:`coordinator.trials.
+HyperfleetTrials.fmin`) all run :meth:`SearchLoop.run`::
+
+    while not over:
+        stop requested?   cancel, timeout, loss threshold, early-stop function
+        housekeeping      reap dead workers' trials, quarantine, size the queue (every tick)
+        read changes      the trials written since the last read, nothing else
+        enqueue           ask the algorithm (hyperopt's suggest functions, fleet TPE included)
+                          for the missing queue, insert its trials in one write
+        wait              adaptive: about when half the queue should be done
+
+Control only flows down: the loop calls the housekeeping, the trials view and the algorithm;
+none of them calls back into it (``on_tick`` is the driver's own hook, e.g. ``local``'s worker
+supervision and the progress line).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from coordinator import rules
+from coordinator.housekeeping import TICK_S, Housekeeping
+from coordinator.states import TrialState
+
+if TYPE_CHECKING:
+    from coordinator.trials import HyperfleetTrials
+
+logger = logging.getLogger(__name__)
+
+#: a driver's hook, called after every housekeeping tick with the trials and their counts
+OnTick = Callable[["HyperfleetTrials", dict[TrialState, int]], None]
+
+
+class SearchLoop:
+    """Queue ``max_evals`` trials of ``domain`` (counting the visible ones already stored, as
+    ``FMinIter.exhaust`` does), keep the queue filled, and wait until none is queued or
+    running.
+
+    ``algo`` is a hyperopt ``suggest`` function (called as ``algo(new_ids, domain, trials,
+    seed)``, each seed drawn from ``rstate`` as ``FMinIter`` draws it); ``trials`` is the
+    hyperopt-facing view it reads. Queueing stops early on a cancel (the experiment's
+    ``cancel_requested``), after ``timeout_s``, once the best loss is below ``loss_threshold``,
+    when ``early_stop_fn`` says so (hyperopt's signature), or when the algorithm has nothing
+    more to suggest; trials already queued still run, and the loop waits for them.
+    """
+
+    def __init__(
+        self,
+        trials: HyperfleetTrials,
+        domain: Any,
+        algo: Callable[..., Any],
+        rstate: np.random.Generator,
+        housekeeping: Housekeeping,
+        *,
+        max_evals: int,
+        timeout_s: float | None = None,
+        loss_threshold: float | None = None,
+        early_stop_fn: Callable[..., Any] | None = None,
+        tick_s: float = TICK_S,
+        on_tick: OnTick | None = None,
+    ) -> None:
+        self.trials = trials
+        self.view = trials.cache
+        self.domain = domain
+        self.algo = algo
+        self.rstate = rstate
+        self.housekeeping = housekeeping
+        self.max_evals = max_evals
+        self.timeout_s = timeout_s
+        self.loss_threshold = loss_threshold
+        self.early_stop_fn = early_stop_fn
+        self._early_stop_args: Any = []
+        self.tick_s = tick_s
+        self.on_tick = on_tick
+        #: why queueing stopped early ("cancelled", "timeout", ...), or None
+        self.stopped: str | None = None
+        self.queued = 0  #: trials this run inserted
+        self._to_queue = 0
+        self._started = 0.0
+        self._last_tick = float("-inf")
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stopped == "cancelled"
+
+    def run(self) -> None:
+        """The loop (see the module docstring); returns when nothing is queued or running and
+        nothing more will be queued. ``KeyboardInterrupt`` and store errors propagate: the
+        experiment stays as it is and a rerun continues it."""
+        self._started = time.monotonic()
+        # as FMinIter.exhaust: the trials of the caller's last refresh count towards max_evals
+        self._to_queue = self.max_evals - len(self.trials.trials)
+        while True:
+            self._check_stop()
+            self._housekeeping()
+            self._read_changes()
+            self._enqueue()
+            if self._over():
+                break
+            self._wait()
+        self.trials.refresh()
+
+    # -- the steps ------------------------------------------------------------------------------
+
+    def _check_stop(self) -> None:
+        """Stop queueing (the queued and running trials still finish) on a timeout, a reached
+        loss threshold or the early-stop function's word; a cancel is noticed by the
+        housekeeping."""
+        if self.stopped is not None:
+            return
+        if self.timeout_s is not None and time.monotonic() - self._started >= self.timeout_s:
+            self._stop("timeout", f"--timeout of {self.timeout_s:g} s reached")
+        elif self.loss_threshold is not None:
+            best = rules.best_trial(self.trials.trials)
+            if best is not None and best["result"]["loss"] < self.loss_threshold:
+                self._stop("loss threshold", f"best loss below {self.loss_threshold:g}")
+        if self.stopped is None and self.early_stop_fn is not None:
+            stop, self._early_stop_args = self.early_stop_fn(self.trials, *self._early_stop_args)
+            if stop:
+                self._stop("early stop", "the early-stop function says stop")
+
+    def _housekeeping(self, force: bool = False) -> None:
+        """Every ``tick_s``: reap, quarantine, notice a cancel, size the queue, adapt the poll
+        (:class:`~coordinator.housekeeping.Housekeeping`), then the driver's hook."""
+        now = time.monotonic()
+        if not force and now - self._last_tick < self.tick_s:
+            return
+        self._last_tick = now
+        counts = self.housekeeping.tick(self.view)
+        if self.housekeeping.cancelled and self.stopped is None:
+            self._stop("cancelled", "no new trials; waiting for running ones")
+        if self.on_tick is not None:
+            self.on_tick(self.trials, counts)
+
+    def _read_changes(self) -> None:
+        self.trials.refresh()
+
+    def _enqueue(self) -> None:
+        """Fill the queue up to the housekeeping's length: ask the algorithm for the missing
+        trials and insert them in one write."""
+        queued = self.view.count(TrialState.NEW)
+        want = min(self.housekeeping.max_queue - queued, self._to_queue - self.queued)
+        if self.stopped is not None or want <= 0:
+            return
+        new_ids = self.trials.new_trial_ids(want)
+        docs = self.algo(new_ids, self.domain, self.trials, self.rstate.integers(2**31 - 1))
+        if not docs:
+            self._stop("exhausted", "the algorithm has nothing more to suggest")
+            return
+        inserted = self.trials.insert_trial_docs(docs)
+        if not inserted:  # refused at the last moment (cancelled while suggesting)
+            self.housekeeping.cancelled = True
+            self._stop("cancelled", "no new trials; waiting for running ones")
+            return
+        self.queued += len(docs)
+
+    def _over(self) -> bool:
+        """Nothing more to queue, and nothing queued or running."""
+        more = self.stopped is None and self.queued < self._to_queue
+        return not more and self.view.count(TrialState.NEW, TrialState.RUNNING) == 0
+
+    def _wait(self) -> None:
+        """Sleep the housekeeping's adaptive poll interval, never past the next tick."""
+        until_tick = self._last_tick + self.tick_s - time.monotonic()
+        time.sleep(max(0.0, min(self.housekeeping.poll_interval, until_tick)))
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _stop(self, reason: str, detail: str) -> None:
+        self.stopped = reason
+        if reason == "cancelled":
+            logger.warning("search %r cancelled: %s", self.view.exp_key, detail)
+        else:
+            logger.info("search %r: %s: %s", self.view.exp_key, reason, detail)
