@@ -243,11 +243,6 @@ class TrialStoreBase(abc.ABC):
         otherwise (``False``); logged once per process and not read again by hot paths."""
 
     @abc.abstractmethod
-    def insert_raw_documents(self, docs: list[Doc]) -> list[DocId]:
-        """Insert ``docs`` exactly as given (no ``mtime``, no checks), as another program
-        sharing the database might: for tests and repair tools only."""
-
-    @abc.abstractmethod
     def reap_expired(
         self, exp_key: str | None = None, *, max_attempts: int | None = None
     ) -> list[int]:
@@ -270,10 +265,6 @@ class TrialStoreBase(abc.ABC):
         hyperopt's bulky ``spec`` unless ``with_spec``."""
 
     @abc.abstractmethod
-    def unfinished_trials(self, exp_key: str | None) -> list[Doc]:
-        """The NEW and RUNNING trials of ``exp_key`` (any order): the queue and the running."""
-
-    @abc.abstractmethod
     def changed_trials(self, exp_key: str | None, since: dt.datetime) -> list[Doc]:
         """The trials of ``exp_key`` (every state, ERROR included) whose ``mtime`` is at or
         after ``since`` (server time), any order; cost O(matches), not O(trials)."""
@@ -283,12 +274,6 @@ class TrialStoreBase(abc.ABC):
         """Lean trial documents of ``exp_key`` for viewers (the dashboard): with ``epochs`` and
         ``mtime``, without ``spec``, ``result.history``, ``attempt_history`` and
         ``error.traceback``; all, or those whose ``mtime`` is at or after ``since``; any order."""
-
-    @abc.abstractmethod
-    def trials_by_ids(
-        self, ids: Iterable[DocId], states: Iterable[TrialState | int] | None = None
-    ) -> list[Doc]:
-        """The trials with these ids (those in ``states``, if given), any order."""
 
     @abc.abstractmethod
     def trial_outcomes(self, exp_key: str | None) -> list[Doc]:
@@ -440,10 +425,6 @@ class TrialStoreBase(abc.ABC):
     @abc.abstractmethod
     def rung_values(self, exp_key: str, bracket: int, rung: int) -> dict[int, float]:
         """``{tid: value}`` of the rung records at one rung (records without a value left out)."""
-
-    @abc.abstractmethod
-    def rung_records(self, exp_key: str) -> list[Doc]:
-        """Every rung record of ``exp_key``, by bracket, rung, tid."""
 
     @abc.abstractmethod
     def finished_curves(

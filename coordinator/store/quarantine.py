@@ -88,12 +88,3 @@ class Quarantine:
             },
         )
         return marked.matched_count == 1
-
-    @retrying
-    def insert_raw_documents(self, docs: list[dict[str, Any]]) -> list[Any]:
-        """Insert ``docs`` into ``jobs`` exactly as given: no ``mtime``, no checks, as another
-        program sharing the database might. For tests (the fuzz suite) and repair tools only;
-        hyperfleet's own trials go through ``insert_trials``. Returns their ``_id``s."""
-        if not docs:
-            return []
-        return list(self.jobs.insert_many(docs, ordered=False).inserted_ids)

@@ -15,7 +15,6 @@ from pymongo.collection import Collection
 
 from coordinator import rules
 from coordinator.states import TrialState
-from coordinator.store.base import DocId
 from coordinator.store.connection import retrying
 
 _UNFINISHED = [int(TrialState.NEW), int(TrialState.RUNNING)]
@@ -52,25 +51,11 @@ class TrialReads:
         return _by_tid(list(self.jobs.find(_match(exp_key, states), projection=projection)))
 
     @retrying
-    def unfinished_trials(self, exp_key: str | None) -> list[dict[str, Any]]:
-        """The NEW and RUNNING trials of ``exp_key``, in no particular order."""
-        return list(self.jobs.find(_match(exp_key, _UNFINISHED)))
-
-    @retrying
     def changed_trials(self, exp_key: str | None, since: dt.datetime) -> list[dict[str, Any]]:
         """The trials of ``exp_key`` (every state) written at or after ``since`` by the server's
         clock (``mtime``): an indexed read on ``(exp_key, mtime)``, O(matches)."""
         query = _match(exp_key, None)
         query["mtime"] = {"$gte": since}
-        return list(self.jobs.find(query))
-
-    @retrying
-    def trials_by_ids(
-        self, ids: Iterable[DocId], states: Iterable[TrialState | int] | None = None
-    ) -> list[dict[str, Any]]:
-        """The trials with these ``_id``s (only those in ``states``, if given): an indexed read."""
-        query = _match(None, states)
-        query["_id"] = {"$in": list(ids)}
         return list(self.jobs.find(query))
 
     @retrying

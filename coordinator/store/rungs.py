@@ -62,12 +62,6 @@ class RungRecords:
         }
 
     @retrying
-    def rung_records(self, exp_key: str) -> list[dict[str, Any]]:
-        """Every rung record of ``exp_key``, by bracket, rung, then tid."""
-        rows = list(self.rungs.find({"exp_key": exp_key}))
-        return sorted(rows, key=lambda r: (r.get("bracket", 0), r.get("rung", 0), r.get("tid")))
-
-    @retrying
     def finished_curves(
         self, exp_key: str, metric: str, *, known: Collection[int] = ()
     ) -> dict[int, dict[int, float] | None]:

@@ -20,6 +20,7 @@ from coordinator import rules
 from coordinator.states import TrialState
 from coordinator.store import connect
 from tests.conftest import cli_env, hyperfleet, start_worker, stop_all, wait_for
+from tests.raw_store import insert_raw_documents
 
 KEY = "fuzzed"  #: the running search's exp key
 OTHER_OWN = "fuzz-other-own"  #: another experiment of hyperfleet's (an experiment document)
@@ -178,7 +179,7 @@ def fuzz_search(server, db_name: str, tmp_path: Path, n_docs: int, max_evals: in
         )
         batch = max(1, len(docs) // 10)
         for i in range(0, len(docs), batch):
-            store.insert_raw_documents([dict(d) for d in docs[i : i + batch]])
+            insert_raw_documents(store, [dict(d) for d in docs[i : i + batch]])
             time.sleep(0.1)
         assert search.wait(120) == 0, search_log.read_text()[-3000:]
         assert all(w.poll() is None for w in workers), "a worker exited"

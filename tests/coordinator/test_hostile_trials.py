@@ -21,6 +21,7 @@ from tests.conftest import (
     start_worker,
     stop_all,
 )
+from tests.raw_store import insert_raw_documents
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
@@ -70,7 +71,9 @@ def test_fleet_tpe_never_shows_a_non_finite_value_to_tpe() -> None:
 
 def test_search_finishes_with_a_nan_valued_queued_trial(server, db_name, store, tmp_path) -> None:
     key = "nanvals"
-    store.insert_raw_documents([with_vals(900008, math.nan, key), with_vals(900009, math.inf, key)])
+    insert_raw_documents(
+        store, [with_vals(900008, math.nan, key), with_vals(900009, math.inf, key)]
+    )
     log = tmp_path / "w.log"
     worker = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, log=log)
     try:
@@ -137,7 +140,7 @@ def test_best_and_search_name_the_same_trial(server, db_name, store, tmp_path) -
         result={"status": "ok", "loss": -1e300},
         space="someone_elses",
     )
-    store.insert_raw_documents([forged, other_space])
+    insert_raw_documents(store, [forged, other_space])
     worker = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, log=tmp_path / "w.log")
     common = ("--mongo", server.uri, "--db", db_name)
     try:

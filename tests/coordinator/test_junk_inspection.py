@@ -13,9 +13,9 @@ import pytest
 from coordinator.dashboard.app import create_app
 from coordinator.states import TrialState
 from coordinator.store import TrialStore
-from coordinator.store.raw import insert_raw_rows
 from tests.conftest import hyperfleet
 from tests.dashboard.conftest import make_experiment, trial_doc
+from tests.raw_store import insert_raw_documents, insert_raw_rows
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -55,7 +55,7 @@ def _junk_store(store: TrialStore) -> None:
         attempt_history="none",
         error="boom",
     )
-    store.insert_raw_documents([list_tid, huge, wrong])
+    insert_raw_documents(store, [list_tid, huge, wrong])
 
 
 def _ok(proc) -> str:

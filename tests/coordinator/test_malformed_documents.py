@@ -19,6 +19,7 @@ from tests.conftest import (
     start_worker,
     stop_all,
 )
+from tests.raw_store import insert_raw_documents, trials_by_ids
 from worker.worker import Worker, WorkerConfig
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
@@ -61,19 +62,19 @@ def test_worker_quarantines_own_and_leaves_foreign_documents(server, db_name, st
     or without ``misc`` is never claimed: hyperfleet's own is marked ERROR with the reason,
     a foreign one (no experiment document) is left exactly as it was."""
     queue_trials(store, 1, exp_key="own", space="whoami", settings={"sleep": 0.0})
-    own_bad = store.insert_raw_documents(
-        [queued_doc(900, "own", tid=DROP), queued_doc(901, "own", misc=DROP, space="whoami")]
+    own_bad = insert_raw_documents(
+        store, [queued_doc(900, "own", tid=DROP), queued_doc(901, "own", misc=DROP, space="whoami")]
     )
-    foreign = store.insert_raw_documents([queued_doc(902, "foreign", tid=DROP)])
+    foreign = insert_raw_documents(store, [queued_doc(902, "foreign", tid=DROP)])
     config = WorkerConfig(
         server.uri, db_name, isolate=False, spaces=(TEST_SPACES,), idle_timeout_s=0.5
     )
     assert Worker(store, config).work() == 0
     assert store.count("own", [TrialState.DONE]) == 1
-    for doc in store.trials_by_ids(own_bad):
+    for doc in trials_by_ids(store, own_bad):
         assert doc["state"] == TrialState.ERROR and doc["error"]["type"] == "MalformedTrial"
         assert "no tid" in doc["error"]["message"] or "no misc" in doc["error"]["message"]
-    (left,) = store.trials_by_ids(foreign)
+    (left,) = trials_by_ids(store, foreign)
     assert left == {**queued_doc(902, "foreign", tid=DROP), "_id": foreign[0]}
 
 
@@ -84,11 +85,12 @@ def test_reaper_survives_a_running_document_without_tid(store: TrialStore) -> No
 
     queue_trials(store, 1, exp_key="own")
     past = dt.datetime(2000, 1, 1)
-    store.insert_raw_documents(
+    insert_raw_documents(
+        store,
         [
             queued_doc(0, "own", tid=DROP, state=1, owner="w", lease_expires=past),
             queued_doc(7, "own", state=1, lease_expires=past),
-        ]
+        ],
     )
     assert store.reap_expired("own") == []
     assert store.count("own", [TrialState.ERROR]) == 2
@@ -109,7 +111,7 @@ def test_search_finishes_with_malformed_documents_in_its_experiment(
         queued_doc(1002, key, space=DROP),
         queued_doc(1003, key, state="2", result={"status": "ok", "loss": -1e9}),
     ]
-    store.insert_raw_documents(junk)
+    insert_raw_documents(store, junk)
     log = tmp_path / "w.log"
     worker = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, "--trust-pickled", log=log)
     try:

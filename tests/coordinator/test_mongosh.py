@@ -24,6 +24,7 @@ import pytest
 from coordinator.states import TrialState
 from coordinator.store import connect
 from tests.conftest import ROOT, cli_env, run_search_with_workers, start_worker, stop_all, wait_for
+from tests.raw_store import rung_records
 
 pytestmark = pytest.mark.mongosh
 
@@ -216,7 +217,7 @@ def test_every_documented_query_runs_in_real_mongosh(
         assert all(r["result"]["pruned"]["rule"] == "asha" for r in rows)
 
     def rungs(rows: list[dict[str, Any]]) -> None:
-        assert len(rows) == len(store.rung_records(PRUNED)) > 0
+        assert len(rows) == len(rung_records(store, PRUNED)) > 0
         assert {r["decision"] for r in rows} == {"continue", "prune"}
 
     checks: dict[str, tuple[Callable[[Any], None], str]] = {

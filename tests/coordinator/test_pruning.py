@@ -19,6 +19,7 @@ from coordinator.states import AttemptOutcome, TrialState, Verdict
 from coordinator.store import TrialStore
 from tests.conftest import queue_trials
 from tests.coordinator import pruning_traces as traces
+from tests.raw_store import rung_records
 from worker.evaluate import Resolver, TrialContextImpl, evaluate
 
 TEST_SPACES = "tests/spaces_for_tests.py"
@@ -125,7 +126,7 @@ def test_a_rung_record_is_written_once_and_the_first_decision_stands(store: Tria
     again = store.record_rung(_record(1, "prune", 0.9))
     assert first["decision"] == again["decision"] == "continue"
     assert store.rung_values("exp", 0, 0) == {1: 0.5}
-    assert len(store.rung_records("exp")) == 1
+    assert len(rung_records(store, "exp")) == 1
 
 
 def test_concurrent_writers_of_one_key_agree(store: TrialStore) -> None:
@@ -139,7 +140,7 @@ def test_concurrent_writers_of_one_key_agree(store: TrialStore) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert len(set(answers)) == 1 and len(store.rung_records("exp")) == 1
+    assert len(set(answers)) == 1 and len(rung_records(store, "exp")) == 1
 
 
 def test_a_second_attempt_reuses_the_first_attempts_decision(store: TrialStore) -> None:
@@ -176,7 +177,7 @@ def test_every_decision_can_be_checked_from_the_stored_data(store: TrialStore, r
     config = config_for(rule, "min")
     exp_key = f"replay-{rule}"
     decisions = run_hyperfleet(store, traces.fleet("min"), config, exp_key)
-    records = store.rung_records(exp_key)
+    records = rung_records(store, exp_key)
     assert len(records) >= sum(prune for *_, prune in decisions) > 0
     curves = {d["tid"]: d for d in store.trials(exp_key)}
     for r in records:
@@ -209,7 +210,7 @@ def test_the_last_epoch_is_never_stopped(store: TrialStore) -> None:
         ctx = TrialContextImpl(store, lease, {}, {}, make_pruner(config, store))
         for epoch in (1, 2, 3):
             assert ctx.report_epoch({"epoch": epoch, "m": value}) is Verdict.CONTINUE
-    [record] = [r for r in store.rung_records("last") if r["tid"] == b.tid]
+    [record] = [r for r in rung_records(store, "last") if r["tid"] == b.tid]
     assert record["final"] and record["decision"] == "continue" and record["threshold"] == 0.1
     assert store.rung_values("last", 0, 0) == {a.tid: 0.1, b.tid: 0.9}  # both compete
 

@@ -10,6 +10,7 @@ from coordinator.errors import TrialWriteRefused
 from coordinator.states import TrialState
 from coordinator.store import TrialStore
 from tests.conftest import queue_trials
+from tests.raw_store import trials_by_ids, unfinished_trials
 
 
 def test_named_reads(store: TrialStore) -> None:
@@ -24,15 +25,15 @@ def test_named_reads(store: TrialStore) -> None:
     assert "spec" in every[0] and "spec" not in store.trials("exp", with_spec=False)[0]
     assert len(store.trials(None)) == 5
     assert [d["tid"] for d in store.trials("exp", [TrialState.DONE])] == [done.tid]
-    assert {d["tid"] for d in store.unfinished_trials("exp")} == {
+    assert {d["tid"] for d in unfinished_trials(store, "exp")} == {
         d["tid"] for d in every if d["tid"] != done.tid
     }
-    by_id = store.trials_by_ids([done.id, running.id])
+    by_id = trials_by_ids(store, [done.id, running.id])
     assert {d["tid"] for d in by_id} == {done.tid, running.tid}
-    assert [d["tid"] for d in store.trials_by_ids([done.id, running.id], [TrialState.DONE])] == [
+    assert [d["tid"] for d in trials_by_ids(store, [done.id, running.id], [TrialState.DONE])] == [
         done.tid
     ]
-    assert store.trials_by_ids([]) == []
+    assert trials_by_ids(store, []) == []
     outcomes = store.trial_outcomes("exp")
     assert [d["tid"] for d in outcomes] == [d["tid"] for d in every]
     assert "spec" not in outcomes[0] and "misc" not in outcomes[0]
