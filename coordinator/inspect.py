@@ -1,8 +1,9 @@
 """Reading a search back: flat trial rows, experiment summaries, worker views, exports.
 
-Everything here reads through :class:`~coordinator.store.TrialStore` and never writes. The CLI
-(``coordinator.inspect_cli``), the plots (``coordinator.plots``) and the notebook API
-(``coordinator.trials.trial_rows``) share these functions, so a column has one name everywhere.
+Everything here reads through the store contract (:class:`~coordinator.store.TrialStoreBase`)
+and never writes. The CLI (``coordinator.cli.inspect``), the plots (``coordinator.plots``) and
+the notebook API (``coordinator.trials.trial_rows``) share these functions, so a column has one
+name everywhere.
 
 A *row* is one trial flattened into ``{column: scalar}``: nested parameter choices become dotted
 columns (``params.optimizer.name``, ``params.optimizer.lr``), list items get their index
@@ -31,7 +32,7 @@ from coordinator.errors import ConfigError, SpaceError
 from coordinator.states import ExperimentStatus, TrialState, WorkerStatus
 
 if TYPE_CHECKING:  # typed against the contract; importing a backend here would cost every reader
-    from coordinator.store import TrialStoreBase as TrialStore
+    from coordinator.store import TrialStoreBase
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
 PLAIN_FMIN = "plain fmin"
 
 
-def get_experiment(store: TrialStore, exp_key: str) -> dict[str, Any]:
+def get_experiment(store: TrialStoreBase, exp_key: str) -> dict[str, Any]:
     """The experiment document of ``exp_key``; an unknown key is a :class:`ConfigError` that
     names the known ones."""
     exp = store.get_experiment(exp_key)
@@ -192,7 +193,7 @@ def get_experiment(store: TrialStore, exp_key: str) -> dict[str, Any]:
     raise ConfigError(f"no experiment {exp_key!r} in database {store.db_name!r} ({hint})")
 
 
-def all_experiments(store: TrialStore) -> list[dict[str, Any]]:
+def all_experiments(store: TrialStoreBase) -> list[dict[str, Any]]:
     """Every experiment document, oldest first, then one stand-in (status ``plain fmin``) per
     exp key that has trials but no document: plain ``hyperopt.fmin`` writes none."""
     exps = store.list_experiments()
@@ -201,13 +202,13 @@ def all_experiments(store: TrialStore) -> list[dict[str, Any]]:
     return exps + [{"_id": key, "status": PLAIN_FMIN} for key in sorted(plain)]
 
 
-def load_trials(store: TrialStore, exp_key: str) -> list[dict[str, Any]]:
+def load_trials(store: TrialStoreBase, exp_key: str) -> list[dict[str, Any]]:
     """Every trial document of ``exp_key`` by tid (without hyperopt's bulky ``spec``)."""
     return store.trials(exp_key, with_spec=False)
 
 
 def load_rows(
-    store: TrialStore, exp_key: str, *, spaces: Iterable[str] = ()
+    store: TrialStoreBase, exp_key: str, *, spaces: Iterable[str] = ()
 ) -> list[dict[str, Any]]:
     """Flat rows of every trial of ``exp_key``; queued and running trials get their params
     decoded from ``misc.vals`` when the experiment's search space is known here. Documents
@@ -475,7 +476,7 @@ class WorkerView:
 
 
 def worker_views(
-    store: TrialStore, *, stale_s: float = DEFAULT_STALE_S, include_stopped: bool = False
+    store: TrialStoreBase, *, stale_s: float = DEFAULT_STALE_S, include_stopped: bool = False
 ) -> list[WorkerView]:
     """Workers from the heartbeat registry, ages in server time, stale ones flagged."""
     now = store.server_time()
@@ -505,7 +506,7 @@ class ExperimentSummary:
 
 
 def summarize(
-    store: TrialStore, exp: Mapping[str, Any], workers: list[WorkerView]
+    store: TrialStoreBase, exp: Mapping[str, Any], workers: list[WorkerView]
 ) -> ExperimentSummary:
     """Counts, best trial, throughput and ETA of one experiment (times in server time); the
     documents that cannot be used (``problem`` set by ``trial_outcomes``) are only counted as

@@ -21,7 +21,7 @@ from coordinator.errors import HyperfleetError, counted
 from coordinator.search import Coordinator, SearchConfig, SearchOutcome
 from coordinator.server import EmbeddedServer, die_with_parent
 from coordinator.states import ExperimentStatus
-from coordinator.store import TrialStore, connect
+from coordinator.store import TrialStoreBase, connect
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class LocalConfig:
     worker_envs: list[dict[str, str]] = field(default_factory=list)
     log_dir: Path | None = None
     #: called with the store and the outcome before the embedded server stops
-    after: Callable[[TrialStore, SearchOutcome], None] | None = None
+    after: Callable[[TrialStoreBase, SearchOutcome], None] | None = None
 
 
 def local_worker_envs(
@@ -68,7 +68,7 @@ class LocalRun:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._envs: list[dict[str, str]] = []
         self._restarts: list[int] = []  #: per worker slot, how often it was replaced
-        self._store: TrialStore | None = None
+        self._store: TrialStoreBase | None = None
         self.log_dir = config.log_dir or Path(config.db_path).resolve().parent / "logs"
 
     def run(self) -> SearchOutcome:

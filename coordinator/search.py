@@ -32,7 +32,7 @@ from coordinator.loop import OnTick, SearchLoop
 from coordinator.progress import SearchProgress
 from coordinator.pruning import PruningConfig
 from coordinator.states import ExperimentStatus, TrialState
-from coordinator.store import TrialStore, to_bson, utcnow
+from coordinator.store import TrialStoreBase, to_bson, utcnow
 from coordinator.trials import HyperfleetTrials, one_seed_per_id
 from search_spaces import SearchSpace
 
@@ -132,7 +132,7 @@ class SearchOutcome:
 _START_TRIES = 5
 
 
-def prepare_experiment(store: TrialStore, config: SearchConfig) -> dict[str, Any]:
+def prepare_experiment(store: TrialStoreBase, config: SearchConfig) -> dict[str, Any]:
     """Create the experiment document, or check that a rerun asks for the same search and mark
     it RUNNING again.
 
@@ -237,7 +237,7 @@ class Coordinator:
     ``local`` supervises its worker processes there).
     """
 
-    def __init__(self, store: TrialStore, config: SearchConfig) -> None:
+    def __init__(self, store: TrialStoreBase, config: SearchConfig) -> None:
         self.store = store
         self.config = config
         self.on_tick: OnTick | None = None

@@ -19,7 +19,7 @@ from hyperopt.utils import coarse_utcnow
 from coordinator.errors import ConfigError, Interrupted, SpaceError, StoreUnavailable, TrialLost
 from coordinator.pruning import AttemptJudge, Decision, Pruner, PruningConfig, make_pruner
 from coordinator.states import Verdict
-from coordinator.store import Lease, TrialStore, to_bson
+from coordinator.store import Lease, TrialStoreBase, to_bson
 from search_spaces import SearchSpace, get_space, load_spaces
 
 CANCEL_CHECK_S = 2.0  #: how often a running objective's ``should_stop`` asks the store
@@ -55,7 +55,7 @@ class Resolver:
     ``trust_pickled``) hyperopt's pickled Domain for people who call ``fmin`` themselves."""
 
     def __init__(
-        self, store: TrialStore, spaces: tuple[str, ...] = (), trust_pickled: bool = False
+        self, store: TrialStoreBase, spaces: tuple[str, ...] = (), trust_pickled: bool = False
     ):
         self.store = store
         self.trust_pickled = trust_pickled
@@ -101,7 +101,7 @@ class TrialContextImpl:
 
     def __init__(
         self,
-        store: TrialStore,
+        store: TrialStoreBase,
         lease: Lease,
         settings: dict[str, Any],
         extra: dict[str, Any],
@@ -198,7 +198,9 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def evaluate(resolver: Resolver, store: TrialStore, lease: Lease, extra: dict[str, Any]) -> Outcome:
+def evaluate(
+    resolver: Resolver, store: TrialStoreBase, lease: Lease, extra: dict[str, Any]
+) -> Outcome:
     """Run the trial held by ``lease`` here and now; the objective's exceptions become
     ``Outcome.error``, a lost lease ``Outcome.lost``; :class:`Interrupted` propagates."""
     started = time.perf_counter()

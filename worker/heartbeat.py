@@ -9,7 +9,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from coordinator.errors import StoreUnavailable
-from coordinator.store import Lease, TrialStore
+from coordinator.store import Lease, TrialStoreBase
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        store: TrialStore,
+        store: TrialStoreBase,
         lease: Lease,
         *,
         interval_s: float,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from coordinator.errors import HyperfleetError, Interrupted, TrialCrashed
 
 if TYPE_CHECKING:
-    from coordinator.store import Lease, TrialStore
+    from coordinator.store import Lease, TrialStoreBase
     from worker.evaluate import Outcome, Resolver
 
 # This module is what a spawned trial child imports first (to find ``_child_main``): it imports
@@ -79,7 +79,7 @@ class InProcessRunner:
 
         # no ping here: the worker already checked, and a server that is down right now is
         # retried by every store operation (outage budget) instead of killing this process
-        self.store: TrialStore = connect(
+        self.store: TrialStoreBase = connect(
             config.uri, config.db, outage_s=config.outage_s, check=False
         )
         self.resolver: Resolver = Resolver(self.store, config.spaces, config.trust_pickled)

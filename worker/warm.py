@@ -17,7 +17,7 @@ from typing import Any
 
 from coordinator.errors import HyperfleetError
 from coordinator.states import ExperimentStatus, TrialState
-from coordinator.store import TrialStore
+from coordinator.store import TrialStoreBase
 from search_spaces import SearchSpace, get_space
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 EXPERIMENT_WAIT_S = 5.0
 
 
-def _experiments(store: TrialStore, exp_key: str | None) -> list[dict[str, Any]]:
+def _experiments(store: TrialStoreBase, exp_key: str | None) -> list[dict[str, Any]]:
     """The experiment ``exp_key``, or (``None``) the running ones, once there is one."""
     deadline = time.monotonic() + EXPERIMENT_WAIT_S
     while True:
@@ -47,7 +47,7 @@ def _experiments(store: TrialStore, exp_key: str | None) -> list[dict[str, Any]]
         time.sleep(0.1)
 
 
-def _queued_without_experiment(store: TrialStore, exp_key: str | None) -> bool:
+def _queued_without_experiment(store: TrialStoreBase, exp_key: str | None) -> bool:
     """Are trials queued (of ``exp_key``, or of any experiment) that no experiment document
     describes? Trials of known experiments (a failed one's leftovers) do not count."""
     if exp_key is not None:
@@ -56,7 +56,9 @@ def _queued_without_experiment(store: TrialStore, exp_key: str | None) -> bool:
     return bool(queued - {repr(e.get("_id")) for e in store.list_experiments()})
 
 
-def _targets(store: TrialStore, exp_key: str | None) -> list[tuple[SearchSpace, dict[str, Any]]]:
+def _targets(
+    store: TrialStoreBase, exp_key: str | None
+) -> list[tuple[SearchSpace, dict[str, Any]]]:
     targets = []
     for exp in _experiments(store, exp_key):
         if not exp.get("space"):
@@ -71,7 +73,7 @@ def _targets(store: TrialStore, exp_key: str | None) -> list[tuple[SearchSpace, 
     return targets
 
 
-def warm(store: TrialStore, exp_key: str | None) -> float:
+def warm(store: TrialStoreBase, exp_key: str | None) -> float:
     """Warm this process for ``exp_key``'s trials (or any); returns the seconds it took. A
     space that fails to warm is logged and skipped: its first trial is then a cold one."""
     started = time.perf_counter()

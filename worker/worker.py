@@ -40,7 +40,7 @@ from coordinator.errors import (
     counted,
 )
 from coordinator.states import AttemptOutcome, ExperimentStatus, TrialState
-from coordinator.store import Lease, TrialStore
+from coordinator.store import Lease, TrialStoreBase
 from coordinator.store.base import Ending
 from search_spaces import get_space, load_spaces
 from worker.evaluate import Outcome
@@ -150,7 +150,7 @@ def new_worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, store: TrialStore, config: WorkerConfig) -> None:
+    def __init__(self, store: TrialStoreBase, config: WorkerConfig) -> None:
         self.store = store
         self.config = config
         self.id = new_worker_id()

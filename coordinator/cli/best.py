@@ -19,7 +19,7 @@ from coordinator.defaults import MODEL_ATTACHMENT
 from coordinator.errors import ConfigError, HyperfleetError
 
 if TYPE_CHECKING:
-    from coordinator.store import TrialStore
+    from coordinator.store import TrialStoreBase
 
 
 def _keras_space(exp: dict[str, Any], spaces: tuple[str, ...] = ()) -> Any:
@@ -55,7 +55,7 @@ def _keras_space(exp: dict[str, Any], spaces: tuple[str, ...] = ()) -> Any:
 
 
 def evaluate_model(
-    store: TrialStore,
+    store: TrialStoreBase,
     exp: dict[str, Any],
     tid: int,
     data: bytes,
@@ -85,7 +85,7 @@ def evaluate_model(
 
 
 def report_best(
-    store: TrialStore,
+    store: TrialStoreBase,
     exp_key: str,
     *,
     save_model: str | None = None,
@@ -141,7 +141,7 @@ def report_best(
     return lines
 
 
-def _why_none(store: TrialStore, exp_key: str) -> str:
+def _why_none(store: TrialStoreBase, exp_key: str) -> str:
     """What the trials of ``exp_key`` did instead of succeeding (one clause)."""
     from coordinator.rules import no_success_reason  # not coordinator.search: no hyperopt
 

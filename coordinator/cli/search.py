@@ -35,7 +35,7 @@ from coordinator.errors import ConfigError, counted
 
 if TYPE_CHECKING:
     from coordinator.search import SearchConfig, SearchOutcome
-    from coordinator.store import TrialStore
+    from coordinator.store import TrialStoreBase
 
 logger = logging.getLogger("coordinator.search")
 
@@ -198,7 +198,7 @@ def local(
     envs = local_worker_envs(workers, gpus, per_gpu, threads)
     report: list[str] = []
 
-    def after(store: TrialStore, outcome: SearchOutcome) -> None:
+    def after(store: TrialStoreBase, outcome: SearchOutcome) -> None:
         if outcome.best is not None and (evaluate or save_model):
             from coordinator.cli.best import report_best
 

@@ -233,7 +233,14 @@ class TrialStoreBase(abc.ABC):
     def insert_trials(self, docs: list[Doc]) -> list[DocId]:
         """Insert trial documents (hyperopt's; usually NEW, any state for a warm start), each
         stamped with ``mtime``; a retry after a lost reply inserts nothing twice. Returns their
-        ids."""
+        ids. An ``_id`` that another trial already uses raises
+        :class:`~coordinator.errors.TrialWriteRefused`."""
+
+    @abc.abstractmethod
+    def delete_all(self, cond: Doc | None = None, *, exp_key: str | None = None) -> None:
+        """Delete the trials matching ``cond`` (all by default; narrowed to ``exp_key``) with
+        their attachments, and the experiment's own files matching the same condition
+        (hyperopt's ``MongoTrials.delete_all``)."""
 
     @abc.abstractmethod
     def quarantine_trial(self, doc: Doc, problem: str) -> bool:

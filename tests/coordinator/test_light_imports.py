@@ -4,6 +4,7 @@ itself is measured, not asserted: ``python bench/status_time.py`` prints the med
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -30,7 +31,7 @@ def _loaded_after(body: str) -> list[str]:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stderr.splitlines() if x.startswith("LOADED"))
-    return eval(line.removeprefix("LOADED "))  # a printed list of names
+    return ast.literal_eval(line.removeprefix("LOADED "))  # a printed list of names
 
 
 def test_status_on_an_empty_database_imports_no_search_library(server, db_name: str) -> None:
