@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import pymongo
+from bson import ObjectId
 from hyperopt.mongoexp import MongoJobs, OperationFailure, parse_url
 
 from coordinator import defaults
@@ -125,7 +126,9 @@ class HyperoptJobs(MongoJobs):
         if query.get("owner") is not None:
             raise ValueError("refusing to reserve owned job")
         query.update(owner=None, state=int(TrialState.NEW))
-        return _claim(self.store, query, owner_id(host_id))
+        # a token that finds the claim again if its reply is lost: a retry must not claim a
+        # second trial and orphan the first (which has no lease: nobody would reap it)
+        return _claim(self.store, query, owner_id(host_id), ObjectId(), [])
 
     def update(
         self,
@@ -160,13 +163,25 @@ def _delete_one(store: TrialStore, _id: Any) -> None:
 
 
 @retrying
-def _claim(store: TrialStore, query: dict[str, Any], owner: str) -> dict[str, Any] | None:
+def _claim(
+    store: TrialStore, query: dict[str, Any], owner: str, token: ObjectId, tries: list[int]
+) -> dict[str, Any] | None:
+    tries.append(1)
+    if len(tries) > 1:  # a retry: did an earlier try take effect, its reply lost?
+        claimed = store.jobs.find_one({"claim_token": token, "owner": owner})
+        if claimed is not None:
+            return claimed
     return store.jobs.find_one_and_update(
         query,
         {
             # no lease: hyperopt's worker never renews one, so its trials are never reaped
             # (as with stock hyperopt), whatever an earlier attempt left in lease_expires
-            "$set": {"owner": owner, "state": int(TrialState.RUNNING), "lease_expires": None},
+            "$set": {
+                "owner": owner,
+                "state": int(TrialState.RUNNING),
+                "lease_expires": None,
+                "claim_token": token,
+            },
             "$currentDate": {"book_time": True, "refresh_time": True, "mtime": True},
         },
         sort=[("tid", 1)],

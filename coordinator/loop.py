@@ -78,6 +78,9 @@ class SearchLoop:
         self.loss_threshold = loss_threshold
         self.early_stop_fn = early_stop_fn
         self._early_stop_args: Any = []
+        #: DONE trials in the order they ended, as ``early_stop_fn`` has seen them
+        self._done: list[dict[str, Any]] = []
+        self._done_ids: set[Any] = set()
         self.tick_s = tick_s
         self.on_tick = on_tick
         #: why queueing stopped early ("cancelled", "timeout", ...), or None
@@ -98,10 +101,11 @@ class SearchLoop:
         self._started = time.monotonic()
         # as FMinIter.exhaust: the trials of the caller's last refresh count towards max_evals
         self._to_queue = self.max_evals - len(self.trials.trials)
+        self._done = self._newly_done()  # done before this run: seen, not reported one by one
         while True:
-            self._check_stop()
             self._housekeeping()
             self._read_changes()
+            self._check_stop()
             self._enqueue()
             if self._over():
                 break
@@ -113,19 +117,41 @@ class SearchLoop:
     def _check_stop(self) -> None:
         """Stop queueing (the queued and running trials still finish) on a timeout, a reached
         loss threshold or the early-stop function's word; a cancel is noticed by the
-        housekeeping."""
+        housekeeping.
+
+        ``early_stop_fn`` is called as in-memory ``fmin`` calls it: once per trial that ended
+        (DONE, in the order they ended), with the trials ended so far, so hyperopt's own
+        ``no_progress_loss`` (which reads the last trial's loss) works unchanged."""
         if self.stopped is not None:
             return
         if self.timeout_s is not None and time.monotonic() - self._started >= self.timeout_s:
-            self._stop("timeout", f"--timeout of {self.timeout_s:g} s reached")
-        elif self.loss_threshold is not None:
+            self._stop("timeout", f"timeout of {self.timeout_s:g} s reached")
+            return
+        if self.loss_threshold is not None:
             best = rules.best_trial(self.trials.trials)
             if best is not None and best["result"]["loss"] < self.loss_threshold:
                 self._stop("loss threshold", f"best loss below {self.loss_threshold:g}")
-        if self.stopped is None and self.early_stop_fn is not None:
-            stop, self._early_stop_args = self.early_stop_fn(self.trials, *self._early_stop_args)
-            if stop:
-                self._stop("early stop", "the early-stop function says stop")
+                return
+        if self.early_stop_fn is not None:
+            for doc in self._newly_done():
+                self._done.append(doc)
+                stop, self._early_stop_args = self.early_stop_fn(
+                    self.trials.snapshot(self._done), *self._early_stop_args
+                )
+                if stop:
+                    self._stop("early stop", "the early-stop function says stop")
+                    return
+
+    def _newly_done(self) -> list[dict[str, Any]]:
+        """DONE trials not seen before, in the order they ended (then by tid)."""
+        new = [
+            d
+            for d in self.trials.trials
+            if d.get("state") == int(TrialState.DONE) and d["_id"] not in self._done_ids
+        ]
+        self._done_ids.update(d["_id"] for d in new)
+        new.sort(key=lambda d: (str(rules.ended(d) or ""), rules.tid_order(d.get("tid"))))
+        return new
 
     def _housekeeping(self, force: bool = False) -> None:
         """Every ``tick_s``: reap, quarantine, notice a cancel, size the queue, adapt the poll
@@ -136,7 +162,7 @@ class SearchLoop:
         self._last_tick = now
         counts = self.housekeeping.tick(self.view)
         if self.housekeeping.cancelled and self.stopped is None:
-            self._stop("cancelled", "no new trials; waiting for running ones")
+            self._cancel()
         if self.on_tick is not None:
             self.on_tick(self.trials, counts)
 
@@ -158,7 +184,7 @@ class SearchLoop:
         inserted = self.trials.insert_trial_docs(docs)
         if not inserted:  # refused at the last moment (cancelled while suggesting)
             self.housekeeping.cancelled = True
-            self._stop("cancelled", "no new trials; waiting for running ones")
+            self._cancel()
             return
         self.queued += len(docs)
 
@@ -173,6 +199,13 @@ class SearchLoop:
         time.sleep(max(0.0, min(self.housekeeping.poll_interval, until_tick)))
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _cancel(self) -> None:
+        """``hyperfleet cancel`` was run: queue nothing more, and mark CANCEL what this loop
+        queued while the cancel landed (the cancel command's own sweeps may have come first)."""
+        self._stop("cancelled", "no new trials; waiting for running ones")
+        if self.view.exp_key is not None:
+            self.housekeeping.store.cancel_queued(self.view.exp_key)
 
     def _stop(self, reason: str, detail: str) -> None:
         self.stopped = reason

@@ -51,8 +51,9 @@ logging.getLogger("hyperopt.fmin").addFilter(_QuietRedomain())
 
 #: trial ids reserved from the database counter at a time
 TID_BLOCK = 32
-#: how often queueing checks whether the search was cancelled
-CANCEL_CHECK_S = 0.25
+#: how often queueing checks whether the search was cancelled (0: before every insert, so a
+#: cancel is never followed by a trial this object queued)
+CANCEL_CHECK_S = 0.0
 #: counts asked for this soon after a read come from it (hyperopt counts right after refreshing)
 COUNTS_FROM_REFRESH_S = 0.01
 
@@ -158,6 +159,15 @@ class HyperfleetTrials(MongoTrials):
         if not self.cache.synced:
             return self.store.count_by_state(self._exp_key)
         return self.cache.state_counts()
+
+    def snapshot(self, docs: list[dict[str, Any]]) -> base.Trials:
+        """An in-memory hyperopt ``Trials`` holding ``docs`` (e.g. the trials ended so far, for
+        an ``early_stop_fn`` written against in-memory ``fmin``)."""
+        snap = base.Trials(exp_key=self._exp_key, refresh=False)
+        snap._dynamic_trials = list(docs)
+        snap.attachments = self.attachments
+        snap.refresh()
+        return snap
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -278,8 +288,8 @@ class HyperfleetTrials(MongoTrials):
         )
         total = sys.maxsize if max_evals is None else max_evals
         progress = None
-        if show_progressbar and max_evals is not None:  # a bar on a terminal, else log lines
-            progress = SearchProgress(str(self._exp_key), total, bar=sys.stderr.isatty())
+        if show_progressbar and max_evals is not None:  # a bar on stderr, as hyperopt's
+            progress = SearchProgress(str(self._exp_key), total, bar=True)
 
         def on_tick(trials: HyperfleetTrials, counts: dict[TrialState, int]) -> None:
             notice.check()
@@ -301,6 +311,8 @@ class HyperfleetTrials(MongoTrials):
         )
         try:
             loop.run()
+            if progress is not None:
+                on_tick(self, self.state_counts())  # the bar ends where the search ended
         finally:
             if progress is not None:
                 progress.close()

@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 from hyperopt import STATUS_FAIL, STATUS_OK, STATUS_STRINGS, base, space_eval
 from hyperopt.utils import coarse_utcnow
 
@@ -169,11 +170,25 @@ class TrialContextImpl:
         return self.store.drop_superseded_models(self.exp_key, name, worse_than, keep_tid=self.tid)
 
 
+#: the largest result a trial document takes (MongoDB's limit is 16 MiB for the whole document)
+MAX_RESULT_BYTES = 4 * 2**20
+
+
 def check_result(result: Any) -> dict[str, Any]:
-    """Validate a hyperopt result dict; a NaN or infinite loss turns it into STATUS_FAIL."""
+    """Validate a hyperopt result dict; a NaN or infinite loss turns it into STATUS_FAIL. A bare
+    number is the loss, as ``hyperopt.fmin`` takes it. A result that would not fit in its trial
+    document is refused here, with one line, rather than by the database."""
+    if isinstance(result, (int, float)) and not isinstance(result, bool):
+        result = {"loss": result, "status": STATUS_OK}
     if not isinstance(result, dict):
         raise TypeError(f"the objective returned {type(result).__name__}, expected a dict")
     result = to_bson(result)
+    size = len(bson.encode(result))
+    if size > MAX_RESULT_BYTES:
+        raise ValueError(
+            f"the result is {size / 2**20:.1f} MiB encoded; results must stay under "
+            f"{MAX_RESULT_BYTES / 2**20:.0f} MiB: store large outputs as trial attachments"
+        )
     status = result.get("status", STATUS_OK if "loss" in result else None)
     if status not in STATUS_STRINGS:
         raise ValueError(f"result status {status!r} is not one of {STATUS_STRINGS}")

@@ -68,6 +68,8 @@ HOLD_RECENT = 5
 HOLD_SLOW_S = 1.0
 #: an outcome waits at most this long for the next claim's round trip
 ENDINGS_WAIT_S = 0.25
+#: how long a worker trusts what it read of an experiment's cancel flag (held trials only)
+CANCEL_SEEN_S = 0.25
 
 
 @dataclass
@@ -195,6 +197,8 @@ class Worker:
         self._last_reap = 0.0
         #: experiments whose search space this worker does not know: not served by it
         self._skipped_exp_keys: set[str | None] = set()
+        #: per experiment: when its cancel flag was read and what it said (held trials only)
+        self._cancel_seen: dict[str, tuple[float, bool]] = {}
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -265,6 +269,10 @@ class Worker:
         """The next trial to run: one held from an earlier claim, else a fresh claim (of
         several while trials are short), whose round trip writes the outcomes waiting."""
         lease = self._batch.next_held()
+        while lease is not None and self._cancelled(lease.exp_key):
+            self.store.cancel_held([lease])  # queued as far as the user knows: never started
+            logger.info("trial %s: its experiment was cancelled; not started", lease.tid)
+            lease = self._batch.next_held()
         if lease is not None:
             if self._batch.endings_waited() > ENDINGS_WAIT_S:
                 self._write_endings(self._batch.take_endings())
@@ -435,6 +443,10 @@ class Worker:
         try:
             if endings:
                 self._write_endings(endings)
+            cancelled = [lease for lease in held if self._cancelled(lease.exp_key)]
+            held = [lease for lease in held if lease not in cancelled]
+            if cancelled:
+                self.store.cancel_held(cancelled)
             if held:
                 back = self.store.release_held(held, "handed back unstarted by a busy worker")
                 logger.info("handed %s back to the queue", counted(back, "held trial"))
@@ -445,6 +457,18 @@ class Worker:
                 counted(len(endings), "result"),
                 counted(len(held), "held trial"),
             )
+
+    def _cancelled(self, exp_key: str | None) -> bool:
+        """Whether ``hyperfleet cancel`` was run for ``exp_key`` (read at most every
+        ``CANCEL_SEEN_S``): a held trial of a cancelled experiment is never started."""
+        if exp_key is None:
+            return False
+        now = time.monotonic()
+        seen = self._cancel_seen.get(exp_key)
+        if seen is None or now - seen[0] >= CANCEL_SEEN_S:
+            seen = (now, self.store.cancel_requested(exp_key))
+            self._cancel_seen[exp_key] = seen
+        return seen[1]
 
     def _release(self, lease: Lease, outcome: AttemptOutcome, reason: str) -> None:
         state = self.store.release(lease, outcome, reason)  # the experiment's attempt limit

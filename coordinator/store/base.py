@@ -348,6 +348,16 @@ class TrialStoreBase(abc.ABC):
         ``expect``. ``False`` when the status had changed (e.g. cancelled): it stands."""
 
     @abc.abstractmethod
+    def cancel_queued(self, exp_key: str) -> int:
+        """Mark the queued (NEW) trials of ``exp_key`` CANCEL; returns how many (a search loop
+        that notices a cancel sweeps what it queued meanwhile)."""
+
+    @abc.abstractmethod
+    def cancel_held(self, leases: Iterable[Lease]) -> int:
+        """Trials a worker claimed but never started, of a cancelled experiment: RUNNING ->
+        CANCEL, fenced on each lease; returns how many."""
+
+    @abc.abstractmethod
     def cancel_experiment(self, exp_key: str, settle_s: float = 1.0) -> int:
         """Ask every process to stop ``exp_key`` (sets ``cancel_requested``; a RUNNING status
         becomes CANCELLED) and mark its queued trials CANCEL; returns how many were queued.

@@ -122,9 +122,9 @@ class Experiments:
         every quarter second, so it may still queue a trial just after the first sweep.
         """
         self._request_cancel(exp_key)
-        n = self._cancel_queued(exp_key)
+        n = self.cancel_queued(exp_key)
         time.sleep(settle_s)
-        return n + self._cancel_queued(exp_key)
+        return n + self.cancel_queued(exp_key)
 
     @retrying
     def _request_cancel(self, exp_key: str) -> None:
@@ -147,7 +147,8 @@ class Experiments:
             )
 
     @retrying
-    def _cancel_queued(self, exp_key: str) -> int:
+    def cancel_queued(self, exp_key: str) -> int:
+        """Mark the queued (NEW) trials of ``exp_key`` CANCEL; returns how many."""
         cancelled = self.jobs.update_many(
             {"exp_key": exp_key, "state": int(TrialState.NEW)},
             {

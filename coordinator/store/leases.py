@@ -103,7 +103,6 @@ class LeaseWrites:
         skipped = list(skip_exp_keys)
         if skipped and exp_key is None:
             query["exp_key"] = {"$nin": skipped}
-        claim = _claim_update(owner, lease_s, worker)
         ended: list[bool] | None = None  # None: the endings are not written yet
         for _ in range(_TRIES):
             unusable = self.unusable_ids()
@@ -122,6 +121,7 @@ class LeaseWrites:
             if not usable:
                 continue
             chosen = _same_attempt(usable, n)
+            claim = _claim_update(owner, lease_s, worker, first=chosen[0]["_id"])
             got, now_ended = self._claim(owner, chosen, claim, endings if ended is None else [])
             ended = now_ended if ended is None else ended
             if got:
@@ -184,6 +184,24 @@ class LeaseWrites:
         if not leases:
             return 0
         return self._bulk([_release_op(lease, reason) for lease in leases])
+
+    def cancel_held(self, leases: Iterable[Lease]) -> int:
+        """Claimed, never started trials of a cancelled experiment: RUNNING -> CANCEL (fenced
+        on each lease), as ``hyperfleet cancel`` marks queued ones; returns how many."""
+        leases = list(leases)
+        if not leases:
+            return 0
+        update = {
+            "$set": {
+                "state": int(TrialState.CANCEL),
+                "result": {"status": "new"},
+                "lease_expires": None,
+                "held": False,
+            },
+            "$currentDate": {"refresh_time": True, "mtime": True},
+            "$inc": {"version": 1},
+        }
+        return self._bulk([pymongo.UpdateOne(lease.fence, update) for lease in leases])
 
     @retrying
     def _bulk(self, ops: Sequence[Any]) -> int:
@@ -288,8 +306,13 @@ class LeaseWrites:
 # -- the writes, built once for the single and the batched paths ---------------------------------
 
 
-def _claim_update(owner: str, lease_s: float, worker: dict[str, Any] | None) -> list[Any]:
-    """NEW -> RUNNING for ``owner``: ``attempt`` + 1 and a lease, on the database's clock."""
+def _claim_update(
+    owner: str, lease_s: float, worker: dict[str, Any] | None, first: Any = None
+) -> list[Any]:
+    """NEW -> RUNNING for ``owner``: ``attempt`` + 1 and a lease, on the database's clock.
+    In a claim of several, every trial but ``first`` (the one the worker runs at once) is
+    marked ``held``: if the worker is lost, the reaper requeues a held trial without counting
+    an attempt (it most likely never ran)."""
     return [
         {
             "$set": {
@@ -303,6 +326,7 @@ def _claim_update(owner: str, lease_s: float, worker: dict[str, Any] | None) -> 
                 "worker": {"$literal": worker or {"id": owner}},
                 "version": {"$add": [{"$ifNull": ["$version", 0]}, 1]},
                 "mtime": "$$NOW",
+                "held": {"$ne": ["$_id", first]} if first is not None else False,
             }
         }
     ]

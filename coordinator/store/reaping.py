@@ -94,10 +94,14 @@ class Reaping:
                 f"lease expired at {doc['lease_expires']:%H:%M:%S} UTC: worker {lease.owner} "
                 "stopped heartbeating"
             )
+            outcome = AttemptOutcome.LOST
+            if doc.get("held") is True:  # claimed behind another trial: most likely never ran
+                outcome = AttemptOutcome.REQUEUED
+                reason += " (the trial was held behind another one: not counted)"
             limit = self.attempt_limit(lease.exp_key, max_attempts or defaults.MAX_ATTEMPTS)
             state = self._release(
                 lease,
-                AttemptOutcome.LOST,
+                outcome,
                 reason,
                 limit,
                 {"lease_expires": {"$lt": now}},

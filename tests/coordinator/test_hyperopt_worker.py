@@ -165,3 +165,36 @@ def test_main_worker_helper_runs_a_queued_trial(
     [doc] = store.jobs.find({"exp_key": "mw"})
     assert_done_by(store, "mw", doc["owner"], 1)
     assert doc["owner"].rsplit(":", 1)[1].isdigit()  # hyperopt's ("host:pid",), as a string
+
+
+class _ReplyLostOnce:
+    """``store.jobs`` whose first ``find_one_and_update`` takes effect on the server and then
+    loses its reply (a real write, a simulated network failure: no fake server)."""
+
+    def __init__(self, jobs: Any) -> None:
+        self._jobs = jobs
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._jobs, name)
+
+    def find_one_and_update(self, *args: Any, **kwargs: Any) -> Any:
+        done = self._jobs.find_one_and_update(*args, **kwargs)
+        if not self.lost:
+            self.lost += 1
+            import pymongo.errors
+
+            raise pymongo.errors.AutoReconnect("reply lost (simulated)")
+        return done
+
+
+def test_a_reserve_whose_reply_was_lost_claims_no_second_trial(store: TrialStore) -> None:
+    """The retry finds the claim it made (hyperopt's reservations have no lease: a second
+    claim would orphan the first for good)."""
+    queue_trials(store, 3, exp_key="lost")
+    jobs = HyperoptJobs(store)
+    store.jobs = _ReplyLostOnce(store.jobs)  # type: ignore[assignment]
+    doc = jobs.reserve("host", exp_key="lost")
+    assert store.jobs.lost == 1 and doc is not None
+    running = store.trials("lost", [TrialState.RUNNING])
+    assert [d["tid"] for d in running] == [doc["tid"]]

@@ -439,3 +439,19 @@ def test_difference_trials_are_in_tid_order(store: TrialStore) -> None:
         trials.insert_trial_docs([_doc(t, JOB_STATE_NEW) for t in ("a", 5, 4)])
         trials.refresh()
     assert memory.tids == ["a", 5, 4] and fleet.tids == [4, 5, "a"]
+
+
+def test_early_stop_fn_sees_trials_as_in_memory(store, pickled_worker) -> None:
+    """hyperopt's own ``no_progress_loss`` reads the last trial's loss: the loop calls it once
+    per ended trial with the trials ended so far, as in-memory fmin does (it crashed on a
+    queued last trial, and was called before any trial ended)."""
+    from hyperopt.early_stop import no_progress_loss
+
+    memory, fleet = Trials(), _fleet_trials(store, "early")
+    _fmin(memory, max_evals=200, early_stop_fn=no_progress_loss(3))
+    _fmin(fleet, max_evals=200, early_stop_fn=no_progress_loss(3))
+    stopped_at = len(memory.trials)
+    assert stopped_at < 200
+    # the same points up to the stop; trials already queued then still run (the queue is short)
+    assert fleet.vals["x"][:stopped_at] == memory.vals["x"]
+    assert stopped_at <= len(fleet.trials) <= stopped_at + 16

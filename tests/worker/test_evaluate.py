@@ -119,7 +119,13 @@ def test_check_result() -> None:
     assert check_result({"loss": 1})["status"] == "ok"
     diverged = check_result({"loss": math.nan, "status": "ok"})
     assert diverged["status"] == "fail" and diverged["loss"] is None
+    assert check_result(1.5) == {"loss": 1.5, "status": "ok"}  # a bare loss, as fmin takes it
+    assert check_result(math.inf)["status"] == "fail"
     with pytest.raises(TypeError):
-        check_result(1.0)
+        check_result("1.0")
+    with pytest.raises(TypeError):
+        check_result(True)
     with pytest.raises(ValueError):
         check_result({"status": "great"})
+    with pytest.raises(ValueError, match="MiB encoded"):  # would not fit in its document
+        check_result({"loss": 1.0, "blob": "x" * (5 * 2**20)})

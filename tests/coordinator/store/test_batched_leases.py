@@ -120,3 +120,28 @@ def test_racing_batched_workers_never_share_a_trial(backend_uri: str, db_name: s
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_lost_worker_s_held_trials_are_requeued_without_counting(store: TrialStore) -> None:
+    """Only the trial a claim hands out first is running; the others are held behind it. A
+    worker lost while holding them costs an attempt for that one only."""
+    queue(store, 3)
+    leases = store.reserve_trials("w1", 3, exp_key="exp", lease_s=0.2).leases
+    assert len(leases) == 3
+    held = {lease.tid: store.get_trial("exp", lease.tid)["held"] for lease in leases}
+    assert held[leases[0].tid] is False and sorted(held.values()) == [False, True, True]
+    time.sleep(0.5)
+    assert len(store.reap_expired("exp")) == 3
+    attempts = {d["tid"]: d["attempts"] for d in store.trials("exp", [TrialState.NEW])}
+    assert attempts == {t: (0 if h else 1) for t, h in held.items()}
+    outcomes = {d["tid"]: d["attempt_history"][-1]["outcome"] for d in store.trials("exp")}
+    assert sorted(outcomes.values()) == ["lost", "requeued", "requeued"]
+
+
+def test_held_trials_of_a_cancelled_experiment_become_cancel(store: TrialStore) -> None:
+    queue(store, 3)
+    leases = store.reserve_trials("w1", 3, exp_key="exp", lease_s=30).leases
+    assert store.cancel_held(leases[1:]) == 2
+    states = sorted(d["state"] for d in store.trials("exp"))
+    assert states == [TrialState.RUNNING, TrialState.CANCEL, TrialState.CANCEL]
+    assert store.cancel_held(leases[1:]) == 0  # fenced: once only
