@@ -95,7 +95,7 @@ class SearchConfig:
     max_evals: int
     algo: str = "tpe"
     liar: str = defaults.LIAR  #: ``--liar``: pending trials' loss for the fleet-aware TPE
-    queue_len: int | None = None  #: None: twice the live workers (at least 2)
+    queue_len: int | None = None  #: None: sized to the live workers (housekeeping)
     seed: int | None = None
     timeout_s: float | None = None
     loss_threshold: float | None = None

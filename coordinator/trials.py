@@ -67,10 +67,10 @@ class HyperfleetTrials(MongoTrials):
     ``arg`` is a ``TrialStore``, a MongoDB URI (then ``db`` names the database) or hyperopt's
     ``mongo://host:port/db/jobs``. ``space_name`` marks the trials this object inserts as
     belonging to a named search space, so untrusted workers may run them (and, while a search
-    runs, the view skips other spaces'). The trials themselves live in :attr:`view`
+    runs, the view skips other spaces'). The trials themselves live in :attr:`cache`
     (:class:`~coordinator.trial_view.TrialView`); this class only presents them as hyperopt
     expects. ``queue_len``: trials :meth:`fmin` keeps queued (``None``: twice the live workers,
-    at least fmin's ``max_queue_len``).
+    eight times while trials are very short, at least fmin's ``max_queue_len``).
     """
 
     def __init__(
@@ -253,10 +253,11 @@ class HyperfleetTrials(MongoTrials):
         one ``hyperfleet search`` runs) over this object, asynchronous as with stock
         ``MongoTrials`` (workers started with ``--trust-pickled`` evaluate ``fn``): expired
         leases are reaped, so fmin never waits on a dead worker; the poll adapts to the pace of
-        the trials instead of stock's one second; the queue holds twice the live workers (at
-        least ``max_queue_len``; set :attr:`queue_len` to fix it); a cancelled search stops
-        queueing; a rerun with the same ``rstate`` seed continues its random stream
-        (:func:`~coordinator.housekeeping.continue_stream`). Returns what ``fmin`` returns."""
+        the trials instead of stock's one second; the queue holds twice the live workers (eight
+        times while trials are very short; at least ``max_queue_len``; set :attr:`queue_len` to
+        fix it); a cancelled search stops queueing; a rerun with the same ``rstate`` seed
+        continues its random stream (:func:`~coordinator.housekeeping.continue_stream`).
+        Returns what ``fmin`` returns."""
         from hyperopt import tpe
         from hyperopt.fmin import space_eval
 

@@ -101,7 +101,8 @@ def test_a_slow_trial_hands_back_the_trials_held_behind_it(server, db_name, stor
 def test_a_killed_worker_s_held_trials_are_reaped_and_rerun(server, db_name, tmp_path) -> None:
     """A real worker process of short trials is SIGKILLed while it holds several: every trial
     it held (and every outcome it had not written) is reaped once its lease runs out, and
-    another worker runs them; each trial ends DONE exactly once."""
+    another worker runs them; each trial ends DONE exactly once, and of the trials of one claim
+    only the one it ran first costs an attempt."""
     n = 40
     store = connect(server.uri, db_name)
     queue(store, n, "kill", space="whoami", sleep=0.03)
@@ -129,10 +130,14 @@ def test_a_killed_worker_s_held_trials_are_reaped_and_rerun(server, db_name, tmp
         wait_for(lambda: store.count("kill", [TrialState.DONE]) == n, 90, what="every trial")
         docs = {d["tid"]: d for d in store.trials("kill")}
         assert len(docs) == n and all(d["state"] == TrialState.DONE for d in docs.values())
+        outcomes = []
         for tid in held:
             history = docs[tid]["attempt_history"]
-            assert [h["outcome"] for h in history] == ["lost"], history
-            assert docs[tid]["attempts"] == 1 and docs[tid]["attempt"] == 2
+            assert len(history) == 1 and docs[tid]["attempt"] == 2, history
+            outcomes.append(history[0]["outcome"])
+            # only a trial the worker ran first counts; the ones held behind it do not
+            assert docs[tid]["attempts"] == (1 if history[0]["outcome"] == "lost" else 0)
+        assert outcomes.count("lost") <= 1 and outcomes.count("requeued") >= 1, outcomes
     finally:
         stop_all(procs)
         store.close()
