@@ -15,6 +15,9 @@ from coordinator.states import WorkerStatus
 from coordinator.store.connection import retrying
 from coordinator.store.encoding import utcnow
 
+#: ``last_seen`` further ahead of the server's clock than this is not a sign of life
+FUTURE_SLACK_S = 5.0
+
 
 class WorkerRegistry:
     """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
@@ -61,10 +64,17 @@ class WorkerRegistry:
 
     @retrying
     def live_workers(self, max_age_s: float, exp_key: str | None = None) -> list[dict[str, Any]]:
-        """Workers that heartbeated in the last ``max_age_s`` seconds (server time); with
-        ``exp_key``, only those serving that experiment or any experiment."""
-        since = self.server_time() - dt.timedelta(seconds=max_age_s)
-        query: dict[str, Any] = {"state": WorkerStatus.ALIVE.value, "last_seen": {"$gte": since}}
+        """Workers that heartbeated in the last ``max_age_s`` seconds (server time), and not in
+        the future; with ``exp_key``, only those serving that experiment or any experiment."""
+        now = self.server_time()
+        since = now - dt.timedelta(seconds=max_age_s)
+        # a row stamped ahead of the server's clock (a hand edit, another program's clock) is
+        # no proof of life: it would count as alive for ever
+        until = now + dt.timedelta(seconds=FUTURE_SLACK_S)
+        query: dict[str, Any] = {
+            "state": WorkerStatus.ALIVE.value,
+            "last_seen": {"$gte": since, "$lte": until},
+        }
         if exp_key is not None:
             query["exp_key"] = {"$in": [None, exp_key]}
         return list(self.workers.find(query))

@@ -7,6 +7,7 @@ import pytest
 from coordinator.states import WorkerStatus
 from coordinator.store import TrialStore
 from tests.conftest import queue_trials
+from tests.raw_store import insert_raw_rows
 
 
 def test_worker_registry(store: TrialStore) -> None:
@@ -33,6 +34,19 @@ def _finish_all(store: TrialStore, losses: list[float], attach: set[int] = froze
         store.finish(lease, {"loss": loss, "status": "ok"}, {})
         leases.append(lease)
     return leases
+
+
+def test_a_worker_row_stamped_in_the_future_is_not_alive(store: TrialStore) -> None:
+    """Issue 22, item 6: a row whose ``last_seen`` is ahead of the server's clock (a hand edit,
+    another program's clock) counted as alive for ever, hiding the no-worker warning."""
+    import datetime as dt
+
+    store.worker_heartbeat({"id": "real", "host": "h", "pid": 1, "exp_key": None}, None)
+    future = store.server_time() + dt.timedelta(days=3650)
+    insert_raw_rows(
+        store, "workers", [{"_id": "ghost", "state": "alive", "exp_key": None, "last_seen": future}]
+    )
+    assert [w["_id"] for w in store.live_workers(60)] == ["real"]
 
 
 def test_best_trial_breaks_ties_on_the_lowest_tid(store: TrialStore) -> None:
