@@ -302,13 +302,15 @@ class Coordinator:
                 self._report(trials)
             self._progress.close()
         best = rules.best_trial(trials.trials)
+        # every usable trial, ERROR ones included (hyperopt's lists leave those out)
+        why = None if best is not None else rules.no_success_reason(trials.cache.docs.values())
         return SearchOutcome(
             exp_key=config.exp_key,
             counts=trials.state_counts(),  # usable documents only, as the loop counted them
             best=best,
             seconds=time.monotonic() - started,
             cancelled=loop.cancelled,
-            no_success=None if best is not None else rules.no_success_reason(trials.trials),
+            no_success=why,
         )
 
     def _tick(self, trials: HyperfleetTrials, counts: dict[TrialState, int]) -> None:
@@ -345,7 +347,7 @@ class Coordinator:
             logger.warning(
                 "search %r: no trial succeeded; %s",
                 self.config.exp_key,
-                rules.no_success_reason(trials.trials),
+                rules.no_success_reason(trials.cache.docs.values()),
             )
         else:
             fields.update(

@@ -199,3 +199,18 @@ def test_end_message_says_what_happened() -> None:
     )
     assert "1 failed" in no_success_reason([failed]) and "state: 3" in no_success_reason([failed])
     assert no_success_reason([]) == "no trial ran"
+
+
+def test_a_search_whose_trials_all_failed_says_so(server, db_name, tmp_path) -> None:
+    """Issue 22, item 8: the search said "no trial succeeded: no trial ran" although its
+    trials ran and failed (ERROR trials are not in hyperopt's lists, which it counted)."""
+    worker = start_worker(server.uri, db_name, "--spaces", TEST_SPACES, log=tmp_path / "w.log")
+    try:
+        out = hyperfleet(
+            "search", "boom", "--mongo", server.uri, "--db", db_name, "--spaces", TEST_SPACES,
+            "--set", "threshold=-2", "--max-evals", "3", "--exp-key", "allfail", "--no-progress",
+        )  # fmt: skip
+    finally:
+        stop_all([worker])
+    text = out.stdout + out.stderr
+    assert "3 failed" in text and "no trial ran" not in text, text[-2000:]
