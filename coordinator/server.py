@@ -32,7 +32,8 @@ from coordinator.errors import ServerStartError
 logger = logging.getLogger(__name__)
 
 DEFAULT_DB_PATH = defaults.DB_PATH
-_LISTENING_RE = re.compile(r"listening on (?P<host>[^\s:]+):(?P<port>\d+)")
+#: the daemon's "listening on HOST:PORT" line; HOST may be an IPv6 address (``:::27017``)
+_LISTENING_RE = re.compile(r"listening on (?P<host>\S*):(?P<port>\d+)")
 
 
 WORKDIR_PREFIX = "hyperfleet-server-"
@@ -208,7 +209,13 @@ class EmbeddedServer:
 
     @property
     def uri(self) -> str:
-        return f"mongodb://{self.host}:{self.port}/"
+        """The address clients use: an IPv6 literal in brackets, and the IPv6 wildcard ``::``
+        (every address) as its loopback ``::1``: ``mongodb://:::27017/`` is no URI, and the
+        readiness ping through it waited a minute for nothing."""
+        host = "::1" if self.host == "::" else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"mongodb://{host}:{self.port}/"
 
     def start(self, timeout_s: float = 60.0) -> EmbeddedServer:
         """Start the daemon and wait until it answers; :class:`ServerStartError` (one line, the

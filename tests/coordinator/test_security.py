@@ -199,10 +199,13 @@ def test_create_user_never_takes_the_password_from_argv(tmp_path) -> None:
     assert "HYPERFLEET_PASSWORD" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_server_beyond_loopback_without_auth_warns(tmp_path) -> None:
-    """Finding 10: `server --host 0.0.0.0` without --auth warns on stderr."""
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_server_beyond_loopback_without_auth_warns(tmp_path, host: str) -> None:
+    """Finding 10: `server --host 0.0.0.0` without --auth warns on stderr. Issue 22, item 10:
+    with the IPv6 wildcard `::` the readiness ping went to the unbracketed "mongodb://:::P/":
+    a minute's wait, then "did not answer ping", and never the warning."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "server", "--host", "0.0.0.0", "--port", "0"]
+        [sys.executable, "-m", "coordinator", "server", "--host", host, "--port", "0"]
         + ["--db-path", ":memory:"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -216,7 +219,7 @@ def test_server_beyond_loopback_without_auth_warns(tmp_path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-    assert "warning: listening on 0.0.0.0 without --auth" in err
+    assert f"warning: listening on {host} without --auth" in err
     # issue 14: with --port 0 the warning named "port 0"; it names the port really listened on
     assert "port 0 " not in err and f"port {port} can read" in err, err
 
