@@ -40,6 +40,11 @@ REFRESH_OVERLAP_S = 0.1
 #: ``mtime`` further ahead of the server clock than this (a writer's own clock) never moves the
 #: refresh's watermark
 FUTURE_SLACK_S = 1.0
+#: after this long without any change read (running hyperfleet trials heartbeat every few
+#: seconds, so this means nothing moves or only foreign writers do), the next read is a full one:
+#: a write whose commit lagged its ``mtime`` by more than the overlap is found within seconds,
+#: not at the next minute's full read, while a search waits for it
+QUIET_FULL_REFRESH_S = 5.0
 
 _EPOCH = dt.datetime(1970, 1, 1)
 _UNFINISHED = (int(TrialState.NEW), int(TrialState.RUNNING))
@@ -93,6 +98,7 @@ class TrialView:
         self._server_offset: dt.timedelta | None = None  #: server clock - this one, roughly
         self.synced = False
         self._last_full = 0.0
+        self._last_change = 0.0
         self.pulled_at = 0.0
 
     # -- reading --------------------------------------------------------------------------------
@@ -101,7 +107,8 @@ class TrialView:
         """Bring :attr:`docs` and :attr:`counts` up to date: everything on the first call and
         every ``FULL_REFRESH_EVERY_S``, otherwise what was written since the watermark."""
         now = time.monotonic()
-        if not self.synced or now - self._last_full > FULL_REFRESH_EVERY_S:
+        quiet = min(now - self._last_change, now - self._last_full) > QUIET_FULL_REFRESH_S
+        if not self.synced or quiet or now - self._last_full > FULL_REFRESH_EVERY_S:
             self.reset()
             self._server_offset = self.store.server_time() - utcnow()
             self._last_full = now
@@ -111,6 +118,8 @@ class TrialView:
             since = (self._watermark or _EPOCH) - dt.timedelta(seconds=REFRESH_OVERLAP_S)
             docs = self.store.changed_trials(self.exp_key, since)
         self.pulled_at = time.monotonic()
+        if docs:
+            self._last_change = self.pulled_at
         self.apply(docs)
 
     def apply(self, docs: list[Doc]) -> None:

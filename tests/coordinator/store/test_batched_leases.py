@@ -59,7 +59,10 @@ def test_a_lost_lease_refuses_its_ending_and_the_claim_still_counts(store: Trial
     assert sorted(store.reap_expired("exp")) == sorted([a.tid, b.tid])  # the fence moves on
     got = store.reserve_trials("w1", 1, exp_key="exp", endings=[Ending(a, OK, {})])
     assert got.ended == [False] and len(got.leases) == 1
-    assert store.get_trial("exp", a.tid)["state"] == TrialState.NEW  # unchanged by the ending
+    doc = store.get_trial("exp", a.tid)  # unchanged by the ending (the new claim may take it)
+    retaken = got.leases[0].tid == a.tid
+    assert doc["state"] == (TrialState.RUNNING if retaken else TrialState.NEW)
+    assert doc["attempt"] == (2 if retaken else 1) and "ended" not in doc
     assert store.end_trials([Ending(b, OK, {}), Ending(got.leases[0], OK, {})]) == [False, True]
     assert store.release_held([a, b], "late") == 0  # reaped: nothing of theirs to hand back
 
