@@ -48,6 +48,30 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def modules_loaded_after(body: str, names: tuple[str, ...]) -> tuple[list[str], str]:
+    """Run ``body`` in a fresh interpreter; which of the top-level modules ``names`` it
+    loaded (sorted), and its stdout."""
+    import ast
+    import textwrap
+
+    script = textwrap.dedent(body) + textwrap.dedent(f"""
+        import sys
+        tops = {{m.split(".")[0] for m in sys.modules}}
+        print("LOADED", sorted(t for t in {names!r} if t in tops), file=sys.stderr)
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=cli_env(),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stderr.splitlines() if x.startswith("LOADED"))
+    return ast.literal_eval(line.removeprefix("LOADED ")), out.stdout
+
+
 def hyperfleet(
     *args: str,
     timeout: float = 120,

@@ -150,12 +150,7 @@ class Experiments:
     def cancel_queued(self, exp_key: str) -> int:
         """Mark the queued (NEW) trials of ``exp_key`` CANCEL; returns how many."""
         cancelled = self.jobs.update_many(
-            {"exp_key": exp_key, "state": int(TrialState.NEW)},
-            {
-                "$set": {"state": int(TrialState.CANCEL), "result": {"status": "new"}},
-                "$currentDate": {"mtime": True, "refresh_time": True},
-                "$inc": {"version": 1},
-            },
+            {"exp_key": exp_key, "state": int(TrialState.NEW)}, cancel_update()
         )
         return cancelled.modified_count
 
@@ -165,6 +160,15 @@ class Experiments:
         _check_fields(fields)
         done = _update_one(self.experiments, {"_id": exp_key}, {"$set": fields, **_bump()})
         return done.matched_count == 1
+
+
+def cancel_update(**also: Any) -> dict[str, Any]:
+    """A trial that never ran -> CANCEL (queued, or claimed but not started), with ``also``."""
+    return {
+        "$set": {"state": int(TrialState.CANCEL), "result": {"status": "new"}, **also},
+        "$currentDate": {"mtime": True, "refresh_time": True},
+        "$inc": {"version": 1},
+    }
 
 
 def _check_fields(fields: dict[str, Any]) -> None:

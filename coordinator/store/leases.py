@@ -27,6 +27,7 @@ from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store.base import Ending, Lease, Reservation
 from coordinator.store.connection import retrying
 from coordinator.store.encoding import utcnow
+from coordinator.store.experiments import cancel_update
 
 #: candidates read per reservation try (claimed in random order, to spread competing workers)
 _CANDIDATES = 4
@@ -191,16 +192,7 @@ class LeaseWrites:
         leases = list(leases)
         if not leases:
             return 0
-        update = {
-            "$set": {
-                "state": int(TrialState.CANCEL),
-                "result": {"status": "new"},
-                "lease_expires": None,
-                "held": False,
-            },
-            "$currentDate": {"refresh_time": True, "mtime": True},
-            "$inc": {"version": 1},
-        }
+        update = cancel_update(lease_expires=None, held=False)
         return self._bulk([pymongo.UpdateOne(lease.fence, update) for lease in leases])
 
     @retrying

@@ -4,34 +4,14 @@ itself is measured, not asserted: ``python bench/status_time.py`` prints the med
 
 from __future__ import annotations
 
-import ast
-import subprocess
-import sys
-import textwrap
-
-from tests.conftest import ROOT, cli_env
+from tests.conftest import modules_loaded_after
 
 SEARCH_LIBS = ("hyperopt", "scipy")
 
 
 def _loaded_after(body: str) -> list[str]:
     """Run ``body`` in a fresh interpreter; the top-level modules of SEARCH_LIBS it loaded."""
-    script = textwrap.dedent(body) + textwrap.dedent(f"""
-        import sys
-        tops = {{m.split(".")[0] for m in sys.modules}}
-        print("LOADED", sorted(t for t in {SEARCH_LIBS!r} if t in tops), file=sys.stderr)
-    """)
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=cli_env(),
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = next(x for x in out.stderr.splitlines() if x.startswith("LOADED"))
-    return ast.literal_eval(line.removeprefix("LOADED "))  # a printed list of names
+    return modules_loaded_after(body, SEARCH_LIBS)[0]
 
 
 def test_status_on_an_empty_database_imports_no_search_library(server, db_name: str) -> None:
