@@ -7,6 +7,7 @@ Commands live in the module of their group and share the options of :mod:`.optio
 - :mod:`.search`: ``search``, ``local``, ``spaces``
 - :mod:`.maintenance`: ``reap``, ``cancel``
 - :mod:`.inspect`: ``status``, ``workers``, ``top``, ``show``, ``export``, ``plot``
+- :mod:`.importance`: ``importance`` (which hyperparameters mattered)
 - :mod:`.best`: ``best`` (Keras models)
 - :mod:`.launch`: ``launch`` (worker containers on a Docker host)
 - :mod:`.dashboard`: ``dashboard`` (the web dashboard)
@@ -25,7 +26,17 @@ from typing import Any
 import click
 
 from coordinator import __version__
-from coordinator.cli import best, dashboard, inspect, launch, maintenance, search, server, worker
+from coordinator.cli import (
+    best,
+    dashboard,
+    importance,
+    inspect,
+    launch,
+    maintenance,
+    search,
+    server,
+    worker,
+)
 from coordinator.cli.options import log_level_option
 from coordinator.errors import ConfigError, HyperfleetError, SpaceError
 
@@ -87,6 +98,7 @@ main.add_command(inspect.top)
 main.add_command(inspect.show)
 main.add_command(inspect.export)
 main.add_command(inspect.plot)
+main.add_command(importance.importance)
 main.add_command(best.best)
 main.add_command(launch.launch)
 main.add_command(dashboard.dashboard)
