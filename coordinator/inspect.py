@@ -197,7 +197,9 @@ def all_experiments(store: TrialStoreBase) -> list[dict[str, Any]]:
     """Every experiment document, oldest first, then one stand-in (status ``plain fmin``) per
     exp key that has trials but no document: plain ``hyperopt.fmin`` writes none."""
     exps = store.list_experiments()
-    known = {e.get("_id") for e in exps}
+    # another program's experiment ``_id`` may be a document (unhashable): only text keys can
+    # name a plain-fmin experiment, so only they are compared
+    known = {key for e in exps if isinstance(key := e.get("_id"), str)}
     plain = {k for k in store.trial_exp_keys() if isinstance(k, str) and k not in known}
     return exps + [{"_id": key, "status": PLAIN_FMIN} for key in sorted(plain)]
 
