@@ -2,13 +2,18 @@
 
 * :mod:`~coordinator.store.base` — the contract (:class:`TrialStoreBase`, :class:`Lease`) and
   its invariants; read it first.
-* :mod:`~coordinator.store.mongo` — :class:`TrialStore` on MongoDB and :func:`connect`.
+* :mod:`~coordinator.store.mongo` — :class:`TrialStore` on MongoDB and :func:`connect`: the
+  parts below, composed (``CONTRACT_PARTS`` says which part serves each contract method).
+* :mod:`~coordinator.store.handles` — what the parts share: the client, its collections, the
+  outage state and the server's clock.
 * :mod:`~coordinator.store.connection` — client options, retries through outages, error
   translation, :func:`redact_uri`, :func:`ping`, :func:`create_user`.
 * :mod:`~coordinator.store.inserts` — trial ids, batched inserts, deletion, the hot indexes.
 * :mod:`~coordinator.store.leases`, :mod:`~coordinator.store.reaping`,
   :mod:`~coordinator.store.reads`, :mod:`~coordinator.store.experiments`,
-  :mod:`~coordinator.store.registry`, :mod:`~coordinator.store.files` — the contract's parts.
+  :mod:`~coordinator.store.registry`, :mod:`~coordinator.store.files`,
+  :mod:`~coordinator.store.rungs`, :mod:`~coordinator.store.quarantine`,
+  :mod:`~coordinator.store.views` — the contract's parts (objects, not mixins).
 * :mod:`~coordinator.store.encoding` — :func:`to_bson`, :func:`utcnow`.
 
 Names are imported lazily, so ``from coordinator.store import redact_uri`` (or ``ping``) does

@@ -504,11 +504,13 @@ def _is_outage(e: pymongo.errors.PyMongoError) -> bool:
 
 
 def _retry(method: Callable[..., T], self: Any, args: Any, kwargs: Any) -> T:
+    # the store's shared handles hold the outage state (a part, or the store, has ``mongo``)
+    state = getattr(self, "mongo", self)
     delay = 0.2
     while True:
         attempt = time.monotonic()
-        since: float | None = getattr(self, "_outage_since", None)
-        limit = _attempt_limit(self, since, attempt)
+        since: float | None = state.outage_since
+        limit = _attempt_limit(state, since, attempt)
         try:
             if limit is None:
                 result = method(self, *args, **kwargs)
@@ -517,34 +519,34 @@ def _retry(method: Callable[..., T], self: Any, args: Any, kwargs: Any) -> T:
                     result = method(self, *args, **kwargs)
         except pymongo.errors.PyMongoError as e:
             if is_auth_failure(e):  # a refused handshake is no outage: waiting cannot help
-                raise auth_error(self.safe_uri, e) from e
+                raise auth_error(state.safe_uri, e) from e
             if not _is_outage(e):
                 raise
             now = time.monotonic()
             if since is None:
                 since = attempt
-                self._outage_since = attempt
+                state.outage_since = attempt
                 logger.warning(
                     "lost contact with MongoDB at %s (%s); retrying for up to %.0f s",
-                    self.safe_uri,
+                    state.safe_uri,
                     type(e).__name__,
-                    self.outage_s,
+                    state.outage_s,
                 )
             down = now - since
-            if down >= self.outage_s:
+            if down >= state.outage_s:
                 raise StoreUnavailable(
-                    f"MongoDB at {self.safe_uri} unreachable for {down:.1f} s "
+                    f"MongoDB at {state.safe_uri} unreachable for {down:.1f} s "
                     f"(last error: {type(e).__name__}); nothing was lost: start the server "
                     "again and rerun the same command to continue"
                 ) from e
-            time.sleep(max(0.0, min(delay, self.outage_s - down)))
+            time.sleep(max(0.0, min(delay, state.outage_s - down)))
             delay = min(delay * 2, 5.0)
             continue
-        if getattr(self, "_outage_since", None) is not None:
-            self._outage_since = None
+        if state.outage_since is not None:
+            state.outage_since = None
             logger.warning(
                 "MongoDB at %s reachable again after %.1f s",
-                self.safe_uri,
+                state.safe_uri,
                 time.monotonic() - (since if since is not None else attempt),
             )
         return result

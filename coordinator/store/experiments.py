@@ -14,9 +14,10 @@ from typing import Any
 import pymongo.errors
 from pymongo.collection import Collection
 
-from coordinator import rules
+from coordinator import defaults, rules
 from coordinator.states import ExperimentStatus, TrialState
 from coordinator.store.connection import retrying
+from coordinator.store.handles import MongoHandles, StorePart
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +56,8 @@ def _update_one(collection: Collection, query: dict[str, Any], update: dict[str,
     return collection.update_one(query, update)  # someone else repaired it in between
 
 
-class Experiments:
-    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
-
-    jobs: Collection
-    experiments: Collection
+class Experiments(StorePart):
+    """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
     @retrying
     def get_experiment(self, exp_key: str) -> dict[str, Any] | None:
@@ -175,3 +173,35 @@ def _check_fields(fields: dict[str, Any]) -> None:
     bad = sorted(_STATUS_FIELDS.intersection(fields))
     if bad:
         raise ValueError(f"{', '.join(bad)}: written only by the experiment's status changes")
+
+
+#: seconds an experiment's attempt limit is reused before it is read again
+ATTEMPT_LIMIT_TTL_S = 10.0
+
+
+class AttemptLimits(StorePart):
+    """Each experiment's attempt limit, read from its document at most every
+    ``ATTEMPT_LIMIT_TTL_S`` (used by the lease writes and the reaper)."""
+
+    def __init__(self, mongo: MongoHandles, experiments: Experiments) -> None:
+        super().__init__(mongo)
+        self._experiments = experiments
+        self._limits: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def forget(self) -> None:
+        """Read every limit again (a dropped database)."""
+        self._limits.clear()
+
+    def attempt_limit(self, exp_key: str | None, default: int = defaults.MAX_ATTEMPTS) -> int:
+        """The experiment's attempt limit (:func:`rules.max_attempts`), ``default`` where it has
+        no document. Read at most every ``ATTEMPT_LIMIT_TTL_S`` per experiment."""
+        if exp_key is None:
+            return default
+        cached = self._limits.get(exp_key)
+        if cached is None or time.monotonic() - cached[0] > ATTEMPT_LIMIT_TTL_S:
+            exp = self._experiments.get_experiment(exp_key)
+            if exp is None:  # not cached: the experiment may be created any moment
+                return default
+            cached = (time.monotonic(), {"max_attempts": exp.get("max_attempts")})
+            self._limits[exp_key] = cached
+        return rules.max_attempts(cached[1], default)

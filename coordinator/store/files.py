@@ -12,12 +12,12 @@ from typing import Any
 
 import gridfs
 from bson import ObjectId
-from pymongo.collection import Collection
 
 from coordinator import rules
 from coordinator.states import TrialState
 from coordinator.store.base import Lease
 from coordinator.store.connection import retrying
+from coordinator.store.handles import StorePart
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +26,8 @@ def _names(doc: dict[str, Any]) -> set[str]:
     return {a[0] for a in doc.get("_attachments", [])}
 
 
-class Attachments:
-    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
-
-    jobs: Collection
-    experiments: Collection
-    gfs: gridfs.GridFS
+class Attachments(StorePart):
+    """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
     def attach(self, lease: Lease, name: str, data: bytes) -> bool:
         """Store ``data`` in GridFS as the trial's attachment ``name``, replacing an older one;

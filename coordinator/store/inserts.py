@@ -17,22 +17,24 @@ import gridfs
 import pymongo
 import pymongo.errors
 from bson import ObjectId
-from pymongo.collection import Collection
-from pymongo.database import Database
 
 from coordinator.errors import TrialWriteRefused
 from coordinator.store.connection import retrying
+from coordinator.store.handles import MongoHandles, StorePart
 
 logger = logging.getLogger(__name__)
 
 
-class TrialInserts:
+class TrialInserts(StorePart):
     """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
-    db: Database
-    jobs: Collection
-    gfs: gridfs.GridFS
-    _indexed: bool
+    def __init__(self, mongo: MongoHandles) -> None:
+        super().__init__(mongo)
+        self._indexed = False  #: whether this store object created the indexes
+
+    def forget_indexes(self) -> None:
+        """Create the indexes again at the next :meth:`create_jobs_indexes` (a dropped database)."""
+        self._indexed = False
 
     @retrying
     def create_jobs_indexes(self) -> None:

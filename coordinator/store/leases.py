@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pymongo
-from pymongo.collection import Collection
 
 from coordinator import defaults, rules
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store.base import Ending, Lease, Reservation
 from coordinator.store.connection import retrying
 from coordinator.store.encoding import utcnow
-from coordinator.store.experiments import cancel_update
+from coordinator.store.experiments import AttemptLimits, cancel_update
+from coordinator.store.handles import MongoHandles, StorePart
+from coordinator.store.quarantine import Quarantine
 
 #: candidates read per reservation try (claimed in random order, to spread competing workers)
 _CANDIDATES = 4
@@ -35,20 +36,13 @@ _CANDIDATES = 4
 _TRIES = 8
 
 
-class LeaseWrites:
-    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
+class LeaseWrites(StorePart):
+    """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
-    jobs: Collection
-
-    if TYPE_CHECKING:
-
-        def attempt_limit(
-            self, exp_key: str | None, default: int = defaults.MAX_ATTEMPTS
-        ) -> int: ...  # Reaping's
-
-        def quarantine_trial(self, doc: dict[str, Any], problem: str) -> bool: ...
-
-        def unusable_ids(self) -> list[Any]: ...  # Quarantine's
+    def __init__(self, mongo: MongoHandles, limits: AttemptLimits, quarantine: Quarantine) -> None:
+        super().__init__(mongo)
+        self._limits = limits
+        self._quarantine = quarantine
 
     def reserve_trial(
         self,
@@ -106,7 +100,7 @@ class LeaseWrites:
             query["exp_key"] = {"$nin": skipped}
         ended: list[bool] | None = None  # None: the endings are not written yet
         for _ in range(_TRIES):
-            unusable = self.unusable_ids()
+            unusable = self._quarantine.unusable_ids()
             if unusable:
                 query["_id"] = {"$nin": unusable}
             candidates = self._reserve_candidates(query, trusted, max(_CANDIDATES, 2 * n))
@@ -118,7 +112,7 @@ class LeaseWrites:
                 if problem is None:
                     usable.append(cand)
                 else:
-                    self.quarantine_trial(cand, problem)
+                    self._quarantine.quarantine_trial(cand, problem)
             if not usable:
                 continue
             chosen = _same_attempt(usable, n)
@@ -277,11 +271,11 @@ class LeaseWrites:
         experiment's :meth:`attempt_limit`); the release that reaches it marks the trial ERROR
         ("worker lost 3 times"). ``REQUEUED`` does not count.
         """
-        limit = self.attempt_limit(lease.exp_key) if max_attempts is None else max_attempts
-        return self._release(lease, outcome, reason, limit, None)
+        limit = self._limits.attempt_limit(lease.exp_key) if max_attempts is None else max_attempts
+        return self.release_fenced(lease, outcome, reason, limit, None)
 
     @retrying
-    def _release(
+    def release_fenced(
         self,
         lease: Lease,
         outcome: AttemptOutcome,
@@ -289,6 +283,9 @@ class LeaseWrites:
         limit: int,
         extra_filter: dict[str, Any] | None,
     ) -> TrialState | None:
+        """Release ``lease`` with ``outcome`` against attempt limit ``limit``, fenced on the
+        lease and ``extra_filter`` (the reaper adds the expiry it saw); the new state, or
+        ``None`` when the fence no longer matched (someone else released it)."""
         update, new_state = _release_write(lease, outcome, reason, limit)
         fence = {**lease.fence, **(extra_filter or {})}
         released = self.jobs.update_one(fence, update)

@@ -13,26 +13,24 @@ remembers its ``_id`` so that the next poll does not meet it again.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
-
-from pymongo.collection import Collection
+from typing import Any
 
 from coordinator.rules import MALFORMED
 from coordinator.states import TrialState
 from coordinator.store.connection import retrying
+from coordinator.store.experiments import Experiments
+from coordinator.store.handles import MongoHandles, StorePart
 
 logger = logging.getLogger(__name__)
 
 
-class Quarantine:
-    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
+class Quarantine(StorePart):
+    """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
-    jobs: Collection
-    _unusable: set[Any]
-
-    if TYPE_CHECKING:
-
-        def get_experiment(self, exp_key: str) -> dict[str, Any] | None: ...
+    def __init__(self, mongo: MongoHandles, experiments: Experiments) -> None:
+        super().__init__(mongo)
+        self._experiments = experiments
+        self._unusable: set[Any] = set()  #: ``_id``s of documents nobody can use
 
     def unusable_ids(self) -> list[Any]:
         """``_id``s of the documents this process met and could not use (not to be read
@@ -42,7 +40,7 @@ class Quarantine:
     def is_own_experiment(self, exp_key: Any) -> bool:
         """Whether ``exp_key`` names an experiment that hyperfleet created (one with an
         experiment document); documents of any other key are foreign."""
-        return isinstance(exp_key, str) and self.get_experiment(exp_key) is not None
+        return isinstance(exp_key, str) and self._experiments.get_experiment(exp_key) is not None
 
     def quarantine_trial(self, doc: dict[str, Any], problem: str) -> bool:
         """Deal with ``doc``, which :func:`~coordinator.rules.trial_problem` refused for

@@ -11,11 +11,10 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from pymongo.collection import Collection
-
 from coordinator import rules
 from coordinator.states import TrialState
 from coordinator.store.connection import retrying
+from coordinator.store.handles import StorePart
 
 _UNFINISHED = [int(TrialState.NEW), int(TrialState.RUNNING)]
 _OUTCOME_FIELDS = ("queued", "book_time", "ended", "duration_s", *rules.TRIAL_FIELDS)
@@ -33,10 +32,8 @@ def _by_tid(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(docs, key=lambda d: rules.tid_order(d.get("tid")))
 
 
-class TrialReads:
-    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
-
-    jobs: Collection
+class TrialReads(StorePart):
+    """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
     @retrying
     def trials(

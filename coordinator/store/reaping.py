@@ -8,77 +8,45 @@ reapers may run at once and each expired lease is released exactly once.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-import pymongo
-from pymongo.collection import Collection
+from typing import Any
 
 from coordinator import defaults, rules
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store.base import Lease
 from coordinator.store.connection import retrying
-from coordinator.store.encoding import utcnow
+from coordinator.store.experiments import AttemptLimits
+from coordinator.store.handles import MongoHandles, StorePart
+from coordinator.store.leases import LeaseWrites
+from coordinator.store.quarantine import Quarantine
 
 logger = logging.getLogger(__name__)
 
-#: seconds an experiment's attempt limit is reused before it is read again
-ATTEMPT_LIMIT_TTL_S = 10.0
 
+class Reaping(StorePart):
+    """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
-class Reaping:
-    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
-
-    client: pymongo.MongoClient
-    jobs: Collection
-    _limits: dict[str, tuple[float, dict[str, Any]]]
-
-    if TYPE_CHECKING:
-
-        def get_experiment(self, exp_key: str) -> dict[str, Any] | None: ...
-
-        # Leases._release(lease, outcome, reason, limit, extra_filter)
-        _release: Callable[
-            [Lease, AttemptOutcome, str, int, dict[str, Any] | None], TrialState | None
-        ]
-
-        def quarantine_trial(self, doc: dict[str, Any], problem: str) -> bool: ...
-
-        def unusable_ids(self) -> list[Any]: ...
-
-    @retrying
-    def server_time(self) -> dt.datetime:
-        """The database server's clock (naive UTC), as used for leases."""
-        reply = self.client.admin.command("hello")
-        now = reply.get("localTime")
-        return now.replace(tzinfo=None) if now is not None else utcnow()
-
-    def attempt_limit(self, exp_key: str | None, default: int = defaults.MAX_ATTEMPTS) -> int:
-        """The experiment's attempt limit (:func:`rules.max_attempts`), ``default`` where it has
-        no document. Read at most every ``ATTEMPT_LIMIT_TTL_S`` per experiment."""
-        if exp_key is None:
-            return default
-        cached = self._limits.get(exp_key)
-        if cached is None or time.monotonic() - cached[0] > ATTEMPT_LIMIT_TTL_S:
-            exp = self.get_experiment(exp_key)
-            if exp is None:  # not cached: the experiment may be created any moment
-                return default
-            cached = (time.monotonic(), {"max_attempts": exp.get("max_attempts")})
-            self._limits[exp_key] = cached
-        return rules.max_attempts(cached[1], default)
+    def __init__(
+        self,
+        mongo: MongoHandles,
+        leases: LeaseWrites,
+        limits: AttemptLimits,
+        quarantine: Quarantine,
+    ) -> None:
+        super().__init__(mongo)
+        self._leases = leases
+        self._limits = limits
+        self._quarantine = quarantine
 
     def reap_expired(
         self, exp_key: str | None = None, *, max_attempts: int | None = None
     ) -> list[int]:
         """Release every RUNNING trial whose lease expired; returns the tids released."""
-        now = self.server_time()
+        now = self.mongo.server_time()
         query: dict[str, Any] = {"state": int(TrialState.RUNNING), "lease_expires": {"$lt": now}}
         if exp_key is not None:
             query["exp_key"] = exp_key
-        unusable = self.unusable_ids()
+        unusable = self._quarantine.unusable_ids()
         if unusable:
             query["_id"] = {"$nin": unusable}
         reaped = []
@@ -87,7 +55,7 @@ class Reaping:
             if problem is None and not doc.get("owner"):
                 problem = "RUNNING without an owner"
             if problem is not None:  # ERROR if ours (fenced), else left alone; logged once
-                self.quarantine_trial(doc, problem)
+                self._quarantine.quarantine_trial(doc, problem)
                 continue
             lease = Lease.from_doc(doc)
             reason = (
@@ -98,8 +66,8 @@ class Reaping:
             if doc.get("held") is True:  # claimed behind another trial: most likely never ran
                 outcome = AttemptOutcome.REQUEUED
                 reason += " (the trial was held behind another one: not counted)"
-            limit = self.attempt_limit(lease.exp_key, max_attempts or defaults.MAX_ATTEMPTS)
-            state = self._release(
+            limit = self._limits.attempt_limit(lease.exp_key, max_attempts or defaults.MAX_ATTEMPTS)
+            state = self._leases.release_fenced(
                 lease,
                 outcome,
                 reason,

@@ -7,26 +7,19 @@ processes; a worker that exits cleanly marks its row STOPPED with the reason.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
-
-from pymongo.collection import Collection
+from typing import Any
 
 from coordinator.states import WorkerStatus
 from coordinator.store.connection import retrying
 from coordinator.store.encoding import utcnow
+from coordinator.store.handles import StorePart
 
 #: ``last_seen`` further ahead of the server's clock than this is not a sign of life
 FUTURE_SLACK_S = 5.0
 
 
-class WorkerRegistry:
-    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
-
-    workers: Collection
-
-    if TYPE_CHECKING:
-
-        def server_time(self) -> dt.datetime: ...
+class WorkerRegistry(StorePart):
+    """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
     @retrying
     def worker_heartbeat(self, info: dict[str, Any], current_tid: int | None) -> None:
@@ -66,7 +59,7 @@ class WorkerRegistry:
     def live_workers(self, max_age_s: float, exp_key: str | None = None) -> list[dict[str, Any]]:
         """Workers that heartbeated in the last ``max_age_s`` seconds (server time), and not in
         the future; with ``exp_key``, only those serving that experiment or any experiment."""
-        now = self.server_time()
+        now = self.mongo.server_time()
         since = now - dt.timedelta(seconds=max_age_s)
         # a row stamped ahead of the server's clock (a hand edit, another program's clock) is
         # no proof of life: it would count as alive for ever

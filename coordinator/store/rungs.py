@@ -15,18 +15,15 @@ from typing import Any
 
 import pymongo.errors
 from pymongo.collection import Collection as MongoCollection
-from pymongo.database import Database
 
 from coordinator.states import TrialState
 from coordinator.store.connection import retrying
 from coordinator.store.encoding import to_bson, utcnow
+from coordinator.store.handles import StorePart
 
 
-class RungRecords:
-    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
-
-    db: Database
-    jobs: MongoCollection
+class RungRecords(StorePart):
+    """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
     _rungs_indexed = False
 

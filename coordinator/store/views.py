@@ -14,18 +14,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pymongo.collection import Collection
-
 from coordinator.store.connection import retrying
+from coordinator.store.handles import StorePart
 
 #: fields a viewer's trial list leaves out (see the module docstring)
 _VIEW_EXCLUDED = ("spec", "result.history", "attempt_history", "error.traceback")
 
 
-class TrialViews:
-    """Mixin for :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
-
-    jobs: Collection
+class TrialViews(StorePart):
+    """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
     @retrying
     def view_trials(self, exp_key: str, since: dt.datetime | None = None) -> list[dict[str, Any]]:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import ast
 import inspect
+import typing
 from pathlib import Path
 
+from coordinator.store import mongo
+from coordinator.store.base import TrialStoreBase
 from coordinator.store.mongo import TrialStore
 from tests.conftest import ROOT
 
@@ -84,6 +87,47 @@ def test_the_store_has_no_hyperopt_ancestor_and_imports_no_hyperopt() -> None:
     for name, path in store_modules.items():
         hyperopt = {i for i in _imports(ast.parse(path.read_text())) if i.startswith("hyperopt")}
         assert not hyperopt, f"{name} imports {sorted(hyperopt)}"
+
+
+def test_the_store_is_composed_of_parts_not_mixins() -> None:
+    """TrialStore inherits only the contract; its parts are objects that inherit nothing but
+    the shared handles, and none reaches another through TYPE_CHECKING stubs."""
+    from coordinator.store.handles import StorePart
+    from coordinator.store.mongo import StoreParts
+
+    assert inspect.getmro(TrialStore)[1:] == inspect.getmro(TrialStoreBase)
+    for part in typing.get_type_hints(StoreParts).values():
+        assert inspect.getmro(part)[1:] == (StorePart, object), part
+    for name, path in _modules().items():
+        if name.startswith("coordinator.store") and "TYPE_CHECKING:" in path.read_text():
+            body = ast.parse(path.read_text())
+            stubs = [
+                n
+                for n in ast.walk(body)
+                if isinstance(n, ast.If)
+                and "TYPE_CHECKING" in ast.unparse(n.test)
+                and any(isinstance(c, ast.FunctionDef) for c in n.body)
+            ]
+            assert not stubs, f"{name} declares methods of other parts under TYPE_CHECKING"
+
+
+def test_every_contract_method_is_served_by_one_part_with_its_signature() -> None:
+    served = [(part, name) for part, names in mongo.CONTRACT_PARTS.items() for name in names]
+    names = [name for _, name in served]
+    assert len(names) == len(set(names)), "a method is served by two parts"
+    abstract = set(TrialStoreBase.__abstractmethods__)
+    own = {"close", "server_time"}  # the store's own, not a part's
+    assert set(names) == abstract - own
+    parts = typing.get_type_hints(mongo.StoreParts)
+    for part, name in served:
+        cls = parts[part]
+        contract = inspect.signature(getattr(TrialStoreBase, name))
+        implementation = inspect.signature(getattr(cls, name))
+        assert list(implementation.parameters) == list(contract.parameters), (part, name)
+        for p, q in zip(
+            implementation.parameters.values(), contract.parameters.values(), strict=True
+        ):
+            assert (p.kind, p.default) == (q.kind, q.default), (part, name, p.name)
 
 
 def test_one_search_loop_and_no_fmin_iter() -> None:

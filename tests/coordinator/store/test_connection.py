@@ -106,6 +106,7 @@ class _Flaky:
 
     safe_uri = "mongodb://flaky/"
     outage_s = 30.0
+    outage_since: float | None = None  # the retry loop's state (the store keeps it in its handles)
 
     def __init__(self, error: Exception, fails: int) -> None:
         self.error, self.fails = error, fails
