@@ -146,6 +146,9 @@ def _child_main(config: RunnerConfig, conn: mpc.Connection, parent_pid: int) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    from coordinator import quiet
+
+    quiet.install()  # a spawned child: the CLI's banner filter is not inherited
     runner = InProcessRunner(config)
     while True:
         try:

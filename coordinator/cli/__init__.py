@@ -63,10 +63,15 @@ class HyperfleetGroup(click.Group):
             raise click.ClickException(str(e)) from e
 
 
-def _setup_logging(level: str) -> None:
-    # TensorFlow's C++ start-up notices (oneDNN, CPU features) are noise in a terminal; a user
-    # who wants them sets TF_CPP_MIN_LOG_LEVEL=0 (workers and `best --evaluate` inherit this)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _setup_logging(level: str, verbose: bool = False) -> None:
+    # TensorFlow's, absl's and oneDNN's start-up banners are noise in a terminal and in worker
+    # logs: filtered from stderr unless --verbose (workers and `best --evaluate` inherit it)
+    from coordinator import quiet
+
+    if verbose:
+        os.environ[quiet.VERBOSE_ENV] = "1"
+    else:
+        quiet.install()
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -79,9 +84,15 @@ def _setup_logging(level: str) -> None:
 @click.group(cls=HyperfleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hyperfleet")  # works from an uninstalled checkout
 @log_level_option()
-def main(log_level: str) -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    envvar="HYPERFLEET_VERBOSE",
+    help="keep TensorFlow's, absl's and oneDNN's start-up banners [env: HYPERFLEET_VERBOSE]",
+)
+def main(log_level: str, verbose: bool) -> None:
     """hyperfleet: distributed hyperparameter search for Keras models over MongoDB."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, verbose)
 
 
 # -- the commands: registered here and nowhere else ---------------------------------------------

@@ -131,7 +131,7 @@ def test_every_exp_key_option_reads_the_environment(monkeypatch: pytest.MonkeyPa
     commands = _commands_with("exp_key")
     assert set(commands) == {
         "worker", "search", "local", "reap", "cancel", "status", "top", "show", "export", "plot",
-        "best", "launch",
+        "best", "launch", "importance",
     }  # fmt: skip
     monkeypatch.setenv("HYPERFLEET_EXP_KEY", "from-env")
     monkeypatch.setenv("HYPERFLEET_MONGO", "mongodb://127.0.0.1:9/")
