@@ -128,7 +128,8 @@ NO_WORKER_NOTICE_S = 5.0
 class NoWorkerNotice:
     """Logs (at WARNING, so also when stderr is no terminal) that no live worker serves the
     search: after ``NO_WORKER_NOTICE_S`` without one, then every ten times that while none
-    comes; once when one arrives after such a line. Asks the registry at most once a second.
+    comes; once (at INFO: a recovery) when one arrives after such a line. A worker that is
+    still warming up is registered, so it counts. Asks the registry at most once a second.
     ``hint``: how to start a worker that serves it; ``pickled``: only workers that run pickled
     objectives (``--trust-pickled``) count (plain fmin's trials)."""
 
@@ -160,7 +161,7 @@ class NoWorkerNotice:
             live = [w for w in live if w.get("trust_pickled") is True]
         if live:
             if self._said is not None:
-                logger.warning("a worker now serves %r", self.exp_key)
+                logger.info("a worker now serves %r", self.exp_key)  # good news: no warning
             self._since, self._said = now, None
             return
         waited = now - self._since

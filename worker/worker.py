@@ -185,6 +185,8 @@ class Worker:
         self.stopping = threading.Event()  # a signal came: abandon a warm-up
         self._current: Lease | None = None
         self._batch = Batch()
+        #: trials whose ending is queued and that saved a checkpoint (deleted once they ended)
+        self._checkpointed: set[Any] = set()
         self._recent: deque[float] = deque(maxlen=HOLD_RECENT)  #: seconds of recent trials
         self._in_process_trial = False
         self._idle_since = time.monotonic()
@@ -216,6 +218,10 @@ class Worker:
         reason = "stopped"
         self._idle_since = time.monotonic()
         try:
+            # registered before the warm-up (imports, data, a first fit: seconds): a search
+            # started together with its workers sees them at once instead of warning that no
+            # live worker serves it
+            self._register(None, force=True)
             self.runner.start(self.stopping)
             if not self.stopping.is_set():
                 logger.info("worker %s ready", self.id)
@@ -408,6 +414,8 @@ class Worker:
             logger.warning("trial %s: %s", lease.tid, outcome.lost_reason)
             return
         self._batch.add_ending(Ending(lease, outcome.result, fields, outcome.error))
+        if outcome.checkpointed:
+            self._checkpointed.add(lease.id)
         if outcome.error is not None:
             logger.error(
                 "trial %s: objective raised %s: %s",
@@ -428,6 +436,11 @@ class Worker:
         self._note_lost_endings(endings, self.store.end_trials(endings))
 
     def _note_lost_endings(self, endings: list[Ending], written: list[bool]) -> None:
+        ended = [e.lease.id for e, ok in zip(endings, written, strict=True) if ok]
+        finished = [i for i in ended if i in self._checkpointed]
+        self._checkpointed.difference_update(e.lease.id for e in endings)
+        if finished:  # an ended trial is never resumed: its checkpoint goes
+            self.store.drop_checkpoints(trial_ids=finished)
         for ending, ok in zip(endings, written, strict=True):
             if not ok:
                 logger.warning(

@@ -55,12 +55,25 @@ class HyperfleetGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.MissingParameter as e:
+            raise _BadInput(_missing_message(e)) from e
         except click.UsageError as e:
             raise _BadInput(e.format_message()) from e
         except (ConfigError, SpaceError) as e:
             raise _BadInput(str(e)) from e
         except HyperfleetError as e:
             raise click.ClickException(str(e)) from e
+
+
+def _missing_message(e: click.MissingParameter) -> str:
+    """click's "Missing option '--mongo'." naming the environment variable that also sets it."""
+    message = e.format_message()
+    envvar = getattr(e.param, "envvar", None)
+    names = [envvar] if isinstance(envvar, str) else list(envvar or [])
+    if not names:
+        return message
+    either = " or ".join(f"${n}" for n in names)
+    return f"{message.rstrip('.')} (or set {either})."
 
 
 def _setup_logging(level: str, verbose: bool = False) -> None:
