@@ -70,3 +70,8 @@ def counted(n: int, noun: str) -> str:
 class TrialWriteRefused(HyperfleetError):
     """The database refused a trial write that is not an outage (e.g. an insert whose ``_id``
     another trial already uses, or no trial id could be allocated)."""
+
+
+class CheckpointRefused(HyperfleetError):
+    """A trial's stored checkpoint cannot be used (corrupt, partial, foreign, malformed): the
+    message says why; the trial starts fresh."""

@@ -52,6 +52,20 @@ class TrialContext(Protocol):
         ``worse_than``; returns how many were deleted."""
         ...
 
+    def load_checkpoint(self) -> Any:
+        """The state an earlier attempt of this trial saved with :meth:`save_checkpoint`: an
+        object with ``epoch`` (epochs done), ``data`` (its bytes) and ``attempt``; ``None`` to
+        start from scratch (none saved, or the saved one is corrupt or foreign: refused with a
+        warning). Call it once, before training: it also drops the per-epoch records of the
+        epochs the trial trains again, so its learning curve continues without duplicates."""
+        ...
+
+    def save_checkpoint(self, epoch: int, data: bytes) -> None:
+        """Save ``data`` as this trial's state after ``epoch`` epochs (replacing the last one),
+        for an attempt that takes the trial over after this one is lost (killed, pre-empted,
+        handed back). Raises ``TrialLost`` once the lease is gone."""
+        ...
+
 
 Objective = Callable[[dict[str, Any], TrialContext], dict[str, Any]]
 #: an objective as plain hyperopt users write it: the params only

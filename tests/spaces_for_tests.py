@@ -82,6 +82,24 @@ epochs = SearchSpace(
 )
 
 
+def _resumable(params, ctx):
+    """Trains ``epochs`` epochs of a counter, checkpointing after each; an attempt that takes
+    the trial over resumes from the checkpoint. The result says which epochs this attempt
+    trained, so a test can tell a resume from a restart."""
+    checkpoint = ctx.load_checkpoint()
+    start = 0 if checkpoint is None else checkpoint.epoch
+    state = 0 if checkpoint is None else int(checkpoint.data.decode())
+    assert state == start, f"a checkpoint of epoch {start} holds state {state}"
+    trained = []
+    for epoch in range(start + 1, ctx.settings["epochs"] + 1):
+        time.sleep(ctx.settings["sleep"])
+        state += 1
+        trained.append(epoch)
+        ctx.report_epoch({"epoch": epoch, "loss": params["x"] ** 2 + 1.0 / epoch})
+        ctx.save_checkpoint(epoch, str(state).encode())
+    return {"loss": params["x"] ** 2, "status": "ok", "trained": trained, "state": state}
+
+
 def _whoami(params, ctx):
     time.sleep(ctx.settings["sleep"])
     return {"loss": params["x"] ** 2, "status": "ok", "worker_pid": ctx.info["pid"]}
@@ -93,6 +111,13 @@ def _counted(params, ctx):
     return {"loss": params["x"] ** 2, "status": "ok"}
 
 
+resumable = SearchSpace(
+    "resumable",
+    _x_space,
+    _resumable,
+    (Setting("epochs", 6, "epochs", int, min=1), Setting("sleep", 0.3, "seconds per epoch", float)),
+    "checkpoints every epoch and resumes from its checkpoint",
+)
 whoami = SearchSpace(
     "whoami",
     _x_space,

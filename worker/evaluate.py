@@ -7,6 +7,7 @@ functions stay warm across trials.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import traceback
@@ -17,13 +18,23 @@ import bson
 from hyperopt import STATUS_FAIL, STATUS_OK, STATUS_STRINGS, base, space_eval
 from hyperopt.utils import coarse_utcnow
 
-from coordinator.errors import ConfigError, Interrupted, SpaceError, StoreUnavailable, TrialLost
+from coordinator.errors import (
+    CheckpointRefused,
+    ConfigError,
+    Interrupted,
+    SpaceError,
+    StoreUnavailable,
+    TrialLost,
+)
 from coordinator.pruning import AttemptJudge, Decision, Pruner, PruningConfig, make_pruner
 from coordinator.states import Verdict
 from coordinator.store import Lease, TrialStoreBase, to_bson
+from coordinator.store.base import Checkpoint
 from search_spaces import SearchSpace, get_space, load_spaces
 
 CANCEL_CHECK_S = 2.0  #: how often a running objective's ``should_stop`` asks the store
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +49,8 @@ class Outcome:
     #: why the result was dropped (``lost``): the lease went, or MongoDB stayed unreachable
     lost_reason: str = "lost the lease; another worker owns it now"
     fields: dict[str, Any] = field(default_factory=dict)
+    #: whether the trial saved a checkpoint (deleted by the worker once the trial has ended)
+    checkpointed: bool = False
 
 
 @dataclass
@@ -123,12 +136,55 @@ class TrialContextImpl:
             if pruner is not None and lease.exp_key is not None
             else None
         )
+        #: the epoch this attempt started after (0: from scratch); None until it is known
+        self.resumed_from: int | None = None
+        self.checkpointed = False  #: whether this attempt saved a checkpoint
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        """The trial's last checkpoint, saved by an earlier attempt (``None``: start from
+        scratch). A stored checkpoint that cannot be used (corrupt, partial, foreign) is
+        refused with one warning, and the trial starts from scratch. Either way the per-epoch
+        records of the epochs to be trained again are dropped, so the learning curve
+        continues where the checkpoint left it."""
+        try:
+            checkpoint = self.store.load_checkpoint(self.lease)
+        except CheckpointRefused as e:
+            logger.warning(
+                "trial %s: its checkpoint cannot be used (%s); starting from epoch 0", self.tid, e
+            )
+            checkpoint = None
+        self._resume_at(0 if checkpoint is None else checkpoint.epoch)
+        if checkpoint is not None:
+            logger.info(
+                "trial %s: attempt %s resumes after epoch %s (checkpoint of attempt %s)",
+                self.tid,
+                self.attempt,
+                checkpoint.epoch,
+                checkpoint.attempt,
+            )
+        return checkpoint
+
+    def save_checkpoint(self, epoch: int, data: bytes) -> None:
+        """Save ``data`` as the trial's state after ``epoch`` epochs (replacing the last one):
+        a later attempt of this trial gets it from :meth:`load_checkpoint`."""
+        if not self.store.save_checkpoint(self.lease, epoch, data):
+            raise TrialLost(f"trial {self.tid}: lease lost; checkpoint of epoch {epoch} dropped")
+        self.checkpointed = True
+
+    def _resume_at(self, epoch: int) -> None:
+        if self.resumed_from is not None:
+            return
+        self.resumed_from = epoch
+        if (epoch > 0 or self.attempt > 1) and not self.store.resume_at(self.lease, epoch):
+            raise TrialLost(f"trial {self.tid}: lease lost before it started")
 
     def report_epoch(self, metrics: dict[str, Any]) -> Verdict:
         """Store one epoch's metrics and answer whether to go on: the one decision point
         (lease lost, cancelled, the experiment's early-stopping rule, in that order)."""
         if self.verdict is not Verdict.CONTINUE:
             return self.verdict
+        if self.resumed_from is None:  # an earlier attempt's records are trained again
+            self._resume_at(0)
         metrics = to_bson(metrics)
         if not self.store.record_epoch(self.lease, metrics):
             self.verdict = Verdict.LEASE_LOST
@@ -221,6 +277,7 @@ def evaluate(
     started = time.perf_counter()
     params = None
     pruned: Decision | None = None
+    checkpointed = False
     try:
         resolved = resolver.resolve(lease.doc)
         spec = base.spec_from_misc(lease.doc["misc"])
@@ -234,6 +291,7 @@ def evaluate(
             if ctx.verdict is Verdict.LEASE_LOST:
                 raise TrialLost(f"trial {lease.tid}: lease lost; result dropped")
             pruned = ctx.pruned
+            checkpointed = ctx.checkpointed
         result = check_result(result)
         timing = phases(result, started)
         if pruned is not None and resolved.pruner is not None and result["status"] == STATUS_OK:
@@ -247,7 +305,8 @@ def evaluate(
         raise  # the worker hands the trial back (second signal, in-process trials)
     except Exception as e:  # noqa: BLE001 - any objective error is recorded, the worker goes on
         return Outcome({}, params, time.perf_counter() - started, error=error_info(e))
-    return Outcome(result, params, time.perf_counter() - started, fields={"timing": timing})
+    duration = time.perf_counter() - started
+    return Outcome(result, params, duration, fields={"timing": timing}, checkpointed=checkpointed)
 
 
 def phases(result: dict[str, Any], started: float) -> dict[str, float]:

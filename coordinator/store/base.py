@@ -114,6 +114,16 @@ class TrialStoreBase(abc.ABC):
 
     ``exp_key=None`` in a read or count means every experiment in the database.
     """
+@dataclass(frozen=True)
+class Checkpoint:
+    """A trial's saved state: ``data`` (the objective's bytes) after ``epoch`` epochs, written
+    by attempt ``attempt``."""
+
+    epoch: int
+    data: bytes
+    attempt: int
+
+
 
     db_name: str
 
@@ -449,3 +459,30 @@ class TrialStoreBase(abc.ABC):
     ) -> dict[int, dict[int, float] | None]:
         """Finished trials not in ``known``: ``{tid: {epoch: metric}}`` for DONE, ok, unpruned
         ones, ``{tid: None}`` for the rest (finished trials never change: cache them)."""
+
+    # -- checkpoints: a trial's saved state, resumed by its next attempt (store/checkpoints.py) --
+
+    @abc.abstractmethod
+    def save_checkpoint(self, lease: Lease, epoch: int, data: bytes) -> bool:
+        """Store ``data`` as the trial's checkpoint after ``epoch`` epochs (fenced on the
+        lease), replacing the older one, which is deleted once the new one is linked; ``False``
+        (and the new one deleted) if the lease is lost."""
+
+    @abc.abstractmethod
+    def load_checkpoint(self, lease: Lease) -> Checkpoint | None:
+        """The trial's checkpoint, checked against its link; ``None`` if it has none. Raises
+        :class:`~coordinator.errors.CheckpointRefused` (saying why) for a corrupt, partial,
+        foreign or malformed one."""
+
+    @abc.abstractmethod
+    def resume_at(self, lease: Lease, epoch: int) -> bool:
+        """This attempt starts after ``epoch`` epochs (0: from scratch): keep the first
+        ``epoch`` per-epoch records, drop those of the epochs to be trained again, and record
+        ``resumed_from_epoch``; ``False`` if the lease is lost."""
+
+    @abc.abstractmethod
+    def drop_checkpoints(
+        self, *, trial_ids: Iterable[DocId] = (), exp_key: str | None = None
+    ) -> int:
+        """Delete the checkpoints of ended trials (DONE, ERROR, CANCEL) among ``trial_ids``, or
+        of experiment ``exp_key``; returns how many went. Never touches a NEW or RUNNING trial."""

@@ -24,6 +24,7 @@ import pymongo
 
 from coordinator import defaults
 from coordinator.store.base import TrialStoreBase
+from coordinator.store.checkpoints import Checkpoints
 from coordinator.store.connection import (
     check_names,
     check_reachable,
@@ -60,6 +61,7 @@ class StoreParts:
     registry: WorkerRegistry
     files: Attachments
     rungs: RungRecords
+    checkpoints: Checkpoints
 
 
 #: which part serves each method of the contract (:class:`TrialStoreBase`); the store's
@@ -119,6 +121,7 @@ CONTRACT_PARTS: dict[str, tuple[str, ...]] = {
     "rungs": ("record_rung", "rung_values", "finished_curves"),
 }
 
+    "checkpoints": ("save_checkpoint", "load_checkpoint", "resume_at", "drop_checkpoints"),
 
 def _served_by(part: str, name: str) -> Any:
     """The store's method ``name``: the same method of its part ``part``."""
@@ -181,6 +184,7 @@ class TrialStore(TrialStoreBase):
             rungs=RungRecords(mongo),
         )
 
+            checkpoints=Checkpoints(mongo),
     @property
     def outage_s(self) -> float:
         return self.mongo.outage_s

@@ -1,0 +1,123 @@
+"""Contract: checkpoints (issue 21) — saved under the lease, resumed by the next attempt, checked
+when read back, and gone once the trial has ended."""
+
+from __future__ import annotations
+
+import pytest
+from bson import ObjectId
+
+from coordinator.errors import CheckpointRefused
+from coordinator.states import AttemptOutcome, TrialState
+from coordinator.store import Lease, TrialStore
+from tests.conftest import queue_trials
+
+
+def _checkpoint_files(store: TrialStore) -> int:
+    return store.db["fs.files"].count_documents({"kind": "checkpoint"})
+
+
+def _requeued(store: TrialStore, lease: Lease, owner: str = "w2") -> Lease:
+    assert store.release(lease, AttemptOutcome.LOST, "killed") is TrialState.NEW
+    again = store.reserve_trial(owner, exp_key="exp")
+    assert again is not None and again.id == lease.id and again.attempt == lease.attempt + 1
+    return again
+
+
+def test_a_requeued_trial_resumes_from_its_last_checkpoint(store: TrialStore) -> None:
+    queue_trials(store, 1)
+    lease = store.reserve_trial("w1", exp_key="exp")
+    assert store.load_checkpoint(lease) is None
+    for epoch in (1, 2, 3):
+        assert store.record_epoch(lease, {"epoch": epoch, "loss": 1.0 / epoch})
+        assert store.save_checkpoint(lease, epoch, b"state after %d" % epoch)
+    assert _checkpoint_files(store) == 1  # each older one went once the new one was linked
+    assert store.record_epoch(lease, {"epoch": 4, "loss": 0.2})  # killed before its checkpoint
+
+    again = _requeued(store, lease)
+    checkpoint = store.load_checkpoint(again)
+    assert checkpoint is not None
+    assert (checkpoint.epoch, checkpoint.data, checkpoint.attempt) == (3, b"state after 3", 1)
+    assert store.resume_at(again, checkpoint.epoch)
+    assert store.record_epoch(again, {"epoch": 4, "loss": 0.25})
+    doc = store.get_trial("exp", lease.tid)
+    assert [e["epoch"] for e in doc["epochs"]] == [1, 2, 3, 4]  # epoch 4 once, the new one
+    assert doc["epochs"][-1]["loss"] == 0.25 and doc["resumed_from_epoch"] == 3
+    assert doc["checkpoint"]["epoch"] == 3 and doc["checkpoint"]["attempt"] == 1
+
+
+def test_a_lost_lease_writes_no_checkpoint_and_keeps_no_file(store: TrialStore) -> None:
+    queue_trials(store, 1)
+    lease = store.reserve_trial("w1", exp_key="exp")
+    assert store.save_checkpoint(lease, 1, b"one")
+    again = _requeued(store, lease)
+    assert not store.save_checkpoint(lease, 2, b"late")  # the old owner, fenced out
+    assert not store.resume_at(lease, 0)
+    assert _checkpoint_files(store) == 1
+    assert store.load_checkpoint(again).data == b"one"
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda s, d: s.gfs.delete(d["checkpoint"]["file_id"]), "cannot be read"),
+        (lambda s, d: _set(s, d, "checkpoint.sha256", "0" * 64), "do not match"),
+        (lambda s, d: _set(s, d, "checkpoint.bytes", 2), "do not match"),
+        (lambda s, d: _set(s, d, "checkpoint.epoch", "3"), "epoch"),
+        (lambda s, d: _set(s, d, "checkpoint.file_id", {"$ne": None}), "not an ObjectId"),
+        (lambda s, d: _set(s, d, "checkpoint", "junk"), "not a document"),
+        (lambda s, d: _set(s, d, "checkpoint.bytes", 2**40), "limit"),
+        (
+            lambda s, d: _set(s, d, "checkpoint.file_id", s.gfs.put(b"x", tid=9, trial=1)),
+            "written for trial 9",
+        ),
+        (lambda s, d: _set(s, d, "checkpoint.file_id", s.gfs.put(b"x")), "not a checkpoint"),
+        (lambda s, d: s.db["fs.chunks"].delete_many({}), "cannot be read"),
+    ],
+)
+def test_a_damaged_or_foreign_checkpoint_is_refused_with_its_reason(
+    store: TrialStore, damage, reason: str
+) -> None:
+    queue_trials(store, 1)
+    lease = store.reserve_trial("w1", exp_key="exp")
+    assert store.save_checkpoint(lease, 3, b"good state")
+    damage(store, store.get_trial("exp", lease.tid))
+    with pytest.raises(CheckpointRefused, match=reason):
+        store.load_checkpoint(lease)
+
+
+def _set(store: TrialStore, doc: dict, field: str, value: object) -> None:
+    store.jobs.update_one({"_id": doc["_id"]}, {"$set": {field: value}})
+
+
+def test_ended_trials_keep_no_checkpoint_and_running_ones_keep_theirs(store: TrialStore) -> None:
+    queue_trials(store, 3)
+    done, failed, running = (store.reserve_trial("w", exp_key="exp") for _ in range(3))
+    for lease in (done, failed, running):
+        assert store.save_checkpoint(lease, 1, b"state %d" % lease.tid)
+    assert store.finish(done, {"loss": 1.0, "status": "ok"}, {})
+    assert store.fail(failed, {"type": "E", "message": "m"}, {})
+    all_ids = [done.id, failed.id, running.id]
+    assert store.drop_checkpoints(trial_ids=all_ids) == 2
+    assert store.drop_checkpoints(trial_ids=all_ids) == 0
+    assert _checkpoint_files(store) == 1
+    assert store.load_checkpoint(running).data == b"state %d" % running.tid
+    assert store.get_trial("exp", done.tid)["checkpoint"] is None
+    assert store.drop_checkpoints() == 0  # neither ids nor an experiment: nothing
+
+
+def test_the_sweep_of_an_experiment_removes_leftovers_of_ended_trials(store: TrialStore) -> None:
+    queue_trials(store, 2)
+    done = store.reserve_trial("w", exp_key="exp")
+    assert store.save_checkpoint(done, 2, b"x")
+    assert store.finish(done, {"loss": 1.0, "status": "ok"}, {})  # the worker died here
+    assert store.drop_checkpoints(exp_key="other") == 0
+    assert store.drop_checkpoints(exp_key="exp") == 1 and _checkpoint_files(store) == 0
+
+
+def test_a_bad_epoch_is_refused_before_anything_is_written(store: TrialStore) -> None:
+    queue_trials(store, 1)
+    lease = store.reserve_trial("w", exp_key="exp")
+    for epoch in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="whole number"):
+            store.save_checkpoint(lease, epoch, b"x")  # type: ignore[arg-type]
+    assert _checkpoint_files(store) == 0 and isinstance(lease.id, ObjectId)

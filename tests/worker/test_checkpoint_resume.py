@@ -1,0 +1,60 @@
+"""Issue 21: a trial that comes back (worker SIGKILLed, SIGTERM hand-back) resumes from its
+last checkpoint on the next worker — real worker processes, really killed — with its learning
+curve continued (no epoch recorded twice) and no checkpoint left once it has ended."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from coordinator.states import TrialState
+from coordinator.store import TrialStore, connect
+from tests.conftest import TEST_SPACES, queue_trials, start_worker, stop_all, wait_for
+
+FAST_LEASE = ("--heartbeat", "0.3", "--lease", "1.5")
+EPOCHS = 6
+
+
+def _checkpointed(store: TrialStore, exp_key: str, epoch: int) -> dict | None:
+    docs = store.trials(exp_key, [TrialState.RUNNING])
+    return next((d for d in docs if (d.get("checkpoint") or {}).get("epoch", 0) >= epoch), None)
+
+
+def _resumed_trial(store: TrialStore, exp_key: str, tid: int) -> dict:
+    doc = store.get_trial(exp_key, tid)
+    assert doc["state"] == TrialState.DONE, doc["state"]
+    resumed = doc["resumed_from_epoch"]
+    assert resumed >= 2, "the next attempt must start after the last checkpoint"
+    assert doc["result"]["trained"] == list(range(resumed + 1, EPOCHS + 1))
+    assert doc["result"]["state"] == EPOCHS  # the state went on from the checkpoint's
+    assert [e["epoch"] for e in doc["epochs"]] == list(range(1, EPOCHS + 1))
+    assert doc["checkpoint"] is None
+    assert store.db["fs.files"].count_documents({"kind": "checkpoint"}) == 0
+    return doc
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm-requeue"])
+def test_a_trial_taken_over_resumes_from_its_checkpoint(server, db_name, tmp_path, how) -> None:
+    store = connect(server.uri, db_name)
+    queue_trials(store, 1, exp_key="ck", space="resumable", settings={"sleep": 0.4})
+    args = ("--spaces", TEST_SPACES, "--exp-key", "ck", *FAST_LEASE)
+    first_args = (*args, "--requeue-on-term") if how == "sigterm-requeue" else args
+    first = start_worker(server.uri, db_name, *first_args, log=tmp_path / "w1.log")
+    workers = [first]
+    try:
+        doc = wait_for(lambda: _checkpointed(store, "ck", 2), 90, what="a checkpoint of epoch 2")
+        first.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
+        first.wait(20)
+        workers.append(start_worker(server.uri, db_name, *args, log=tmp_path / "w2.log"))
+        wait_for(
+            lambda: store.get_trial("ck", doc["tid"])["state"] == TrialState.DONE,
+            90,
+            what="the trial to finish on the second worker",
+        )
+    finally:
+        stop_all(workers)
+    done = _resumed_trial(store, "ck", doc["tid"])
+    history = done["attempt_history"]
+    assert [h["outcome"] for h in history] == (["lost"] if how == "sigkill" else ["requeued"])
+    assert done["attempt"] == 2
