@@ -13,6 +13,7 @@ start.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -147,6 +148,71 @@ def check_db_path(db_path: str | os.PathLike[str]) -> None:
             f"cannot use {path} as the database directory ({e.strerror or e}); "
             "pass a writable --db-path"
         ) from None
+
+
+# argv: storage path, user name; the password on stdin. Opens the storage directly (no socket:
+# nobody can connect while the user is made) and runs SecantusDB's own createUser command on it,
+# so the record is exactly the one the daemon would write. Uses SecantusDB's internal API (the
+# version is pinned exactly); runs in its own process, like the daemon (GPL-2.0 code stays apart).
+_CREATE_USER = """\
+import json, sys
+from secantus.commands import CommandContext, dispatch
+from secantus.cursors import CursorRegistry
+from secantus.storage import Storage
+path, user, password = sys.argv[1], sys.argv[2], sys.stdin.read()
+storage = Storage(path, enable_oplog=False, sync_on_commit=True)
+try:
+    ctx = CommandContext(
+        connection_id=0, storage=storage, cursors=CursorRegistry(), db_name="admin"
+    )
+    roles = [{"role": "root", "db": "admin"}]
+    reply = dispatch({"createUser": user, "pwd": password, "roles": roles}, ctx)
+finally:
+    storage.close()
+print(json.dumps({"ok": reply.get("ok"), "errmsg": reply.get("errmsg", "")}))
+"""
+
+
+def create_first_user(
+    db_path: str | os.PathLike[str], user: str, password: str, *, timeout_s: float = 60.0
+) -> None:
+    """Create ``user`` (role root, ``authSource=admin``) in the database directory ``db_path``
+    without starting a server: SecantusDB only creates users over a connection to a server
+    without ``--auth``, and a server on loopback, even for a second, is one that every user of a
+    shared machine may connect to. :class:`ServerStartError` (one line) when it cannot."""
+    path = Path(db_path).resolve()
+    check_db_path(path)
+    holder = holder_of(path)
+    if holder is not None:
+        raise ServerStartError(
+            f"database directory {path} is in use by {holder}; stop it before creating users"
+        )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CREATE_USER, str(path), user],
+            input=password,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        raise ServerStartError(
+            f"creating user {user!r} in {path} took over {timeout_s:.0f} s"
+        ) from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        reply = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        reply = {}
+    if done.returncode != 0 or reply.get("ok") != 1.0:
+        why = reply.get("errmsg") or _last_words(done.stderr) or f"exit code {done.returncode}"
+        raise ServerStartError(f"cannot create user {user!r} in {path}: {why}")
+    logger.info("created user %r in %s (no server was started)", user, path)
+
+
+def _last_words(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _daemon_command() -> list[str]:

@@ -46,14 +46,12 @@ def read_password(user: str) -> str:
 
 
 def bootstrap_user(db_path: str, user: str, password: str) -> None:
-    """Create ``user`` (role root) in the database at ``db_path``: SecantusDB creates users only
-    on a server started without ``--auth``, so this starts one on a random loopback port, creates
-    the user and stops it again."""
-    from coordinator.server import EmbeddedServer
-    from coordinator.store import create_user
+    """Create ``user`` (role root) in the database at ``db_path`` before the server starts,
+    without opening any port (:func:`coordinator.server.create_first_user`): a bootstrap
+    server on loopback, even for a second, is one every user of a shared machine could use."""
+    from coordinator.server import create_first_user
 
-    with EmbeddedServer(db_path, host="127.0.0.1", port=0) as srv:
-        create_user(srv.uri, user, password)
+    create_first_user(db_path, user, password)
 
 
 @click.command()
