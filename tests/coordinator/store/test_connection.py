@@ -12,6 +12,38 @@ from coordinator.errors import ConfigError, StoreUnavailable
 from coordinator.store import connect, ping, redact_uri
 
 
+def with_options(uri: str, query: str) -> str:
+    """``uri`` with the options of ``query`` added: after its own options if it has some (a
+    ``$HYPERFLEET_TEST_MONGO`` like ``mongodb://h/?replicaSet=rs0``), replacing any it already
+    sets (a second ``tls`` would be refused as given twice); else after a ``/``."""
+    head, mark, own = uri.partition("?")
+    if not mark and head.count("/") == 2:  # mongodb://host: no path yet
+        head += "/"
+    added = {part.partition("=")[0].lower() for part in query.split("&")}
+    kept = [p for p in own.split("&") if p and p.partition("=")[0].lower() not in added]
+    return f"{head}?{'&'.join([*kept, query])}"
+
+
+@pytest.mark.parametrize(
+    ("uri", "query", "expected"),
+    [
+        ("mongodb://h:1", "tls=maybe", "mongodb://h:1/?tls=maybe"),
+        ("mongodb://h:1/", "tls=maybe", "mongodb://h:1/?tls=maybe"),
+        ("mongodb://h:1/db", "w=1", "mongodb://h:1/db?w=1"),
+        ("mongodb://h/?replicaSet=rs0", "tls=maybe", "mongodb://h/?replicaSet=rs0&tls=maybe"),
+        (
+            "mongodb://h/?tls=true&replicaSet=rs0",
+            "TLS=maybe",
+            "mongodb://h/?replicaSet=rs0&TLS=maybe",
+        ),
+    ],
+)
+def test_with_options_keeps_the_uris_own_options(uri: str, query: str, expected: str) -> None:
+    """Issue 22 item 13: the suite appended ``/?option`` to URIs that already had options
+    (``...?replicaSet=rs0/?tls=maybe``), three false failures against a replica set."""
+    assert with_options(uri, query) == expected
+
+
 def test_redact_uri_hides_password() -> None:
     uri = "mongodb://user:s3cret@db.example:27017/?authSource=admin"
     assert "s3cret" not in redact_uri(uri) and "user:***@" in redact_uri(uri)
@@ -49,7 +81,7 @@ def test_opening_clients_from_threads_leaves_the_warning_filters_alone(backend_u
     def open_some() -> None:
         for _ in range(10):
             with contextlib.suppress(ConfigError):
-                connect(backend_uri.rstrip("/") + "/?tls=maybe")
+                connect(with_options(backend_uri, "tls=maybe"))
             connect(backend_uri).close()
 
     threads = [threading.Thread(target=open_some) for _ in range(4)]
@@ -65,7 +97,7 @@ def test_opening_clients_from_threads_leaves_the_warning_filters_alone(backend_u
 )
 def test_invalid_option_is_named(backend_uri: str, option: str, named: str) -> None:
     with pytest.raises(ConfigError, match=f"invalid option {named} "):
-        connect(f"{backend_uri.rstrip('/')}/?{option}")
+        connect(with_options(backend_uri, option))
 
 
 @pytest.mark.parametrize(
@@ -95,9 +127,9 @@ def test_options_cut_from_a_password_are_blamed_on_the_password(uri: str) -> Non
 
 
 def test_repeated_read_preference_tags_and_an_at_in_an_option_are_fine(backend_uri: str) -> None:
-    base = backend_uri.rstrip("/")
-    connect(f"{base}/?readPreference=nearest&readPreferenceTags=dc:a&readPreferenceTags=").close()
-    connect(f"{base}/?appName=alice@laptop").close()
+    tags = "readPreference=nearest&readPreferenceTags=dc:a&readPreferenceTags="
+    connect(with_options(backend_uri, tags)).close()
+    connect(with_options(backend_uri, "appName=alice@laptop")).close()
 
 
 class _Flaky:
