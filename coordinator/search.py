@@ -360,3 +360,7 @@ class Coordinator:
                 "search %r: status left as recorded (changed while it ran, e.g. cancelled)",
                 self.config.exp_key,
             )
+        # workers delete an ended trial's checkpoint; one whose worker died just then is left
+        dropped = self.store.drop_checkpoints(exp_key=self.config.exp_key)
+        if dropped:
+            logger.info("search %r: deleted %d left-over checkpoints", self.config.exp_key, dropped)
