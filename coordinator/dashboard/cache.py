@@ -312,3 +312,43 @@ class CachedOutcomes:
 
     def server_time(self) -> dt.datetime:
         return self.cache.now or self.cache.store.server_time()
+
+
+#: seconds the list of experiments is reused (it costs a scan of the trials' exp keys)
+LIST_MAX_AGE_S = 10.0
+
+
+class ExperimentList:
+    """Every experiment (:func:`coordinator.inspect.all_experiments`: the experiments collection
+    plus one scan of the trials' exp keys for plain-fmin ones), read at most once per
+    ``max_age_s`` however many pages ask; one read at a time (the others wait for its answer)."""
+
+    def __init__(
+        self,
+        store: TrialStoreBase,
+        *,
+        max_age_s: float = LIST_MAX_AGE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self.reads = 0  #: how many times the database was asked (tests, benchmarks)
+        self._value: list[dict[str, Any]] | None = None
+        self._at = -math.inf
+        self._lock = threading.Lock()
+
+    def get(self) -> list[dict[str, Any]]:
+        with self._lock:
+            if self._value is None or self.clock() - self._at >= self.max_age_s:
+                self._value = inspect.all_experiments(self.store)  # type: ignore[arg-type]
+                self._at = self.clock()
+                self.reads += 1
+            return self._value
+
+    def stand_in(self, exp_key: str) -> dict[str, Any] | None:
+        """The listed plain-fmin stand-in of ``exp_key`` (no document of its own), if any."""
+        for exp in self.get():
+            if exp.get("_id") == exp_key and exp.get("status") == inspect.PLAIN_FMIN:
+                return exp
+        return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +18,13 @@ from coordinator.dashboard import states
 from coordinator.dashboard.cache import (
     CachedOutcomes,
     Caches,
+    ExperimentList,
     TrialCache,
     best_series,
     curve_tids,
     timestamp,
 )
+from coordinator.errors import ConfigError
 from coordinator.states import TrialState
 
 if TYPE_CHECKING:
@@ -111,18 +113,45 @@ def summary(
     }
 
 
-def experiment_doc(store: TrialStoreBase, exp_key: str) -> dict[str, Any]:
-    """The experiment document (``inspect.get_experiment``: unknown keys are a ConfigError)."""
-    return inspect.get_experiment(store, exp_key)  # type: ignore[arg-type]
+#: an unknown key is echoed in its error at most this long; at most this many known keys named
+ECHO_CHARS = 80
+KNOWN_NAMED = 20
 
 
-def experiments(store: TrialStoreBase, caches: Caches) -> list[dict[str, Any]]:
+def experiment_doc(
+    store: TrialStoreBase,
+    listing: ExperimentList,
+    exp_key: str,
+    *,
+    on_miss: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """The experiment document of ``exp_key`` (one indexed read), the listed stand-in of a
+    plain-fmin key, or (``on_miss`` first: the rate limit) one indexed count of its trials; an
+    unknown key is a :class:`ConfigError` that echoes at most :data:`ECHO_CHARS` of it and names
+    known keys from the cached list (no scan of the trials per request)."""
+    exp = store.get_experiment(exp_key)
+    if exp is not None:
+        return exp
+    stand_in = listing.stand_in(exp_key)
+    if stand_in is not None:
+        return stand_in
+    on_miss()
+    if store.count(exp_key, list(TrialState)):  # plain fmin, newer than the cached list
+        return {"_id": exp_key, "status": inspect.PLAIN_FMIN}
+    listed = listing.get()
+    known = [inspect.fmt_value(inspect.key_text(e.get("_id")), 60) for e in listed[:KNOWN_NAMED]]
+    more = f" and {len(listed) - KNOWN_NAMED} more" if len(listed) > KNOWN_NAMED else ""
+    hint = f"known: {', '.join(known)}{more}" if known else "the database holds no experiments"
+    shown = inspect.fmt_value(exp_key, ECHO_CHARS)
+    raise ConfigError(f"no experiment {shown!r} in database {store.db_name!r} ({hint})")
+
+
+def experiments(
+    store: TrialStoreBase, caches: Caches, listing: ExperimentList
+) -> list[dict[str, Any]]:
     """Every experiment's summary, newest first."""
     workers = worker_views(store)
-    rows = [
-        summary(caches.get(inspect.key_text(e.get("_id"))), e, workers)
-        for e in inspect.all_experiments(store)  # type: ignore[arg-type]
-    ]
+    rows = [summary(caches.get(inspect.key_text(e.get("_id"))), e, workers) for e in listing.get()]
     return rows[::-1]
 
 
@@ -270,14 +299,19 @@ class Lane:
 
 
 def workers_page(
-    store: TrialStoreBase, caches: Caches, *, hours: float = TIMELINE_HOURS, width: int = 1000
+    store: TrialStoreBase,
+    caches: Caches,
+    listing: ExperimentList,
+    *,
+    hours: float = TIMELINE_HOURS,
+    width: int = 1000,
 ) -> dict[str, Any]:
     """The registry rows (heartbeat ages on the server clock, stale flagged), where each
     worker's current trial lives, and a timeline of the last ``hours`` of trials per worker."""
     now = store.server_time()
     views = worker_views(store)
     entries = []
-    for exp in inspect.all_experiments(store):  # type: ignore[arg-type]
+    for exp in listing.get():
         key = inspect.key_text(exp.get("_id"))
         entries.extend((key, e) for e in caches.get(key).entries())
     # a tid of another program's may be a list (unhashable): such a trial is no worker's

@@ -19,7 +19,8 @@ from coordinator.store import TrialStore
 from tests.conftest import cli_env, wait_for
 
 EXP = "exp-dash"
-URL_RE = re.compile(r"hyperfleet dashboard: (http://\S+)")
+#: the printed line: the base URL, then ``?token=SECRET``
+URL_RE = re.compile(r"hyperfleet dashboard: (http://\S+/)\?token=(\S+)")
 
 
 def trial_doc(tid: int, state: TrialState, exp_key: str = EXP, **extra: Any) -> dict[str, Any]:
@@ -87,10 +88,41 @@ def dash_store(store: TrialStore) -> Iterator[TrialStore]:
     store.drop_database()
 
 
-def start_dashboard(
-    uri: str, db: str, *args: str, log: Path | None = None
-) -> tuple[subprocess.Popen[str], str]:
-    """``hyperfleet dashboard --port 0`` in a fresh process; returns it and its printed URL."""
+class Started:
+    """A ``hyperfleet dashboard`` process: its base URL (ending in ``/``) and its secret."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str, token: str) -> None:
+        self.proc, self.url, self.token = proc, url, token
+
+    @property
+    def login(self) -> str:
+        """The login URL it printed."""
+        return f"{self.url}?token={self.token}"
+
+    def get(self, path: str, timeout: float = 15) -> tuple[int, str]:
+        """GET ``path`` with the secret as a bearer token: status and body."""
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(
+            self.url + path, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+
+def start(
+    uri: str, db: str, *args: str, log: Path | None = None, token_file: Path | None = None
+) -> Started:
+    """``hyperfleet dashboard --port 0`` in a fresh process (its secret in ``token_file``, or a
+    fresh file in a new temporary folder)."""
+    if token_file is None:
+        import tempfile
+
+        token_file = Path(tempfile.mkdtemp(prefix="hf-dash-")) / "token"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -103,6 +135,8 @@ def start_dashboard(
             db,
             "--port",
             "0",
+            "--token-file",
+            str(token_file),
             *args,
         ],
         stdout=subprocess.PIPE,
@@ -114,4 +148,12 @@ def start_dashboard(
     line = wait_for(proc.stdout.readline, timeout=30, what="the dashboard's URL")
     match = URL_RE.search(line)
     assert match, line
-    return proc, match.group(1)
+    return Started(proc, match.group(1), match.group(2))
+
+
+def start_dashboard(
+    uri: str, db: str, *args: str, log: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """:func:`start`, returning the process and its base URL."""
+    started = start(uri, db, *args, log=log)
+    return started.proc, started.url

@@ -18,7 +18,7 @@ from coordinator.server import EmbeddedServer
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store import TrialStore, connect
 from tests.conftest import ROOT, hyperfleet, stop_all, wait_for
-from tests.dashboard.conftest import EXP, make_experiment, start_dashboard, trial_doc
+from tests.dashboard.conftest import EXP, Started, make_experiment, start, trial_doc
 
 with warnings.catch_warnings():
     # Starlette 1.x suggests httpx2 for its TestClient; httpx still works
@@ -59,7 +59,8 @@ def test_every_page_renders(dash_store: TrialStore) -> None:
     assert trial.status_code == 200 and "bad x" in trial.text and "Traceback" in trial.text
     assert c.get("/workers").status_code == 200
     assert c.get("/exp", params={"key": "nope"}).status_code == 404
-    assert c.get("/trial", params={"key": EXP, "tid": "x"}).status_code == 404
+    # issue 24, item 4: a trial id that is no number is a bad request (it was a 404)
+    assert c.get("/trial", params={"key": EXP, "tid": "x"}).status_code == 400
     # read-only: no action forms
     assert 'action="/actions/' not in exp.text + trial.text
 
@@ -238,23 +239,19 @@ def test_static_files_are_package_data() -> None:
     assert (base / "static/vendor/uplot/LICENSE").read_text().startswith("The MIT License")
 
 
-def get_until_ok(url: str, timeout: float = 30.0) -> str:
-    """The body of ``url`` once it answers 200. A fresh dashboard's first page is a 503 when the
-    database does not answer within its 3 s (a loaded machine): retried; any other error is not."""
-    import urllib.error
-    import urllib.request
+def get_until_ok(started: Started, path: str, timeout: float = 30.0) -> str:
+    """The body of ``path`` (logged in with the bearer secret) once it answers 200. A fresh
+    dashboard's first page is a 503 when the database does not answer within its 3 s (a loaded
+    machine): retried; any other error is not."""
 
     def attempt() -> str | None:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                assert r.status == 200, r.status
-                return r.read().decode()
-        except urllib.error.HTTPError as e:
-            if e.code != 503:
-                raise
+        status, body = started.get(path)
+        if status == 503:
             return None
+        assert status == 200, (status, body[:300])
+        return body
 
-    return wait_for(attempt, timeout, interval=0.5, what=f"a 200 from {url}")
+    return wait_for(attempt, timeout, interval=0.5, what=f"a 200 from {path}")
 
 
 def test_cli_prints_url_serves_and_warns_beyond_loopback(
@@ -263,13 +260,13 @@ def test_cli_prints_url_serves_and_warns_beyond_loopback(
     store = connect(server.uri, db_name)
     make_experiment(store, [trial_doc(0, TrialState.DONE)])
     log = tmp_path / "dashboard.log"
-    proc, url = start_dashboard(server.uri, db_name, "--host", "0.0.0.0", log=log)
+    started = start(server.uri, db_name, "--host", "0.0.0.0", log=log)
     try:
-        assert url.startswith("http://0.0.0.0:")
-        local = url.replace("0.0.0.0", "127.0.0.1")
-        assert EXP in get_until_ok(local + f"exp?key={EXP}")
+        # a wildcard bind prints a loopback address to open (issue 24)
+        assert started.url.startswith("http://127.0.0.1:")
+        assert EXP in get_until_ok(started, f"exp?key={EXP}")
     finally:
-        stop_all([proc])
+        stop_all([started.proc])
         store.drop_database()
         store.close()
     assert "beyond this machine" in log.read_text()
@@ -278,17 +275,11 @@ def test_cli_prints_url_serves_and_warns_beyond_loopback(
 def test_cli_redacts_the_password(server: EmbeddedServer, tmp_path: Path) -> None:
     uri = server.uri.replace("mongodb://", "mongodb://bob:hunter2-pw@")
     log = tmp_path / "dashboard.log"
-    proc, url = start_dashboard(uri, "nothing", log=log)
+    started = start(uri, "nothing", log=log)
     try:
-        import urllib.error
-        import urllib.request
-
-        try:
-            body = urllib.request.urlopen(url, timeout=15).read().decode()
-        except urllib.error.HTTPError as e:  # credentials refused: the 503 page
-            body = e.read().decode()
+        _status, body = started.get("")  # credentials refused: the 503 page
     finally:
-        stop_all([proc])
+        stop_all([started.proc])
     assert "hunter2-pw" not in body and "bob:***@" in body
     assert "hunter2-pw" not in log.read_text()
 
