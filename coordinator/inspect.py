@@ -40,7 +40,7 @@ EXPORT_FORMATS = defaults.EXPORT_FORMATS
 #: a worker whose last heartbeat is older than this is flagged stale
 DEFAULT_STALE_S = defaults.STALE_WORKER_S
 #: columns shown first, in this order, wherever they exist
-_LEADING = ("tid", "state", "status", "loss", "rank")
+_LEADING = ("tid", "trial", "state", "status", "loss", "rank")
 _TRAILING_PREFIXES = ("worker.", "error.")
 _TRAILING = (
     "epochs",
@@ -48,7 +48,7 @@ _TRAILING = (
     "book_time",
     "ended",
     "attempt",
-    "attempts",
+    "failed_attempts",
 )
 _RESULT_SKIPPED = frozenset({"loss", "status", "history", "params"})
 _WORKER_FIELDS = ("id", "host", "pid", "gpu", "cuda_visible_devices", "threads")
@@ -148,7 +148,8 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
     row["book_time"] = when(doc.get("book_time"))
     row["ended"] = when(doc.get("ended"))
     row["attempt"] = typed(doc.get("attempt", 0), int)
-    row["attempts"] = typed(doc.get("attempts", 0), int)
+    # ``attempts`` counts the failed ones: named so it cannot be read as "attempt"'s total
+    row["failed_attempts"] = typed(doc.get("attempts", 0), int)
     worker = _mapping(doc.get("worker"))
     for name in _WORKER_FIELDS:
         row[f"worker.{name}"] = worker.get(name)
@@ -229,6 +230,9 @@ def load_rows(
             rows.append(malformed_row(d, problem))
         else:
             rows.append(trial_row(d, None if d.get("params") else decode(d)))
+    tids = [d.get("tid") for d in docs]
+    for row in rows:  # the number a person counts, beside the database-wide tid
+        row["trial"] = rules.trial_number(row.get("tid"), tids)
     add_ranks(rows)
     return rows
 
@@ -499,6 +503,8 @@ class ExperimentSummary:
     eta_s: float | None
     workers: list[WorkerView] = field(default_factory=list)
     pruned: int = 0  #: DONE trials an early-stopping rule stopped (``--prune``)
+    #: the best trial's number within the experiment (:func:`rules.trial_number`)
+    best_number: int | None = None
     #: documents of the experiment that cannot be used (:func:`rules.trial_problem`): in no count
     malformed: int = 0
 
@@ -545,6 +551,9 @@ def summarize(
         max_evals=max_evals,
         counts=counts,
         best_tid=None if best is None else best["tid"],
+        best_number=None
+        if best is None
+        else rules.trial_number(best["tid"], (d.get("tid") for d in every)),
         best_loss=None if best is None else rules.ok_loss(best),
         rate_per_min=rate,
         eta_s=eta,
@@ -596,6 +605,22 @@ def write_text(path: Path, text: str) -> None:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from e
 
 
+#: Unix times between 2001 and 2286: a result field named ``*_time`` in this range is a date
+_UNIX_TIMES = (1e9, 1e10)
+
+
+def fmt_field(key: str, value: Any, width: int = 200) -> str:
+    """A result field for a person: a Unix time (``eval_time``, a ``*_time`` number) as an ISO
+    date (UTC), a ``*_s`` number of seconds as a duration, anything else as :func:`fmt_value`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if key.endswith("_time") and _UNIX_TIMES[0] <= value < _UNIX_TIMES[1]:
+            moment = dt.datetime.fromtimestamp(value, dt.UTC).replace(tzinfo=None)
+            return moment.isoformat(sep=" ", timespec="seconds") + " UTC"
+        if key.endswith("_s") and value >= 0:
+            return fmt_duration(value)
+    return fmt_value(value, width)
+
+
 def fmt_value(value: Any, width: int = 24) -> str:
     if value is None:
         return "-"
@@ -622,8 +647,12 @@ def format_table(
 
 
 def fmt_duration(seconds: float | None) -> str:
+    """``0.2 s``, ``42 s``, ``3 min 5 s``, ``2 h 10 min`` (tenths below 10 s, so a short trial
+    never reads as ``0 s``), or ``-``."""
     if seconds is None:
         return "-"
+    if seconds < 9.95:
+        return f"{max(seconds, 0.0):.1f} s"
     seconds = int(round(seconds))
     if seconds < 120:
         return f"{seconds} s"

@@ -161,6 +161,15 @@ def tid_order(tid: Any) -> tuple[int, Any]:
     return (0, tid) if _is_number(tid) else (1, str(tid))
 
 
+def trial_number(tid: Any, tids: Iterable[Any]) -> int:
+    """A trial's number within its experiment: its 1-based place among the experiment's
+    ``tids`` in tid order. The tid counter is shared by every experiment of a database (a
+    12-trial search's best can be tid 43); this number is what a person counts ("trial 12").
+    It never changes once given: later trials get larger tids."""
+    key = tid_order(tid)
+    return 1 + sum(1 for t in tids if tid_order(t) < key)
+
+
 def cancel_requested(exp: Mapping[str, Any] | None) -> bool:
     """Whether the experiment document ``exp`` asks every process to stop its search."""
     return bool(exp) and exp.get("cancel_requested") is True

@@ -118,6 +118,8 @@ class SearchOutcome:
     cancelled: bool = False
     #: when no trial succeeded: what happened instead (see :func:`rules.no_success_reason`)
     no_success: str | None = None
+    #: the best trial's number within the experiment (:func:`rules.trial_number`)
+    best_number: int | None = None
 
     @property
     def best_loss(self) -> float | None:
@@ -311,6 +313,11 @@ class Coordinator:
             seconds=time.monotonic() - started,
             cancelled=loop.cancelled,
             no_success=why,
+            best_number=None
+            if best is None
+            else rules.trial_number(
+                best["tid"], (d.get("tid") for d in trials.cache.docs.values())
+            ),
         )
 
     def _tick(self, trials: HyperfleetTrials, counts: dict[TrialState, int]) -> None:

@@ -104,9 +104,13 @@ def report_best(
     if best is None:
         raise HyperfleetError(f"no trial of {exp_key!r} succeeded yet; {_why_none(store, exp_key)}")
     result = best["result"]
+    from coordinator import rules
+
+    tids = (d.get("tid") for d in store.trial_outcomes(exp_key))
     lines = [
         f"best trial: tid {best['tid']}, loss {result['loss']:.6g} "
-        f"({result.get('objective', 'loss')})",
+        f"({result.get('objective', 'loss')}; "
+        f"trial {rules.trial_number(best['tid'], tids)} of this experiment)",
         "best params: " + json.dumps(best.get("params"), sort_keys=True, default=str),
     ]
     if "val_accuracy" in result:

@@ -67,7 +67,7 @@ def _print_summary(s: ins.ExperimentSummary) -> None:
         done = s.counts.get(TrialState.DONE, 0)
         click.echo(f"  pruned    {s.pruned} of the {done} done trials were stopped early")
     if s.best_loss is not None:
-        click.echo(f"  best      loss {s.best_loss:.6g} (tid {s.best_tid})")
+        click.echo(f"  best      loss {s.best_loss:.6g} (trial {s.best_number}, tid {s.best_tid})")
     else:
         click.echo("  best      - (no successful trial yet)")
     rate = "-" if s.rate_per_min is None else f"{_rate(s.rate_per_min)} trials/min"
@@ -178,7 +178,7 @@ def top(
     ]
     metrics.sort(key=lambda c: (not c.startswith("result.val_"), "acc" not in c))
     params = [c for c in ins.columns(ranked) if c.startswith("params.")]
-    names = ["tid"] + (["state"] if all_states else []) + ["loss"]
+    names = ["tid", "trial"] + (["state"] if all_states else []) + ["loss"]
     if any(r.get("pruned") is not None for r in ranked):
         names.append("pruned")  # the epoch an early-stopping rule stopped it at
     if by not in names:
@@ -232,8 +232,9 @@ def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -
     params = ins.typed(doc.get("params"), dict) or decoder(doc)
     result = ins.typed(doc.get("result"), dict) or {}
     pruned = ins.pruned_text(doc)
+    number = rules.trial_number(tid, (d.get("tid") for d in store.trial_outcomes(exp_key)))
     click.echo(
-        f"trial {tid} of {exp_key}: {ins.state_name(doc.get('state'))}"
+        f"tid {tid} (trial {number}) of {exp_key}: {ins.state_name(doc.get('state'))}"
         + (f", {pruned}" if pruned else "")
     )
     # a Keras result's ``history`` and ``params`` repeat the epochs and params shown below
@@ -250,7 +251,9 @@ def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -
         {
             "started": ins.when(doc.get("book_time")),
             "ended": ins.when(doc.get("ended")),
-            "duration_s": ins.number(doc.get("duration_s")),
+            "duration": ins.fmt_duration(ins.number(doc.get("duration_s")))
+            if ins.number(doc.get("duration_s")) is not None
+            else None,
             **_named(doc.get("timing")),  # the phases (docs/schema.md)
             "running for": ins.fmt_duration(running_s) if running_s is not None else None,
             "last heartbeat": ins.when(doc.get("refresh_time")),
@@ -258,7 +261,10 @@ def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -
         },
     )
     _section("worker", {**_named(doc.get("worker")), "owner": doc.get("owner")})
-    _section("attempts", {"attempt": doc.get("attempt", 0), "failed": doc.get("attempts", 0)})
+    _section(
+        "attempts",
+        {"reservations": doc.get("attempt", 0), "failed attempts": doc.get("attempts", 0)},
+    )
     for h in ins.typed(doc.get("attempt_history"), list) or []:
         if not isinstance(h, dict):
             continue
@@ -293,7 +299,7 @@ def _section(title: str, values: dict[str, Any]) -> None:
     click.echo(title)
     width = max(len(k) for k in shown)
     for key, value in shown.items():
-        text = json.dumps(value) if isinstance(value, (dict, list)) else ins.fmt_value(value, 200)
+        text = json.dumps(value) if isinstance(value, (dict, list)) else ins.fmt_field(key, value)
         click.echo(f"    {key.ljust(width)}  {text}")
 
 

@@ -97,7 +97,10 @@ def _print_outcome(outcome: SearchOutcome) -> None:
         raise click.ClickException(
             f"no trial of {outcome.exp_key!r} succeeded: {outcome.no_success or 'no trial ran'}"
         )
-    click.echo(f"best trial: tid {outcome.best['tid']}, loss {outcome.best_loss:.6g}")
+    click.echo(
+        f"best trial: tid {outcome.best['tid']}, loss {outcome.best_loss:.6g} "
+        f"(trial {outcome.best_number} of this experiment)"
+    )
     click.echo("best params: " + json.dumps(outcome.best_params, sort_keys=True, default=str))
 
 

@@ -38,3 +38,26 @@ def test_status_without_mongo_in_a_real_process() -> None:
     out = hyperfleet("status", env=cli_env(), timeout=30)
     assert out.returncode == 2
     assert out.stderr.strip() == "Error: Missing option '--mongo' (or set $HYPERFLEET_MONGO)."
+
+
+def test_times_read_as_times_and_durations_as_durations() -> None:
+    from coordinator.inspect import fmt_duration, fmt_field
+
+    assert fmt_field("eval_time", 1796554403.79) == "2026-12-06 10:53:23 UTC"  # was 1.79654e+09
+    assert fmt_field("duration_s", 0.214) == "0.2 s"
+    assert fmt_field("loss", 0.25) == "0.25"
+    assert fmt_field("warm_time", 12.5) == "12.5"  # not a date: too small for a Unix time
+    assert [fmt_duration(s) for s in (0.2, 9.4, 42.4, 185, 7300)] == [
+        "0.2 s",
+        "9.4 s",
+        "42 s",
+        "3 min 5 s",
+        "2 h 1 min",
+    ]
+
+
+def test_trial_number_counts_within_the_experiment() -> None:
+    from coordinator.rules import trial_number
+
+    tids = [43, 31, 32, 40]  # the tid counter is shared by the database's experiments
+    assert [trial_number(t, tids) for t in (31, 32, 40, 43)] == [1, 2, 3, 4]

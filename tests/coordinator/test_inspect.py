@@ -100,7 +100,15 @@ def test_status_of_all_and_one_experiment(search) -> None:
     one = cli(search, "status", "--exp-key", CURVES)
     assert one.returncode == 0 and QUAD not in one.stdout
     assert f"12/12 finished: new 0, running 0, done {12 - errors}, error {errors}" in one.stdout
-    assert f"best      loss {best['result']['loss']:.6g} (tid {best['tid']})" in one.stdout
+    number = 1 + sum(d["tid"] < best["tid"] for d in search["docs"])  # tids of the experiment
+    best_line = f"best      loss {best['result']['loss']:.6g} (trial {number}, tid {best['tid']})"
+    assert best_line in one.stdout
+    quad_docs = search["store"].trials(QUAD)  # the second search: its tids follow CURVES's
+    quad = best_of(quad_docs)
+    number = 1 + sum(d["tid"] < quad["tid"] for d in quad_docs)
+    quad_out = cli(search, "status", "--exp-key", QUAD).stdout
+    assert number <= 10 < quad["tid"]
+    assert f"(trial {number}, tid {quad['tid']})" in quad_out, quad_out
     assert re.search(r"rate      [0-9.]+ trials/min\n", one.stdout)
     assert "workers   0 live" in one.stdout
 
@@ -139,11 +147,11 @@ def test_top_lists_the_best_first_with_decoded_params(search) -> None:
     assert out.returncode == 0, out.stderr
     rows = table(out.stdout)
     header = rows[0]
-    assert header[:3] == ["#", "tid", "loss"]
+    assert header[:4] == ["#", "tid", "trial", "loss"]
     for name in ("val_accuracy", "lr", "optimizer.name", "units", "worker.gpu"):
         assert name in header
-    assert len(rows) == 4 and rows[1][:2] == ["1", str(best["tid"])]
-    losses = [float(r[2]) for r in rows[1:]]
+    assert len(rows) == 4 and rows[1][:3] == ["1", str(best["tid"]), str(best["tid"] + 1)]
+    losses = [float(r[3]) for r in rows[1:]]
     assert losses == sorted(losses)
     by_acc = cli(search, "top", "--exp-key", CURVES, "--by", "result.val_accuracy", "--desc")
     acc_rows = table(by_acc.stdout)
@@ -160,11 +168,13 @@ def test_show_a_trial_with_epochs_and_one_with_a_traceback(search) -> None:
     out = cli(search, "show", "--exp-key", CURVES, str(best["tid"]))
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert text.startswith(f"trial {best['tid']} of {CURVES}: done")
+    # CURVES ran first in this database: its trial numbers are its tids plus one
+    assert text.startswith(f"tid {best['tid']} (trial {best['tid'] + 1}) of {CURVES}: done")
     assert "epochs (4)" in text and "val_loss" in text
     assert re.search(r"^    optimizer\.name\s+(adam|sgd)$", text, re.M)
     assert re.search(r"^    gpu\s+[01]$", text, re.M) and "cuda_visible_devices" in text
-    assert re.search(r"^    duration_s\s+[0-9.e-]+$", text, re.M)
+    assert re.search(r"^    duration\s+[0-9.]+ s$", text, re.M)  # seconds, tenths below 10 s
+    assert re.search(r"^    failed attempts\s+0$", text, re.M)
     failed = next(d for d in docs if d["state"] == TrialState.ERROR)
     err = cli(search, "show", "--exp-key", CURVES, str(failed["tid"]))
     assert err.returncode == 0
@@ -184,7 +194,7 @@ def test_export_csv_columns_and_rows(search, tmp_path: Path) -> None:
         rows = list(reader)
         header = reader.fieldnames
     assert len(rows) == 12
-    assert header[:4] == ["tid", "state", "status", "loss"]
+    assert header[:5] == ["tid", "trial", "state", "status", "loss"]
     for name in (
         "params.lr",
         "params.optimizer.name",
@@ -197,6 +207,7 @@ def test_export_csv_columns_and_rows(search, tmp_path: Path) -> None:
         "book_time",
         "ended",
         "attempt",
+        "failed_attempts",
         "worker.host",
         "worker.gpu",
         "worker.cuda_visible_devices",
