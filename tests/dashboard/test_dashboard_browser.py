@@ -27,7 +27,7 @@ from tests.conftest import (
     stop_all,
     wait_for,
 )
-from tests.dashboard.conftest import make_experiment, start_dashboard, trial_doc
+from tests.dashboard.conftest import make_experiment, start, trial_doc
 
 pytestmark = pytest.mark.browser
 
@@ -88,18 +88,18 @@ def db_store(server: EmbeddedServer, db_name: str) -> Iterator[TrialStore]:
 
 
 @pytest.fixture
-def dashboard(server: EmbeddedServer, db_name: str, tmp_path: Path) -> Iterator[Any]:
-    """Start ``hyperfleet dashboard`` processes (``start(*args) -> url``); stopped after."""
+def dashboard(server: EmbeddedServer, db_name: str, tmp_path: Path, tab: Page) -> Iterator[Any]:
+    """Start ``hyperfleet dashboard`` processes (``start(*args) -> url``), each with its own
+    secret, and log ``tab`` in to each (its printed login URL); stopped after."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*args: str) -> str:
-        proc, url = start_dashboard(
-            server.uri, db_name, *args, log=tmp_path / f"dashboard{len(procs)}.log"
-        )
-        procs.append(proc)
-        return url
+    def run(*args: str) -> str:
+        started = start(server.uri, db_name, *args, log=tmp_path / f"dashboard{len(procs)}.log")
+        procs.append(started.proc)
+        assert tab.open(started.login).status == 200
+        return started.url
 
-    yield start
+    yield run
     stop_all(procs)
 
 
@@ -259,8 +259,10 @@ def test_database_down_shows_a_message(
     store = connect(own.uri, "d")
     make_experiment(store, [trial_doc(0, TrialState.DONE, exp_key="d")], exp_key="d")
     store.close()
-    proc, url = start_dashboard(own.uri, "d", log=tmp_path / "dashboard.log")
+    started = start(own.uri, "d", log=tmp_path / "dashboard.log")
+    proc, url = started.proc, started.url
     try:
+        tab.open(f"{started.url}?token={started.token}")
         tab.open(f"{url}exp?key=d")
         tab.page.wait_for_function("Number(document.body.dataset.trials) === 1")
         own.stop()
@@ -275,3 +277,45 @@ def test_database_down_shows_a_message(
         stop_all([proc])
         if own.process is not None and own.process.poll() is None:
             own.stop()
+
+
+def test_login_url_opens_the_dashboard_and_nothing_else_does(
+    db_store: TrialStore, server: EmbeddedServer, db_name: str, browser: Any, tmp_path: Path
+) -> None:
+    """Issue 24: the login flow. A browser without the secret gets the login page (no data);
+    the printed URL logs it in (cookie HttpOnly, SameSite=Strict, the token gone from the
+    address bar) and the pages then work, actions included; another browser stays out."""
+    make_experiment(
+        db_store, [trial_doc(t, TrialState.NEW, exp_key="p") for t in range(2)], exp_key="p"
+    )
+    started = start(server.uri, db_name, "--allow-actions", log=tmp_path / "dashboard.log")
+    mine, other = Page(browser), Page(browser)
+    try:
+        refused = other.open(f"{started.url}exp?key=p")
+        assert refused.status == 401
+        assert "private" in (other.page.locator("h1").text_content() or "")
+        assert other.page.locator("[data-exp]").count() == 0
+        assert mine.open(f"{started.url}exp?key=p&token={started.token}").status == 200
+        assert mine.page.url == f"{started.url}exp?key=p"  # the token left the address bar
+        mine.page.wait_for_function("Number(document.body.dataset.trials) === 2")
+        cookies = mine.page.context.cookies()
+        assert [c["name"] for c in cookies] == [
+            f"hyperfleet-dashboard-{started.url.split(':')[2][:-1]}"
+        ]
+        assert cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
+        assert started.token not in cookies[0]["value"]
+        assert mine.page.evaluate("document.cookie") == ""  # scripts cannot read it
+        mine.page.locator("#cancel-form button").click()
+        mine.page.wait_for_selector(".notice")
+        assert db_store.cancel_requested("p")
+        # the other browser, even with the page's action token, cannot act
+        status = other.page.evaluate(
+            "fetch('/actions/cancel', {method: 'POST', headers: {'Content-Type': "
+            "'application/x-www-form-urlencoded'}, body: 'key=p&token=x'}).then(r => r.status)"
+        )
+        assert status == 401
+        assert mine.errors == []
+    finally:
+        mine.page.close()
+        other.page.close()
+        stop_all([started.proc])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +18,11 @@ from coordinator.dashboard.guard import RateLimiter
 from coordinator.dashboard.login import Login, load_or_create_secret
 from coordinator.dashboard.serve import build_app
 from coordinator.errors import ConfigError
+from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
 from coordinator.store import TrialStore
-from tests.dashboard.conftest import EXP, make_experiment, trial_doc
+from tests.conftest import stop_all
+from tests.dashboard.conftest import EXP, make_experiment, start, trial_doc
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -367,3 +370,145 @@ def test_the_secret_file_is_private(tmp_path: Any) -> None:
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_or_create_secret(path)
+
+
+# -- the real process ----------------------------------------------------------------------------
+
+
+def _raw(url: str, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``request`` to the dashboard at ``url`` over a plain socket; its first reply line."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as s:
+        s.sendall(request)
+        return s.recv(4096).split(b"\r\n", 1)[0]
+
+
+def test_the_ipv6_loopback_process_refuses_a_rebinding_host(
+    server: EmbeddedServer, db_name: str, tmp_path: Path
+) -> None:
+    """Item 1 through ``hyperfleet dashboard --host ::1``: Host evil.example got 200."""
+    started = start(server.uri, db_name, "--host", "::1", log=tmp_path / "d.log")
+    try:
+        assert started.url.startswith("http://[::1]:")
+        auth = f"Authorization: Bearer {started.token}\r\n".encode()
+        evil = _raw(started.url, b"GET / HTTP/1.1\r\nHost: evil.example\r\n" + auth + b"\r\n")
+        assert b" 400 " in evil, evil
+        port = started.url.rsplit(":", 1)[1].strip("/")
+        good = f"GET /static/dashboard.css HTTP/1.1\r\nHost: [::1]:{port}\r\n\r\n".encode()
+        assert b" 200 " in _raw(started.url, good)
+    finally:
+        stop_all([started.proc])
+
+
+def test_the_process_refuses_a_300_mb_body_without_waiting_for_it(
+    server: EmbeddedServer, db_name: str, tmp_path: Path
+) -> None:
+    """Item 2 through the real server: the declared length alone is refused at once (the old
+    dashboard waited to read all 300 MB, then held them in memory)."""
+    started = start(server.uri, db_name, "--allow-actions", log=tmp_path / "d.log")
+    try:
+        head = (
+            "POST /actions/cancel HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {started.token}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            "Content-Length: 300000000\r\n\r\nkey=x&token="
+        )
+        assert b" 413 " in _raw(started.url, head.encode(), timeout=10)
+    finally:
+        stop_all([started.proc])
+
+
+_OTHER_USER_SCRIPT = r"""
+import json, sys, urllib.error, urllib.request
+url, key, token_file, pid = sys.argv[1:5]
+out = {}
+try:
+    open(token_file).read()
+    out["token_file"] = "read"
+except OSError as e:
+    out["token_file"] = type(e).__name__
+try:
+    out["cmdline"] = open(f"/proc/{pid}/cmdline").read()
+except OSError as e:
+    out["cmdline"] = type(e).__name__
+try:
+    open(f"/proc/{pid}/environ").read()
+    out["environ"] = "read"
+except OSError as e:
+    out["environ"] = type(e).__name__
+
+def call(path, data=None, headers={}):
+    req = urllib.request.Request(url + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+out["pages"] = {p: call(p) for p in ("", f"exp?key={key}", f"api/trials?key={key}", "workers")}
+out["bearer"] = call("", headers={"Authorization": "Bearer guess"})
+form = f"key={key}&token=guess".encode()
+out["cancel"] = call("actions/cancel", data=form,
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+print(json.dumps(out))
+"""
+
+
+def test_a_second_local_user_can_neither_read_nor_act(
+    server: EmbeddedServer, db_name: str, dash_store: TrialStore, tmp_path: Path
+) -> None:
+    """The issue's "done when": another OS user of this machine, created here, gets nothing
+    from a dashboard without its secret: not the token file, not the process's command line or
+    environment, no page, no action; the refused action is logged with that user's name."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    import uuid
+
+    if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("runuser"):
+        pytest.skip("needs root with useradd and runuser to create a second local user")
+    name = f"hfo{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"useradd failed: {made.stderr.strip()}")
+    shared = Path(tempfile.mkdtemp(prefix="hf-shared-"))
+    shared.chmod(0o755)  # others may look into the folder; the secret inside is 0600
+    make_experiment(dash_store, [trial_doc(0, TrialState.NEW)])
+    log = tmp_path / "dashboard.log"
+    started = start(
+        server.uri, db_name, "--allow-actions", log=log, token_file=shared / "dashboard-token"
+    )
+    try:
+        python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else None
+        if python is None:
+            pytest.skip("no system python for the second user")
+        done = subprocess.run(
+            ["runuser", "-u", name, "--", python, "-c", _OTHER_USER_SCRIPT, started.url, EXP]
+            + [str(shared / "dashboard-token"), str(started.proc.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
+        assert done.returncode == 0, done.stderr
+        seen = json.loads(done.stdout)
+        # the dashboard works for its owner
+        assert started.get(f"exp?key={EXP}")[0] == 200
+    finally:
+        stop_all([started.proc])
+        subprocess.run(["userdel", name], capture_output=True)
+        shutil.rmtree(shared, ignore_errors=True)
+    assert seen["token_file"] == "PermissionError"
+    assert started.token not in seen["cmdline"]
+    assert seen["environ"] == "PermissionError"
+    for path, (status, body) in seen["pages"].items():
+        assert status == 401 and EXP not in body and started.token not in body, path
+    assert seen["bearer"][0] == 401 and seen["cancel"][0] == 401
+    assert not dash_store.cancel_requested(EXP)
+    text = log.read_text()
+    assert "REFUSED POST /actions/cancel" in text and f"(local user {name})" in text, text
