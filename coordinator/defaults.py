@@ -16,6 +16,9 @@ DB_PATH = Path(".hyperfleet") / "db"
 LEASE_S = 30.0
 #: seconds between a worker's heartbeats; must stay below LEASE_S (``--heartbeat``)
 HEARTBEAT_S = 5.0
+#: seconds an experiment stays its coordinator's without a renewal (server clock): a second
+#: coordinator of the same exp key is refused while it holds, and takes over once it expired
+COORDINATOR_LEASE_S = 30.0
 #: attempts (lost or crashed workers) before a trial is marked ERROR (``--max-attempts``)
 MAX_ATTEMPTS = 3
 #: seconds every process keeps retrying an unreachable MongoDB ($HYPERFLEET_OUTAGE_S)

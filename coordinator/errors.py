@@ -30,6 +30,11 @@ class ExperimentMismatch(HyperfleetError):
     """An exp key is reused with a different space, settings or algorithm."""
 
 
+class ExperimentBusy(HyperfleetError):
+    """Another live coordinator runs this experiment (one coordinator per exp key at a time),
+    or took it over from this one."""
+
+
 class SpaceError(HyperfleetError):
     """A search space could not be found or loaded."""
 

@@ -5,7 +5,7 @@
 HyperfleetTrials.fmin`) all run :meth:`SearchLoop.run`::
 
     while not over:
-        stop requested?   cancel, timeout, loss threshold, early-stop function
+        stop requested?   cancel, timeout, loss threshold, early-stop function, lease lost
         housekeeping      reap dead workers' trials, quarantine, size the queue (every tick)
         read changes      the trials written since the last read, nothing else
         enqueue           ask the algorithm (hyperopt's suggest functions, fleet TPE included)
@@ -15,6 +15,12 @@ HyperfleetTrials.fmin`) all run :meth:`SearchLoop.run`::
 Control only flows down: the loop calls the housekeeping, the trials view and the algorithm;
 none of them calls back into it (``on_tick`` is the driver's own hook, e.g. ``local``'s worker
 supervision and the progress line).
+
+``max_evals`` is never exceeded: each insert is capped by the trials the last read found, so
+trials another driver queued count too. ``hyperfleet search`` and ``local`` also hold the
+experiment's coordinator lease (:mod:`coordinator.experiment_lease`): one coordinator per
+experiment; a driver without one (plain ``fmin``) refuses an experiment that a live coordinator
+holds.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from coordinator import rules
+from coordinator.experiment_lease import check_holder
 from coordinator.housekeeping import TICK_S, Housekeeping
 from coordinator.states import TrialState
 
 if TYPE_CHECKING:
+    from coordinator.experiment_lease import CoordinatorLease
     from coordinator.trials import HyperfleetTrials
 
 logger = logging.getLogger(__name__)
@@ -50,6 +58,11 @@ class SearchLoop:
     ``cancel_requested``), after ``timeout_s``, once the best loss is below ``loss_threshold``,
     when ``early_stop_fn`` says so (hyperopt's signature), or when the algorithm has nothing
     more to suggest; trials already queued still run, and the loop waits for them.
+
+    ``lease``: the coordinator lease the driver holds (``hyperfleet search``/``local``); the
+    loop stops with :class:`~coordinator.errors.ExperimentBusy` once another coordinator took
+    it over. Without one (plain ``fmin``) the loop refuses to start on an experiment whose
+    coordinator lease is live.
     """
 
     def __init__(
@@ -66,6 +79,7 @@ class SearchLoop:
         early_stop_fn: Callable[..., Any] | None = None,
         tick_s: float = TICK_S,
         on_tick: OnTick | None = None,
+        lease: CoordinatorLease | None = None,
     ) -> None:
         self.trials = trials
         self.view = trials.cache
@@ -83,6 +97,7 @@ class SearchLoop:
         self._done_ids: set[Any] = set()
         self.tick_s = tick_s
         self.on_tick = on_tick
+        self.lease = lease
         #: why queueing stopped early ("cancelled", "timeout", ...), or None
         self.stopped: str | None = None
         self.queued = 0  #: trials this run inserted
@@ -99,6 +114,10 @@ class SearchLoop:
         nothing more will be queued. ``KeyboardInterrupt`` and store errors propagate: the
         experiment stays as it is and a rerun continues it."""
         self._started = time.monotonic()
+        exp_key = self.view.exp_key
+        if self.lease is None and exp_key is not None:  # plain fmin: not over a live search
+            store = self.housekeeping.store
+            check_holder(store.get_experiment(exp_key), exp_key, store.server_time(), None)
         # as FMinIter.exhaust: the trials of the caller's last refresh count towards max_evals
         self._to_queue = self.max_evals - len(self.trials.trials)
         self._done = self._newly_done()  # done before this run: seen, not reported one by one
@@ -117,11 +136,14 @@ class SearchLoop:
     def _check_stop(self) -> None:
         """Stop queueing (the queued and running trials still finish) on a timeout, a reached
         loss threshold or the early-stop function's word; a cancel is noticed by the
-        housekeeping.
+        housekeeping. Raises :class:`~coordinator.errors.ExperimentBusy` once another
+        coordinator took the experiment over.
 
         ``early_stop_fn`` is called as in-memory ``fmin`` calls it: once per trial that ended
         (DONE, in the order they ended), with the trials ended so far, so hyperopt's own
         ``no_progress_loss`` (which reads the last trial's loss) works unchanged."""
+        if self.lease is not None:
+            self.lease.check()
         if self.stopped is not None:
             return
         if self.timeout_s is not None and time.monotonic() - self._started >= self.timeout_s:
@@ -171,11 +193,14 @@ class SearchLoop:
 
     def _enqueue(self) -> None:
         """Fill the queue up to the housekeeping's length: ask the algorithm for the missing
-        trials and insert them in one write."""
+        trials and insert them in one write. Never past ``max_evals``: the trials the last read
+        found (another driver's included; ERROR ones do not count, as in hyperopt) cap it."""
         queued = self.view.count(TrialState.NEW)
-        want = min(self.housekeeping.max_queue - queued, self._to_queue - self.queued)
+        want = min(self.housekeeping.max_queue - queued, self._room())
         if self.stopped is not None or want <= 0:
             return
+        if self.lease is not None:
+            self.lease.check(before_insert=True)
         new_ids = self.trials.new_trial_ids(want)
         docs = self.algo(new_ids, self.domain, self.trials, self.rstate.integers(2**31 - 1))
         if not docs:
@@ -188,9 +213,15 @@ class SearchLoop:
             return
         self.queued += len(docs)
 
+    def _room(self) -> int:
+        """How many more trials this run may queue: what is left of its share, and never more
+        than ``max_evals`` less the trials stored (ERROR ones do not count, as in hyperopt)."""
+        counted = self.view.stored - self.view.count(TrialState.ERROR)
+        return min(self._to_queue - self.queued, self.max_evals - counted)
+
     def _over(self) -> bool:
         """Nothing more to queue, and nothing queued or running."""
-        more = self.stopped is None and self.queued < self._to_queue
+        more = self.stopped is None and self._room() > 0
         return not more and self.view.count(TrialState.NEW, TrialState.RUNNING) == 0
 
     def _wait(self) -> None:

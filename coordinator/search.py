@@ -16,7 +16,6 @@ import functools
 import importlib.util
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from hyperopt import anneal, base, rand, tpe
 
 from coordinator import defaults, fleet_tpe, rules
 from coordinator.errors import ConfigError, ExperimentMismatch, HyperfleetError, counted
+from coordinator.experiment_lease import CoordinatorLease, Holder, check_holder
 from coordinator.housekeeping import POLL_S, TICK_S, Housekeeping, continue_stream
 from coordinator.loop import OnTick, SearchLoop
 from coordinator.progress import SearchProgress
@@ -107,6 +107,8 @@ class SearchConfig:
     progress: bool = False  #: a tqdm bar; otherwise a log line every ``progress_every`` trials
     progress_every: int | None = None  #: None: every tenth of max_evals
     pruning: PruningConfig | None = None  #: ``--prune``: the early-stopping rule, if any
+    #: seconds the coordinator's lease on the experiment lasts without a renewal
+    coordinator_lease_s: float = defaults.COORDINATOR_LEASE_S
 
 
 @dataclass
@@ -134,14 +136,20 @@ class SearchOutcome:
 _START_TRIES = 5
 
 
-def prepare_experiment(store: TrialStoreBase, config: SearchConfig) -> dict[str, Any]:
+def prepare_experiment(
+    store: TrialStoreBase, config: SearchConfig, holder: Holder | None = None
+) -> dict[str, Any]:
     """Create the experiment document, or check that a rerun asks for the same search and mark
-    it RUNNING again.
+    it RUNNING again, with ``holder``'s coordinator lease (default: this process's).
 
-    The write is conditional on the document's ``version`` as read: if anything wrote in between,
-    the document is read and checked again. A ``cancel`` that landed in between is kept (the
-    coordinator then stops at its first tick), never overwritten.
+    Another coordinator's live lease is refused (:class:`~coordinator.errors.ExperimentBusy`,
+    naming its host and pid); an expired one, or one whose pid is gone from this host, is taken
+    over (:func:`~coordinator.experiment_lease.check_holder`). The write is conditional on the
+    document's ``version`` as read, which every lease renewal increments: if anything wrote in
+    between, the document is read and checked again. A ``cancel`` that landed in between is
+    kept (the coordinator then stops at its first tick), never overwritten.
     """
+    holder = holder or Holder.this_process(config.coordinator_lease_s)
     if config.max_evals < 1:
         raise ConfigError(f"--max-evals must be at least 1, got {config.max_evals}")
     algo_function(config.algo, config.liar)
@@ -156,7 +164,10 @@ def prepare_experiment(store: TrialStoreBase, config: SearchConfig) -> dict[str,
     }
     for _ in range(_START_TRIES):
         existing = store.get_experiment(config.exp_key)
+        now = store.server_time()
+        check_holder(existing, config.exp_key, now, holder)
         doc = _started_doc(existing, wanted, config)
+        doc["coordinator"] = holder.stamp(now)
         if existing is None:
             if store.create_experiment(doc):
                 return doc
@@ -221,7 +232,6 @@ def _started_doc(
         "spaces_source": config.spaces_source,
         "status": ExperimentStatus.RUNNING.value,
         "cancel_requested": False,
-        "coordinator": {"host": socket.gethostname(), "pid": os.getpid()},
     }
     doc.pop("version", None)
     doc.pop("error", None)  # a crash of an earlier run; this one starts afresh
@@ -252,12 +262,15 @@ class Coordinator:
         )
         self._progress: SearchProgress | None = None
         self._prepared = False
+        #: this coordinator's lease on the experiment (one coordinator per experiment)
+        self.holder = Holder.this_process(config.coordinator_lease_s)
 
     def prepare(self) -> None:
         """Create the experiment document, or check that a rerun asks for the same search
-        (:func:`prepare_experiment`); :meth:`run` does it unless it was done. ``local`` calls
-        it before it starts any worker, so a mismatch is refused before anything runs."""
-        prepare_experiment(self.store, self.config)
+        (:func:`prepare_experiment`), and take the coordinator lease on it; :meth:`run` does it
+        unless it was done. ``local`` calls it before it starts any worker, so a mismatch or
+        another live coordinator is refused before anything runs."""
+        prepare_experiment(self.store, self.config, self.holder)
         self._prepared = True
 
     def run(self) -> SearchOutcome:
@@ -277,6 +290,7 @@ class Coordinator:
         self._progress = SearchProgress(
             config.exp_key, config.max_evals, bar=config.progress, every=config.progress_every
         )
+        lease = CoordinatorLease(self.store, config.exp_key, self.holder)
         loop = SearchLoop(
             trials,
             domain,
@@ -288,20 +302,24 @@ class Coordinator:
             loss_threshold=config.loss_threshold,
             tick_s=config.tick_s,
             on_tick=self._tick,
+            lease=lease,
         )
         status = ExperimentStatus.FAILED
         try:
-            loop.run()
-            status = ExperimentStatus.CANCELLED if loop.cancelled else ExperimentStatus.DONE
-        except (KeyboardInterrupt, HyperfleetError):
-            raise  # interrupted or the database gone: RUNNING stays, a rerun continues
-        except Exception as e:
-            self._record_crash(e)
-            raise
+            with lease:  # renewed while the loop runs; released when it ends, whatever way
+                try:
+                    loop.run()
+                    status = ExperimentStatus.CANCELLED if loop.cancelled else ExperimentStatus.DONE
+                except (KeyboardInterrupt, HyperfleetError):
+                    raise  # interrupted, the database gone, or taken over: RUNNING stays
+                except Exception as e:
+                    self._record_crash(e)
+                    raise
+                finally:
+                    if status is not ExperimentStatus.FAILED:
+                        self._finish(trials, status)
+                        self._report(trials)
         finally:
-            if status is not ExperimentStatus.FAILED:
-                self._finish(trials, status)
-                self._report(trials)
             self._progress.close()
         best = rules.best_trial(trials.trials)
         # every usable trial, ERROR ones included (hyperopt's lists leave those out)

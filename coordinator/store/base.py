@@ -28,6 +28,11 @@ Invariants
 * **Experiment status changes are conditional** on the status they expect, so e.g. a cancel that
   lands while a coordinator starts or finishes is never silently undone. Every experiment write
   increments the document's ``version``.
+* **One coordinator per experiment.** The coordinator that starts a search writes its lease
+  (``coordinator``: ``id``, ``host``, ``pid``, ``lease_s``, ``renewed`` in server time) with the
+  document, conditionally on the ``version`` it read, and renews it fenced on its ``id``; a
+  renewal also increments ``version``, so a second coordinator that read a live lease can never
+  overwrite it.
 * **Errors.** Every method may raise :class:`~coordinator.errors.StoreUnavailable` (the server
   stayed unreachable longer than the outage budget; nothing was lost) and
   :class:`~coordinator.errors.AuthError` (credentials refused). Operations retry through short
@@ -109,11 +114,6 @@ class Reservation:
     ended: list[bool]
 
 
-class TrialStoreBase(abc.ABC):
-    """The store contract (see the module docstring for the invariants every method keeps).
-
-    ``exp_key=None`` in a read or count means every experiment in the database.
-    """
 @dataclass(frozen=True)
 class Checkpoint:
     """A trial's saved state: ``data`` (the objective's bytes) after ``epoch`` epochs, written
@@ -124,6 +124,11 @@ class Checkpoint:
     attempt: int
 
 
+class TrialStoreBase(abc.ABC):
+    """The store contract (see the module docstring for the invariants every method keeps).
+
+    ``exp_key=None`` in a read or count means every experiment in the database.
+    """
 
     db_name: str
 
@@ -373,6 +378,17 @@ class Checkpoint:
         becomes CANCELLED) and mark its queued trials CANCEL; returns how many were queued.
         Sweeps the queue twice, ``settle_s`` apart, to catch a trial queued just before the
         coordinator noticed."""
+
+    @abc.abstractmethod
+    def renew_coordinator(self, exp_key: str, holder_id: str) -> bool:
+        """Renew the coordinator lease on the experiment (``coordinator.renewed`` set to the
+        server's clock), only while ``coordinator.id`` is still ``holder_id``; ``False`` when
+        another coordinator took the experiment over (the caller must stop queueing)."""
+
+    @abc.abstractmethod
+    def release_coordinator(self, exp_key: str, holder_id: str) -> bool:
+        """End ``holder_id``'s coordinator lease (``coordinator.renewed`` set to null, so the
+        next coordinator starts at once); ``False`` if it holds none any more."""
 
     @abc.abstractmethod
     def annotate_experiment(self, exp_key: str, fields: dict[str, Any]) -> bool:

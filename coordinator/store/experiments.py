@@ -153,6 +153,27 @@ class Experiments(StorePart):
         return cancelled.modified_count
 
     @retrying
+    def renew_coordinator(self, exp_key: str, holder_id: str) -> bool:
+        """Renew ``holder_id``'s coordinator lease (server clock; ``version`` + 1, so a starting
+        coordinator that read the old lease re-reads); ``False`` once another holds it."""
+        renewed = _update_one(
+            self.experiments,
+            {"_id": exp_key, "coordinator.id": holder_id},
+            {"$currentDate": {"coordinator.renewed": True}, "$inc": {"version": 1}},
+        )
+        return renewed.matched_count == 1
+
+    @retrying
+    def release_coordinator(self, exp_key: str, holder_id: str) -> bool:
+        """End ``holder_id``'s coordinator lease (``coordinator.renewed`` null)."""
+        released = _update_one(
+            self.experiments,
+            {"_id": exp_key, "coordinator.id": holder_id},
+            {"$set": {"coordinator.renewed": None}, "$inc": {"version": 1}},
+        )
+        return released.matched_count == 1
+
+    @retrying
     def annotate_experiment(self, exp_key: str, fields: dict[str, Any]) -> bool:
         """Set informational ``fields`` (e.g. a test score); never the status or cancel flag."""
         _check_fields(fields)

@@ -103,6 +103,8 @@ CONTRACT_PARTS: dict[str, tuple[str, ...]] = {
         "finish_experiment",
         "cancel_queued",
         "cancel_experiment",
+        "renew_coordinator",
+        "release_coordinator",
         "annotate_experiment",
     ),
     "registry": ("worker_heartbeat", "worker_stopped", "list_workers", "live_workers"),
@@ -119,9 +121,9 @@ CONTRACT_PARTS: dict[str, tuple[str, ...]] = {
         "delete_experiment_file",
     ),
     "rungs": ("record_rung", "rung_values", "finished_curves"),
+    "checkpoints": ("save_checkpoint", "load_checkpoint", "resume_at", "drop_checkpoints"),
 }
 
-    "checkpoints": ("save_checkpoint", "load_checkpoint", "resume_at", "drop_checkpoints"),
 
 def _served_by(part: str, name: str) -> Any:
     """The store's method ``name``: the same method of its part ``part``."""
@@ -182,9 +184,9 @@ class TrialStore(TrialStoreBase):
             registry=WorkerRegistry(mongo),
             files=Attachments(mongo),
             rungs=RungRecords(mongo),
+            checkpoints=Checkpoints(mongo),
         )
 
-            checkpoints=Checkpoints(mongo),
     @property
     def outage_s(self) -> float:
         return self.mongo.outage_s

@@ -59,6 +59,7 @@ class Fleet:
     seen: set[int] = field(default_factory=set)
     events: list[str] = field(default_factory=list)
     server_starts: int = 0
+    sleep: float = 0.3  #: seconds each trial of ``search`` mode takes
 
     @property
     def uri(self) -> str:
@@ -96,7 +97,8 @@ class Fleet:
         if self.mode == "search":
             args = [sys.executable, "-m", "coordinator", "search", "quadratic"]
             args += ["--mongo", self.uri, "--exp-key", KEY, "--max-evals", str(self.n_trials)]
-            args += ["--set", "sleep=0.3", "--seed", "7", "--max-attempts", "20", "--no-progress"]
+            args += ["--set", f"sleep={self.sleep}", "--seed", "7", "--max-attempts", "20"]
+            args += ["--no-progress"]
         else:
             script = self.tmp / "plain.py"
             script.write_text(
@@ -283,3 +285,49 @@ def test_chaos_long(tmp_path: Path, mode: str, seed: int) -> None:
     """Slow tier: 14 seeded blows during a 40-trial search."""
     counts = run_chaos(tmp_path, mode, seed=seed, n_events=14, n_trials=40)
     assert counts["orphans"] == 0
+
+
+def test_chaos_two_coordinators(tmp_path: Path) -> None:
+    """Issue 22, item 2: a second coordinator of the same exp key is refused in one line naming
+    the first one's host and pid while it lives; once the first is SIGKILLed a restarted
+    second one takes over at once; ``--max-evals`` is never exceeded (it was: 43 DONE of 30)."""
+    n_trials = 16
+    fleet = Fleet(tmp_path, "search", n_trials, sleep=1.0)
+    try:
+        fleet.start_server()
+        for _ in range(3):
+            fleet.start_worker()
+        fleet.start_driver()
+        first = fleet.driver
+        assert first is not None
+        store = connect(fleet.uri, outage_s=90)
+        wait_for(lambda: store.count(KEY, [TrialState.RUNNING]) >= 1, 60, what="a first trial")
+        fleet.start_driver()  # the second coordinator, while the first runs
+        second = fleet.driver
+        assert second.wait(60) != 0
+        log = (tmp_path / "driver.log").read_text()
+        assert f"host {socket.gethostname()} pid {first.pid}" in log, log[-3000:]
+        assert first.poll() is None, "the second coordinator stopped the first"
+        first.kill()
+        first.wait()
+        fleet.start_driver()  # takes over the dead one's experiment
+        assert fleet.driver.wait(180) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        docs = store.trials(KEY)
+        states = [d["state"] for d in docs]
+        assert states.count(TrialState.DONE) == n_trials and len(docs) == n_trials, states
+        assert "taking over" in (tmp_path / "driver.log").read_text()
+        fleet.scan()
+    finally:
+        for p in fleet.workers:
+            p.terminate()
+        for p in [fleet.driver, fleet.server, *fleet.workers]:
+            if p is not None and p.poll() is None:
+                p.terminate()
+            if p is not None:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    text = (tmp_path / "driver.log").read_text()
+    assert "Traceback" not in text, text[-3000:]
