@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from coordinator import defaults
+from coordinator.shown import shown
 from coordinator.states import TrialState
 
 T = TypeVar("T")
@@ -252,7 +253,7 @@ def trial_problem(
     for name in ("owner", "space"):
         value = doc.get(name)
         if value is not None and not (isinstance(value, str) and value):
-            return f"{name} {_short(value)} is not a non-empty string"
+            return f"{name} {shown(value)} is not a non-empty string"
     if "space" in doc and doc["space"] is None:
         return "space is null"
     if state == TrialState.NEW and doc.get("owner") is not None:
@@ -260,21 +261,16 @@ def trial_problem(
     for name in _COUNTERS:
         value = doc.get(name, 0)
         if value is not None and not (_is_int(value) and value >= 0):
-            return f"{name} {_short(value)} is not a non-negative integer"
+            return f"{name} {shown(value)} is not a non-negative integer"
     problem = _result_problem(doc.get("result"))
     if problem is not None:
         return problem
     problem = _misc_problem(doc.get("misc"), tid)
     if problem is None and space is not None and doc.get("space") != space:
-        problem = f"space {_short(doc.get('space'))} is not the experiment's ({space!r})"
+        problem = f"space {shown(doc.get('space'))} is not the experiment's ({space!r})"
     if problem is not None or labels is None:
         return problem
     return _search_problem(doc["misc"], tid, set(labels))
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _result_problem(result: Any) -> str | None:
@@ -282,10 +278,10 @@ def _result_problem(result: Any) -> str | None:
         return "no result dict" if result is None else "result is not a dict"
     status = result.get("status")
     if not isinstance(status, str):
-        return f"result.status {_short(status)} is not a string"
+        return f"result.status {shown(status)} is not a string"
     loss = result.get("loss")
     if loss is not None and not _is_number(loss):
-        return f"result.loss {_short(loss)} is not a number"
+        return f"result.loss {shown(loss)} is not a number"
     if status == "ok" and loss is None:
         return "result.status is ok without a loss"
     return None
@@ -296,7 +292,7 @@ def _misc_problem(misc: Any, tid: Any) -> str | None:
         return "no misc" if misc is None else "misc is not a dict"
     same_kind = _is_int(misc.get("tid")) == _is_int(tid)  # 1 and 1.0 or True are not the tid
     if "tid" not in misc or misc["tid"] != tid or not same_kind:
-        return f"misc.tid {_short(misc.get('tid'))} is not the tid {_short(tid)}"
+        return f"misc.tid {shown(misc.get('tid'))} is not the tid {shown(tid)}"
     idxs, vals = misc.get("idxs"), misc.get("vals")
     if not isinstance(idxs, Mapping) or not isinstance(vals, Mapping):
         return "misc.idxs or misc.vals is not a dict"
@@ -305,25 +301,25 @@ def _misc_problem(misc: Any, tid: Any) -> str | None:
     for label, ids in idxs.items():
         values = vals[label]
         if not isinstance(ids, list) or not isinstance(values, list) or len(ids) != len(values):
-            return f"misc.idxs/vals of {_short(label)} are not lists of one length"
+            return f"misc.idxs/vals of {shown(label)} are not lists of one length"
         for value in values:
             if isinstance(value, (list, tuple, Mapping)):
-                return f"misc.vals of {_short(label)} holds a {type(value).__name__}"
+                return f"misc.vals of {shown(label)} holds a {type(value).__name__}"
             if _is_number(value) and not math.isfinite(value):
-                return f"misc.vals of {_short(label)} holds {value!r}, not a finite number"
+                return f"misc.vals of {shown(label)} holds {value!r}, not a finite number"
     return None
 
 
 def _search_problem(misc: Mapping[str, Any], tid: Any, labels: set[str]) -> str | None:
     if not _is_int(tid):
-        return f"tid {_short(tid)} is not an integer"
+        return f"tid {shown(tid)} is not an integer"
     if set(misc["idxs"]) != labels:
         return "its parameters are not this search's"
     for label, ids in misc["idxs"].items():
         if ids not in ([], [tid]):
-            return f"misc.idxs of {_short(label)} is neither [] nor [tid]"
+            return f"misc.idxs of {shown(label)} is neither [] nor [tid]"
         if not all(_is_number(v) for v in misc["vals"][label]):
-            return f"misc.vals of {_short(label)} is not numeric"
+            return f"misc.vals of {shown(label)} is not numeric"
     from_tid = misc.get("from_tid")
     if from_tid is not None and not _is_int(from_tid):
         return "misc.from_tid is not an integer"

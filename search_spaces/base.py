@@ -9,9 +9,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 from hyperopt import pyll
 
 from coordinator.errors import ConfigError, SpaceError
+from coordinator.shown import shown
 from coordinator.states import Verdict
 
 
@@ -98,12 +100,6 @@ _BOOLS = {
 }
 
 
-def _shown(value: Any, limit: int = 60) -> str:
-    """``value`` as an error message shows it: its repr, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"
-
-
 @dataclass(frozen=True)
 class Setting:
     """One named setting of a space, overridable with ``--set NAME=VALUE``."""
@@ -127,14 +123,14 @@ class Setting:
                 parsed = self.type(value)
         except (ValueError, KeyError, TypeError, OverflowError):
             raise ConfigError(
-                f"setting {self.name}={_shown(value)} is not a valid {self.type.__name__}"
+                f"setting {self.name}={shown(value)} is not a valid {self.type.__name__}"
             ) from None
         if isinstance(parsed, float) and not math.isfinite(parsed):
             raise ConfigError(f"setting {self.name}={value!r} must be a finite number")
         if isinstance(parsed, int) and not -(2**63) <= parsed < 2**63:
             # settings are stored in the experiment document: MongoDB's integers are 64-bit
             raise ConfigError(
-                f"setting {self.name}={_shown(value)} does not fit in a 64-bit integer"
+                f"setting {self.name}={shown(value)} does not fit in a 64-bit integer"
             )
         if self.choices is not None and parsed not in self.choices:
             raise ConfigError(
@@ -245,6 +241,45 @@ class SearchSpace:
                 f"space {self.name!r} cannot be built from its settings ({shown}): {reason}; "
                 "change the --set value"
             ) from None
+
+    def check(self, settings: Mapping[str, Any]) -> None:
+        """Refuse with one :class:`SpaceError` line what a search of this space would die on
+        after it started: a space hyperopt cannot read (two hyperparameters with one label,
+        no ``hp.*`` expression at all, which hyperopt fails on with an ``IndexError``) or a
+        hyperparameter it cannot draw (``hp.choice`` of nothing, ``hp.randint`` up to 0).
+
+        The check reads the space as hyperopt's own ``Domain`` does and draws every
+        hyperparameter once, unchosen branches included: ``spaces``, ``search`` and ``local``
+        call it before they touch the database or start anything."""
+        from hyperopt import base
+        from hyperopt.exceptions import DuplicateLabel
+        from hyperopt.pyll import stochastic
+
+        space = self.hyperopt_space(settings)
+        where = f"space {self.name!r}" + (f" ({self.source})" if self.source else "")
+        try:
+            domain = base.Domain(lambda params: 0.0, space)
+        except DuplicateLabel as e:
+            raise SpaceError(
+                f"{where}: two hyperparameters are labelled {shown(str(e))}; give each hp.* "
+                "expression its own label"
+            ) from None
+        except Exception as e:  # noqa: BLE001 - whatever hyperopt makes of user objects
+            raise SpaceError(
+                f"{where}: hyperopt cannot read it ({type(e).__name__}: "
+                f"{shown(str(e), bare=True)}); build must give hp.* expressions, e.g. "
+                "{'x': hp.uniform('x', -5, 5)}"
+            ) from None
+        rng = np.random.default_rng(0)
+        for label, distribution in domain.params.items():
+            try:
+                stochastic.sample(distribution, rng=rng)
+            except Exception as e:  # noqa: BLE001 - a user's distribution, drawn once
+                raise SpaceError(
+                    f"{where}: hyperparameter {shown(label)} cannot be drawn "
+                    f"({type(e).__name__}: {shown(str(e), bare=True)}); an hp.choice needs "
+                    "options, bounds need low < high"
+                ) from None
 
     def fingerprint(self, settings: Mapping[str, Any]) -> str:
         """A short hash of the space's structure, to detect a changed space under one exp key."""

@@ -67,6 +67,7 @@ def _search_config(
         load_spaces(path)
     space = get_space(space_name)
     settings = space.resolve_settings(parse_set_options(set_pairs))
+    space.check(settings)  # before the database, the server or any worker
     rule, prune_opts = pruning_kwargs(opts)
     pruning = resolve_pruning(rule, settings, **prune_opts)
     if pruning is not None and "epochs" not in settings:
@@ -248,11 +249,14 @@ def local(
 @click.command()
 @spaces_option("extra search spaces: a .py file or an importable module")
 def spaces(spaces: tuple[str, ...]) -> None:
-    """List the search spaces with their settings."""
+    """List the search spaces with their settings; exit 2 if one of them cannot be searched
+    with its default settings (what `search` would refuse)."""
+    from coordinator.errors import HyperfleetError, SpaceError
     from search_spaces import available_spaces, load_spaces
 
     for path in spaces:
         load_spaces(path)
+    problems: list[str] = []
     for space in available_spaces():
         click.echo(
             f"{space.name}: {space.description}"
@@ -260,3 +264,11 @@ def spaces(spaces: tuple[str, ...]) -> None:
         )
         for setting in space.settings:
             click.echo(f"    --set {setting.describe()}")
+        try:
+            space.check(space.resolve_settings())
+        except HyperfleetError as e:
+            problems.append(str(e))
+            click.echo(f"    cannot be searched: {e}")
+    if problems:
+        more = f" (and {counted(len(problems) - 1, 'more space')})" if len(problems) > 1 else ""
+        raise SpaceError(problems[0] + more)

@@ -283,6 +283,50 @@ def test_a_space_that_cannot_be_built_from_its_settings_is_a_space_error() -> No
     assert space.hyperopt_space(space.resolve_settings())["x"] is not None
 
 
+#: spaces that hyperopt refuses only once a search runs: (space expression, what the line says)
+UNSEARCHABLE = {
+    "duplicate_labels": (
+        '{"a": hp.uniform("x", 0, 1), "b": hp.uniform("x", 0, 2)}',
+        "two hyperparameters are labelled 'x'",
+    ),
+    "no_hp_expression": ("{}", "hyperopt cannot read it (IndexError"),
+    "empty_choice": (
+        '{"a": hp.choice("a", [1, 2]), "b": hp.choice("b", [])}',
+        "hyperparameter 'b' cannot be drawn",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNSEARCHABLE))
+def test_spaces_search_and_local_refuse_what_hyperopt_cannot_search(name, tmp_path) -> None:
+    """Issue 22, item 7: `spaces --spaces FILE` passed spaces that `search` and `local` then died
+    on with 30-line tracebacks (DuplicateLabel, IndexError, ValueError), `local` after it had
+    started the server and its workers. All three now refuse them with the same one line."""
+    expression, says = UNSEARCHABLE[name]
+    path = tmp_path / f"{name}.py"
+    path.write_text(
+        "from hyperopt import hp\n"
+        "from search_spaces import SearchSpace\n"
+        f"SPACE = SearchSpace({name!r}, {expression}, lambda p: {{'loss': 0.0, 'status': 'ok'}})\n"
+    )
+    listed = hyperfleet("spaces", "--spaces", str(path), timeout=60)
+    line = one_line(listed)
+    assert line.startswith(f"Error: space {name!r} ({path}): ") and says in line, line
+    assert f"{name}:" in listed.stdout and "quadratic:" in listed.stdout  # the list still shows
+    searched = hyperfleet("search", name, "--spaces", str(path), "--mongo", UNREACHABLE)
+    assert one_line(searched) == line  # refused before connecting
+    db = tmp_path / "db"
+    ran = hyperfleet("local", name, "--spaces", str(path), "--db-path", str(db), cwd=tmp_path)
+    assert one_line(ran) == line
+    assert " each), results in" not in ran.stderr and not list(db.glob("*"))
+
+
+def test_spaces_accepts_every_built_in_space() -> None:
+    """The check `spaces` runs passes every space hyperfleet ships (exit 0)."""
+    result = hyperfleet("spaces", timeout=60)
+    assert result.returncode == 0 and "cannot be searched" not in result.stdout, result.stderr
+
+
 @pytest.mark.parametrize(
     ("option", "named"),
     [
