@@ -125,21 +125,27 @@ def _lecture_space(settings: Mapping[str, Any]) -> Any:
 
 
 def build_mlp(params: Mapping[str, Any], settings: Mapping[str, Any]) -> Any:
-    """Dense layers on the flattened 784 pixels (the lecture's architecture family)."""
+    """Dense layers on the flattened 784 pixels (the lecture's architecture family). Shape:
+    depth, units, activation; value: dropout rates (a rate of 0 is no dropout layer)."""
     import keras
+
+    from search_spaces.keras.values import Dropout
 
     layers: list[Any] = [keras.Input(shape=(784,))]
     for layer in params["layers"]:
         layers.append(keras.layers.Dense(int(layer["units"]), activation=params["activation"]))
         if layer["dropout"] > 0:
-            layers.append(keras.layers.Dropout(layer["dropout"]))
+            layers.append(Dropout(layer["dropout"]))
     layers.append(keras.layers.Dense(10, activation="softmax"))
     return keras.Sequential(layers, name="mnist_mlp")
 
 
 def build_cnn(params: Mapping[str, Any], settings: Mapping[str, Any]) -> Any:
-    """1-2 conv+pool blocks, one dense layer, softmax."""
+    """1-2 conv+pool blocks, one dense layer, softmax. Shape: blocks, filters, units,
+    activation; value: the dropout rate (0 is no dropout layer)."""
     import keras
+
+    from search_spaces.keras.values import Dropout
 
     layers: list[Any] = [keras.Input(shape=(28, 28, 1))]
     for block in params["conv"]:
@@ -149,7 +155,7 @@ def build_cnn(params: Mapping[str, Any], settings: Mapping[str, Any]) -> Any:
         layers.append(keras.layers.MaxPooling2D(2))
     layers.append(keras.layers.Flatten())
     if params["dropout"] > 0:
-        layers.append(keras.layers.Dropout(params["dropout"]))
+        layers.append(Dropout(params["dropout"]))
     layers.append(keras.layers.Dense(int(params["dense_units"]), activation=params["activation"]))
     layers.append(keras.layers.Dense(10, activation="softmax"))
     return keras.Sequential(layers, name="mnist_cnn")

@@ -46,6 +46,9 @@ class KerasSearchSpace(SearchSpace):
 
     build_model: BuildModel | None = None
     data: LoadData | None = None
+    #: whether trials of one architecture may share compiled functions (docs/keras.md); a
+    #: model the runner cannot describe is built afresh anyway
+    reuse_compiled: bool = True
 
     def warm_up(self, settings: Mapping[str, Any]) -> None:
         """Import Keras, load this space's data and fit one step of a model drawn from the
@@ -66,14 +69,18 @@ def _seeded_rng() -> Any:
 
 
 def _train(
-    build_model: BuildModel, data: LoadData, params: dict[str, Any], ctx: TrialContext
+    build_model: BuildModel,
+    data: LoadData,
+    reuse: bool,
+    params: dict[str, Any],
+    ctx: TrialContext,
 ) -> dict[str, Any]:
     cold = "search_spaces.keras.training" not in sys.modules
     started = time.perf_counter()
     from search_spaces.keras.training import run_trial  # imports Keras: only when a trial runs
 
     import_s = time.perf_counter() - started if cold else 0.0
-    result = run_trial(params, ctx, build_model=build_model, data=data)
+    result = run_trial(params, ctx, build_model=build_model, data=data, reuse=reuse)
     result["timing"]["import_s"] = import_s
     return result
 
@@ -85,14 +92,22 @@ def keras_space(
     data: LoadData,
     settings: tuple[Setting, ...] = TRAINING_SETTINGS,
     description: str = "",
+    reuse_compiled: bool = True,
 ) -> KerasSearchSpace:
-    """A :class:`KerasSearchSpace` whose objective trains ``build_model`` on ``data``."""
+    """A :class:`KerasSearchSpace` whose objective trains ``build_model`` on ``data``.
+
+    Trials whose models have the same architecture share one compiled model
+    (:mod:`search_spaces.keras.compiled`): ``build_model`` says what is a value by using
+    ``search_spaces.keras.values.Dropout`` for dropout rates, and the optimizer's numbers are
+    values for SGD, RMSprop, Adam and AdamW. ``reuse_compiled=False`` builds every trial afresh.
+    """
     return KerasSearchSpace(
         name=name,
         build=build,
-        objective=functools.partial(_train, build_model, data),
+        objective=functools.partial(_train, build_model, data, reuse_compiled),
         settings=settings,
         description=description,
         build_model=build_model,
         data=data,
+        reuse_compiled=reuse_compiled,
     )

@@ -34,6 +34,8 @@ from hyperopt import STATUS_FAIL, STATUS_OK
 from coordinator.defaults import MODEL_ATTACHMENT, SAVE_MODE
 from coordinator.states import Verdict
 from search_spaces.base import TrialContext
+from search_spaces.keras import values
+from search_spaces.keras.compiled import Prepared, cache, prepare, trial_seed
 
 if TYPE_CHECKING:
     from search_spaces.keras.space import BuildModel, LoadData
@@ -53,9 +55,11 @@ class _ExpectedRetracing(logging.Filter):
 logging.getLogger("tensorflow").addFilter(_ExpectedRetracing())
 
 __all__ = [
+    "COMPILE_ARGS",
     "EpochReporter",
     "PhaseClock",
     "devices",
+    "compiled_model",
     "make_optimizer",
     "model_bytes",
     "run_trial",
@@ -105,6 +109,19 @@ class EpochReporter(keras.callbacks.Callback):
         if self.verdict is not Verdict.CONTINUE or self.ctx.should_stop():
             self.stopped = True
             self.model.stop_training = True
+
+
+class Reseed(keras.callbacks.Callback):
+    """Seed again when training begins: a model's first ``fit`` draws one batch to build its
+    metrics and optimizer (on JAX that draws a shuffle from NumPy), a reused model's does not;
+    seeded here, both draw the same epochs."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        keras.utils.set_random_seed(self.seed)
 
 
 class PhaseClock(keras.callbacks.Callback):
@@ -201,6 +218,18 @@ def model_bytes(model: Any) -> bytes:
         return path.read_bytes()
 
 
+def _has_values(model: Any) -> bool:
+    layers = [layer for layer in model.layers if isinstance(layer, values.Dropout)]
+    return (
+        bool(layers)
+        or type(model.optimizer).__module__ == values.__name__
+        or any(
+            not isinstance(getattr(model.optimizer, k, None), (int, float, type(None)))
+            for k in ("beta_1", "beta_2", "rho", "epsilon", "weight_decay")
+        )
+    )
+
+
 def _divergence(history: Mapping[str, list[float]]) -> str | None:
     for key in ("loss", "val_loss"):
         for epoch, value in enumerate(history.get(key, []), start=1):
@@ -212,8 +241,9 @@ def _divergence(history: Mapping[str, list[float]]) -> str | None:
     return None
 
 
-def _save_model(model: Any, ctx: TrialContext, loss: float) -> bool:
-    """Attach the model per ``--save-models``: ``best`` keeps only the best so far."""
+def _save_model(model: Any, ctx: TrialContext, loss: float, optimizer: Mapping[str, Any]) -> bool:
+    """Attach the model per ``--save-models``: ``best`` keeps only the best so far. A model
+    with value hyperparameters (:mod:`.values`) is saved as its plain-Keras copy."""
     mode = ctx.info.get("save_models", SAVE_MODE)
     if mode == "none":
         return False
@@ -221,10 +251,54 @@ def _save_model(model: Any, ctx: TrialContext, loss: float) -> bool:
         best = ctx.best_loss()
         if best is not None and loss >= best:
             return False
+    if _has_values(model):
+        model = values.plain_copy(model, optimizer, **COMPILE_ARGS)
     ctx.attach(MODEL_ATTACHMENT, model_bytes(model))
     if mode == "best":
         ctx.drop_superseded_models(MODEL_ATTACHMENT, worse_than=loss)
     return True
+
+
+#: what every trial compiles with (the runner's loss and metrics)
+COMPILE_ARGS: dict[str, Any] = {
+    "loss": "sparse_categorical_crossentropy",
+    "metrics": ["accuracy"],
+}
+#: validation runs at least this many images per call: fewer calls, the same loss up to float
+#: rounding of the sum (measured in docs/benchmarks.md)
+VALIDATION_BATCH = 1024
+#: the worker's ``--steps-per-execution`` default: the warm-up compiles with it, so that its
+#: model is the first trial's compiled model when the architecture is the same
+WORKER_STEPS_PER_EXECUTION = 32
+
+
+def validation_batch(batch_size: int) -> int:
+    return max(int(batch_size), VALIDATION_BATCH)
+
+
+def compiled_model(
+    build_model: BuildModel,
+    params: dict[str, Any],
+    settings: Mapping[str, Any],
+    *,
+    seed: int,
+    steps_per_execution: int = 1,
+    reuse: bool = True,
+) -> Prepared:
+    """Build ``params``' model with ``seed`` and return it compiled, or the cached compiled
+    model of its architecture set to its state (:mod:`search_spaces.keras.compiled`)."""
+    keras.utils.set_random_seed(seed)
+    fresh = build_model(params, settings)
+    return prepare(
+        fresh,
+        params["optimizer"],
+        {**COMPILE_ARGS, "steps_per_execution": steps_per_execution},
+        cache(),
+        reuse,
+        batch_size=int(params["batch_size"]),
+        validation_batch_size=validation_batch(params["batch_size"]),
+        steps_per_execution=steps_per_execution,
+    )
 
 
 def run_trial(
@@ -233,34 +307,42 @@ def run_trial(
     *,
     build_model: BuildModel,
     data: LoadData,
+    reuse: bool = True,
 ) -> dict[str, Any]:
     """Train ``build_model(params)`` on ``data`` and return the hyperopt result."""
     settings = ctx.settings
+    seed = trial_seed(ctx.exp_key, ctx.tid)
     clock = time.perf_counter()
-    model = build_model(params, settings)
+    prepared = compiled_model(
+        build_model,
+        params,
+        settings,
+        seed=seed,
+        steps_per_execution=int(ctx.info.get("steps_per_execution") or 1),
+        reuse=reuse,
+    )
+    model = prepared.model
     build_s = time.perf_counter() - clock
     clock = time.perf_counter()
     splits = data(tuple(model.input_shape[1:]), settings)
     data_s = time.perf_counter() - clock
-    clock = time.perf_counter()
-    model.compile(
-        optimizer=make_optimizer(params["optimizer"]),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=int(ctx.info.get("steps_per_execution") or 1),
-    )
-    build_s += time.perf_counter() - clock
     reporter = EpochReporter(ctx)
     phases = PhaseClock()
+    keras.utils.set_random_seed(seed)  # the data's order: the same whether reused or not...
     started = time.perf_counter()
-    fitted = model.fit(
-        *splits.train,
-        batch_size=int(params["batch_size"]),
-        epochs=int(settings["epochs"]),
-        validation_data=splits.validation,
-        callbacks=[keras.callbacks.TerminateOnNaN(), reporter, phases],
-        verbose=0,
-    )
+    try:
+        fitted = model.fit(
+            *splits.train,
+            batch_size=int(params["batch_size"]),
+            validation_batch_size=validation_batch(params["batch_size"]),
+            epochs=int(settings["epochs"]),
+            validation_data=splits.validation,
+            callbacks=[Reseed(seed), keras.callbacks.TerminateOnNaN(), reporter, phases],
+            verbose=0,
+        )
+    except BaseException:
+        cache().discard(prepared.key)
+        raise
     train_s = time.perf_counter() - started
     timing = {
         "data_s": data_s,
@@ -273,6 +355,8 @@ def run_trial(
         # training at its steady rate: the fit less what compiling the model's functions cost
         "steady_s": max(train_s - phases.compile_s, 0.0),
         "save_s": 0.0,
+        "compile_reused": 1 if prepared.reused else 0,
+        "compile_cache_size": len(cache()),
     }
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     result: dict[str, Any] = {
@@ -283,6 +367,13 @@ def run_trial(
         "train_size": len(splits.train[1]),
         "val_size": len(splits.validation[1]),
         "params": params,
+        "seed": seed,
+        "compiled": {
+            "reused": prepared.reused,
+            "architecture": prepared.key,
+            "cache_size": len(cache()),
+            **({"why_not": prepared.reason} if prepared.reason else {}),
+        },
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "devices": list(devices()),
@@ -300,7 +391,9 @@ def run_trial(
     val_loss, val_accuracy = history["val_loss"][-1], history["val_accuracy"][-1]
     loss = val_loss if settings["objective"] == "val_loss" else 1.0 - val_accuracy
     clock = time.perf_counter()
-    saved = reporter.verdict is not Verdict.PRUNE and _save_model(model, ctx, loss)
+    saved = reporter.verdict is not Verdict.PRUNE and _save_model(
+        model, ctx, loss, params["optimizer"]
+    )
     timing["save_s"] = time.perf_counter() - clock
     result.update(
         loss=loss, status=STATUS_OK, val_loss=val_loss, val_accuracy=val_accuracy, model_saved=saved
@@ -311,22 +404,20 @@ def run_trial(
 def warm_up(
     build_model: BuildModel, data: LoadData, params: dict[str, Any], settings: Mapping[str, Any]
 ) -> None:
-    """Make this process's first trial a warm one: build ``params``' model, load its data and
-    fit it for one step with one validation step, so the framework's first-use costs (thread
-    pools, kernels, the first trace) and the dataset are paid before any trial is reserved."""
-    model = build_model(params, settings)
+    """Make this process's first trial a warm one: build and compile ``params``' model (it stays
+    in the compiled-model cache), load its data and fit it for one step with one validation
+    step, so the framework's first-use costs (thread pools, kernels, the first trace) and the
+    dataset are paid before any trial is reserved."""
+    spe = int(os.environ.get("HYPERFLEET_STEPS_PER_EXECUTION") or WORKER_STEPS_PER_EXECUTION)
+    model = compiled_model(build_model, params, settings, seed=1, steps_per_execution=spe).model
     splits = data(tuple(model.input_shape[1:]), settings)
-    model.compile(
-        optimizer=make_optimizer(params["optimizer"]),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
     batch = int(params["batch_size"])
     x, y = splits.train
     model.fit(
         x[:batch],
         y[:batch],
         batch_size=batch,
+        validation_batch_size=validation_batch(batch),
         epochs=1,
         validation_data=(splits.validation[0][:batch], splits.validation[1][:batch]),
         verbose=0,

@@ -1,0 +1,264 @@
+"""Compile once per architecture: a bounded per-process cache of compiled Keras models.
+
+A trial builds its model from its params (cheap: no tracing) with its seed set, and the model's
+*architecture key* says what its compiled train and test functions depend on: the model's
+config with layer names and the value hyperparameters left out (:mod:`.values`), the
+optimizer's structure, the batch sizes and ``steps_per_execution``. If a compiled model of that
+key is in the cache, the trial trains that one: its weights, dropout seeds and rates are set
+from the freshly built model, its optimizer's values from the trial's spec, its step and slots
+to zero. So a trial run from the cache starts from exactly the state a fresh build would, and
+its compiled functions are the ones a fresh build would trace (the test
+``tests/search_spaces/test_compiled.py`` checks that the losses are the same, bit for bit).
+
+When there is no key the trial builds and compiles afresh, never reuses: a model that is not a
+plain ``Sequential`` or functional model, a layer or any object in its config from outside Keras
+(a custom layer may keep state its config does not show), a ``Lambda`` layer, an optimizer or
+an optimizer argument :data:`search_spaces.keras.values.OPTIMIZERS` does not list. ``reason``
+says which.
+
+The cache holds :data:`DEFAULT_SIZE` models (``HYPERFLEET_MODEL_CACHE``: 0 turns reuse off),
+least recently used first out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+from search_spaces.keras import values
+
+__all__ = [
+    "DEFAULT_SIZE",
+    "CompiledModels",
+    "Prepared",
+    "architecture_key",
+    "cache",
+    "prepare",
+    "trial_seed",
+]
+
+DEFAULT_SIZE = 8
+SIZE_ENV = "HYPERFLEET_MODEL_CACHE"
+#: layers from Keras that run code their config does not describe
+_OPAQUE_LAYERS = ("Lambda", "TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper")
+
+
+class CompiledModels:
+    """Compiled models by architecture key, at most ``size``, least recently used out first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(int(size), 0)
+        self._models: OrderedDict[str, Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def take(self, key: str) -> Any | None:
+        model = self._models.get(key)
+        if model is not None:
+            self._models.move_to_end(key)
+        return model
+
+    def put(self, key: str, model: Any) -> None:
+        if self.size == 0:
+            return
+        self._models[key] = model
+        self._models.move_to_end(key)
+        while len(self._models) > self.size:
+            self._models.popitem(last=False)
+
+    def discard(self, key: str | None) -> None:
+        """Forget ``key`` (a fit that raised may have left its model half-way)."""
+        if key is not None:
+            self._models.pop(key, None)
+
+    def clear(self) -> None:
+        self._models.clear()
+
+
+_cache: CompiledModels | None = None
+
+
+def cache() -> CompiledModels:
+    """This process's cache (sized by ``HYPERFLEET_MODEL_CACHE`` when first used)."""
+    global _cache
+    if _cache is None:
+        raw = os.environ.get(SIZE_ENV, "").strip()
+        _cache = CompiledModels(int(raw) if raw else DEFAULT_SIZE)
+    return _cache
+
+
+def trial_seed(exp_key: str | None, tid: int) -> int:
+    """The seed of a trial's weights, dropout masks and data order: the same for every attempt
+    of one trial, different between trials."""
+    return zlib.crc32(f"{exp_key}/{tid}".encode()) % (2**31 - 1) + 1
+
+
+def _layers(model: Any) -> list[Any]:
+    found: list[Any] = []
+    for layer in model.layers:
+        found.append(layer)
+        if hasattr(layer, "layers"):
+            found.extend(_layers(layer))
+    return found
+
+
+def _foreign(config: Any) -> str | None:
+    """The first object in ``config`` that comes from outside Keras (``module`` not keras)."""
+    if isinstance(config, Mapping):
+        module = config.get("module")
+        if isinstance(module, str) and not (
+            module == "keras" or module.startswith("keras.") or module == values.__name__
+        ):
+            return f"{config.get('class_name')} from {module}"
+        for item in config.values():
+            found = _foreign(item)
+            if found:
+                return found
+    elif isinstance(config, (list, tuple)):
+        for item in config:
+            found = _foreign(item)
+            if found:
+                return found
+    return None
+
+
+def _layer_names(config: Any) -> list[str]:
+    """Every layer name in ``config`` (input layers, nested models' layers too), in order."""
+    found: list[str] = []
+    if isinstance(config, Mapping):
+        for entry in config.get("layers") or ():
+            inner = entry.get("config") if isinstance(entry, Mapping) else None
+            if isinstance(inner, Mapping) and isinstance(inner.get("name"), str):
+                found.append(inner["name"])
+                found.extend(_layer_names(inner))
+    return found
+
+
+def _renamed(config: Any, names: Mapping[str, str]) -> Any:
+    """``config`` with layer and model names replaced by their position (names are counters)."""
+    if isinstance(config, Mapping):
+        out = {}
+        for key, item in config.items():
+            if key == "name" and isinstance(item, str) and item in names:
+                out[key] = names[item]
+            elif key == "keras_history" and isinstance(item, list) and item:
+                out[key] = [names.get(item[0], item[0]), *item[1:]]
+            elif key in ("input_layers", "output_layers") and isinstance(item, list):
+                out[key] = [
+                    [names.get(x[0], x[0]), *x[1:]] if isinstance(x, list) and x else x
+                    for x in item
+                ]
+            else:
+                out[key] = _renamed(item, names)
+        return out
+    if isinstance(config, (list, tuple)):
+        return [_renamed(item, names) for item in config]
+    return config
+
+
+def _model_signature(model: Any) -> tuple[str | None, str]:
+    kind = type(model)
+    plain = kind.__name__ in ("Sequential", "Functional") and kind.__module__.startswith("keras.")
+    if not plain:
+        return None, f"a {kind.__name__} model (only Sequential and functional models are reused)"
+    if not model.built:
+        return None, "the model is not built (give it a keras.Input)"
+    layers = _layers(model)
+    for layer in layers:
+        cls = type(layer)
+        if cls is values.Dropout:
+            continue
+        if not cls.__module__.startswith("keras.") or cls.__name__ in _OPAQUE_LAYERS:
+            return None, f"layer {cls.__name__} from {cls.__module__} (its config may not say all)"
+    config = model.get_config()
+    foreign = _foreign(config)
+    if foreign:
+        return None, f"{foreign} in the model's config"
+    names = {model.name: "#model"}
+    for i, name in enumerate(_layer_names(config)):
+        names.setdefault(name, f"#{i}")
+    text = json.dumps(
+        [kind.__name__, _renamed(config, names)], sort_keys=True, default=repr, allow_nan=True
+    )
+    return text, ""
+
+
+def architecture_key(
+    model: Any, optimizer_structure: tuple[Any, ...] | None, **fit: Any
+) -> tuple[str | None, str]:
+    """(key, "") for a model whose compiled functions may be shared, else (None, reason).
+    ``fit``: what else the compiled functions depend on (batch sizes, steps per execution)."""
+    if optimizer_structure is None:
+        return None, "an optimizer or optimizer argument without a value rule (values.OPTIMIZERS)"
+    signature, reason = _model_signature(model)
+    if signature is None:
+        return None, reason
+    text = json.dumps(
+        [keras.backend.backend(), signature, repr(optimizer_structure), sorted(fit.items())]
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:16], ""
+
+
+@dataclass
+class Prepared:
+    """The compiled model a trial trains and where it came from."""
+
+    model: Any
+    reused: bool
+    key: str | None
+    reason: str  #: why there is no key ("" when there is one)
+
+
+def _take_state(target: Any, source: Any) -> bool:
+    """Copy every variable of ``source`` (weights, dropout rates, seed states) into ``target``;
+    False (nothing copied) if they do not line up."""
+    pairs = list(zip(target.variables, source.variables, strict=False))
+    if len(target.variables) != len(source.variables) or any(
+        tuple(t.shape) != tuple(s.shape) or t.dtype != s.dtype for t, s in pairs
+    ):
+        return False
+    for t, s in pairs:
+        t.assign(s)
+    return True
+
+
+def prepare(
+    fresh: Any,
+    optimizer: Mapping[str, Any],
+    compile_args: Mapping[str, Any],
+    models: CompiledModels,
+    reuse: bool = True,
+    **fit: Any,
+) -> Prepared:
+    """The compiled model to train for a trial whose freshly built (uncompiled) model is
+    ``fresh``: a cached one of the same architecture set to ``fresh``'s state, or ``fresh``
+    itself compiled (and cached, when it has a key)."""
+    made = values.make_optimizer(optimizer) if reuse and models.size else None
+    key, reason = None, "reuse is off for this space"
+    if not models.size:
+        reason = f"the cache is off ({SIZE_ENV}=0)"
+    elif reuse:
+        key, reason = architecture_key(fresh, made[1] if made else None, **fit)
+    if key is not None:
+        cached = models.take(key)
+        if cached is not None and _take_state(cached, fresh):
+            values.set_values(cached.optimizer, optimizer)
+            return Prepared(cached, True, key, "")
+    if made is not None and key is not None:
+        compiled_optimizer = made[0]
+    else:
+        kwargs = {k: v for k, v in optimizer.items() if k != "name"}
+        compiled_optimizer = type(keras.optimizers.get(optimizer["name"]))(**kwargs)
+    fresh.compile(optimizer=compiled_optimizer, **compile_args)
+    if key is not None:
+        models.put(key, fresh)
+    return Prepared(fresh, False, key, reason)

@@ -1,0 +1,187 @@
+"""Compile once per architecture (issue 20): the architecture key, the cache, and a trial run
+from the cache giving the same losses as a freshly built model with the same seed.
+
+The loss checks run real Keras trials (256 images, 2 epochs) in a fresh interpreter per backend:
+TensorFlow, and JAX where ``keras``'s JAX backend is installed. The context is a small stand-in
+for the worker's (no store is needed to train a model; the worker path is covered by
+tests/worker/test_trial_phases.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, cli_env
+
+#: the cached trial, the freshly built one, and plain Keras constants: what must agree
+CHECK = r"""
+import json, sys
+from search_spaces import get_space
+from search_spaces.mnist import build_mlp, mnist_data
+from search_spaces.keras.training import run_trial
+from search_spaces.keras.compiled import cache
+
+class Ctx:
+    def __init__(self, tid):
+        self.tid, self.attempt, self.exp_key, self.info = tid, 0, "same", {"save_models": "none"}
+        self.settings = get_space("mnist_mlp").resolve_settings(
+            {"epochs": 2, "train_size": 256, "val_size": 128})
+    def report_epoch(self, metrics): return None
+    def should_stop(self): return False
+    def attach(self, name, data): pass
+    def best_loss(self): return None
+    def drop_superseded_models(self, name, worse_than): return 0
+
+def params(name, lr, x, dropout):
+    extra = {"adam": {"beta_1": x}, "sgd": {"momentum": x, "nesterov": True},
+             "rmsprop": {"rho": x}}[name]
+    return {"layers": [{"units": 32, "dropout": dropout}], "activation": "relu",
+            "optimizer": {"name": name, "learning_rate": lr, **extra}, "batch_size": 32}
+
+def trial(p, tid, reuse=True):
+    r = run_trial(p, Ctx(tid), build_model=build_mlp, data=mnist_data, reuse=reuse)
+    return {"reused": r["compiled"]["reused"], "key": r["compiled"]["architecture"],
+            "history": r["history"], "timing": r["timing"]}
+
+out = {}
+for name in ("adam", "sgd", "rmsprop"):
+    cache().clear()
+    first = trial(params(name, 1e-3, 0.9, 0.2), 1)
+    cached = trial(params(name, 3e-3, 0.85, 0.3), 2)
+    cache().clear()
+    fresh = trial(params(name, 3e-3, 0.85, 0.3), 2)
+    plain = trial(params(name, 3e-3, 0.85, 0.3), 2, reuse=False)
+    out[name] = {"first": first, "cached": cached, "fresh": fresh, "plain": plain}
+print(json.dumps(out))
+"""
+
+#: plain Keras (floats traced as constants) against values in variables: float32 rounding of
+#: e.g. ``1 - beta_1`` differs, and two epochs of training amplify it (Adam: 1.6e-4 measured)
+PLAIN_RTOL = 1e-3
+
+
+def _run_check(backend: str) -> dict:
+    env = {**cli_env(), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _assert_same_losses(runs: dict) -> None:
+    for name, run in runs.items():
+        first, cached, fresh, plain = run["first"], run["cached"], run["fresh"], run["plain"]
+        assert not first["reused"] and cached["reused"] and not fresh["reused"], name
+        assert first["key"] == cached["key"] == fresh["key"] is not None, name
+        assert plain["key"] is None, name
+        # the cached trial and the fresh build: the same compiled graph, bit for bit
+        assert cached["history"] == fresh["history"], name
+        assert cached["timing"]["compile_reused"] == 1 and fresh["timing"]["compile_reused"] == 0
+        for metric, values in plain["history"].items():
+            assert cached["history"][metric] == pytest.approx(values, rel=PLAIN_RTOL), (
+                name,
+                metric,
+            )
+
+
+@pytest.mark.slow
+def test_cached_trial_gives_the_fresh_models_losses_tensorflow() -> None:
+    _assert_same_losses(_run_check("tensorflow"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_cached_trial_gives_the_fresh_models_losses_jax() -> None:
+    _assert_same_losses(_run_check("jax"))
+
+
+def test_the_key_leaves_values_out_and_keeps_shapes() -> None:
+    from search_spaces.keras import values
+    from search_spaces.keras.compiled import architecture_key
+    from search_spaces.mnist import build_mlp
+
+    def key(units: int, dropout: float, activation: str = "relu", **opt: object) -> str | None:
+        params = {"layers": [{"units": units, "dropout": dropout}], "activation": activation}
+        spec = {"name": "adam", "learning_rate": 1e-3, **opt}
+        made = values.make_optimizer(spec)
+        return architecture_key(build_mlp(params, {}), made[1] if made else None, batch_size=32)[0]
+
+    base = key(32, 0.2)
+    assert base is not None
+    assert key(32, 0.4, beta_1=0.8) == base  # values: the dropout rate, Adam's numbers
+    assert key(64, 0.2) != base  # shapes
+    assert key(32, 0.0) != base  # no dropout layer at all
+    assert key(32, 0.2, "tanh") != base
+    assert key(32, 0.2, amsgrad=True) != base  # the optimizer's structure
+
+
+def test_unknown_cases_are_built_afresh() -> None:
+    import keras
+
+    from search_spaces.keras import values
+    from search_spaces.keras.compiled import architecture_key
+
+    adam = values.make_optimizer({"name": "adam", "learning_rate": 1e-3})[1]
+
+    class Scale(keras.layers.Layer):  # a custom layer: its config need not say everything
+        def call(self, x):
+            return x * 2.0
+
+    custom = keras.Sequential([keras.Input((4,)), Scale(), keras.layers.Dense(2)])
+    lam = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2.0)])
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    assert "Scale" in architecture_key(custom, adam)[1]
+    assert "Lambda" in architecture_key(lam, adam)[1]
+    assert architecture_key(plain, adam)[0] is not None
+    assert architecture_key(plain, None)[0] is None  # an optimizer without a value rule
+    assert values.make_optimizer({"name": "adagrad", "learning_rate": 0.1}) is None
+    assert values.make_optimizer({"name": "adam", "learning_rate": 1e-3, "use_ema": True}) is None
+
+
+def test_cache_is_bounded_least_recently_used_out() -> None:
+    from search_spaces.keras.compiled import CompiledModels
+
+    models = CompiledModels(2)
+    models.put("a", 1)
+    models.put("b", 2)
+    assert models.take("a") == 1  # a is now the most recent
+    models.put("c", 3)
+    assert models.take("b") is None and len(models) == 2
+    off = CompiledModels(0)
+    off.put("a", 1)
+    assert off.take("a") is None
+
+
+def test_saved_model_is_plain_keras_with_the_trained_state(tmp_path) -> None:
+    import keras
+    import numpy as np
+
+    from search_spaces.keras import values
+    from search_spaces.mnist import build_mlp
+
+    params = {"layers": [{"units": 8, "dropout": 0.3}], "activation": "relu"}
+    spec = {"name": "sgd", "learning_rate": 0.1, "momentum": 0.5}
+    model = build_mlp(params, {})
+    model.compile(optimizer=values.make_optimizer(spec)[0], loss="sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).random((64, 784), "float32"), np.arange(64) % 10
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    copy = values.plain_copy(model, spec, loss="sparse_categorical_crossentropy")
+    path = tmp_path / "m.keras"
+    copy.save(path)
+    loaded = keras.saving.load_model(path)
+    assert [type(layer).__module__.split(".")[0] for layer in loaded.layers] == ["keras"] * 3
+    assert loaded.layers[1].rate == pytest.approx(0.3)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert int(loaded.optimizer.iterations) == 2
+    assert loaded.optimizer.momentum == pytest.approx(0.5)
