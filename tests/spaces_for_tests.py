@@ -55,6 +55,17 @@ def _epochs(params, ctx):
     return {"loss": params["x"] ** 2, "status": "ok", "epochs_run": ctx.settings["epochs"]}
 
 
+def _nan_epochs(params, ctx):
+    diverged = params["x"] > ctx.settings["above"]  # a diverged training: NaN from epoch 1
+    loss = float("nan")
+    for epoch in range(ctx.settings["epochs"]):
+        loss = float("nan") if diverged else params["x"] ** 2 + 1.0 / (epoch + 1)
+        ctx.report_epoch({"epoch": epoch + 1, "loss": loss})
+        if ctx.should_stop():  # as the Keras spaces: the last reported value is the loss
+            return {"loss": loss, "status": "ok", "stopped_early": True}
+    return {"loss": loss, "status": "ok"}
+
+
 boom = SearchSpace(
     "boom",
     _x_space,
@@ -98,6 +109,14 @@ def _resumable(params, ctx):
         ctx.report_epoch({"epoch": epoch, "loss": params["x"] ** 2 + 1.0 / epoch})
         ctx.save_checkpoint(epoch, str(state).encode())
     return {"loss": params["x"] ** 2, "status": "ok", "trained": trained, "state": state}
+
+nan_epochs = SearchSpace(
+    "nan_epochs",
+    _x_space,
+    _nan_epochs,
+    (Setting("epochs", 4, "epochs", int, min=1), Setting("above", 0.0, "NaN when x is above", float)),
+    "reports NaN every epoch for x > above (a diverged training)",
+)
 
 
 def _whoami(params, ctx):

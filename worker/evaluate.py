@@ -18,6 +18,7 @@ import bson
 from hyperopt import STATUS_FAIL, STATUS_OK, STATUS_STRINGS, base, space_eval
 from hyperopt.utils import coarse_utcnow
 
+from coordinator import rules
 from coordinator.errors import (
     CheckpointRefused,
     ConfigError,
@@ -26,7 +27,14 @@ from coordinator.errors import (
     StoreUnavailable,
     TrialLost,
 )
-from coordinator.pruning import AttemptJudge, Decision, Pruner, PruningConfig, make_pruner
+from coordinator.pruning import (
+    AttemptJudge,
+    Decision,
+    Pruner,
+    PruningConfig,
+    make_pruner,
+    pruned_result,
+)
 from coordinator.states import Verdict
 from coordinator.store import Lease, TrialStoreBase, to_bson
 from coordinator.store.base import Checkpoint
@@ -260,6 +268,14 @@ def check_result(result: Any) -> dict[str, Any]:
     return result
 
 
+def _not_finite(loss: Any) -> bool:
+    """Whether ``loss`` is a NaN or infinite number (any numeric type)."""
+    try:
+        return not math.isfinite(loss)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def error_info(exc: BaseException) -> dict[str, Any]:
     return {
         "type": type(exc).__name__,
@@ -292,10 +308,17 @@ def evaluate(
                 raise TrialLost(f"trial {lease.tid}: lease lost; result dropped")
             pruned = ctx.pruned
             checkpointed = ctx.checkpointed
+        diverged = _not_finite(result.get("loss") if isinstance(result, dict) else result)
         result = check_result(result)
         timing = phases(result, started)
-        if pruned is not None and resolved.pruner is not None and result["status"] == STATUS_OK:
-            result["pruned"] = pruned.pruned_record(resolved.pruner.config.metric)
+        if pruned is not None and resolved.pruner is not None:
+            result = pruned_result(
+                result,
+                pruned,
+                resolved.pruner.config.metric,
+                lambda: (rules.ok_loss(d) for d in store.trial_outcomes(lease.exp_key)),
+                diverged=diverged,
+            )
     except TrialLost:
         return Outcome({}, params, time.perf_counter() - started, lost=True)
     except StoreUnavailable as e:  # not the objective's fault: no ERROR for an outage

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from coordinator.pruning.base import (
@@ -24,6 +24,7 @@ from coordinator.pruning.base import (
     RungLog,
     metric_value,
     resolve_pruning,
+    stand_in_loss,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ __all__ = [
     "PruningConfig",
     "RungLog",
     "make_pruner",
+    "pruned_result",
     "resolve_pruning",
 ]
 
@@ -104,3 +106,29 @@ class AttemptJudge:
             metric,
             ", ".join(reported) or "nothing",
         )
+
+
+def pruned_result(
+    result: dict[str, Any],
+    decision: Decision,
+    metric: str,
+    losses: Callable[[], Iterable[Any]],
+    *,
+    diverged: bool = False,
+) -> dict[str, Any]:
+    """``result`` (checked: ``status``, ``loss``) of a trial that ``decision`` stopped, recorded
+    as pruned (``result.pruned``). ``diverged``: the objective's loss was NaN or infinite (its
+    metric was NaN, e.g. a diverged training), which made the result ``fail``: it is still a
+    pruned trial, not a failure: ``ok`` with the :func:`~coordinator.pruning.base.
+    stand_in_loss` of the experiment's ``losses`` (read only then) and ``pruned.stand_in_loss``
+    true, so every reader shows it as pruned and TPE treats its region as bad. A result the
+    objective itself marked failed stays failed."""
+    if diverged and result.get("status") == "fail" and result.get("loss") is None:
+        result.pop("failure", None)
+        result.update(status="ok", loss=stand_in_loss(losses()))
+        record = decision.pruned_record(metric)
+        record["stand_in_loss"] = True
+        result["pruned"] = record
+    elif result.get("status") == "ok":
+        result["pruned"] = decision.pruned_record(metric)
+    return result

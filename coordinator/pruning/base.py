@@ -11,7 +11,7 @@ can be checked again from the stored data alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -158,6 +158,25 @@ class Decision:
         if self.bracket is not None:
             record.update(bracket=self.bracket, rung=self.rung)
         return record
+
+
+#: the loss given to a pruned trial whose own loss is not a number while no trial of its
+#: experiment has a finite loss yet: worse than any loss a working objective reports
+NAN_FALLBACK_LOSS = 1e12
+
+
+def stand_in_loss(losses: Iterable[Any]) -> float:
+    """The loss recorded for a trial an early-stopping rule stopped whose own loss is not a
+    number (its metric was NaN, as diverged trainings report): the worst finite loss among
+    ``losses`` (the experiment's successful trials', pruned ones included), so TPE counts it
+    with the bad trials and avoids its region, and it ranks after every pruned trial with a
+    real loss; :data:`NAN_FALLBACK_LOSS` when there is none."""
+    finite = [
+        float(x)
+        for x in losses
+        if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    ]
+    return max(finite, default=NAN_FALLBACK_LOSS)
 
 
 def _number_or_none(value: float) -> float | None:

@@ -273,3 +273,37 @@ def test_report_epoch_answers_cancelled_and_lease_lost(store: TrialStore) -> Non
     lost = TrialContextImpl(store, lease, {}, {})
     assert lost.report_epoch({"epoch": 3, "loss": 1.0}) is Verdict.LEASE_LOST
     assert lost.should_stop()
+
+
+def test_a_trial_pruned_for_a_nan_metric_is_a_pruned_trial_with_a_bad_loss(
+    store: TrialStore,
+) -> None:
+    """Issue 22, item 9: a trial whose metric is NaN is stopped by the rule; it used to end as a
+    failure (NaN loss) with no ``result.pruned``, so status, top and TPE did not see it as
+    pruned. Now it is DONE, ok, pruned, with the worst loss the experiment had (TPE: bad)."""
+    config = PruningConfig("asha", "loss", "min", reduction_factor=2, max_epochs=4)
+    queue_trials(store, 8, exp_key="nan", space="nan_epochs", settings={"epochs": 4, "above": 0})
+    store.annotate_experiment("nan", {"pruning": config.to_doc()})
+    resolver = Resolver(store, (TEST_SPACES,))
+    for _ in range(8):
+        lease = store.reserve_trial("w", exp_key="nan")
+        earlier = [rules.ok_loss(d) for d in store.trials("nan", [TrialState.DONE])]
+        outcome = evaluate(resolver, store, lease, {})
+        assert store.finish(lease, outcome.result, {"params": outcome.params})
+        if lease.doc["misc"]["vals"]["x"][0] > 0:  # diverged: NaN from its first epoch
+            result = outcome.result
+            assert result["status"] == "ok" and "failure" not in result, result
+            assert result["pruned"]["value"] is None and result["pruned"]["stand_in_loss"]
+            finite = [x for x in earlier if x is not None]
+            assert result["loss"] == (max(finite) if finite else 1e12)
+    docs = store.trials("nan")
+    nan = [d for d in docs if d["misc"]["vals"]["x"][0] > 0]
+    assert nan, "the seed drew no x > 0"
+    stopped = [d for d in docs if d["result"].get("stopped_early")]
+    assert {d["tid"] for d in stopped} == {d["tid"] for d in docs if rules.pruned(d)}
+    assert all(d["state"] == TrialState.DONE and rules.pruned(d) for d in nan)
+    assert all(rules.ok_loss(d) is not None for d in docs)  # ranked, shown by top, seen by TPE
+    ranked = rules.ranked(docs)
+    assert len(ranked) == len(docs) and all(rules.pruned(d) for d in ranked[-len(nan) :])
+    full = [d["result"]["loss"] for d in docs if not rules.pruned(d)]
+    assert all(d["result"]["loss"] >= max(full, default=0) for d in nan)  # TPE: the bad side

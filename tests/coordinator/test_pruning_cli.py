@@ -84,3 +84,30 @@ def test_pruning_a_space_without_epochs_warns(server: EmbeddedServer, db_name: s
         stop_all([worker])
     assert out.returncode == 0, out.stderr
     assert "space 'quadratic' has no epochs setting" in out.stderr
+
+
+def test_trials_pruned_for_nan_show_as_pruned(server: EmbeddedServer, db_name: str) -> None:
+    """Issue 22, item 9: trials stopped because their metric was NaN used to end as failures
+    with no pruned record: status said '8 pruned of 16' done and top listed fewer rows."""
+    key = "pruned-nan"
+    common = ["--mongo", server.uri, "--db", db_name]
+    worker = start_worker(
+        server.uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60"
+    )
+    try:
+        search = hyperfleet(
+            "search", "nan_epochs", *common, "--exp-key", key, "--spaces", SPACES,
+            "--max-evals", "10", "--prune", "asha", "--no-progress", "--seed", "5",
+            "--algo", "rand", timeout=300,
+        )  # fmt: skip
+    finally:
+        stop_all([worker])
+    assert search.returncode == 0, search.stderr
+    rows = list(csv.DictReader(io.StringIO(hyperfleet("export", *common, "--exp-key", key).stdout)))
+    stopped = [r for r in rows if r.get("result.stopped_early") == "True"]
+    assert stopped and all(r["pruned"] for r in stopped), rows
+    assert all(r["state"] == "done" and r["status"] == "ok" for r in rows)
+    status = hyperfleet("status", *common, "--exp-key", key).stdout
+    assert f"pruned    {len(stopped)} of the 10 done trials" in status, status
+    top = hyperfleet("top", *common, "--exp-key", key, "-n", "10").stdout
+    assert len([line for line in top.splitlines()[1:] if line.strip()]) == 10, top
