@@ -27,6 +27,8 @@ PHASES = {
     "outside_training_s",
     "wait_child_s",
     "run_s",
+    "compile_reused",  # issue 20: 1 when the trial trained a cached compiled model
+    "compile_cache_size",
 }
 
 
@@ -48,6 +50,8 @@ def test_phases_in_every_trial_and_a_warm_first_trial(
         assert timing["evaluate_s"] <= timing["run_s"] + 1e-3 <= doc["duration_s"] + 5
         assert "timing" not in doc["result"]
         assert doc["worker"]["steps_per_execution"] == 4
+        assert timing["compile_reused"] in (0, 1) and timing["compile_cache_size"] >= 1
+        assert doc["result"]["compiled"]["reused"] == bool(timing["compile_reused"])
         row = trial_row(doc)
         assert row["timing.steady_s"] == timing["steady_s"]
     # warmed before the first reservation: Keras was imported, the data loaded
