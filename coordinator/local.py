@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,10 +19,11 @@ from pathlib import Path
 
 from coordinator import defaults
 from coordinator.errors import HyperfleetError, counted
+from coordinator.experiment_lease import pid_gone
 from coordinator.search import Coordinator, SearchConfig, SearchOutcome
 from coordinator.server import EmbeddedServer, die_with_parent
-from coordinator.states import ExperimentStatus
-from coordinator.store import TrialStoreBase, connect
+from coordinator.states import AttemptOutcome, ExperimentStatus, TrialState
+from coordinator.store import Lease, TrialStoreBase, connect
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,35 @@ def local_worker_envs(
     return [{"HYPERFLEET_GPU": pin, "HYPERFLEET_THREADS": str(per_worker)} for pin in pins]
 
 
+def release_dead_workers(store: TrialStoreBase, exp_key: str) -> int:
+    """Hand back at once the RUNNING trials of ``exp_key`` whose worker ran on this host and
+    whose pid is gone (an earlier ``local`` run that was killed took its workers along): a lost
+    attempt, as the reaper would record once their leases expired, without waiting for that.
+    One line says how many; returns how many."""
+    host = socket.gethostname()
+    released: list[int] = []
+    for doc in store.trials(exp_key, [TrialState.RUNNING], with_spec=False):
+        worker = doc.get("worker") if isinstance(doc.get("worker"), dict) else {}
+        pid = worker.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            continue
+        if worker.get("host") != host or not isinstance(doc.get("owner"), str):
+            continue
+        if not pid_gone(pid):
+            continue
+        reason = f"worker pid {pid} on this host is gone (an earlier run was stopped)"
+        if store.release(Lease.from_doc(doc), AttemptOutcome.LOST, reason) is not None:
+            released.append(pid)
+    if released:
+        logger.warning(
+            "%s of workers of an earlier run that are gone (pids %s) went back to the queue "
+            "now, not after their lease",
+            counted(len(released), "running trial"),
+            ", ".join(str(p) for p in sorted(set(released))),
+        )
+    return len(released)
+
+
 #: how often ``local`` replaces one worker slot's dead worker before giving that slot up
 WORKER_RESTARTS = 3
 
@@ -78,6 +109,7 @@ class LocalRun:
             coordinator = Coordinator(store, self.config.search)
             coordinator.prepare()  # a rerun with other settings is refused before any worker
             self._store = store
+            release_dead_workers(store, self.config.search.exp_key)
             self._start_workers()
             coordinator.on_tick = lambda trials, counts: self._check_workers()
             outcome = coordinator.run()

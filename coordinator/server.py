@@ -132,12 +132,21 @@ def holder_of(db_path: Path) -> str | None:
     return None
 
 
-def check_db_path(db_path: str | os.PathLike[str]) -> None:
+def check_db_path(db_path: str | os.PathLike[str], *, create: bool = True) -> None:
     """Raise :class:`ServerStartError` unless ``db_path`` is ``:memory:`` or a directory that
-    exists (or can be created) and is writable; creates it."""
+    exists (or can be created) and is writable; creates it, unless ``create`` is false (option
+    parsing: a run refused later must leave no folder behind)."""
     if str(db_path) == ":memory:":
         return
     path = Path(db_path)
+    if not create and not path.exists():
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ServerStartError(
+                f"cannot create {path} as the database directory ({parent} is not a writable "
+                "directory); pass a writable --db-path"
+            )
+        return
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".hyperfleet-write-test-{os.getpid()}"

@@ -100,6 +100,10 @@ _BOOLS = {
 }
 
 
+#: the largest magnitude a number setting (``--set``) may have: beyond it no search means it
+MAX_FLOAT_SETTING = 1e15
+
+
 @dataclass(frozen=True)
 class Setting:
     """One named setting of a space, overridable with ``--set NAME=VALUE``."""
@@ -127,6 +131,12 @@ class Setting:
             ) from None
         if isinstance(parsed, float) and not math.isfinite(parsed):
             raise ConfigError(f"setting {self.name}={value!r} must be a finite number")
+        if isinstance(parsed, float) and abs(parsed) > MAX_FLOAT_SETTING:
+            # e.g. bound=1e99 gave losses of 2.5e197: no objective means such a number
+            raise ConfigError(
+                f"setting {self.name}={shown(value)} is out of range: a number setting must "
+                f"lie within ±{MAX_FLOAT_SETTING:g}"
+            )
         if isinstance(parsed, int) and not -(2**63) <= parsed < 2**63:
             # settings are stored in the experiment document: MongoDB's integers are 64-bit
             raise ConfigError(

@@ -110,11 +110,15 @@ def _resumable(params, ctx):
         ctx.save_checkpoint(epoch, str(state).encode())
     return {"loss": params["x"] ** 2, "status": "ok", "trained": trained, "state": state}
 
+
 nan_epochs = SearchSpace(
     "nan_epochs",
     _x_space,
     _nan_epochs,
-    (Setting("epochs", 4, "epochs", int, min=1), Setting("above", 0.0, "NaN when x is above", float)),
+    (
+        Setting("epochs", 4, "epochs", int, min=1),
+        Setting("above", 0.0, "NaN when x is above", float),
+    ),
     "reports NaN every epoch for x > above (a diverged training)",
 )
 

@@ -457,7 +457,7 @@ def _db_path_callback(ctx: click.Context, param: click.Parameter, value: str) ->
     from coordinator.server import check_db_path  # light: no pymongo, no hyperopt
 
     try:
-        check_db_path(value)
+        check_db_path(value, create=False)  # created when the server starts, not if refused
     except ServerStartError as e:
         raise click.BadParameter(str(e)) from None
     return value
@@ -465,8 +465,8 @@ def _db_path_callback(ctx: click.Context, param: click.Parameter, value: str) ->
 
 def db_path_option(help: str) -> Decorator:
     """``--db-path``: the embedded server's storage directory (``:memory:`` for a throwaway
-    one); created if needed, and refused in one line, before anything starts, when it cannot be
-    created or written."""
+    one); created when the server starts (a run refused before that leaves none), and refused
+    in one line, before anything starts, when it cannot be created or written."""
     return click.option(
         "--db-path",
         type=click.Path(file_okay=False),

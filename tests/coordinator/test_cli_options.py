@@ -183,3 +183,37 @@ def test_help_imports_nothing_heavy() -> None:
     )
     assert loaded == [], loaded
     assert "Usage: hyperfleet launch" in stdout and "Commands:" in stdout
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--set", "bound=1e99"],  # issue 22, item 12: accepted, losses of 2.5e197
+        ["--set", "bound=-2e15"],
+        ["--set", "nothere=1"],
+        ["--max-evals", "0"],
+    ],
+)
+def test_refused_runs_leave_no_db_path_and_say_one_line(tmp_path: Path, bad: list[str]) -> None:
+    """Issue 22, item 12: a run refused for its input created the --db-path folder anyway."""
+    db_path = tmp_path / "not" / "yet" / "db"
+    out = hyperfleet("local", "quadratic", "--db-path", str(db_path), *bad, cwd=tmp_path)
+    assert out.returncode != 0, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 3, out.stderr
+    assert not (tmp_path / "not").exists()
+    if "bound=1e99" in bad:
+        assert "out of range" in out.stderr and "1e+15" in out.stderr
+
+
+def test_an_unwritable_db_path_parent_is_refused_before_anything(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        out = hyperfleet("local", "quadratic", "--db-path", str(locked / "db"), cwd=tmp_path)
+    finally:
+        locked.chmod(0o700)
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    assert out.returncode != 0 and "--db-path" in out.stderr and "Traceback" not in out.stderr
+    assert not (locked / "db").exists()

@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
 from coordinator.store import connect
-from tests.conftest import cli_env, hyperfleet, wait_for
+from tests.conftest import cli_env, hyperfleet, process_gone, wait_for
 
 
 def _start_local(
@@ -184,3 +185,34 @@ def test_local_refuses_other_settings_before_starting_workers(tmp_path: Path) ->
     again = hyperfleet(*args, "--set", "bound=2", cwd=tmp_path, timeout=120)
     assert again.returncode == 1 and "already holds a search with" in again.stderr
     assert "started 1 worker" not in again.stderr, again.stderr
+
+
+def test_local_rerun_releases_its_dead_workers_trials_at_once(tmp_path: Path) -> None:
+    """Issue 22, item 12: a ``local`` killed with SIGKILL takes its workers along; their trials
+    stayed RUNNING and a rerun waited out their whole lease (30 s) before running them again.
+    The rerun knows their pids on this host are gone: it hands them back at once, in one line."""
+    args = [
+        "local", "quadratic", "--workers", "2", "--max-evals", "4", "--exp-key", "rerun",
+        "--set", "sleep=3", "--db-path", str(tmp_path / "db"), "--no-progress",
+    ]  # fmt: skip
+    proc = _start_local(tmp_path, args)
+    head = ""
+    while "embedded server ready at" not in head:
+        line = proc.stderr.readline()
+        assert line, f"local exited early: {head}"
+        head += line
+    uri = re.search(r"ready at (mongodb://\S+)", head)[1]
+    store = connect(uri)
+    wait_for(lambda: store.count("rerun", [TrialState.RUNNING]) >= 2, 60, what="running trials")
+    pids = {d["worker"]["pid"] for d in store.trials("rerun", [TrialState.RUNNING])}
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store.close()
+    for pid in pids:  # the workers die with local
+        wait_for(lambda pid=pid: process_gone(pid), 30, what=f"worker {pid} to die")
+    started = time.monotonic()
+    rerun = hyperfleet(*args, cwd=tmp_path, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "running trials of workers of an earlier run that are gone" in rerun.stderr
+    assert re.search(r"experiment rerun: done 4 ", rerun.stdout), rerun.stdout
+    assert time.monotonic() - started < 25  # not the 30 s lease of the dead workers
