@@ -11,6 +11,8 @@ lives here, not in the parts: an outage is one budget for every operation of the
 from __future__ import annotations
 
 import datetime as dt
+import time
+from collections.abc import Callable
 
 import gridfs
 import pymongo
@@ -19,6 +21,9 @@ from pymongo.database import Database
 
 from coordinator.store.connection import retrying
 from coordinator.store.encoding import utcnow
+
+#: seconds an estimate of the server's clock offset is used before it is measured again
+CLOCK_TTL_S = 60.0
 
 
 class MongoHandles:
@@ -38,6 +43,11 @@ class MongoHandles:
         self.outage_s = outage_s  #: seconds operations retry an unreachable server
         #: when the current outage began (``time.monotonic``), ``None`` while connected
         self.outage_since: float | None = None
+        self._clock_offset: dt.timedelta | None = None  #: server clock - this clock
+        self._clock_measured = 0.0  #: when the offset was measured (``time.monotonic``)
+        #: called with the outage's length (s) by the first success after an outage, in that
+        #: call's thread (:class:`~coordinator.store.outages.OutageRecord` records it)
+        self.outage_listeners: list[Callable[[float], None]] = []
 
     @retrying
     def server_time(self) -> dt.datetime:
@@ -45,6 +55,20 @@ class MongoHandles:
         reply = self.client.admin.command("hello")
         now = reply.get("localTime")
         return now.replace(tzinfo=None) if now is not None else utcnow()
+
+    def server_clock(self) -> dt.datetime:
+        """The server's clock estimated without a round trip: this machine's clock plus the
+        offset :meth:`server_time` showed, measured again every ``CLOCK_TTL_S``. Its error is
+        about half a round trip (milliseconds), far inside the overlap readers allow
+        (``REFRESH_OVERLAP_S``): good for ``mtime`` stamps, never for leases."""
+        now = time.monotonic()
+        if self._clock_offset is None or now - self._clock_measured > CLOCK_TTL_S:
+            before = utcnow()
+            server = self.server_time()
+            after = utcnow()
+            self._clock_offset = server - (before + (after - before) / 2)
+            self._clock_measured = now
+        return utcnow() + self._clock_offset
 
 
 class StorePart:
