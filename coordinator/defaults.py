@@ -19,6 +19,10 @@ HEARTBEAT_S = 5.0
 #: seconds an experiment stays its coordinator's without a renewal (server clock): a second
 #: coordinator of the same exp key is refused while it holds, and takes over once it expired
 COORDINATOR_LEASE_S = 30.0
+#: a RUNNING trial with no usable ``lease_expires`` (a writer that renews none: stock hyperopt's
+#: worker, a hand edit) is requeued this long after its ``book_time``/``refresh_time``
+#: ($HYPERFLEET_UNLEASED_GRACE_S): longer than such a writer's trials take, or it reaps live ones
+UNLEASED_GRACE_S = 3600.0
 #: attempts (lost or crashed workers) before a trial is marked ERROR (``--max-attempts``)
 MAX_ATTEMPTS = 3
 #: seconds every process keeps retrying an unreachable MongoDB ($HYPERFLEET_OUTAGE_S)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -22,9 +23,9 @@ from bson import ObjectId
 from hyperopt.mongoexp import MongoJobs, OperationFailure, parse_url
 
 from coordinator import defaults
-from coordinator.errors import TrialWriteRefused
+from coordinator.errors import HyperfleetError, TrialWriteRefused
 from coordinator.states import TrialState
-from coordinator.store import TrialStore, connect
+from coordinator.store import Lease, TrialStore, connect
 from coordinator.store.connection import retrying
 
 logger = logging.getLogger(__name__)
@@ -77,11 +78,29 @@ def owner_id(host_id: Any) -> str:
 
 
 class HyperoptJobs(MongoJobs):
-    """hyperopt's ``MongoJobs`` over ``store`` (see the module docstring)."""
+    """hyperopt's ``MongoJobs`` over ``store`` (see the module docstring).
 
-    def __init__(self, store: TrialStore) -> None:
+    hyperopt's worker renews no lease, and a trial whose writer renews none hangs the search
+    when that writer dies (the reaper gives such trials a long grace only: it cannot tell a
+    dead writer from a slow trial). So :meth:`reserve` gives the trial a real lease of
+    ``lease_s`` and renews it from a daemon thread every ``heartbeat_s`` while the trial is
+    RUNNING under this claim: a live hyperopt worker keeps its trial however long it runs; a
+    dead one (the thread dies with its process) loses it once the lease runs out, as a
+    hyperfleet worker does.
+    """
+
+    def __init__(
+        self,
+        store: TrialStore,
+        *,
+        lease_s: float = defaults.LEASE_S,
+        heartbeat_s: float = defaults.HEARTBEAT_S,
+    ) -> None:
         super().__init__(store.db, store.jobs, store.gfs, store.client, None, "spec")
         self.store = store
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s
+        self._keepers: dict[Any, LeaseKeeper] = {}  #: by ``_id``: the claims this object renews
 
     @classmethod
     def new_from_connection_str(
@@ -118,8 +137,9 @@ class HyperoptJobs(MongoJobs):
     ) -> dict[str, Any] | None:
         """Claim one NEW trial for ``host_id`` as stock ``reserve`` does (owner, ``book_time``,
         ``refresh_time``, RUNNING), in one ``find_one_and_update``; ``None`` when none is
-        queued. Unlike stock's, the claim also stamps ``mtime``, takes the oldest trial and
-        records the owner as a string (:func:`owner_id`)."""
+        queued. Unlike stock's, the claim also stamps ``mtime``, takes the oldest trial,
+        records the owner as a string (:func:`owner_id`), counts the ``attempt`` and takes a
+        lease that a thread renews while the trial runs (see the class docstring)."""
         query = dict(cond or {})
         if exp_key is not None:
             query["exp_key"] = exp_key
@@ -128,7 +148,12 @@ class HyperoptJobs(MongoJobs):
         query.update(owner=None, state=int(TrialState.NEW))
         # a token that finds the claim again if its reply is lost: a retry must not claim a
         # second trial and orphan the first (which has no lease: nobody would reap it)
-        return _claim(self.store, query, owner_id(host_id), ObjectId(), [])
+        claimed = _claim(self.store, query, owner_id(host_id), ObjectId(), self.lease_s, [])
+        if claimed is not None:
+            keeper = LeaseKeeper(self.store, claimed, self.lease_s, self.heartbeat_s)
+            self._keepers[claimed["_id"]] = keeper
+            keeper.start()
+        return claimed
 
     def update(
         self,
@@ -141,6 +166,11 @@ class HyperoptJobs(MongoJobs):
         ``doc`` is updated in place and returned. A document that moved raises hyperopt's
         ``OperationFailure`` (with ``do_sanity_checks``), as stock does."""
         dct = {k: v for k, v in copy.deepcopy(dct).items() if k not in ("_id", "version")}
+        if dct.get("state", TrialState.RUNNING) != TrialState.RUNNING:  # the trial ended
+            dct["lease_expires"] = None
+            keeper = self._keepers.pop(doc["_id"], None)
+            if keeper is not None:
+                keeper.stop()
         query: dict[str, Any] = {"_id": doc["_id"]}
         if "version" in doc:
             query["version"] = doc["version"]
@@ -164,7 +194,12 @@ def _delete_one(store: TrialStore, _id: Any) -> None:
 
 @retrying
 def _claim(
-    store: TrialStore, query: dict[str, Any], owner: str, token: ObjectId, tries: list[int]
+    store: TrialStore,
+    query: dict[str, Any],
+    owner: str,
+    token: ObjectId,
+    lease_s: float,
+    tries: list[int],
 ) -> dict[str, Any] | None:
     tries.append(1)
     if len(tries) > 1:  # a retry: did an earlier try take effect, its reply lost?
@@ -173,20 +208,61 @@ def _claim(
             return claimed
     return store.jobs.find_one_and_update(
         query,
-        {
-            # no lease: hyperopt's worker never renews one, so its trials are never reaped
-            # (as with stock hyperopt), whatever an earlier attempt left in lease_expires
-            "$set": {
-                "owner": owner,
-                "state": int(TrialState.RUNNING),
-                "lease_expires": None,
-                "claim_token": token,
-            },
-            "$currentDate": {"book_time": True, "refresh_time": True, "mtime": True},
-        },
+        [
+            {
+                "$set": {
+                    "owner": {"$literal": owner},
+                    "state": int(TrialState.RUNNING),
+                    "attempt": {"$add": [{"$ifNull": ["$attempt", 0]}, 1]},
+                    "lease_expires": {"$add": ["$$NOW", int(lease_s * 1000)]},
+                    "lease_s": lease_s,
+                    "claim_token": {"$literal": token},
+                    "book_time": "$$NOW",
+                    "refresh_time": "$$NOW",
+                    "mtime": "$$NOW",
+                }
+            }
+        ],
         sort=[("tid", 1)],
         return_document=pymongo.ReturnDocument.AFTER,
     )
+
+
+class LeaseKeeper:
+    """Renews the lease of one trial claimed through :meth:`HyperoptJobs.reserve` every
+    ``interval_s`` (on the server's clock, fenced on the claim's owner and attempt) until the
+    trial leaves RUNNING or this claim, or :meth:`stop`. A daemon thread: it dies with the
+    worker's process, and then the lease runs out."""
+
+    def __init__(self, store: TrialStore, doc: dict[str, Any], lease_s: float, interval_s: float):
+        self.store = store
+        self.lease = Lease.from_doc({**doc, "tid": doc.get("tid")})
+        self.lease_s = lease_s
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"hyperopt-lease-{self.lease.tid}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if not self.store.heartbeat(self.lease, self.lease_s):
+                    return  # ended, or reaped: nothing of ours to renew
+            except (HyperfleetError, pymongo.errors.PyMongoError) as e:
+                logger.warning(
+                    "trial %s: could not renew its lease (%s); it runs out in %g s",
+                    self.lease.tid,
+                    e,
+                    self.lease_s,
+                )
+                return
 
 
 @retrying

@@ -544,9 +544,8 @@ def _retry(method: Callable[..., T], self: Any, args: Any, kwargs: Any) -> T:
             continue
         if state.outage_since is not None:
             state.outage_since = None
-            logger.warning(
-                "MongoDB at %s reachable again after %.1f s",
-                state.safe_uri,
-                time.monotonic() - (since if since is not None else attempt),
-            )
+            down = time.monotonic() - (since if since is not None else attempt)
+            logger.warning("MongoDB at %s reachable again after %.1f s", state.safe_uri, down)
+            for listener in getattr(state, "outage_listeners", ()):
+                listener(down)  # the reaper must not charge this outage to a trial
         return result

@@ -1,26 +1,64 @@
-"""Liveness on the database clock: the attempt limit and the reaper of expired leases.
+"""Liveness on the database clock: the reaper of expired leases.
 
 A worker that stops heartbeating (killed, paused, partitioned) is found through data: its
 trial's ``lease_expires`` falls behind the server's clock. :meth:`Reaping.reap_expired` hands
 such trials back with a release that is fenced *and* re-checks the expiry, so any number of
 reapers may run at once and each expired lease is released exactly once.
+
+One rule for every state a foreign or dead writer can leave: it is recovered here, on the
+server's clock.
+
+* **A RUNNING trial without a usable lease** (``lease_expires`` missing, null, a string...: a
+  writer that renews none, such as stock hyperopt's worker, or a hand edit) counts from its
+  ``book_time`` or ``refresh_time``, whichever is later, plus a grace
+  (:data:`~coordinator.defaults.UNLEASED_GRACE_S`, ``$HYPERFLEET_UNLEASED_GRACE_S``): after
+  that its writer is taken for dead and the trial is requeued as a lost attempt. One with no
+  usable date either is given a lease of one grace from now. Only callers that name the
+  experiment (its search, its plain ``fmin``, a pinned worker, ``reap --exp-key``) or
+  experiments hyperfleet created recover these: another team's trials in the same database are
+  left alone.
+* **An outage is never charged to a trial** (:mod:`coordinator.store.outages`): a lease that
+  ran out while the database could not be reached gets one more lease from the end of the
+  outage, for its worker to renew it; if none does, it is requeued *not counted*.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
+import os
 from typing import Any
 
 from coordinator import defaults, rules
+from coordinator.errors import ConfigError
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store.base import Lease
 from coordinator.store.connection import retrying
 from coordinator.store.experiments import AttemptLimits
 from coordinator.store.handles import MongoHandles, StorePart
 from coordinator.store.leases import LeaseWrites
+from coordinator.store.outages import Outage, OutageRecord, covering
 from coordinator.store.quarantine import Quarantine
 
 logger = logging.getLogger(__name__)
+
+GRACE_ENV = "HYPERFLEET_UNLEASED_GRACE_S"
+
+
+def unleased_grace() -> float:
+    """Seconds a RUNNING trial without a usable lease is given: $HYPERFLEET_UNLEASED_GRACE_S
+    or :data:`~coordinator.defaults.UNLEASED_GRACE_S`."""
+    raw = os.environ.get(GRACE_ENV, "")
+    if not raw:
+        return defaults.UNLEASED_GRACE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{GRACE_ENV}={raw!r}: expected a positive number of seconds")
+    return value
 
 
 class Reaping(StorePart):
@@ -37,50 +75,184 @@ class Reaping(StorePart):
         self._leases = leases
         self._limits = limits
         self._quarantine = quarantine
+        self._outages = OutageRecord(mongo)
+        mongo.outage_listeners.append(self._outages.report)
+        self._grace_s = unleased_grace()
+        #: (``_id``, ``attempt``) of trials whose wait this process has logged
+        self._noted: set[tuple[Any, Any]] = set()
+        #: ``_id``s of other teams' lease-less trials (not ours to recover)
+        self._foreign: set[Any] = set()
 
     def reap_expired(
         self, exp_key: str | None = None, *, max_attempts: int | None = None
     ) -> list[int]:
         """Release every RUNNING trial whose lease expired; returns the tids released."""
         now = self.mongo.server_time()
-        query: dict[str, Any] = {"state": int(TrialState.RUNNING), "lease_expires": {"$lt": now}}
+        query: dict[str, Any] = {"state": int(TrialState.RUNNING)}
         if exp_key is not None:
             query["exp_key"] = exp_key
         unusable = self._quarantine.unusable_ids()
         if unusable:
             query["_id"] = {"$nin": unusable}
-        reaped = []
-        for doc in self._expired(query):
-            problem = rules.trial_problem(doc)
-            if problem is None and not doc.get("owner"):
-                problem = "RUNNING without an owner"
-            if problem is not None:  # ERROR if ours (fenced), else left alone; logged once
-                self._quarantine.quarantine_trial(doc, problem)
-                continue
-            lease = Lease.from_doc(doc)
+        reaped = self._reap_unleased(query, now, exp_key is not None, max_attempts)
+        found = self._find({**query, "lease_expires": {"$lt": now}})
+        expired = [doc for doc in found if self._usable(doc)]
+        outages: list[Outage] = []
+        if expired:
+            earliest = min(d["lease_expires"] for d in expired) - dt.timedelta(days=1)
+            outages = self._outages.since(earliest)
+        for doc in expired:
+            expires = doc["lease_expires"]
             reason = (
-                f"lease expired at {doc['lease_expires']:%H:%M:%S} UTC: worker {lease.owner} "
+                f"lease expired at {expires:%H:%M:%S} UTC: worker {doc['owner']} "
                 "stopped heartbeating"
             )
             outcome = AttemptOutcome.LOST
-            if doc.get("held") is True:  # claimed behind another trial: most likely never ran
+            lease_s = _lease_s(doc)
+            outage = covering(outages, expires, lease_s)
+            if outage is not None:
+                resume = outage.end + dt.timedelta(seconds=lease_s)
+                if now < resume:
+                    self._note_once(
+                        doc,
+                        f"its lease ran out during a database outage ({outage.describe()}): "
+                        f"waiting until {resume:%H:%M:%S} UTC for its worker to renew it",
+                    )
+                    continue
+                outcome = AttemptOutcome.REQUEUED
+                reason = (
+                    f"lease ran out during a database outage ({outage.describe()}) and "
+                    f"worker {doc['owner']} did not renew it afterwards: not counted"
+                )
+            elif doc.get("held") is True:  # claimed behind another trial: most likely never ran
                 outcome = AttemptOutcome.REQUEUED
                 reason += " (the trial was held behind another one: not counted)"
-            limit = self._limits.attempt_limit(lease.exp_key, max_attempts or defaults.MAX_ATTEMPTS)
-            state = self._leases.release_fenced(
-                lease,
-                outcome,
-                reason,
-                limit,
-                {"lease_expires": {"$lt": now}},
-            )
-            if state is not None:
-                logger.warning(
-                    "trial %s of %s: %s; now %s", lease.tid, lease.exp_key, reason, state.name
-                )
-                reaped.append(lease.tid)
+            fence = {"lease_expires": {"$lt": now}}
+            if self._release(doc, outcome, reason, fence, max_attempts):
+                reaped.append(doc["tid"])
         return reaped
 
+    def _usable(self, doc: dict[str, Any]) -> bool:
+        """Whether the reaper may release ``doc``; one it cannot use goes to quarantine."""
+        problem = rules.trial_problem(doc)
+        if problem is None and not doc.get("owner"):
+            problem = "RUNNING without an owner"
+        if problem is not None:  # ERROR if ours (fenced), else left alone; logged once
+            self._quarantine.quarantine_trial(doc, problem)
+        return problem is None
+
+    def _release(
+        self,
+        doc: dict[str, Any],
+        outcome: AttemptOutcome,
+        reason: str,
+        fence: dict[str, Any],
+        max_attempts: int | None,
+    ) -> bool:
+        """Release ``doc`` as read (fenced on its owner, attempt and ``fence``); whether this
+        call did."""
+        lease = Lease.from_doc(doc)
+        limit = self._limits.attempt_limit(lease.exp_key, max_attempts or defaults.MAX_ATTEMPTS)
+        # ``$eq``: a foreign writer's document may have no ``attempt`` (matched as missing)
+        fence = {**fence, "attempt": {"$eq": doc.get("attempt")}}
+        state = self._leases.release_fenced(lease, outcome, reason, limit, fence)
+        if state is None:
+            return False
+        logger.warning("trial %s of %s: %s; now %s", lease.tid, lease.exp_key, reason, state.name)
+        return True
+
+    # -- RUNNING without a usable lease ---------------------------------------------------------
+
+    def _reap_unleased(
+        self,
+        query: dict[str, Any],
+        now: dt.datetime,
+        named: bool,
+        max_attempts: int | None,
+    ) -> list[int]:
+        """Recover the RUNNING trials whose ``lease_expires`` is not a date (see the module
+        docstring); ``named``: the caller named the experiment."""
+        reaped = []
+        grace = dt.timedelta(seconds=self._grace_s)
+        for doc in self._find({**query, "lease_expires": {"$not": {"$type": "date"}}}):
+            if (not named and not self._ours(doc)) or not self._usable(doc):
+                continue
+            since = _latest_date(doc.get("book_time"), doc.get("refresh_time"))
+            if since is None:  # nothing to count from: a lease of one grace, from now
+                self._give_lease(doc, now + grace)
+                continue
+            deadline = since + grace
+            if deadline >= now:
+                self._note_once(
+                    doc,
+                    f"RUNNING without a usable lease (lease_expires "
+                    f"{_short(doc.get('lease_expires'))}; a writer that renews none, or a hand "
+                    f"edit): requeued at {deadline:%Y-%m-%d %H:%M:%S} UTC unless it ends before "
+                    f"(${GRACE_ENV}={self._grace_s:g})",
+                )
+                continue
+            reason = (
+                f"RUNNING without a lease since {since:%Y-%m-%d %H:%M:%S} UTC, more than "
+                f"{self._grace_s:g} s (${GRACE_ENV}): writer {doc['owner']} taken for dead"
+            )
+            # unchanged since read: a writer that refreshed it meanwhile keeps it
+            fence = {k: {"$eq": doc.get(k)} for k in ("lease_expires", "book_time", "refresh_time")}
+            if self._release(doc, AttemptOutcome.LOST, reason, fence, max_attempts):
+                reaped.append(doc["tid"])
+        return reaped
+
+    def _ours(self, doc: dict[str, Any]) -> bool:
+        """Whether a caller that names no experiment recovers ``doc``: only in an experiment
+        hyperfleet created."""
+        if doc["_id"] in self._foreign:
+            return False
+        if self._quarantine.is_own_experiment(doc.get("exp_key")):
+            return True
+        self._foreign.add(doc["_id"])
+        return False
+
     @retrying
-    def _expired(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+    def _give_lease(self, doc: dict[str, Any], expires: dt.datetime) -> None:
+        fence = {"_id": doc["_id"], "state": int(TrialState.RUNNING)}
+        fence.update({k: {"$eq": doc.get(k)} for k in ("owner", "attempt", "lease_expires")})
+        given = self.jobs.update_one(
+            fence, {"$set": {"lease_expires": expires}, "$currentDate": {"mtime": True}}
+        )
+        if given.matched_count == 1:
+            self._note_once(
+                doc,
+                f"RUNNING without a usable lease or start time: given a lease until "
+                f"{expires:%Y-%m-%d %H:%M:%S} UTC (${GRACE_ENV}={self._grace_s:g})",
+            )
+
+    def _note_once(self, doc: dict[str, Any], text: str) -> None:
+        key = (doc["_id"], doc.get("attempt"))
+        if key not in self._noted:
+            self._noted.add(key)
+            logger.warning(
+                "trial %.40r of %.60r (owner %.60r): %s",
+                doc.get("tid"),
+                doc.get("exp_key"),
+                doc.get("owner"),
+                text,
+            )
+
+    @retrying
+    def _find(self, query: dict[str, Any]) -> list[dict[str, Any]]:
         return list(self.jobs.find(query))
+
+
+def _lease_s(doc: dict[str, Any]) -> float:
+    value = doc.get("lease_s")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and math.isfinite(value) and value > 0 else defaults.LEASE_S
+
+
+def _latest_date(*values: Any) -> dt.datetime | None:
+    dates = [v.replace(tzinfo=None) for v in values if isinstance(v, dt.datetime)]
+    return max(dates) if dates else None
+
+
+def _short(value: Any) -> str:
+    text = "missing or null" if value is None else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

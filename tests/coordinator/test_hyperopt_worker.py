@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
 from coordinator.store import TrialStore
 from coordinator.trials import HyperfleetTrials
-from tests.conftest import queue_trials
+from tests.conftest import queue_trials, wait_for
 
 FMIN_WAIT_S = 60
 
@@ -99,9 +103,11 @@ def test_reserve_returns_the_document(store: TrialStore) -> None:
     assert doc is not None  # the old code: TypeError: 'Collection' object is not callable
     assert doc["state"] == TrialState.RUNNING
     assert doc["owner"] == "host"
-    assert doc["lease_expires"] is None  # hyperopt's worker renews no lease: never reaped
-    for field in ("book_time", "refresh_time", "mtime"):
+    for field in ("book_time", "refresh_time", "mtime", "lease_expires"):
         assert isinstance(doc[field], dt.datetime), field
+    # a real lease, renewed by a thread of the claiming process (issue 22, item 1)
+    assert doc["lease_expires"] - doc["book_time"] == dt.timedelta(seconds=30)
+    assert doc["attempt"] == 1
     assert store.jobs.find_one({"_id": doc["_id"]}) == doc
     assert jobs.reserve("host") is None  # nothing left queued
 
@@ -198,3 +204,49 @@ def test_a_reserve_whose_reply_was_lost_claims_no_second_trial(store: TrialStore
     assert store.jobs.lost == 1 and doc is not None
     running = store.trials("lost", [TrialState.RUNNING])
     assert [d["tid"] for d in running] == [doc["tid"]]
+
+
+def test_a_live_hyperopt_worker_keeps_its_trial_past_the_lease(store: TrialStore) -> None:
+    """The claim's lease is renewed while the trial runs (hyperopt's worker renews none): a
+    trial longer than the lease is not reaped under a live worker, and its end clears it."""
+    queue_trials(store, 1, space=None, exp_key="live")
+    jobs = HyperoptJobs(store, lease_s=1.0, heartbeat_s=0.2)
+    doc = jobs.reserve("host", exp_key="live")
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:  # three leases long, a reaper at work
+        assert store.reap_expired("live") == []
+        time.sleep(0.2)
+    jobs.update(doc, {"state": TrialState.DONE, "result": {"status": "ok", "loss": 1.0}})
+    done = store.get_trial("live", doc["tid"])
+    assert done["state"] == TrialState.DONE and done["lease_expires"] is None
+    assert "attempt_history" not in done
+
+
+def test_a_dead_hyperopt_worker_loses_its_trial_once_the_lease_runs_out(
+    server: EmbeddedServer, store: TrialStore
+) -> None:
+    """Issue 22, item 1: hyperopt's worker (through the adapter) took a trial and was killed.
+    The claim used to set no lease: nobody ever reaped it, and the search waited for ever."""
+    queue_trials(store, 1, space=None, exp_key="dead")
+    script = textwrap.dedent(f"""
+        import time
+        from coordinator.hyperopt_jobs import HyperoptJobs
+        from coordinator.store import connect
+        jobs = HyperoptJobs(connect({server.uri!r}, {store.db_name!r}), lease_s=1.0,
+                            heartbeat_s=0.2)
+        print(jobs.reserve("doomed-host", exp_key="dead")["tid"], flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        tid = int(proc.stdout.readline())
+        time.sleep(1.5)  # alive: its thread renews the lease
+        assert store.reap_expired("dead") == []
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait()
+    reaped = wait_for(lambda: store.reap_expired("dead"), 10, what="the dead claim reaped")
+    assert reaped == [tid]
+    doc = store.get_trial("dead", tid)
+    assert doc["state"] == TrialState.NEW and doc["attempt_history"][0]["outcome"] == "lost"

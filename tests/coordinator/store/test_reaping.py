@@ -1,15 +1,21 @@
-"""Contract: reaping expired leases (idempotent, concurrent-safe) and unique trial ids."""
+"""Contract: reaping expired leases (idempotent, concurrent-safe), RUNNING trials a writer left
+without a usable lease, and unique trial ids."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import multiprocessing as mp
 import threading
 import time
+from typing import Any
+
+import pytest
 
 from coordinator.states import TrialState
 from coordinator.store import TrialStore, connect
-from tests.conftest import queue_trials
+from tests.conftest import DROP, queue_trials, queued_doc
+from tests.raw_store import insert_raw_documents
 
 
 def test_reap_is_idempotent_and_spares_live_leases(store: TrialStore) -> None:
@@ -92,3 +98,105 @@ def test_concurrent_tid_allocation_on_fresh_db(backend_uri: str, store: TrialSto
     assert not errors
     flat = [tid for batch in got for tid in batch]
     assert sorted(flat) == list(range(18))
+
+
+# -- issue 22, item 1: a RUNNING trial without a usable lease (a writer that renews none) -------
+
+
+def _stock_claimed(n: int, exp_key: str, booked: dt.datetime | None, lease: Any = DROP) -> dict:
+    """A trial as stock hyperopt's ``MongoJobs.reserve`` leaves it (owner, ``book_time``,
+    ``refresh_time`` on the writer's clock; no ``lease_expires``, no ``attempt``), ``lease``
+    as given."""
+    times = {} if booked is None else {"book_time": booked, "refresh_time": booked}
+    return queued_doc(
+        n, exp_key, state=1, owner="stock-host:4242", lease_expires=lease, **times, version=DROP
+    )
+
+
+def test_a_running_trial_without_a_usable_lease_is_reaped_after_its_grace(
+    store: TrialStore, backend_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Missing, null or junk ``lease_expires``: counted from ``book_time``/``refresh_time`` plus
+    the grace ($HYPERFLEET_UNLEASED_GRACE_S); the old reaper never saw them ("reaped 0"), and a
+    search waited on them for ever."""
+    monkeypatch.setenv("HYPERFLEET_UNLEASED_GRACE_S", "60")
+    reaper = connect(backend_uri, store.db_name)
+    store.create_experiment({"_id": "exp", "space": "quadratic", "status": "running"})
+    now = store.server_time()
+    old = now - dt.timedelta(seconds=61)
+    insert_raw_documents(
+        store,
+        [
+            _stock_claimed(1, "exp", old),  # no lease_expires at all
+            _stock_claimed(2, "exp", old, lease=None),
+            _stock_claimed(3, "exp", old, lease="tomorrow"),
+            _stock_claimed(4, "exp", now - dt.timedelta(seconds=30)),  # within its grace
+            _stock_claimed(5, "exp", old + dt.timedelta(hours=2), lease=None),  # clock ahead
+        ],
+    )
+    try:
+        assert sorted(reaper.reap_expired("exp")) == [1, 2, 3]
+        assert reaper.reap_expired("exp") == []
+    finally:
+        reaper.close()
+    for tid in (1, 2, 3):
+        doc = store.get_trial("exp", tid)
+        assert doc["state"] == TrialState.NEW and doc["owner"] is None
+        assert doc["attempts"] == 1 and doc["attempt_history"][0]["outcome"] == "lost"
+        assert "without a lease" in doc["attempt_history"][0]["reason"]
+    assert [store.get_trial("exp", t)["state"] for t in (4, 5)] == [TrialState.RUNNING] * 2
+
+
+def test_a_running_trial_without_lease_or_dates_is_given_a_lease(
+    store: TrialStore, backend_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing to count from (a hand edit): the reaper gives it one grace from now, on the
+    server's clock, and reaps it once that runs out."""
+    monkeypatch.setenv("HYPERFLEET_UNLEASED_GRACE_S", "0.5")
+    reaper = connect(backend_uri, store.db_name)
+    store.create_experiment({"_id": "exp", "space": "quadratic", "status": "running"})
+    insert_raw_documents(store, [_stock_claimed(1, "exp", None)])
+    try:
+        assert reaper.reap_expired("exp") == []
+        assert isinstance(store.get_trial("exp", 1)["lease_expires"], dt.datetime)
+        time.sleep(0.8)
+        assert reaper.reap_expired("exp") == [1]
+    finally:
+        reaper.close()
+    assert store.get_trial("exp", 1)["state"] == TrialState.NEW
+
+
+def test_lease_less_trials_of_another_team_are_left_to_whoever_names_them(
+    store: TrialStore, backend_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reaper that names no experiment (an unpinned worker, ``reap`` without --exp-key)
+    recovers lease-less trials only in experiments hyperfleet created; another team's stock
+    hyperopt trials are theirs, until their search (or ``reap --exp-key``) names them."""
+    monkeypatch.setenv("HYPERFLEET_UNLEASED_GRACE_S", "1")
+    reaper = connect(backend_uri, store.db_name)
+    old = store.server_time() - dt.timedelta(seconds=5)
+    store.create_experiment({"_id": "ours", "space": "quadratic", "status": "running"})
+    insert_raw_documents(store, [_stock_claimed(1, "ours", old), _stock_claimed(2, "theirs", old)])
+    try:
+        assert reaper.reap_expired() == [1]
+        assert store.get_trial("theirs", 2)["state"] == TrialState.RUNNING
+        assert reaper.reap_expired("theirs") == [2]
+    finally:
+        reaper.close()
+
+
+def test_a_writer_that_refreshes_keeps_its_lease_less_trial(
+    store: TrialStore, backend_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``refresh_time`` counts: hyperopt's ``ctrl.checkpoint()`` refreshes it."""
+    monkeypatch.setenv("HYPERFLEET_UNLEASED_GRACE_S", "10")
+    reaper = connect(backend_uri, store.db_name)
+    store.create_experiment({"_id": "exp", "space": "quadratic", "status": "running"})
+    now = store.server_time()
+    doc = _stock_claimed(1, "exp", now - dt.timedelta(seconds=30))
+    doc["refresh_time"] = now
+    insert_raw_documents(store, [doc])
+    try:
+        assert reaper.reap_expired("exp") == []
+    finally:
+        reaper.close()
