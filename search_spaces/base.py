@@ -54,12 +54,14 @@ class TrialContext(Protocol):
         ``worse_than``; returns how many were deleted."""
         ...
 
-    def load_checkpoint(self) -> Any:
+    def load_checkpoint(self, restore: Callable[[Any], object] | None = None) -> Any:
         """The state an earlier attempt of this trial saved with :meth:`save_checkpoint`: an
         object with ``epoch`` (epochs done), ``data`` (its bytes) and ``attempt``; ``None`` to
         start from scratch (none saved, or the saved one is corrupt or foreign: refused with a
-        warning). Call it once, before training: it also drops the per-epoch records of the
-        epochs the trial trains again, so its learning curve continues without duplicates."""
+        warning). ``restore``, if given, is called with it first and may refuse it by raising
+        ``coordinator.errors.CheckpointRefused`` (then ``None``). Call it once, before
+        training: it also drops the per-epoch records of the epochs the trial trains again,
+        so its learning curve continues without duplicates."""
         ...
 
     def save_checkpoint(self, epoch: int, data: bytes) -> None:

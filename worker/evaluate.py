@@ -11,6 +11,7 @@ import logging
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,14 +149,19 @@ class TrialContextImpl:
         self.resumed_from: int | None = None
         self.checkpointed = False  #: whether this attempt saved a checkpoint
 
-    def load_checkpoint(self) -> Checkpoint | None:
+    def load_checkpoint(
+        self, restore: Callable[[Checkpoint], object] | None = None
+    ) -> Checkpoint | None:
         """The trial's last checkpoint, saved by an earlier attempt (``None``: start from
-        scratch). A stored checkpoint that cannot be used (corrupt, partial, foreign) is
-        refused with one warning, and the trial starts from scratch. Either way the per-epoch
-        records of the epochs to be trained again are dropped, so the learning curve
-        continues where the checkpoint left it."""
+        scratch), passed to ``restore`` first when one is given. A stored checkpoint that
+        cannot be used (corrupt, partial, foreign, or refused by ``restore`` raising
+        ``CheckpointRefused``) is refused with one warning, and the trial starts from scratch.
+        Either way the per-epoch records of the epochs to be trained again are dropped, so the
+        learning curve continues where the checkpoint left it."""
         try:
             checkpoint = self.store.load_checkpoint(self.lease)
+            if checkpoint is not None and restore is not None:
+                restore(checkpoint)
         except CheckpointRefused as e:
             logger.warning(
                 "trial %s: its checkpoint cannot be used (%s); starting from epoch 0", self.tid, e
