@@ -29,7 +29,7 @@ from hyperopt import base
 from hyperopt.mongoexp import MongoTrials
 
 from coordinator import defaults, rules
-from coordinator.errors import ConfigError
+from coordinator.errors import ConfigError, StoreUnavailable
 from coordinator.hyperopt_jobs import HyperoptJobs, store_from
 from coordinator.states import TrialState
 from coordinator.store import DocId, TrialStore, connect, utcnow
@@ -314,6 +314,10 @@ class HyperfleetTrials(MongoTrials):
             loop.run()
             if progress is not None:
                 on_tick(self, self.state_counts())  # the bar ends where the search ended
+        except StoreUnavailable as e:
+            # a script's outage ends in the line that says what to do (it names pymongo's
+            # error), not under pymongo's chained traceback of the last failed attempt
+            raise e from None
         finally:
             if progress is not None:
                 progress.close()

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from coordinator.cli.options import (
-    Int64,
     exp_key_option,
     mongo_options,
     output_option,
@@ -23,10 +22,12 @@ from coordinator.cli.options import (
 )
 from coordinator.defaults import EXPORT_FORMATS
 from coordinator.errors import ConfigError
+from coordinator.shown import shown
 from coordinator.states import TrialState
 
 if TYPE_CHECKING:
     from coordinator import inspect as ins
+    from coordinator.store import TrialStoreBase
 
 _EXP_KEY_HELP = "the experiment (its --exp-key)"
 _SPACES_HELP = "extra search spaces (the --spaces the search used), to decode queued trials' params"
@@ -203,24 +204,43 @@ def _numeric(rows: list[dict[str, Any]], column: str) -> bool:
 # -- show --------------------------------------------------------------------------------------
 
 
+def _trial_by_tid(store: TrialStoreBase, exp_key: str, text: str) -> dict[str, Any] | None:
+    """The trial whose tid is ``text`` read as an integer, else the one whose tid is the
+    string ``text`` (hyperopt's Trials take any tid: docs/hyperopt-compat.md)."""
+    try:
+        number: int | None = int(text)
+    except ValueError:
+        number = None
+    if number is not None and -(2**63) <= number < 2**63:
+        doc = store.get_trial(exp_key, number)
+        if doc is not None:
+            return doc
+    return store.get_trial(exp_key, text)  # type: ignore[arg-type]  # any tid, as hyperopt's
+
+
 @click.command()
 @mongo_options()
 @exp_key_option(_EXP_KEY_HELP, required=True)
-@click.argument("tid", type=Int64(min=-(2**63)))
+@click.argument("tid_text", metavar="TID")
 @spaces_option(_SPACES_HELP)
-def show(mongo: str, db: str, exp_key: str, tid: int, spaces: tuple[str, ...]) -> None:
-    """One trial: params, result, per-epoch metrics, timing, worker, attempts, error."""
+def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ...]) -> None:
+    """One trial: params, result, per-epoch metrics, timing, worker, attempts, error.
+
+    TID is the trial's tid as `top` lists it: an integer, or the string tid of a plain-fmin
+    trial (hyperopt lets Trials use any tid, e.g. "id0")."""
     from coordinator import inspect as ins
     from coordinator import rules
     from coordinator.store import connect
 
     store = connect(mongo, db)
     exp = ins.get_experiment(store, exp_key)
-    doc = store.get_trial(exp_key, tid)
+    doc = _trial_by_tid(store, exp_key, tid_text)
     if doc is None:
         raise ConfigError(
-            f"experiment {exp_key!r} has no trial {tid}; `hyperfleet top --all-states` lists them"
+            f"experiment {exp_key!r} has no trial {shown(tid_text)}; "
+            "`hyperfleet top --all-states` lists them"
         )
+    tid = doc.get("tid")
     decoder = ins.ParamDecoder(exp, spaces)
     problem = rules.trial_problem(doc, space=ins.typed(exp.get("space"), str))
     if problem is None and not doc.get("params"):

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -194,6 +195,8 @@ _URI_ERRORS = (
 
 def open_client(uri: str, timeout_s: float) -> pymongo.MongoClient:
     """A client for ``uri`` (no round trip yet); a malformed URI is a :class:`ConfigError`."""
+    if _cut_by_credentials(uri):
+        raise ConfigError(f"malformed MongoDB URI {redact_uri(uri)!r}: {UNESCAPED_CREDENTIALS}")
     _check_uri_options(uri)
     _exit_without_joining_monitors()
     try:
@@ -207,6 +210,30 @@ def open_client(uri: str, timeout_s: float) -> pymongo.MongoClient:
         raise ConfigError(
             f"malformed MongoDB URI {redact_uri(uri)!r}: {_safe_reason(uri, e)}"
         ) from None
+
+
+#: why a URI whose user name or password holds ``/``, ``?`` or ``#`` is refused
+UNESCAPED_CREDENTIALS = (
+    "the user name or password holds an unescaped '/', '?' or '#'; "
+    "URL-encode it (urllib.parse.quote_plus)"
+)
+
+
+def _cut_by_credentials(uri: str) -> bool:
+    """Whether an unescaped ``/`` in the user name or password cut ``uri`` where pymongo reads
+    it: pymongo ends the host list at the first ``/``, so the rest of the password became the
+    database name ("Bad database name"), or a database name holding the ``@`` and the real host
+    while pymongo took the user name for a host (``u:12/34@host``: port 12 of host ``u``)."""
+    rest = uri.partition("://")[2]
+    at = _credentials_end(rest)
+    if at < 0 or "/" not in rest[:at] or "?" in rest[: rest.find("/")]:
+        return False
+    plain = uri.replace("mongodb+srv://", "mongodb://", 1)  # no DNS lookups
+    try:
+        parsed = pymongo.uri_parser.parse_uri(plain, validate=False, warn=False)
+    except Exception:  # noqa: BLE001 - pymongo refuses the URI the password cut
+        return True
+    return "@" in (parsed.get("database") or "")
 
 
 def _exit_without_joining_monitors() -> None:
@@ -242,10 +269,7 @@ def _check_uri_options(uri: str) -> None:
     def refuse(reason: str) -> ConfigError:
         at = _credentials_end(rest)
         if at >= 0 and any(c in rest[:at] for c in "?#/"):
-            reason = (
-                "the user name or password holds an unescaped '/', '?' or '#'; "
-                "URL-encode it (urllib.parse.quote_plus)"
-            )
+            reason = UNESCAPED_CREDENTIALS
         return ConfigError(f"malformed MongoDB URI {redact_uri(uri)!r}: {reason}")
 
     # first what pymongo would only warn about (even with warn=False)
@@ -320,13 +344,28 @@ def check_reachable(client: pymongo.MongoClient, db: str, safe_uri: str, timeout
     except pymongo.errors.ConnectionFailure as e:
         if is_auth_failure(e):
             raise auth_error(safe_uri, e) from e
-        if is_tls_failure(e):
+        if is_tls_failure(e) or _tls_refused(client):
             raise tls_error(safe_uri, e) from e
         raise ServerUnreachable(
             f"cannot reach MongoDB at {safe_uri} within {timeout_s:.0f} s; is the server "
             "running? (`hyperfleet server` starts an embedded one)",
             reason=_unreachable_reason(e),
         ) from e
+
+
+def _tls_refused(client: pymongo.MongoClient) -> bool:
+    """Whether ``client`` asked for TLS and a server listens at one of its hosts: then the
+    failure was the TLS handshake (a server without TLS), although pymongo's error may only say
+    that no server was selected in time or that the connection closed."""
+    if getattr(client.options.pool_options, "_ssl_context", None) is None:
+        return False
+    for host, port in client.topology_description.server_descriptions():
+        try:
+            socket.create_connection((host, port or 27017), timeout=1.0).close()
+            return True
+        except OSError:
+            continue
+    return False
 
 
 class ServerUnreachable(StoreUnavailable):
@@ -362,7 +401,8 @@ def wait_until_reachable(
                 if warned:
                     raise ServerUnreachable(
                         f"cannot reach MongoDB at {safe_uri}: waited {waited:.0f} s "
-                        f"($HYPERFLEET_OUTAGE_S); last error: {e.reason}",
+                        f"($HYPERFLEET_OUTAGE_S); last error: {e.reason}; start the server "
+                        "(`hyperfleet server` starts an embedded one) or fix the URI, and rerun",
                         reason=e.reason,
                     ) from e
                 raise
@@ -536,8 +576,9 @@ def _retry(method: Callable[..., T], self: Any, args: Any, kwargs: Any) -> T:
             if down >= state.outage_s:
                 raise StoreUnavailable(
                     f"MongoDB at {state.safe_uri} unreachable for {down:.1f} s "
-                    f"(last error: {type(e).__name__}); nothing was lost: start the server "
-                    "again and rerun the same command to continue"
+                    f"(last error: {type(e).__name__}: {_unreachable_reason(e)}); nothing was "
+                    "lost: start the server again and rerun the same command or script to "
+                    "continue"
                 ) from e
             time.sleep(max(0.0, min(delay, state.outage_s - down)))
             delay = min(delay * 2, 5.0)

@@ -147,3 +147,65 @@ def test_an_idle_worker_reaps_a_dead_workers_trial(
     (doc,) = store.trials("orphan")
     assert doc["state"] == TrialState.DONE and doc["owner"] != "dead-worker"
     assert doc["attempt_history"][0]["outcome"] == "lost"
+
+
+def test_show_reaches_string_tids(server, db_name) -> None:
+    """Issue 22, item 11: hyperopt's Trials take any tid (docs/hyperopt-compat.md: "id0",
+    mixed with numbers), but `show` only took an integer TID. An integer TID is still read
+    as the integer tid first."""
+    from click.testing import CliRunner
+    from hyperopt import JOB_STATE_DONE
+
+    from coordinator.cli import main
+    from coordinator.trials import HyperfleetTrials
+    from tests.coordinator.test_trials_parity import _doc
+
+    store = connect(server.uri, db_name)
+    trials = HyperfleetTrials(store, exp_key="mixed")
+    done = {"status": "ok", "loss": 0.5}
+    trials.insert_trial_docs(
+        [_doc(t, JOB_STATE_DONE, exp_key="mixed", **done) for t in ("id0", 7, "7x")]
+    )
+    common = ["show", "--mongo", server.uri, "--db", db_name, "--exp-key", "mixed"]
+    for tid, shown in (("id0", "tid id0 "), ("7", "tid 7 "), ("7x", "tid 7x ")):
+        result = CliRunner().invoke(main, [*common, tid])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(shown) and "done" in result.output.splitlines()[0]
+    missing = CliRunner().invoke(main, [*common, "id9"])
+    assert missing.exit_code == 2 and "has no trial 'id9'" in missing.output
+
+
+def test_a_plain_fmin_outage_ends_in_the_line_that_says_what_to_do(tmp_path) -> None:
+    """Issue 22, item 11: a plain-fmin script whose server stayed down past the outage budget
+    ended under pymongo's chained traceback (a 2 kB topology description), the what-to-do line
+    buried above it. Now the traceback's last line is hyperfleet's error, which names
+    pymongo's cause and says to rerun the script; pymongo's traceback is left out."""
+    from coordinator.server import EmbeddedServer
+
+    srv = EmbeddedServer(tmp_path / "db", sync=False)
+    srv.start()
+    script = plain_fmin_script(tmp_path, srv.uri, "outage", "outage", evals=50, sleep=0.1)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(HYPERFLEET_OUTAGE_S="2"),
+        cwd=ROOT,
+    )
+    try:
+        store = connect(srv.uri, "outage")
+        deadline = time.monotonic() + 60
+        while store.count("outage", [TrialState.NEW]) == 0:  # fmin queued: it is in its loop
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        store.close()
+    finally:
+        srv.stop()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("coordinator.errors.StoreUnavailable: MongoDB at "), err[-3000:]
+    assert "rerun the same command or script" in last, last
+    assert re.search(r"last error: \w+: 127\.0\.0\.1:\d+: ", last), last  # pymongo's cause
+    assert "pymongo.errors" not in err and "Topology Description" not in err, err[-3000:]

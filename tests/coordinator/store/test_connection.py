@@ -199,3 +199,55 @@ def test_other_pymongo_errors_are_not_retried() -> None:
     with pytest.raises(pymongo.errors.DuplicateKeyError):
         flaky.inner()
     assert flaky.inner_calls == 1
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mongodb://u:ab/c$d@127.0.0.1:9",  # pymongo: "Bad database name"
+        "mongodb://u:ab/cd@localhost/",  # pymongo: "Bad database name"
+        "mongodb://u:12/34@127.0.0.1:9/",  # pymongo: host u, port 12, database "34@127"
+    ],
+)
+def test_an_unescaped_slash_in_a_password_says_to_url_encode_it(uri: str) -> None:
+    """Issue 22, item 11: pymongo ends the host list at the password's '/': "Bad database
+    name", or a connection attempt to the user name taken for a host, with no word about
+    percent-encoding."""
+    with pytest.raises(ConfigError, match="password holds an unescaped '/'.*quote_plus"):
+        connect(uri, timeout_s=0.2)
+
+
+def test_a_slash_in_the_path_and_an_at_in_an_option_are_no_password() -> None:
+    """The check above blames the password only for what pymongo misread: a database path and
+    an ``@`` in an option value are left to pymongo (here: nothing listens, so unreachable)."""
+    with pytest.raises(StoreUnavailable, match="cannot reach MongoDB"):
+        connect("mongodb://127.0.0.1:9/db?appName=alice@laptop", timeout_s=0.2)
+
+
+def test_tls_against_a_server_without_tls_says_the_handshake_failed() -> None:
+    """Issue 22, item 11: ``tls=true`` against a server without TLS said "is the server
+    running?" whenever pymongo's error did not name SSL (server selection ended before the
+    handshake did, or the server closed the connection). A server listens there: the line
+    says the TLS handshake failed. The listener answers nothing, as a server without TLS
+    answers a TLS hello; selection gives up (0.3 s) before the handshake would (5 s)."""
+    import socket
+
+    import pymongo
+
+    from coordinator.store.connection import check_reachable
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = pymongo.MongoClient(
+        f"mongodb://127.0.0.1:{port}/?tls=true",
+        serverSelectionTimeoutMS=300,
+        connectTimeoutMS=5000,
+    )
+    try:
+        with pytest.raises(StoreUnavailable, match="TLS handshake with MongoDB at .* failed"):
+            check_reachable(client, "db", f"mongodb://127.0.0.1:{port}/?tls=true", 0.3)
+    finally:
+        client.close()
+        listener.close()
+    with pytest.raises(StoreUnavailable, match="is the server running"):  # nothing listens
+        connect(f"mongodb://127.0.0.1:{port}/?tls=true", timeout_s=0.3)
