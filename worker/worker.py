@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from coordinator import defaults
+from coordinator import defaults, rules
 from coordinator.errors import (
     HyperfleetError,
     Interrupted,
@@ -318,8 +318,9 @@ class Worker:
         idle = time.monotonic() - self._idle_since
         if self.config.idle_timeout_s is not None and idle >= self.config.idle_timeout_s:
             raise StopWorking(f"idle for {idle:.0f} s (--idle-timeout)")
-        if self._search_over():
-            raise StopWorking(f"search {self.config.exp_key!r} is over")
+        over = self._search_over()
+        if over is not None:
+            raise StopWorking(over)
         self._register(None)
         self._note_pickled()
         time.sleep(self._idle_delay)
@@ -520,23 +521,49 @@ class Worker:
             )
             return False
 
-    def _search_over(self) -> bool:
-        """Whether the search is finished and its queue empty (asked at most every 0.5 s, so
-        that fast idle polls cost the server one read, not two)."""
-        if self.config.exp_key is None:
-            return False
+    def _search_over(self) -> str | None:
+        """Why this pinned worker is done, or ``None``: its search is finished and nothing it
+        would run is queued (asked at most every 0.5 s, so that fast idle polls cost the server
+        one read, not two)."""
+        key = self.config.exp_key
+        if key is None:
+            return None
         now = time.monotonic()
         if now - self._last_over_check < SEARCH_OVER_EVERY_S:
-            return False
+            return None
         self._last_over_check = now
-        exp = self.store.get_experiment(self.config.exp_key)
+        exp = self.store.get_experiment(key)
         if exp is None:
             self._note_missing_experiment(now)
-            return False
+            return None
         if exp.get("status") == ExperimentStatus.RUNNING.value:
-            return False
-        queued = self.store.count(self.config.exp_key, [int(TrialState.NEW)])
-        return queued == 0
+            return None
+        over = f"search {key!r} is over"
+        if self.store.count(key, [int(TrialState.NEW)]) == 0:
+            return over
+        if self.config.trust_pickled:
+            return None  # it runs whatever is queued
+        queued = self.store.trials(key, [TrialState.NEW], with_spec=False)
+        if any("space" in doc for doc in queued):
+            return None
+        return over + self._leave_unnamed(queued, exp.get("space"))
+
+    def _leave_unnamed(self, queued: list[dict[str, Any]], space: Any) -> str:
+        """The queued trials of a finished search are all without a named space, which this
+        worker never runs (plain fmin's pickled ones): in an experiment of a named space they
+        are junk, and quarantined (:func:`rules.trial_problem`); otherwise left for a
+        ``--trust-pickled`` worker. What was done, for the worker's exit line."""
+        if isinstance(space, str):
+            problems = [(doc, rules.trial_problem(doc, space=space)) for doc in queued]
+            marked = sum(self.store.quarantine_trial(d, p) for d, p in problems if p is not None)
+            return (
+                f"; {counted(marked, 'queued document')} without a named space marked ERROR "
+                f"(not a trial of space {space!r})"
+            )
+        return (
+            f"; leaving {counted(len(queued), 'queued trial')} without a named space (plain "
+            "hyperopt fmin's) to a worker started with --trust-pickled"
+        )
 
     def _note_missing_experiment(self, now: float) -> None:
         """A worker pinned to an experiment that does not exist (a typo in --exp-key or --db,

@@ -9,11 +9,21 @@ import time
 
 import pytest
 
+from coordinator import rules
 from coordinator.errors import WorkerMissingSpace
 from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
 from coordinator.store import TrialStore
-from tests.conftest import TEST_SPACES, queue_trials, start_worker, stop_all, wait_for
+from tests.conftest import (
+    DROP,
+    TEST_SPACES,
+    queue_trials,
+    queued_doc,
+    start_worker,
+    stop_all,
+    wait_for,
+)
+from tests.raw_store import insert_raw_documents
 from worker.worker import Worker, WorkerConfig
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
@@ -93,3 +103,31 @@ def test_a_worker_pinned_to_a_missing_experiment_says_so(
     finally:
         stop_all([worker])
     assert "known: q1" in log.read_text()
+
+
+@pytest.mark.parametrize("space", ["quadratic", None])
+def test_a_pinned_worker_leaves_a_finished_search_with_a_hyperopt_shaped_trial_queued(
+    server, db_name, store: TrialStore, tmp_path, space: str | None
+) -> None:
+    """Issue 22, item 3: one hyperopt-shaped NEW document (no named space) in a finished
+    search's key, which a worker without --trust-pickled never runs: the pinned worker waited
+    for it for ever. It leaves in one line; in an experiment of a named space the document is
+    junk there and marked ERROR (``MalformedTrial``), else it is left for a trusted worker."""
+    store.create_experiment({"_id": "fin", "space": space, "status": "done"})
+    insert_raw_documents(store, [queued_doc(1, "fin", space=DROP)])
+    log = tmp_path / "w.log"
+    worker = start_worker(server.uri, db_name, "--exp-key", "fin", "--no-warm", log=log)
+    try:
+        code = worker.wait(45)
+    finally:
+        stop_all([worker])
+    text = log.read_text()
+    assert code == 0, text
+    [line] = [x for x in text.splitlines() if "search 'fin' is over" in x]
+    doc = store.get_trial("fin", 1)
+    if space is None:
+        assert "leaving 1 queued trial without a named space" in line
+        assert "--trust-pickled" in line and doc["state"] == TrialState.NEW
+    else:
+        assert "1 queued document without a named space marked ERROR" in line
+        assert doc["state"] == TrialState.ERROR and doc["error"]["type"] == rules.MALFORMED
