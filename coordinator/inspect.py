@@ -332,6 +332,28 @@ def param_scales(space: Any) -> dict[str, str]:
     return scales
 
 
+def column_labels(docs: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """``{params column: hyperopt label}``, matched on value: a float parameter's value in
+    ``params`` is the one in ``misc.vals`` (labels need not match parameter names)."""
+    found: dict[str, str] = {}
+    for d in docs:
+        vals = _mapping(_mapping(d.get("misc")).get("vals"))
+        floats = {
+            v[0]: k for k, v in vals.items() if isinstance(v, list) and v and type(v[0]) is float
+        }
+        for column, value in flatten(_mapping(d.get("params")), "params").items():
+            if type(value) is float and value in floats:
+                found.setdefault(column, floats[value])
+    return found
+
+
+def column_scales(docs: Iterable[Mapping[str, Any]], scales: Mapping[str, str]) -> dict[str, str]:
+    """:func:`param_scales`'s ``scales`` keyed by leaf name (as given) and by params column
+    (through :func:`column_labels`)."""
+    by_column = {c: scales[label] for c, label in column_labels(docs).items() if label in scales}
+    return {**scales, **by_column}
+
+
 def sort_rows(
     rows: list[dict[str, Any]], by: str = "loss", *, descending: bool = False
 ) -> list[dict[str, Any]]:

@@ -27,7 +27,14 @@ from matplotlib.ticker import MaxNLocator
 
 from coordinator import rules
 from coordinator.errors import ConfigError
-from coordinator.inspect import best_row, best_so_far_rows, flatten, ok_rows, trial_row, typed
+from coordinator.inspect import (
+    best_row,
+    best_so_far_rows,
+    column_scales,
+    ok_rows,
+    trial_row,
+    typed,
+)
 
 _STATE_COLORS = {"done": "tab:green", "error": "tab:red", "running": "tab:blue"}
 _RETRY_COLOR = "tab:gray"
@@ -57,7 +64,7 @@ def plot_all(
     now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
     makers = {
         "loss_over_time.png": lambda: loss_over_time(exp_key, rows),
-        "params.png": lambda: params_vs_loss(exp_key, rows, _column_scales(docs, scales or {})),
+        "params.png": lambda: params_vs_loss(exp_key, rows, column_scales(docs, scales or {})),
         "learning_curves.png": lambda: learning_curves(exp_key, docs),
         "timeline.png": lambda: timeline(exp_key, docs, now),
     }
@@ -113,12 +120,6 @@ def _plottable(doc: Mapping[str, Any]) -> dict[str, Any]:
     if misc is not None and not isinstance(misc.get("vals", {}), Mapping):
         out["misc"] = {k: v for k, v in misc.items() if k != "vals"}
     return out
-
-
-def _column_scales(docs: list[dict[str, Any]], scales: Mapping[str, str]) -> dict[str, str]:
-    """Scales keyed by leaf name (as given) and by params column (through ``column_labels``)."""
-    by_column = {c: scales[label] for c, label in column_labels(docs).items() if label in scales}
-    return {**scales, **by_column}
 
 
 def _time_unit(span_s: float) -> tuple[float, str]:
@@ -179,19 +180,6 @@ def loss_over_time(exp_key: str, rows: list[dict[str, Any]]) -> Figure | str:
     ax.legend(loc="upper right")
     fig.tight_layout()
     return fig
-
-
-def column_labels(docs: list[dict[str, Any]]) -> dict[str, str]:
-    """``{params column: hyperopt label}``, matched on value: a float parameter's value in
-    ``params`` is the one in ``misc.vals`` (labels need not match parameter names)."""
-    found: dict[str, str] = {}
-    for d in docs:
-        vals = {k: v[0] for k, v in (d.get("misc") or {}).get("vals", {}).items() if v}
-        floats = {v: k for k, v in vals.items() if isinstance(v, float)}
-        for column, value in flatten(d.get("params") or {}, "params").items():
-            if isinstance(value, float) and value in floats:
-                found.setdefault(column, floats[value])
-    return found
 
 
 def _scale_of(column: str, scales: Mapping[str, str], values: list[Any]) -> str:

@@ -159,7 +159,7 @@ def _fmt(value: Any) -> str:
 def _trouble(error: BaseException) -> tuple[int, str, str] | None:
     """``(status, title, message)`` for an error a page should explain; ``None`` otherwise."""
     if isinstance(error, (StoreUnavailable, AuthError)):
-        return 503, "The database is unavailable", str(error)
+        return 503, "The database is unavailable", pages.outage_text(str(error))
     if isinstance(error, BadRequest):
         return 400, "Bad request", str(error)
     if isinstance(error, TooManyRequests):
@@ -337,7 +337,8 @@ def trial_page(dash: Dashboard, request: Request) -> Response:
 def workers_page(dash: Dashboard, request: Request) -> Response:
     raw = request.query_params.get("hours")
     hours = pages.TIMELINE_HOURS if raw is None else parse_float(raw, "hours", 0.05, 24 * 14)
-    data = pages.workers_page(dash.store, dash.caches, dash.listing, hours=hours)
+    key = request.query_params.get("key") or None  # the timeline of one experiment
+    data = pages.workers_page(dash.store, dash.caches, dash.listing, hours=hours, exp_key=key)
     return dash.render(request, "workers.html", w=data, title="Workers")
 
 

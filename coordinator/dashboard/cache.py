@@ -39,6 +39,8 @@ MAX_CURVE_POINTS = 200
 #: most recently finished
 CURVES_BEST = 10
 CURVES_RECENT = 10
+#: and the most recently pruned ones (where the early-stopping rule stopped them)
+CURVES_PRUNED = 10
 
 
 def timestamp(value: Any) -> float | None:
@@ -233,6 +235,20 @@ class TrialCache:
         self._memo[name] = (full_key, self.clock(), value)
         return value
 
+    def remember(
+        self, name: str, key: Any, make: Callable[[], Any], min_interval_s: float = 0.0
+    ) -> Any:
+        """``make()``, computed again only when ``key`` changed and the last result is at least
+        ``min_interval_s`` old (changes of other trials alone do not count, unlike
+        :meth:`derived`): what depends on a few facts of the experiment (its space, how many
+        trials are full) and costs more than a poll should pay each time."""
+        memo = self._memo.get(name)
+        if memo is not None and (memo[0] == key or self.clock() - memo[1] < min_interval_s):
+            return memo[2]
+        value = make()
+        self._memo[name] = (key, self.clock(), value)
+        return value
+
     def columns(self) -> list[str]:
         """The table's columns (``inspect.columns`` order) over every trial seen."""
         with self._lock:
@@ -248,11 +264,15 @@ def _outcome(entry: TrialEntry) -> Mapping[str, Any]:
 
 
 def curve_tids(
-    entries: Iterable[TrialEntry], best: int = CURVES_BEST, recent: int = CURVES_RECENT
+    entries: Iterable[TrialEntry],
+    best: int = CURVES_BEST,
+    recent: int = CURVES_RECENT,
+    pruned: int = CURVES_PRUNED,
 ) -> list[Any]:
     """The trials whose learning curves a page draws: every running one, the ``best`` first
-    of :func:`coordinator.rules.ranked` (pruned trials only after every full one) and the
-    ``recent`` most recently ended."""
+    of :func:`coordinator.rules.ranked` (pruned trials only after every full one), the
+    ``recent`` most recently ended and the ``pruned`` most recently pruned (so a search that
+    prunes shows where its rule stops trials, even when full trials fill the rest)."""
     # a tid of another program's may be a list: no curve for it (tids are dict keys here)
     with_curves = [e for e in entries if e.curve is not None and isinstance(e.tid, (int, str))]
     running = [e.tid for e in with_curves if e.state == "running"]
@@ -263,6 +283,7 @@ def curve_tids(
     chosen = dict.fromkeys(running)
     chosen.update(dict.fromkeys(e.tid for e in ok[:best]))
     chosen.update(dict.fromkeys(e.tid for e in ended[:recent]))
+    chosen.update(dict.fromkeys([e.tid for e in ended if e.state == "pruned"][:pruned]))
     return list(chosen)
 
 

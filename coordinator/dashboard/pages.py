@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coordinator import defaults, inspect
+from coordinator import defaults, inspect, rules
 from coordinator.dashboard import states
 from coordinator.dashboard.cache import (
     CachedOutcomes,
@@ -39,10 +39,13 @@ TIMELINE_MAX_PER_WORKER = 300
 
 
 def age(seconds: float | None) -> str:
-    """``42 s``, ``3.5 min``, ``2.1 h``, or an em dash."""
+    """``0.2 s``, ``42 s``, ``3.5 min``, ``2.1 h``, or an em dash: tenths below 10 s (as the
+    CLI's :func:`coordinator.inspect.fmt_duration`), so a 0.2 s trial never reads ``0 s``."""
     seconds = inspect.number(seconds)
     if seconds is None or not math.isfinite(seconds):
         return "—"
+    if seconds < 9.95:
+        return f"{max(seconds, 0.0):.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -55,6 +58,29 @@ def when(value: Any) -> str:
     if not isinstance(value, dt.datetime):
         return "—"
     return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def rate(per_min: float | None) -> str:
+    """Trials per minute to the precision a reader uses: ``2589``, ``41``, ``2.4``, ``0.12``,
+    ``<0.01``, or an em dash (never ``2588.71``)."""
+    per_min = inspect.number(per_min)
+    if per_min is None or not math.isfinite(per_min) or per_min < 0:
+        return "—"
+    if per_min >= 99.5:
+        return f"{per_min:.0f}"
+    if per_min == 0:
+        return "0"
+    if per_min < 0.01:
+        return "<0.01"
+    return f"{per_min:.2g}"
+
+
+def outage_text(message: str) -> str:
+    """A database outage's message as a page shows it: the store's messages end with what a
+    *command* should do next ("rerun the same command"); a page retries by itself, so that
+    advice is dropped (the page adds how it recovers)."""
+    what, sep, _advice = message.partition("; nothing was lost")
+    return what + "; nothing was lost: start the server again" if sep else message
 
 
 def pruning_label(doc: Any) -> str | None:
@@ -104,6 +130,7 @@ def summary(
         "best_tid": s.best_tid,
         "best_loss": s.best_loss,
         "rate_per_min": s.rate_per_min,
+        "rate": rate(s.rate_per_min),
         "eta_s": s.eta_s,
         "eta": age(s.eta_s),
         "workers": len([w for w in mine if not w.stale and w.state == "alive"]),
@@ -190,9 +217,74 @@ def trials_payload(
             e.to_json(with_curve=isinstance(e.tid, (int, str)) and e.tid in wanted) for e in changed
         ],
         "curve_tids": drawn,
+        "epochs_reported": cache.derived(
+            "epochs", None, lambda: any(e.curve is not None for e in entries), math.inf
+        ),
         "best_so_far": cache.derived("best", None, lambda: best_series(entries), math.inf),
+        "param_scales": param_scales(cache, exp),
+        "importance": importance_panel(cache, exp),
         "summary": summary(cache, exp, workers),
     }
+
+
+#: seconds between two recomputations of a changing experiment's parameter scales / importance
+SCALES_EVERY_S = 10.0
+IMPORTANCE_EVERY_S = 30.0
+
+
+def _space(cache: TrialCache, exp: Mapping[str, Any]) -> Any:
+    """The experiment's hyperopt space (built-in or plugin spaces only: the dashboard loads no
+    ``--spaces`` file), built once per cache; ``None`` when unknown here."""
+    key = (exp.get("space"), repr(exp.get("settings")))
+    return cache.remember("space", key, lambda: inspect.ParamDecoder(exp).space)
+
+
+def param_scales(cache: TrialCache, exp: Mapping[str, Any]) -> dict[str, str]:
+    """``{params column: "log" | "categorical" | "linear"}`` for the columns whose
+    distribution the experiment's space declares (:func:`coordinator.inspect.param_scales`:
+    ``hp.loguniform`` and the other log distributions are ``"log"``), so the page draws a
+    log-distributed parameter on a log axis; columns of an unknown space are left out (the page
+    then guesses from the values, as ``hyperfleet plot`` does)."""
+    columns = [c for c in cache.columns() if c.startswith("params.")]
+
+    def make() -> dict[str, str]:
+        scales = inspect.param_scales(_space(cache, exp))
+        if not scales:
+            return {}
+        by = inspect.column_scales(cache.outcomes(), scales)
+        known = {c: by.get(c, by.get(c.rsplit(".", 1)[-1])) for c in columns}
+        return {c: scale for c, scale in known.items() if scale is not None}
+
+    key = (tuple(columns), len(cache.entries()))
+    return cache.remember("scales", key, make, SCALES_EVERY_S)
+
+
+def importance_panel(cache: TrialCache, exp: Mapping[str, Any]) -> dict[str, Any]:
+    """Which hyperparameters mattered (:func:`coordinator.importance.importances`, Optuna's
+    PED-ANOVA over the full trials, as ``hyperfleet importance``), recomputed when the number of
+    full trials changed, at most every :data:`IMPORTANCE_EVERY_S`: ``{"method", "trials",
+    "pruned", "rows": [{"label", "share", "active"}], "skipped"}``, or ``{"note": why not}``
+    (Optuna not installed, too few full trials)."""
+    full = sum(1 for e in cache.entries() if e.counted)
+
+    def make() -> dict[str, Any]:
+        from coordinator import importance
+
+        try:
+            report = importance.importances(cache.outcomes(), _space(cache, exp))
+        except ConfigError as e:
+            return {"note": str(e)}
+        return {
+            "method": report.method,
+            "trials": report.trials,
+            "pruned": report.pruned,
+            "rows": [
+                {"label": r.label, "share": r.share, "active": r.active} for r in report.importances
+            ],
+            "skipped": report.skipped,
+        }
+
+    return cache.remember("importance", full, make, IMPORTANCE_EVERY_S)
 
 
 # -- one trial ------------------------------------------------------------------------------------
@@ -209,7 +301,9 @@ def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
     attachments = [
         str(a[0]) for a in inspect.typed(doc.get("_attachments"), list) or [] if _pair(a)
     ]
-    state = inspect.state_name(doc.get("state"))
+    # the state every page shows: a trial an early-stopping rule stopped is "pruned", not "done"
+    state = states.display_state({**doc, "problem": rules.trial_problem(doc)})
+    stopped = rules.pruned(doc)
     extras = {k: v for k, v in result.items() if k not in ("loss", "status", "history", "params")}
     return {
         "exp_key": exp_key,
@@ -219,6 +313,7 @@ def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
         "loss": result.get("loss"),
         "status": result.get("status"),
         "failure": result.get("failure"),
+        "pruned": _stopped_text(stopped),
         "facts": [
             ("attempt", doc.get("attempt", 0)),
             ("counted failed attempts", doc.get("attempts", 0)),
@@ -264,6 +359,20 @@ def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
     }
 
 
+def _stopped_text(record: Mapping[str, Any] | None) -> str | None:
+    """``stopped after epoch 2 by median (val_loss 0.41 > 0.38)`` for a pruned trial."""
+    if record is None:
+        return None
+    text = f"stopped after epoch {inspect.fmt_value(record.get('epoch'))}"
+    if record.get("rule") is not None:
+        text += f" by {inspect.fmt_value(record.get('rule'))}"
+    value, threshold = record.get("value"), record.get("threshold")
+    if _plain_number(value) and _plain_number(threshold):
+        metric = inspect.fmt_value(record.get("metric") or "metric")
+        text += f" ({metric} {value:.4g}, threshold {threshold:.4g})"
+    return text
+
+
 def _dict(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -298,6 +407,39 @@ class Lane:
     bars: list[Bar]
 
 
+#: tick steps of the workers timeline, seconds (a step is chosen to give at most ~8 ticks)
+_TICK_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
+_TICK_STEPS += (7200, 10800, 21600, 43200)
+
+
+def time_ticks(start: dt.datetime, end: dt.datetime, width: int, most: int = 8) -> list[Any]:
+    """Ticks of a time axis from ``start`` to ``end`` drawn ``width`` wide: ``(x, label)`` at
+    round clock times (a step of 1 s to 12 h, or days), labelled in the page's ISO 24-hour
+    format (``HH:MM:SS``, ``HH:MM`` for steps of whole minutes, ``MM-DD HH:MM`` across days)."""
+    span = max((end - start).total_seconds(), 1e-9)
+    step = next(
+        (s for s in _TICK_STEPS if span / s <= most), 86400 * math.ceil(span / 86400 / most)
+    )
+    epoch = dt.datetime(1970, 1, 1)
+    first = math.ceil((start - epoch).total_seconds() / step) * step
+    ticks = []
+    days = end.date() != start.date()
+    fmt = "%m-%d %H:%M" if days else ("%H:%M" if step % 60 == 0 else "%H:%M:%S")
+    i = 0
+    while first + i * step <= (end - epoch).total_seconds() + 1e-6:
+        moment = epoch + dt.timedelta(seconds=round(first + i * step, 3))
+        x = (moment - start).total_seconds() / span * width
+        label = moment.strftime(fmt) + (f".{moment.microsecond // 100000}" if step < 1 else "")
+        ticks.append((round(x, 1), label))
+        i += 1
+    return ticks
+
+
+def _state_order(name: str) -> tuple[int, str]:
+    names = list(states.STATE_STYLES)
+    return (names.index(name), name) if name in names else (len(names), name)
+
+
 def workers_page(
     store: TrialStoreBase,
     caches: Caches,
@@ -305,9 +447,13 @@ def workers_page(
     *,
     hours: float = TIMELINE_HOURS,
     width: int = 1000,
+    exp_key: str | None = None,
 ) -> dict[str, Any]:
     """The registry rows (heartbeat ages on the server clock, stale flagged), where each
-    worker's current trial lives, and a timeline of the last ``hours`` of trials per worker."""
+    worker's current trial lives, and a timeline of the trials per worker of the last ``hours``
+    (of experiment ``exp_key`` only, if given), fitted to the span they cover: from the first
+    shown trial's start to the last one's end (now while one runs), so a 75-s search fills the
+    width instead of being a sliver of a fixed window."""
     now = store.server_time()
     views = worker_views(store)
     entries = []
@@ -316,21 +462,26 @@ def workers_page(
         entries.extend((key, e) for e in caches.get(key).entries())
     # a tid of another program's may be a list (unhashable): such a trial is no worker's
     where = {e.tid: key for key, e in entries if isinstance(e.tid, (int, str))}
-    start = now - dt.timedelta(hours=hours)
-    span = (now - start).total_seconds()
+    window = now - dt.timedelta(hours=hours)
+    shown = []
+    for key, e in entries:
+        if e.worker_id is None or e.book_time is None or exp_key not in (None, key):
+            continue
+        end = e.ended or (now if e.state == "running" else e.book_time)
+        if end >= window:
+            shown.append((key, e, max(e.book_time, window), min(max(end, e.book_time), now)))
+    start = min((b for _, _, b, _ in shown), default=window)
+    stop = max((f for _, _, _, f in shown), default=now)
+    span = max((stop - start).total_seconds(), 1.0)
+    stop = start + dt.timedelta(seconds=span)
     lanes: dict[str, Lane] = {}
     for view in views:
         gpu = f"GPU {view.gpu}" if view.gpu not in (None, "", "none") else "CPU"
         lanes[view.id] = Lane(view.id, f"{view.host} {gpu} (pid {view.pid})", [])
-    for key, e in entries:
-        if e.worker_id is None or e.book_time is None:
-            continue
-        end = e.ended or (now if e.state == "running" else e.book_time)
-        if end < start:
-            continue
-        lane = lanes.setdefault(e.worker_id, Lane(e.worker_id, e.worker_label or e.worker_id, []))
-        x0 = max(0.0, (e.book_time - start).total_seconds() / span)
-        x1 = min(1.0, (end - start).total_seconds() / span)
+    for key, e, begin, end in shown:
+        lane = lanes.setdefault(e.worker_id, Lane(e.worker_id, e.worker_label or e.worker_id, []))  # type: ignore[arg-type]
+        x0 = (begin - start).total_seconds() / span
+        x1 = (end - start).total_seconds() / span
         lane.bars.append(
             Bar(
                 tid=e.tid,
@@ -345,6 +496,7 @@ def workers_page(
         )
     for lane in lanes.values():
         lane.bars = lane.bars[-TIMELINE_MAX_PER_WORKER:]
+    present = dict.fromkeys(b.state for lane in lanes.values() for b in lane.bars)
     return {
         "now": when(now),
         "workers": [
@@ -358,7 +510,15 @@ def workers_page(
         ],
         "lanes": [lane for lane in lanes.values() if lane.bars],
         "hours": hours,
+        "exp_key": exp_key,
         "stale_s": defaults.STALE_WORKER_S,
         "width": width,
         "start": when(start),
+        "end": when(stop),
+        "span": age(span),
+        "ticks": time_ticks(start, stop, width),
+        "legend": [
+            (name, states.style(name).label, states.style(name).color)
+            for name in sorted(present, key=_state_order)
+        ],
     }

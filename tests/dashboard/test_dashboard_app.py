@@ -362,3 +362,132 @@ def test_best_so_far_line_and_malformed_follow_the_rules(dash_store: TrialStore)
     assert trials[3]["state"] == "malformed" and trials[3]["ok"] is None
     assert body["summary"]["counts"]["malformed"] == 1
     assert body["summary"]["best_tid"] == 1
+
+
+# -- issue 23: what the charts read -----------------------------------------------------------
+
+
+def _pruned_at_1(tid: int) -> int | None:
+    return 1 if tid % 6 == 5 else None
+
+
+def test_poll_gives_the_space_scales_the_epochs_flag_and_importance(dash_store: TrialStore) -> None:
+    """The experiment page draws a log-distributed parameter on a log axis: the poll names the
+    scale the space declares (mnist_mlp's learning rates are hp.loguniform, its dropouts
+    hp.uniform), matched to the params columns; it says that trials reported epochs; trials
+    pruned at epoch 1 are among the drawn curves; and the importance panel holds the numbers
+    `hyperfleet importance` prints (the same function over the same full trials)."""
+    from coordinator import importance, inspect
+    from tests.dashboard.chart_data import decaying, lr_loss, space_trials
+
+    docs = space_trials("mnist_mlp", 24, EXP, loss=lr_loss, epochs=decaying(3), pruned=_pruned_at_1)
+    make_experiment(dash_store, docs, space="mnist_mlp", settings={})
+    body = client(dash_store).get("/api/trials", params={"key": EXP, "since": 0}).json()
+    scales = body["param_scales"]
+    assert scales["params.optimizer.learning_rate"] == "log"
+    assert scales["params.layers.0.dropout"] == "linear"
+    assert body["epochs_reported"] is True
+    pruned = [t["tid"] for t in body["trials"] if t["state"] == "pruned"]
+    assert pruned == [5, 11, 17, 23]
+    assert set(pruned) <= set(body["curve_tids"])  # the 10 most recently pruned are drawn
+    one_epoch = {t["tid"]: t["curve"] for t in body["trials"] if t["tid"] in pruned}
+    assert all(len(c["epoch"]) == 1 for c in one_epoch.values())
+    panel = body["importance"]
+    assert panel["method"] == "ped-anova" and panel["trials"] == 20 and panel["pruned"] == 4
+    exp = dash_store.get_experiment(EXP)
+    cli = importance.importances(dash_store.view_trials(EXP), inspect.ParamDecoder(exp).space)
+    assert [(r["label"], r["share"]) for r in panel["rows"]] == [
+        (r.label, r.share) for r in cli.importances
+    ]
+    assert abs(sum(r["share"] for r in panel["rows"]) - 1.0) < 1e-6
+
+
+def test_importance_panel_says_why_not(dash_store: TrialStore) -> None:
+    """Too few full trials (or no Optuna): one line that says so, not an empty panel."""
+    make_experiment(dash_store, [trial_doc(t, TrialState.DONE) for t in range(3)])
+    body = client(dash_store).get("/api/trials", params={"key": EXP, "since": 0}).json()
+    assert "at least 10 full successful trials" in body["importance"]["note"]
+
+
+def test_a_space_without_epochs_says_so(dash_store: TrialStore) -> None:
+    """No trial reported per-epoch metrics: the poll says so (the page then reads "this space
+    reports no per-epoch metrics", not "no data yet" for ever). The built-in "quadratic" space
+    declares x as hp.uniform: its column is linear (matched by the leaf name)."""
+    make_experiment(dash_store, [trial_doc(t, TrialState.DONE, epochs=[]) for t in range(3)])
+    body = client(dash_store).get("/api/trials", params={"key": EXP, "since": 0}).json()
+    assert body["epochs_reported"] is False and body["curve_tids"] == []
+    assert body["param_scales"] == {"params.x": "linear"}
+
+
+def test_trial_page_of_a_pruned_trial_says_pruned_and_tenths(dash_store: TrialStore) -> None:
+    """A pruned trial's page shows the "pruned" badge (was a green "done"), where and why it was
+    stopped, and a 0.2 s duration as "0.2 s" (was "0 s")."""
+    stopped = {"epoch": 1, "rule": "median", "metric": "val_loss", "value": 0.5, "threshold": 0.4}
+    docs = [
+        trial_doc(
+            0,
+            TrialState.DONE,
+            duration_s=0.2,
+            result={"status": "ok", "loss": 0.5, "pruned": stopped},
+        ),
+        trial_doc(1, TrialState.DONE, duration_s=0.2),
+    ]
+    make_experiment(dash_store, docs)
+    c = client(dash_store)
+    page = c.get("/trial", params={"key": EXP, "tid": 0}).text
+    badge = page.split('id="state-badge"')[1].split("</span></span>")[0]
+    assert 'data-state="pruned"' in badge and 'data-state="done"' not in badge
+    assert "stopped after epoch 1 by median (val_loss 0.5, threshold 0.4)" in page
+    assert "<b>duration</b> 0.2 s" in page
+    full = c.get("/trial", params={"key": EXP, "tid": 1}).text
+    assert 'data-state="done"' in full.split('id="state-badge"')[1][:200]
+    assert "stopped after epoch" not in full
+
+
+def test_rates_durations_and_outage_text() -> None:
+    from coordinator.dashboard import pages
+
+    assert [pages.rate(v) for v in (2588.71, 99.7, 41.26, 2.345, 0.123, 0.004, 0, None)] == [
+        "2589", "100", "41", "2.3", "0.12", "<0.01", "0", "—",
+    ]  # fmt: skip
+    assert [pages.age(v) for v in (0.2, 0.0, 9.94, 42.4, 300, None)] == [
+        "0.2 s", "0.0 s", "9.9 s", "42 s", "5.0 min", "—",
+    ]  # fmt: skip
+    cli = (
+        "MongoDB at mongodb://h:1/ unreachable for 30.0 s (last error: AutoReconnect); nothing "
+        "was lost: start the server again and rerun the same command to continue"
+    )
+    shown = pages.outage_text(cli)
+    assert "rerun" not in shown and shown.startswith("MongoDB at mongodb://h:1/ unreachable")
+    assert pages.outage_text("is it running?") == "is it running?"
+
+
+def test_workers_timeline_fits_the_trials_and_has_a_legend(dash_store: TrialStore) -> None:
+    """The timeline spans the shown trials (first start to last end), not a fixed 2-hour
+    window in which a 75-s search is a sliver; ?key= shows one experiment's; a legend names
+    the colours; tick labels are ISO 24-hour clock times."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    docs = []
+    for t in range(4):  # a 75-s search: 4 trials of 15 s, 20 s apart, ending 5 minutes ago
+        begin = now - dt.timedelta(seconds=375 - 20 * t)
+        state = TrialState.ERROR if t == 3 else TrialState.DONE
+        docs.append(trial_doc(t, state, book_time=begin, ended=begin + dt.timedelta(seconds=15)))
+    make_experiment(dash_store, docs)
+    other = trial_doc(9, TrialState.DONE, exp_key="other", book_time=now - dt.timedelta(hours=1))
+    make_experiment(dash_store, [other], exp_key="other")
+    c = client(dash_store)
+    page = c.get("/workers", params={"key": EXP}).text
+    rects = [
+        (float(x), float(w))
+        for x, w in re.findall(r'<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', page)
+    ]
+    assert len(rects) == 4
+    assert min(x for x, _ in rects) == 260.0  # the label column's width: the first trial's start
+    assert abs(max(x + w for x, w in rects) - 1260.0) < 0.5  # the last one's end: full width
+    legend = page.split('id="timeline-legend"')[1].split("</p>")[0]
+    assert 'data-state="done"' in legend and 'data-state="error"' in legend
+    ticks = re.findall(r'text-anchor="middle">([^<]+)<', page)
+    assert len(ticks) >= 3 and all(re.fullmatch(r"\d\d:\d\d(:\d\d)?", t) for t in ticks), ticks
+    assert "1 h" not in page.split('id="timeline-title"')[1][:300]  # ~75 s, not the window
+    both = c.get("/workers").text
+    assert len(re.findall(r"<rect ", both)) == 5  # every experiment's over the fitted span

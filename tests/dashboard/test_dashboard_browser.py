@@ -2,12 +2,14 @@
 the real ``hyperfleet dashboard`` process, the embedded server and real ``hyperfleet worker``
 processes (``make test-browser``; skipped with the reason when chromium or playwright is missing).
 
-Set ``HYPERFLEET_SCREENSHOT=1`` to rewrite docs/dashboard-experiment.png from the real search.
+Set ``HYPERFLEET_SCREENSHOT=1`` to rewrite docs/dashboard-experiment.png and
+docs/dashboard-workers.png from a real ASHA search (test_a_real_pruned_search_and_the_screenshot).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "dashboard-experiment.png"
+WORKERS_SCREENSHOT = ROOT / "docs" / "dashboard-workers.png"
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +148,6 @@ def test_pages_of_a_real_search_load_without_console_errors(
     assert best is not None
     first = tab.page.locator("#trials tbody tr").first.get_attribute("data-tid")
     assert first == str(best["tid"])
-    if os.environ.get("HYPERFLEET_SCREENSHOT") == "1":
-        tab.page.locator("th[data-col='tid']").click()
-        tab.page.evaluate("window.scrollTo(0, 0)")
-        tab.page.screenshot(path=str(SCREENSHOT), full_page=False)
     tab.open(f"{url}trial?key=real&tid={best['tid']}")
     assert tab.page.locator("#epochs tbody tr").count() == 8
     assert tab.page.locator("#chart-epochs canvas").count() == 1
@@ -268,7 +267,10 @@ def test_database_down_shows_a_message(
         own.stop()
         # the open page keeps polling and shows the trouble in its banner
         tab.page.wait_for_selector("#banner:not([hidden])", timeout=30_000)
-        assert "MongoDB" in (tab.page.locator("#banner").text_content() or "")
+        banner = tab.page.locator("#banner").text_content() or ""
+        assert "MongoDB" in banner
+        # the page recovers by itself: no advice to rerun a command (issue 23)
+        assert "recovers by itself" in banner and "rerun the same command" not in banner
         response = tab.open(f"{url}exp?key=d")
         assert response.status == 503
         body = tab.page.locator("main").text_content() or ""
@@ -319,3 +321,156 @@ def test_login_url_opens_the_dashboard_and_nothing_else_does(
         mine.page.close()
         other.page.close()
         stop_all([started.proc])
+
+
+# -- issue 23: charts a person reads at a glance --------------------------------------------------
+
+#: a chart's uPlot object (the page keeps them in window.hf.plots for these tests)
+PLOT = "window.hf.plots[{!r}].plot"
+
+
+def _plot(tab: Page, chart: str, expr: str) -> Any:
+    return tab.page.evaluate(f"(() => {{ const u = {PLOT.format(chart)}; return {expr}; }})()")
+
+
+def _ticks(tab: Page, chart: str) -> list[str]:
+    return [v for v in _plot(tab, chart, "u.axes[0]._values") if v]
+
+
+def test_charts_read_at_a_glance(db_store: TrialStore, dashboard: Any, tab: Page) -> None:
+    """Issue 23's chart list on a real space (mnist_mlp's trials, drawn by hyperopt, with
+    losses, curves and per-epoch seconds written as a worker would): whole epoch ticks; the
+    learning rate (hp.loguniform) on a log axis, a dropout (hp.uniform) on a linear one; a loss
+    log toggle; trials pruned at epoch 1 drawn, each with an x, and a legend; time axes in ISO
+    24-hour UTC, or the time elapsed since the start; the importance panel; the trial page's
+    per-epoch seconds on their own axis and its "pruned" badge; rates without two decimals; the
+    experiments table within 1,280 px."""
+    from tests.dashboard.chart_data import decaying, lr_loss, space_trials
+
+    def pruned_at_1(tid: int) -> int | None:
+        return 1 if tid % 6 == 5 else None
+
+    docs = space_trials(
+        "mnist_mlp", 24, "charts", loss=lr_loss, epochs=decaying(8), pruned=pruned_at_1
+    )
+    make_experiment(db_store, docs, exp_key="charts", space="mnist_mlp", status="done")
+    url = dashboard()
+    tab.page.set_viewport_size({"width": 1280, "height": 1000})
+    tab.open(url)
+    fits = "(() => { const w = document.querySelector('.table-wrap'); "
+    fits += "return w.scrollWidth <= w.clientWidth; })()"
+    assert tab.page.evaluate(fits), "the experiments table is wider than 1,280 px"
+    tab.open(f"{url}exp?key=charts")
+    tab.page.wait_for_function("Number(document.body.dataset.trials) === 24")
+    tab.page.wait_for_selector("#importance tr[data-param]")
+
+    # learning curves: whole epochs, the 4 trials pruned at epoch 1 drawn with an x each
+    assert all(v.isdigit() for v in _ticks(tab, "chart-curves"))
+    assert _plot(tab, "chart-curves", "u.axes[0]._splits.every(Number.isInteger)")
+    assert tab.page.locator("#chart-curves").get_attribute("data-stop-marks") == "4"
+    legend = tab.page.locator("#curves-legend").text_content() or ""
+    assert "pruned: stopped early at the × (4)" in legend and "done" in legend
+
+    # parameter against loss: the space's log-distributed learning rate on a log axis
+    tab.page.select_option("#param", "params.optimizer.learning_rate")
+    assert _plot(tab, "chart-params", "u.scales.x.distr") == 3
+    tab.page.select_option("#param", "params.layers.0.dropout")
+    assert _plot(tab, "chart-params", "u.scales.x.distr") == 1
+
+    # the loss axis: log at a tick (by default when the losses span > 2 decades)
+    tab.page.locator("#log-loss").check()
+    assert _plot(tab, "chart-best", "u.scales.y.distr") == 3
+    assert _plot(tab, "chart-loss", "u.scales.y.distr") == 3
+    tab.page.locator("#log-loss").uncheck()
+    assert _plot(tab, "chart-best", "u.scales.y.distr") == 1
+    assert _plot(tab, "chart-loss", "u.scales.y.distr") == 1
+
+    # time axes: ISO 24-hour clock times (UTC), or the time since the first trial started
+    clock = _ticks(tab, "chart-best")
+    assert clock and all(re.fullmatch(r"\d\d:\d\d(:\d\d)?", v) for v in clock), clock
+    tab.page.select_option("#time-axis", "elapsed")
+    elapsed = _ticks(tab, "chart-loss")
+    assert elapsed and all(re.fullmatch(r"\d+:\d\d(:\d\d)?", v) for v in elapsed), elapsed
+    assert _plot(tab, "chart-loss", "u.scales.x.min") < 200  # seconds since the start
+
+    # which parameters mattered, and a rate as a person reads it
+    assert tab.page.locator("#importance tr[data-param]").count() >= 3
+    assert "(Optuna) over 20 full trials; 4 pruned left out" in (
+        tab.page.locator("#importance").text_content() or ""
+    )
+
+    # a pruned trial's page: its badge, and per-epoch seconds on their own axis
+    tab.open(f"{url}trial?key=charts&tid=5")
+    assert tab.page.locator("#state-badge .chip").get_attribute("data-state") == "pruned"
+    tab.open(f"{url}trial?key=charts&tid=0")
+    scales = tab.page.evaluate(
+        "Object.fromEntries(window.hf.plot.series.slice(1).map((s) => [s.label, s.scale]))"
+    )
+    assert scales == {"loss": "y", "val_loss": "y", "accuracy": "acc", "seconds": "s"}
+    assert tab.page.evaluate("window.hf.plot.axes[0]._splits.every(Number.isInteger)")
+    assert tab.errors == []
+
+
+def test_a_space_without_epochs_says_so_in_the_browser(
+    db_store: TrialStore, dashboard: Any, tab: Page
+) -> None:
+    make_experiment(
+        db_store,
+        [trial_doc(t, TrialState.DONE, exp_key="flat", epochs=[]) for t in range(3)],
+        exp_key="flat",
+    )
+    url = dashboard()
+    tab.open(f"{url}exp?key=flat")
+    tab.page.wait_for_function("Number(document.body.dataset.trials) === 3")
+    text = tab.page.locator("#chart-curves").text_content()
+    assert text == "this space reports no per-epoch metrics"
+    assert tab.errors == []
+
+
+def test_a_real_pruned_search_and_the_screenshot(
+    server: EmbeddedServer,
+    db_name: str,
+    dashboard: Any,
+    tab: Page,
+    tmp_path: Path,
+) -> None:
+    """A real ASHA search (real workers): pruned curves end in an x, the workers timeline
+    spans the search with a legend. ``HYPERFLEET_SCREENSHOT=1`` rewrites
+    docs/dashboard-experiment.png from this page."""
+    run_search_with_workers(
+        server.uri,
+        db_name,
+        "asha",
+        "epochs",
+        [
+            "--max-evals",
+            "24",
+            "--algo",
+            "rand",
+            "--seed",
+            "5",
+            "--prune",
+            "asha",
+            "--set",
+            "epochs=9",
+            "--set",
+            "sleep=0.2",
+        ],
+        tmp_path,
+        spaces=TEST_SPACES,
+    )
+    url = dashboard()
+    tab.page.set_viewport_size({"width": 1280, "height": 1000})
+    tab.open(f"{url}exp?key=asha")
+    tab.page.wait_for_function("Number(document.body.dataset.trials) === 24")
+    marks = int(tab.page.locator("#chart-curves").get_attribute("data-stop-marks") or 0)
+    pruned = tab.page.locator("#curves-legend .key[data-state='pruned']")
+    assert marks >= 1 and pruned.count() == 1
+    if os.environ.get("HYPERFLEET_SCREENSHOT") == "1":
+        tab.page.screenshot(path=str(SCREENSHOT), full_page=False)
+        tab.open(f"{url}workers?key=asha")
+        tab.page.screenshot(path=str(WORKERS_SCREENSHOT), full_page=False)
+    tab.open(f"{url}workers?key=asha")
+    assert tab.page.locator("svg.timeline rect").count() == 24
+    assert tab.page.locator("#timeline-legend .key").count() >= 2  # done and pruned
+    assert tab.errors == []

@@ -3,15 +3,17 @@
 (function () {
   'use strict';
   const banner = document.getElementById('banner');
+  const every = Number(document.body.dataset.liveMs) || 4000;
+  // the page polls on its own: an outage needs no action from the reader, only patience
+  const RETRY = ' — this page keeps retrying and recovers by itself; nothing to rerun.';
   window.hf = {
     banner(message) {
       if (!banner) return;
       banner.hidden = !message;
-      banner.textContent = message || '';
+      banner.textContent = message ? message + RETRY : '';
     },
   };
   if (!document.querySelector('[data-live]')) return;
-  const every = Number(document.body.dataset.liveMs) || 4000;
   async function tick() {
     if (document.hidden || !document.querySelector('[data-live]')) return;
     try {
