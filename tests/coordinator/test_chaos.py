@@ -1,10 +1,12 @@
 """Issue 10's chaos suite, with real processes killed for real: seeded, bounded random SIGKILL and
-SIGSTOP of workers, trial children, the server and the coordinator, in both ``hyperfleet
-search`` and plain ``hyperopt.fmin`` modes. Every trial ends DONE exactly once, none is lost, and
+SIGSTOP of workers, trial children, the server and the coordinator, and a foreign writer that
+takes a trial without a lease and dies (issue 22), in both ``hyperfleet search`` and plain
+``hyperopt.fmin`` modes. Every trial ends DONE exactly once, none is lost, and
 no process of the test is left behind afterwards (checked by pid through ``/proc``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -27,6 +29,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 KEY = "chaos"
 LEASE = ("--heartbeat", "0.5", "--lease", "2.5")
+#: every process's $HYPERFLEET_UNLEASED_GRACE_S: a lease-less RUNNING trial is requeued after it
+UNLEASED_GRACE_S = 3.0
 
 
 def children(pid: int) -> list[int]:
@@ -70,7 +74,11 @@ class Fleet:
             args,
             stdout=open(self.tmp / log, "a"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
-            env=cli_env(HYPERFLEET_OUTAGE_S="90", TMPDIR=str(self.tmp)),
+            env=cli_env(
+                HYPERFLEET_OUTAGE_S="90",
+                HYPERFLEET_UNLEASED_GRACE_S=str(UNLEASED_GRACE_S),
+                TMPDIR=str(self.tmp),
+            ),
             cwd=ROOT,
         )
         self.seen.add(proc.pid)
@@ -140,7 +148,38 @@ class Fleet:
         return None
 
 
-ACTIONS = ("kill worker", "kill child", "stop worker", "kill driver", "kill server", "stop server")
+ACTIONS = (
+    "kill worker",
+    "kill child",
+    "stop worker",
+    "kill driver",
+    "kill server",
+    "stop server",
+    "dead foreign writer",
+)
+
+
+def take_like_stock_hyperopt(uri: str) -> bool:
+    """Claim a queued trial as stock hyperopt's worker does (owner, ``book_time``,
+    ``refresh_time`` on its own clock, RUNNING, no lease) and die at once: nobody will ever
+    write to it again (issue 22, item 1). Whether a trial was queued to take."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    with contextlib.closing(connect(uri, outage_s=90)) as store:
+        taken = store.jobs.find_one_and_update(
+            {"exp_key": KEY, "state": int(TrialState.NEW), "owner": None},
+            {
+                "$set": {
+                    "state": int(TrialState.RUNNING),
+                    "owner": "stock-host:4242",
+                    "book_time": now,
+                    "refresh_time": now,
+                },
+                "$unset": {"lease_expires": ""},
+            },
+        )
+    return taken is not None
 
 
 def schedule(rng: random.Random, n: int) -> list[str]:
@@ -194,6 +233,9 @@ def chaos_step(fleet: Fleet, rng: random.Random, action: str) -> str:
         fleet.events.append(action)
         fleet.start_server()
         return action
+    elif action == "dead foreign writer":
+        if not take_like_stock_hyperopt(fleet.uri):
+            return "nothing queued"
     else:  # stop server: freeze the daemon itself
         assert fleet.server is not None
         daemons = children(fleet.server.pid)
@@ -216,6 +258,9 @@ def run_chaos(tmp: Path, mode: str, seed: int, n_events: int, n_trials: int) -> 
         fleet.start_driver()
         store = connect(fleet.uri, outage_s=90)
         wait_for(lambda: store.count(KEY, [TrialState.DONE]) >= 1, 60, what="a first trial")
+        # whatever the schedule: one trial a dead foreign writer left RUNNING without a lease
+        wait_for(lambda: take_like_stock_hyperopt(fleet.uri), 60, what="a queued trial to take")
+        fleet.events.append("dead foreign writer")
         for action in schedule(rng, n_events):
             fleet.scan()
             time.sleep(rng.uniform(0.2, 0.8))
