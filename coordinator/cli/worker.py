@@ -9,6 +9,7 @@ import click
 
 from coordinator import defaults
 from coordinator.cli.options import (
+    FiniteFloat,
     Int64,
     exp_key_option,
     gpu_option,
@@ -94,6 +95,30 @@ from coordinator.errors import ConfigError
     "[env: HYPERFLEET_COMPILE_CACHE]",
 )
 @click.option(
+    "--checkpoint-every",
+    type=click.IntRange(0, 10**6),
+    default=1,
+    show_default=True,
+    envvar="HYPERFLEET_CHECKPOINT_EVERY",
+    help="Keras: save a trial's state every N epochs, so that a trial that comes back (killed, "
+    "pre-empted, handed back) resumes there; 0: never [env: HYPERFLEET_CHECKPOINT_EVERY]",
+)
+@seconds_option(
+    "--checkpoint-interval",
+    "checkpoint_interval_s",
+    "Keras: at most one checkpoint per this many seconds (long runs of short epochs)",
+    default=0.0,
+)
+@click.option(
+    "--checkpoint-max-mb",
+    type=FiniteFloat(min=0.001, max=2048),
+    default=256.0,
+    show_default=True,
+    envvar="HYPERFLEET_CHECKPOINT_MAX_MB",
+    help="Keras: a larger checkpoint is not saved (one warning) "
+    "[env: HYPERFLEET_CHECKPOINT_MAX_MB]",
+)
+@click.option(
     "--check",
     is_flag=True,
     help="only check that MongoDB answers and this worker may read and write its database "
@@ -118,6 +143,9 @@ def worker(
     warm: bool,
     steps_per_execution: int,
     compile_cache: str | None,
+    checkpoint_every: int,
+    checkpoint_interval_s: float,
+    checkpoint_max_mb: float,
     check: bool,
 ) -> None:
     """Evaluate trials from MongoDB until stopped, idle or the search is over."""
@@ -169,6 +197,9 @@ def worker(
             **env_info,
             "save_models": save_models,
             "steps_per_execution": steps_per_execution,
+            "checkpoint_every": checkpoint_every,
+            "checkpoint_interval_s": checkpoint_interval_s,
+            "checkpoint_max_bytes": int(checkpoint_max_mb * 2**20),
         },
     )
     sys.exit(Worker(store, config).work())

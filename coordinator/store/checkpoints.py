@@ -159,7 +159,7 @@ class Checkpoints(StorePart):
             lease.fence,
             {
                 "$push": {"epochs": {"$each": [], "$slice": epoch}},
-                "$set": {"resumed_from_epoch": epoch},
+                "$set": {"resumed_from_epoch": epoch, "resumed_in_attempt": lease.attempt},
                 "$currentDate": {"mtime": True},
             },
         )

@@ -272,7 +272,14 @@ class LeaseWrites(StorePart):
         ("worker lost 3 times"). ``REQUEUED`` does not count.
         """
         limit = self._limits.attempt_limit(lease.exp_key) if max_attempts is None else max_attempts
-        return self.release_fenced(lease, outcome, reason, limit, None)
+        return self.release_fenced(self._with_progress(lease), outcome, reason, limit, None)
+
+    @retrying
+    def _with_progress(self, lease: Lease) -> Lease:
+        """``lease`` with what its attempt did so far (resume point, checkpoint, epochs) read
+        fresh, for the attempt history (a worker's lease holds the document as claimed)."""
+        doc = self.jobs.find_one(lease.fence, projection=dict.fromkeys(_PROGRESS, 1))
+        return lease if doc is None else Lease.from_doc({**lease.doc, **doc})
 
     @retrying
     def release_fenced(
@@ -400,6 +407,7 @@ def _release_write(
         "started": lease.doc.get("book_time"),
         "at": utcnow(),
     }
+    entry.update(_progress(lease))
     update: dict[str, Any] = {
         "$push": {"attempt_history": entry},
         "$set": {"attempts": attempts, "lease_expires": None},
@@ -417,6 +425,25 @@ def _release_write(
         return update, TrialState.ERROR
     update["$set"].update(state=int(TrialState.NEW), owner=None)
     return update, TrialState.NEW
+
+
+#: the fields of a trial that say how far its attempt got (:func:`_progress`)
+_PROGRESS = ("epochs", "checkpoint", "resumed_from_epoch", "resumed_in_attempt")
+
+
+def _progress(lease: Lease) -> dict[str, Any]:
+    """How far the attempt ending got, for its attempt history entry (from the document as
+    the releaser read it; nothing for trials that report no epochs): epochs recorded, the epoch
+    it resumed after, the epoch of the checkpoint it leaves for the next attempt."""
+    doc, found = lease.doc, {}
+    if isinstance(doc.get("epochs"), list) and doc["epochs"]:
+        found["epochs_recorded"] = len(doc["epochs"])
+    if doc.get("resumed_in_attempt") == lease.attempt:
+        found["resumed_from_epoch"] = doc.get("resumed_from_epoch")
+    checkpoint = doc.get("checkpoint")
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("epoch"), int):
+        found["checkpoint_epoch"] = checkpoint["epoch"]
+    return found
 
 
 def _release_op(lease: Lease, reason: str) -> pymongo.UpdateOne:

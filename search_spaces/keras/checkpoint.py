@@ -131,7 +131,8 @@ class CheckpointEvery(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         done = epoch + 1
-        if self.every <= 0 or done % self.every or getattr(self.reporter, "stopped", False):
+        last = done >= int(self.params.get("epochs") or 0)  # the trial ends now: no resume
+        if self.every <= 0 or done % self.every or last or getattr(self.reporter, "stopped", False):
             return
         now = time.monotonic()
         if now - self._last < self.min_interval_s:

@@ -35,6 +35,7 @@ from coordinator.defaults import MODEL_ATTACHMENT, SAVE_MODE
 from coordinator.states import Verdict
 from search_spaces.base import TrialContext
 from search_spaces.keras import values
+from search_spaces.keras.checkpoint import CheckpointEvery, resume
 from search_spaces.keras.compiled import Prepared, cache, prepare, trial_seed
 
 if TYPE_CHECKING:
@@ -328,6 +329,15 @@ def run_trial(
     data_s = time.perf_counter() - clock
     reporter = EpochReporter(ctx)
     phases = PhaseClock()
+    checkpoints = CheckpointEvery(
+        ctx,
+        reporter,
+        every=int(ctx.info.get("checkpoint_every", 1)),
+        min_interval_s=float(ctx.info.get("checkpoint_interval_s", 0.0)),
+        max_bytes=int(ctx.info.get("checkpoint_max_bytes", 256 * 2**20)),
+    )
+    # an earlier attempt's checkpoint (killed, pre-empted, handed back): go on from there
+    initial_epoch = resume(ctx, model)
     keras.utils.set_random_seed(seed)  # the data's order: the same whether reused or not...
     started = time.perf_counter()
     try:
@@ -336,8 +346,15 @@ def run_trial(
             batch_size=int(params["batch_size"]),
             validation_batch_size=validation_batch(params["batch_size"]),
             epochs=int(settings["epochs"]),
+            initial_epoch=initial_epoch,
             validation_data=splits.validation,
-            callbacks=[Reseed(seed), keras.callbacks.TerminateOnNaN(), reporter, phases],
+            callbacks=[
+                Reseed(seed + initial_epoch),
+                keras.callbacks.TerminateOnNaN(),
+                reporter,
+                checkpoints,
+                phases,
+            ],
             verbose=0,
         )
     except BaseException:
@@ -357,11 +374,14 @@ def run_trial(
         "save_s": 0.0,
         "compile_reused": 1 if prepared.reused else 0,
         "compile_cache_size": len(cache()),
+        "checkpoint_s": checkpoints.seconds,  # inside fit_s: packing and writing checkpoints
     }
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     result: dict[str, Any] = {
         "history": history,
-        "epochs_run": len(history.get("loss", [])),
+        "epochs_run": initial_epoch + len(history.get("loss", [])),
+        "resumed_from_epoch": initial_epoch,
+        "checkpoints": checkpoints.saved,
         "stopped_early": reporter.stopped,
         "train_seconds": round(train_s, 4),
         "train_size": len(splits.train[1]),

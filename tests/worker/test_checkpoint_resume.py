@@ -57,4 +57,5 @@ def test_a_trial_taken_over_resumes_from_its_checkpoint(server, db_name, tmp_pat
     done = _resumed_trial(store, "ck", doc["tid"])
     history = done["attempt_history"]
     assert [h["outcome"] for h in history] == (["lost"] if how == "sigkill" else ["requeued"])
+    assert history[0]["checkpoint_epoch"] == done["resumed_from_epoch"]
     assert done["attempt"] == 2

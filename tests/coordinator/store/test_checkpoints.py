@@ -43,6 +43,13 @@ def test_a_requeued_trial_resumes_from_its_last_checkpoint(store: TrialStore) ->
     assert [e["epoch"] for e in doc["epochs"]] == [1, 2, 3, 4]  # epoch 4 once, the new one
     assert doc["epochs"][-1]["loss"] == 0.25 and doc["resumed_from_epoch"] == 3
     assert doc["checkpoint"]["epoch"] == 3 and doc["checkpoint"]["attempt"] == 1
+    first = doc["attempt_history"][0]  # what the lost attempt got to, as its releaser saw it
+    assert (first["epochs_recorded"], first["checkpoint_epoch"]) == (4, 3)
+    assert "resumed_from_epoch" not in first  # it started from scratch
+
+    assert store.release(again, AttemptOutcome.REQUEUED, "handed back") is TrialState.NEW
+    second = store.get_trial("exp", lease.tid)["attempt_history"][1]
+    assert (second["resumed_from_epoch"], second["epochs_recorded"]) == (3, 4)
 
 
 def test_a_lost_lease_writes_no_checkpoint_and_keeps_no_file(store: TrialStore) -> None:
