@@ -210,7 +210,7 @@ def plain_copy(model: Any, optimizer: Mapping[str, Any], **compile_args: Any) ->
     kwargs = {k: v for k, v in optimizer.items() if k != "name"}
     plain = type(keras.optimizers.get(str(optimizer["name"]).lower()))(**kwargs)
     copy.compile(optimizer=plain, **compile_args)
-    trained = model.optimizer
+    trained = getattr(model, "optimizer", None)  # absent before compile
     if trained is not None and trained.built:
         plain.build(copy.trainable_variables)
         by_path = {v.path.split("/", 1)[-1]: v for v in trained.variables}
