@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
+
+import pytest
 
 from coordinator.states import TrialState
 from coordinator.store import connect
-from tests.conftest import cli_env, start_worker, stop_all, wait_for
+from tests.conftest import cli_env, kill_worker_mid_trial, start_worker, stop_all, wait_for
 from tests.worker.test_keras_search import search_cmd
 
 FAST_LEASE = ("--heartbeat", "0.3", "--lease", "2")
@@ -55,4 +58,65 @@ def test_a_killed_keras_trial_resumes_from_its_checkpoint(server, db_name, tmp_p
     losses = [e["loss"] for e in done["epochs"]]
     assert losses[resumed] < losses[0], losses
     assert done["checkpoint"] is None
+    assert store.db["fs.files"].count_documents({"kind": "checkpoint"}) == 0
+
+
+STORM_EPOCHS = 8
+STORM_TRIALS = 6
+
+
+def _epochs_trained(doc: dict) -> tuple[int, int]:
+    """(epochs the trial needed, epochs trained by all its attempts): each lost attempt trained
+    from where it resumed to the last epoch it recorded; the last one from its resume point on."""
+    trained = doc["result"]["epochs_run"] - doc["result"]["resumed_from_epoch"]
+    for entry in doc.get("attempt_history", []):
+        trained += entry.get("epochs_recorded", 0) - (entry.get("resumed_from_epoch") or 0)
+    return doc["result"]["epochs_run"], trained
+
+
+@pytest.mark.slow
+def test_a_kill_storm_on_keras_trials_trains_almost_no_epoch_twice(
+    server, db_name, tmp_path
+) -> None:
+    """The issue's storm: mnist_mlp, 8 epochs, 3 workers, a worker holding a running trial
+    SIGKILLed every ~6 s, 5 times, each replaced: every trial DONE once, and the epochs trained
+    stay within 1.1x the epochs the finished trials needed (restarts trained up to 8 each)."""
+    store = connect(server.uri, db_name)
+    settings = (
+        "--set",
+        f"epochs={STORM_EPOCHS}",
+        "--set",
+        "train_size=2000",
+        "--set",
+        "val_size=256",
+    )
+    search = subprocess.Popen(
+        search_cmd(server.uri, db_name, "mnist_mlp", "storm", STORM_TRIALS, *settings),
+        stdout=open(tmp_path / "search.log", "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+    )
+    args = ("--exp-key", "storm", *FAST_LEASE)
+    workers = [start_worker(server.uri, db_name, *args, log=tmp_path / "w.log") for _ in range(3)]
+    kills = 0
+    try:
+        while kills < 5 and search.poll() is None:
+            time.sleep(6)
+            if kill_worker_mid_trial(store, "storm", workers, timeout=120) is not None:
+                kills += 1
+            workers.append(start_worker(server.uri, db_name, *args, log=tmp_path / "w.log"))
+        assert search.wait(600) == 0, (tmp_path / "search.log").read_text()[-2000:]
+    finally:
+        stop_all([search, *workers])
+    docs = store.trials("storm")
+    assert sorted(d["tid"] for d in docs) == sorted({d["tid"] for d in docs})
+    assert [d["state"] for d in docs] == [TrialState.DONE] * STORM_TRIALS
+    assert kills >= 3, f"only {kills} kills landed mid-trial"
+    needed, trained = map(sum, zip(*(_epochs_trained(d) for d in docs), strict=True))
+    resumed = [d for d in docs if d["result"]["resumed_from_epoch"] > 0]
+    assert resumed, "no trial resumed from a checkpoint"
+    print(f"kill storm: {kills} kills, {len(resumed)} trials resumed, {trained} epochs trained")
+    print(f"for {needed} needed ({trained / needed:.3f}x)")
+    assert trained <= 1.1 * needed, f"trained {trained} epochs for {needed} needed"
     assert store.db["fs.files"].count_documents({"kind": "checkpoint"}) == 0
