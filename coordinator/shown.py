@@ -12,7 +12,9 @@ it was cut.
 
 from __future__ import annotations
 
+import logging
 import reprlib
+from collections.abc import Mapping
 from typing import Any
 
 #: the default bound, in characters, of one value in a message or a log line
@@ -49,3 +51,32 @@ def _printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+#: the bound of one value in a log line (an error message may say more than a name)
+LOGGED_CHARS = 300
+
+
+class BoundedLogValues(logging.Filter):
+    """Passes every value of a log record through :func:`shown` (``LOGGED_CHARS``) before it
+    is formatted, and bounds a message built before logging (an f-string): the one guard of
+    a log handler, so no module's log line can carry a megabyte from a shared database.
+    Numbers pass unchanged (``%d`` and ``%.1f`` still apply)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and len(record.msg) > 4 * LOGGED_CHARS:
+            record.msg = shown(record.msg, 4 * LOGGED_CHARS, bare=True)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_bounded(a) for a in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {k: _bounded(v) for k, v in record.args.items()}
+        return True
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, _SCALARS):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= LOGGED_CHARS and text.isprintable():
+        return value
+    return shown(text, LOGGED_CHARS, bare=True)

@@ -25,6 +25,7 @@ from collections import Counter
 from typing import Any
 
 from coordinator import rules
+from coordinator.shown import shown
 from coordinator.states import TrialState
 from coordinator.store import Doc, DocId, TrialStoreBase, utcnow
 
@@ -195,10 +196,10 @@ class TrialView:
             self._rebuild = True
         if self._refused.get(_id) != problem:
             logger.warning(
-                "search %r: skipping job document %s (tid %.40r): %s",
+                "search %r: skipping job document %s (tid %s): %s",
                 self.exp_key,
-                _id,
-                doc.get("tid"),
+                shown(_id),
+                shown(doc.get("tid")),
                 problem,
             )
             self._refused[_id] = problem

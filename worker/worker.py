@@ -39,6 +39,7 @@ from coordinator.errors import (
     WorkerMissingSpace,
     counted,
 )
+from coordinator.shown import shown
 from coordinator.states import AttemptOutcome, ExperimentStatus, TrialState
 from coordinator.store import Lease, TrialStoreBase
 from coordinator.store.base import Ending
@@ -339,11 +340,11 @@ class Worker:
             if key not in self._pickled_noted:
                 self._pickled_noted.add(key)
                 logger.warning(
-                    "ignoring the queued trials of experiment %r: they come from plain hyperopt "
+                    "ignoring the queued trials of experiment %s: they come from plain hyperopt "
                     "fmin (a pickled objective), which this worker does not run; start a worker "
                     "with --trust-pickled to serve them (it unpickles and runs code stored in "
                     "the database: only for a database you trust)",
-                    key,
+                    shown(key),
                 )
 
     def _run(self, lease: Lease) -> Outcome | HandBack | None:
@@ -353,7 +354,10 @@ class Worker:
         self._idle_delay = IDLE_POLL_MIN_S
         try:
             logger.info(
-                "trial %s of %s: started (attempt %s)", lease.tid, lease.exp_key, lease.attempt
+                "trial %s of %s: started (attempt %s)",
+                shown(lease.tid, bare=True),
+                shown(lease.exp_key, bare=True),
+                lease.attempt,
             )
             self._register(lease.tid)
             started = time.monotonic()
@@ -504,19 +508,19 @@ class Worker:
             get_space(name)
             return True
         except SpaceError as e:
-            self._release(lease, AttemptOutcome.REQUEUED, f"space {name!r} unknown here")
+            self._release(lease, AttemptOutcome.REQUEUED, f"space {shown(name)} unknown here")
             hint = "start a worker with --spaces PATH (the file the search used)"
             if self.config.exp_key is not None:
                 raise WorkerMissingSpace(
-                    f"trial {lease.tid} of {lease.exp_key!r} needs search space {name!r}, which "
-                    f"this worker does not know; {hint}"
+                    f"trial {shown(lease.tid)} of {shown(lease.exp_key)} needs search space "
+                    f"{shown(name)}, which this worker does not know; {hint}"
                 ) from e
             self._skipped_exp_keys.add(lease.exp_key)
             logger.warning(
-                "experiment %r needs search space %r, unknown to this worker: not serving it "
+                "experiment %s needs search space %s, unknown to this worker: not serving it "
                 "(%s); serving the others",
-                lease.exp_key,
-                name,
+                shown(lease.exp_key),
+                shown(name),
                 hint,
             )
             return False
@@ -576,7 +580,9 @@ class Worker:
         self._missing_noted = True
         if key in self.store.trial_exp_keys():
             return  # plain hyperopt fmin's experiment
-        known = sorted(str(e.get("_id")) for e in self.store.list_experiments())[:10]
+        exps = sorted(str(e.get("_id")) for e in self.store.list_experiments())
+        known = [shown(k, bare=True) for k in exps]
+        known = known[:10] + ([f"…({len(known)} experiments)"] if len(known) > 10 else [])
         logger.warning(
             "no experiment %r in database %r yet (%s); waiting for it: check --exp-key and --db "
             "if no search is about to start",

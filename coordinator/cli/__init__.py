@@ -39,6 +39,7 @@ from coordinator.cli import (
 )
 from coordinator.cli.options import log_level_option
 from coordinator.errors import ConfigError, HyperfleetError, SpaceError
+from coordinator.shown import BoundedLogValues
 
 
 class _BadInput(click.ClickException):
@@ -90,6 +91,9 @@ def _setup_logging(level: str, verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:  # values from the database, bounded
+        if not any(isinstance(f, BoundedLogValues) for f in handler.filters):
+            handler.addFilter(BoundedLogValues())
     for noisy in ("pymongo", "hyperopt", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from coordinator import inspect as ins
     from coordinator.store import TrialStoreBase
 
+#: how much of one long field (an error message, a traceback line) `show` prints
+LONG_CHARS = 2000
+#: the last lines of a stored traceback that `show` prints
+TRACEBACK_LINES = 60
+
 _EXP_KEY_HELP = "the experiment (its --exp-key)"
 _SPACES_HELP = "extra search spaces (the --spaces the search used), to decode queued trials' params"
 
@@ -61,14 +66,16 @@ def _print_summary(s: ins.ExperimentSummary) -> None:
     from coordinator import inspect as ins
 
     total = f"/{s.max_evals}" if s.max_evals else ""
-    click.echo(f"experiment {s.exp_key}  [{s.status}]" + (f"  space {s.space}" if s.space else ""))
+    space = f"  space {shown(s.space, bare=True)}" if s.space else ""
+    click.echo(f"experiment {shown(s.exp_key, bare=True)}  [{shown(s.status, bare=True)}]{space}")
     malformed = f", malformed {s.malformed} (skipped)" if s.malformed else ""
     click.echo(f"  trials    {s.finished}{total} finished: " + _counts(s.counts) + malformed)
     if s.pruned:
         done = s.counts.get(TrialState.DONE, 0)
         click.echo(f"  pruned    {s.pruned} of the {done} done trials were stopped early")
     if s.best_loss is not None:
-        click.echo(f"  best      loss {s.best_loss:.6g} (trial {s.best_number}, tid {s.best_tid})")
+        tid = shown(s.best_tid, bare=True)
+        click.echo(f"  best      loss {s.best_loss:.6g} (trial {s.best_number}, tid {tid})")
     else:
         click.echo("  best      - (no successful trial yet)")
     rate = "-" if s.rate_per_min is None else f"{_rate(s.rate_per_min)} trials/min"
@@ -88,11 +95,11 @@ def _counts(counts: dict[TrialState, int]) -> str:
 def _worker_line(w: ins.WorkerView) -> str:
     from coordinator import inspect as ins
 
-    trial = f"trial {w.current_tid}" if w.current_tid is not None else "idle"
-    gpu = f" gpu {w.gpu}" if w.gpu and w.gpu != "none" else ""
+    trial = f"trial {shown(w.current_tid, bare=True)}" if w.current_tid is not None else "idle"
+    gpu = f" gpu {shown(w.gpu, bare=True)}" if w.gpu and w.gpu != "none" else ""
     seen = "never" if w.age_s is None else f"{ins.fmt_duration(w.age_s)} ago"
     flag = "  STALE (no heartbeat)" if w.stale else ""
-    return f"{w.id}{gpu}: {trial}, last heartbeat {seen}{flag}"
+    return f"{shown(w.id, bare=True)}{gpu}: {trial}, last heartbeat {seen}{flag}"
 
 
 # -- workers -----------------------------------------------------------------------------------
@@ -237,7 +244,7 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
     doc = _trial_by_tid(store, exp_key, tid_text)
     if doc is None:
         raise ConfigError(
-            f"experiment {exp_key!r} has no trial {shown(tid_text)}; "
+            f"experiment {exp_key!r} has no trial {shown(tid_text, bare=True)}; "
             "`hyperfleet top --all-states` lists them"
         )
     tid = doc.get("tid")
@@ -246,7 +253,7 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
     if problem is None and not doc.get("params"):
         problem = decoder.problem(doc)
     if problem is not None:
-        click.echo(f"trial {tid} of {exp_key}: {ins.MALFORMED} ({problem})")
+        click.echo(f"trial {shown(tid, bare=True)} of {exp_key}: {ins.MALFORMED} ({problem})")
         click.echo("    not a usable trial document: no count, search or best trial includes it")
         return
     params = ins.typed(doc.get("params"), dict) or decoder(doc)
@@ -254,8 +261,8 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
     pruned = ins.pruned_text(doc)
     number = rules.trial_number(tid, (d.get("tid") for d in store.trial_outcomes(exp_key)))
     click.echo(
-        f"tid {tid} (trial {number}) of {exp_key}: {ins.state_name(doc.get('state'))}"
-        + (f", {pruned}" if pruned else "")
+        f"tid {shown(tid, bare=True)} (trial {number}) of {exp_key}: "
+        f"{ins.state_name(doc.get('state'))}" + (f", {pruned}" if pruned else "")
     )
     # a Keras result's ``history`` and ``params`` repeat the epochs and params shown below
     _section("result", {k: v for k, v in result.items() if k not in ("history", "params")})
@@ -288,9 +295,12 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
     for h in ins.typed(doc.get("attempt_history"), list) or []:
         if not isinstance(h, dict):
             continue
+        attempt, owner, outcome = (
+            shown(h.get(k), bare=True) for k in ("attempt", "owner", "outcome")
+        )
         click.echo(
-            f"    attempt {h.get('attempt')} by {h.get('owner')}: {h.get('outcome')} "
-            f"({h.get('reason')}) at {ins.fmt_value(h.get('at'))}"
+            f"    attempt {attempt} by {owner}: {outcome} "
+            f"({shown(h.get('reason'), LONG_CHARS, bare=True)}) at {ins.fmt_value(h.get('at'))}"
         )
     epochs = [e for e in ins.typed(doc.get("epochs"), list) or [] if isinstance(e, dict)]
     if epochs:
@@ -300,9 +310,15 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
         click.echo(_indent(ins.format_table(flat, names)))
     error = _named(doc.get("error"))
     if error:
-        click.echo(f"error: {error.get('type')}: {error.get('message')}")
+        kind, message = shown(error.get("type"), bare=True), error.get("message")
+        click.echo(f"error: {kind}: {shown(message, LONG_CHARS, bare=True)}")
         if isinstance(error.get("traceback"), str):
-            click.echo(_indent(error["traceback"].rstrip()))
+            lines = error["traceback"].rstrip().splitlines()
+            cut = (
+                [f"…({len(lines) - TRACEBACK_LINES} lines)"] if len(lines) > TRACEBACK_LINES else []
+            )
+            tail = [shown(line, LONG_CHARS, bare=True) for line in lines[-TRACEBACK_LINES:]]
+            click.echo(_indent("\n".join(cut + tail)))
 
 
 def _named(value: Any) -> dict[str, Any]:
@@ -313,14 +329,15 @@ def _named(value: Any) -> dict[str, Any]:
 def _section(title: str, values: dict[str, Any]) -> None:
     from coordinator import inspect as ins
 
-    shown = {k: v for k, v in values.items() if v is not None and k != "traceback"}
-    if not shown:
+    kept = {k: v for k, v in values.items() if v is not None and k != "traceback"}
+    if not kept:
         return
     click.echo(title)
-    width = max(len(k) for k in shown)
-    for key, value in shown.items():
+    names = {k: shown(k, bare=True) for k in kept}  # a field name may come from anyone too
+    width = max(len(name) for name in names.values())
+    for key, value in kept.items():
         text = json.dumps(value) if isinstance(value, (dict, list)) else ins.fmt_field(key, value)
-        click.echo(f"    {key.ljust(width)}  {text}")
+        click.echo(f"    {names[key].ljust(width)}  {shown(text, LONG_CHARS, bare=True)}")
 
 
 def _indent(text: str) -> str:

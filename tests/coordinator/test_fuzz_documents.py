@@ -2,10 +2,15 @@
 random malformed or foreign job documents, drawn by ``hypothesis`` from a fixed seed, are
 inserted while a search with 3 workers runs. The search ends with exactly max-evals of its own
 trials DONE, no worker exits, no process prints a traceback, and ``status``, ``top``,
-``export``, ``show`` and ``plot`` all work on the polluted database."""
+``export``, ``show`` and ``plot`` all work on the polluted database.
+
+Issue 22 adds shapes hypothesis does not draw (:func:`hostile_rows`): a 1 MB exp key (on a
+trial workers run, an experiment and a worker row) and timestamps far in the future; and no
+line of output or of any log may carry such a value unbounded."""
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import time
@@ -20,12 +25,16 @@ from coordinator import rules
 from coordinator.states import TrialState
 from coordinator.store import connect
 from tests.conftest import cli_env, hyperfleet, start_worker, stop_all, wait_for
-from tests.raw_store import insert_raw_documents
+from tests.raw_store import insert_raw_documents, insert_raw_rows
 
 KEY = "fuzzed"  #: the running search's exp key
 OTHER_OWN = "fuzz-other-own"  #: another experiment of hyperfleet's (an experiment document)
 SPACE = "quadratic"
 DROP = object()
+BIG_KEY = "K" * 1_000_000  #: a 1 MB exp key (issue 22, item 5)
+FAR = dt.datetime(9999, 12, 31)  #: a timestamp far in the future (issue 22, item 6)
+#: the longest line any command or log may print (a bounded value is 80-300 characters)
+LONGEST_LINE = 2000
 
 _keys = st.text("abcdefgh_", min_size=1, max_size=6)
 _scalars = st.one_of(
@@ -115,6 +124,48 @@ def job_docs(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
+def hostile_rows() -> dict[str, list[dict[str, Any]]]:
+    """Rows by collection that another program may leave in a shared database and that
+    hypothesis does not draw (issue 22): a usable NEW trial of a foreign experiment under a
+    1 MB exp key (unpinned workers run it, and logged the whole key), an experiment and a
+    worker row named with a megabyte, and timestamps in the year 9999 on a foreign RUNNING
+    trial (its lease never expires), on a malformed trial of the search's key and on a worker
+    row (which once counted as alive for ever)."""
+    tid = 2**40
+
+    def misc(t: int) -> dict[str, Any]:
+        return {"tid": t, "cmd": None, "idxs": {"x": [t]}, "vals": {"x": [0.25]}}
+
+    new = {"state": 0, "space": SPACE, "owner": None, "result": {"status": "new"}}
+    times = {"book_time": FAR, "refresh_time": FAR, "lease_expires": FAR}
+    return {
+        "jobs": [
+            {"tid": tid, "exp_key": BIG_KEY, "misc": misc(tid), **new},
+            {"tid": tid + 1, "exp_key": "foreign", "misc": misc(tid + 1), **new, **times}
+            | {"state": 1, "owner": "gone:1:x"},
+            {"tid": tid + 2, "exp_key": KEY, "state": 1, "owner": "gone:1:x", **times},
+        ],
+        "experiments": [{"_id": "E" * 1_000_000, "space": "S" * 1_000_000, "status": "running"}],
+        "workers": [
+            {
+                "_id": "W" * 1_000_000,
+                "id": "W" * 1_000_000,
+                "host": "H" * 1_000_000,
+                "state": "running",
+                "exp_key": BIG_KEY,
+                "current_tid": "T" * 1_000_000,
+                "last_seen": FAR,
+            }
+        ],
+    }
+
+
+def assert_bounded(text: str, what: Any) -> None:
+    """No line of ``text`` (a command's output, a log) is longer than ``LONGEST_LINE``."""
+    longest = max((len(line) for line in text.splitlines()), default=0)
+    assert longest <= LONGEST_LINE, (what, longest, text[:300])
+
+
 def draw_documents(n: int) -> list[dict[str, Any]]:
     """``n`` documents, the same ones on every run (hypothesis, derandomized)."""
     docs: list[dict[str, Any]] = []
@@ -144,6 +195,7 @@ def inspect_cli(*args: str) -> None:
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == 0 and result.exception is None, (args, result.output[-2000:])
     assert "Traceback" not in result.output, args
+    assert_bounded(result.output, args)
 
 
 def fuzz_search(server, db_name: str, tmp_path: Path, n_docs: int, max_evals: int) -> int:
@@ -151,6 +203,11 @@ def fuzz_search(server, db_name: str, tmp_path: Path, n_docs: int, max_evals: in
     returns how many documents were inserted."""
     store = connect(server.uri, db_name)
     store.create_experiment({"_id": OTHER_OWN, "space": SPACE, "status": "running"})
+    # drawn before any process starts: drawing takes 1.5 s on a quiet machine but 27 s at load
+    # 8, and a search that ran meanwhile could end before the wait below began (issue 22,
+    # item 14: "timed out after 90 s waiting for the search's first running trial")
+    docs = draw_documents(n_docs)
+    assert len(docs) == n_docs
     logs = [tmp_path / f"w{i}.log" for i in range(3)]
     extra = [(), (), ("--trust-pickled",)]
     workers = [
@@ -166,17 +223,17 @@ def fuzz_search(server, db_name: str, tmp_path: Path, n_docs: int, max_evals: in
         stderr=subprocess.STDOUT,
         env=cli_env(),
     )
+    started = [TrialState.RUNNING, TrialState.DONE, TrialState.ERROR]
     try:
-        docs = draw_documents(n_docs)  # while the processes start
-        assert len(docs) == n_docs
-        # insert from the search's first running trial on: its 0.5 s trials keep the 3 workers
-        # busy for max_evals / 6 s more (2.7 s for 16), so the documents land while it runs,
-        # not after a fast search has already ended
+        # insert from the search's first trial on: its 0.5 s trials keep the 3 workers busy for
+        # max_evals / 6 s more (2.7 s for 16), so the documents land while it runs. The signal
+        # is "a trial of the search has started" (running or since finished), which a busy
+        # test process cannot miss; "one is running now" can be missed for good by a slow poll
         wait_for(
-            lambda: store.count(KEY, [TrialState.RUNNING]) > 0,
-            90,
-            what="the search's first running trial",
+            lambda: store.count(KEY, started) > 0, 90, what="the search's first trial to start"
         )
+        for collection, rows in hostile_rows().items():
+            insert_raw_rows(store, collection, rows)
         batch = max(1, len(docs) // 10)
         for i in range(0, len(docs), batch):
             insert_raw_documents(store, [dict(d) for d in docs[i : i + batch]])
@@ -203,12 +260,23 @@ def fuzz_search(server, db_name: str, tmp_path: Path, n_docs: int, max_evals: in
         status = hyperfleet("status", *common, "--exp-key", KEY)  # once as its own process
         assert f"{max_evals}/{max_evals} finished" in status.stdout, status.stdout
         assert "Traceback" not in status.stderr
+        everything = hyperfleet("status", *common)  # every experiment, the 1 MB ones too
+        assert (
+            everything.returncode == 0 and "K" * 80 + "…(1000000 characters)" in everything.stdout
+        )
+        assert_bounded(everything.stdout + everything.stderr, "status")
+        assert len(everything.stdout) < 100_000, len(everything.stdout)  # was 3 MB
+        inspect_cli("workers", *common, "--all")
+        wait_for(  # a worker ran the 1 MB key's trial (and logged it)
+            lambda: store.count(BIG_KEY, [TrialState.DONE]) == 1, 60, what="the 1 MB key's trial"
+        )
         top = hyperfleet("top", *common, "--exp-key", KEY, "--all-states", "-n", "1000").stdout
         assert "-1e+12" not in top and "malformed" in top
     finally:
         stop_all([search, *workers])
     for log in [*logs, search_log]:
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+        assert_bounded(log.read_text(), log)  # the 1 MB key's trial was logged whole
     return len(docs)
 
 

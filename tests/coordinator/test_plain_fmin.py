@@ -172,7 +172,7 @@ def test_show_reaches_string_tids(server, db_name) -> None:
         assert result.exit_code == 0, result.output
         assert result.output.startswith(shown) and "done" in result.output.splitlines()[0]
     missing = CliRunner().invoke(main, [*common, "id9"])
-    assert missing.exit_code == 2 and "has no trial 'id9'" in missing.output
+    assert missing.exit_code == 2 and "has no trial id9;" in missing.output
 
 
 def test_a_plain_fmin_outage_ends_in_the_line_that_says_what_to_do(tmp_path) -> None:

@@ -1,0 +1,60 @@
+"""Issue 22, item 5: every string from the database is bounded where it is printed or logged
+(one document with a 1 MB exp key made `status` print 1,006,268 bytes and every worker log a
+1,000,314-character line). One helper, :func:`coordinator.shown.shown`, does it everywhere."""
+
+from __future__ import annotations
+
+import logging
+
+from click.testing import CliRunner
+
+from coordinator.cli import main
+from coordinator.shown import LOGGED_CHARS, SHOWN_CHARS, BoundedLogValues, shown
+from tests.raw_store import insert_raw_documents, insert_raw_rows
+
+MB = 1_000_000
+
+
+def test_shown_cuts_escapes_and_says_how_long() -> None:
+    assert shown("K" * MB, bare=True) == "K" * SHOWN_CHARS + f"…({MB} characters)"
+    assert shown("K" * MB).startswith("'KKK") and shown("K" * MB).endswith(f"…({MB} characters)")
+    assert shown("ab") == "'ab'" and shown("ab", bare=True) == "ab" and shown(7) == "7"
+    assert shown("x\n2026-01-01 ERROR forged", bare=True) == "x\\n2026-01-01 ERROR forged"
+    assert shown("\u202eevil\x00", bare=True) == "\\u202eevil\\x00"  # no direction override
+    assert len(shown(list(range(20_000)))) <= SHOWN_CHARS + 30
+    assert shown("x" * SHOWN_CHARS, bare=True) == "x" * SHOWN_CHARS  # the bound itself: whole
+
+
+def test_log_values_are_bounded_whichever_module_logs(caplog) -> None:
+    """The log handler's filter bounds every value, so a module that logs a database value
+    without :func:`shown` (here any logger) cannot flood a log either."""
+    handler = logging.StreamHandler()
+    handler.addFilter(BoundedLogValues())
+    record = logging.LogRecord(
+        "x", logging.INFO, "f", 1, "trial %s of %r (%d)", ("T", "K" * MB, 3), None
+    )
+    assert handler.filter(record)
+    line = record.getMessage()
+    assert line.startswith("trial T of 'KKK") and line.endswith("characters)' (3)")
+    assert len(line) < LOGGED_CHARS + 60
+    fstring = logging.LogRecord("x", logging.INFO, "f", 1, "key " + "K" * MB, None, None)
+    assert handler.filter(fstring) and len(fstring.getMessage()) < 4 * LOGGED_CHARS + 30
+
+
+def test_status_and_workers_bound_a_1_mb_key(server, db_name, store) -> None:
+    tid = 12345
+    misc = {"tid": tid, "cmd": None, "idxs": {"x": [tid]}, "vals": {"x": [0.25]}}
+    insert_raw_documents(
+        store,
+        [{"tid": tid, "state": 0, "exp_key": "K" * MB, "space": "quadratic", "misc": misc}],
+    )
+    insert_raw_rows(
+        store, "experiments", [{"_id": "E" * MB, "space": "S" * MB, "status": "S" * MB}]
+    )
+    row = {"_id": "W" * MB, "id": "W" * MB, "host": "H" * MB, "state": "running"}
+    insert_raw_rows(store, "workers", [{**row, "exp_key": "K" * MB, "current_tid": "T" * MB}])
+    common = ["--mongo", server.uri, "--db", db_name]
+    for args in (["status"], ["workers", "--all"], ["status", "--exp-key", "nope"]):
+        result = CliRunner().invoke(main, [*args, *common])
+        assert result.exit_code == (2 if "nope" in args else 0), result.output[:300]
+        assert len(result.output) < 2_000, (args, len(result.output))  # status: 3 MB before
