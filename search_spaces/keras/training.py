@@ -277,6 +277,28 @@ def validation_batch(batch_size: int) -> int:
     return max(int(batch_size), VALIDATION_BATCH)
 
 
+_validation_sets: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+
+def validation_kwargs(pair: tuple[Any, Any], batch_size: int) -> dict[str, Any]:
+    """``fit``'s validation arguments. TensorFlow: the split as a batched ``tf.data.Dataset``
+    kept per process (the batches Keras would make from the arrays, in the same order, so the
+    same losses, without converting 10,000 images and tracing its input pipeline per trial)."""
+    batch = validation_batch(batch_size)
+    if keras.backend.backend() != "tensorflow":
+        return {"validation_data": pair, "validation_batch_size": batch}
+    import tensorflow as tf
+
+    key = (id(pair[0]), batch)
+    kept = _validation_sets.get(key)
+    if kept is None or kept[0] is not pair[0]:  # ``is``: an id may be reused after a free
+        if len(_validation_sets) >= 4:
+            _validation_sets.clear()
+        kept = (pair[0], tf.data.Dataset.from_tensor_slices(pair).batch(batch))
+        _validation_sets[key] = kept
+    return {"validation_data": kept[1]}
+
+
 def compiled_model(
     build_model: BuildModel,
     params: dict[str, Any],
@@ -344,10 +366,9 @@ def run_trial(
         fitted = model.fit(
             *splits.train,
             batch_size=int(params["batch_size"]),
-            validation_batch_size=validation_batch(params["batch_size"]),
             epochs=int(settings["epochs"]),
             initial_epoch=initial_epoch,
-            validation_data=splits.validation,
+            **validation_kwargs(splits.validation, int(params["batch_size"])),
             callbacks=[
                 Reseed(seed + initial_epoch),
                 keras.callbacks.TerminateOnNaN(),
