@@ -17,6 +17,7 @@ from coordinator.cli.options import (
 )
 from coordinator.defaults import MODEL_ATTACHMENT
 from coordinator.errors import ConfigError, HyperfleetError
+from coordinator.shown import shown
 
 if TYPE_CHECKING:
     from coordinator.store import TrialStoreBase
@@ -35,15 +36,15 @@ def _keras_space(exp: dict[str, Any], spaces: tuple[str, ...] = ()) -> Any:
     name = exp.get("space")
     if not isinstance(name, str):
         raise ConfigError(
-            f"experiment {exp.get('_id')!r} names no search space; nothing to evaluate"
+            f"experiment {shown(exp.get('_id'))} names no search space; nothing to evaluate"
         )
     try:
         space = get_space(name)
     except SpaceError:
         recorded = exp.get("spaces_source")
-        hint = f" (the search recorded --spaces {recorded!r})" if recorded else ""
+        hint = f" (the search recorded --spaces {shown(recorded)})" if recorded else ""
         raise SpaceError(
-            f"--evaluate needs search space {name!r}, which is not registered here: pass "
+            f"--evaluate needs search space {shown(name)}, which is not registered here: pass "
             f"--spaces PATH, the file or module that defines it{hint}"
         ) from None
     if not isinstance(space, KerasSearchSpace) or space.data is None:

@@ -58,3 +58,16 @@ def test_status_and_workers_bound_a_1_mb_key(server, db_name, store) -> None:
         result = CliRunner().invoke(main, [*args, *common])
         assert result.exit_code == (2 if "nope" in args else 0), result.output[:300]
         assert len(result.output) < 2_000, (args, len(result.output))  # status: 3 MB before
+
+
+def test_best_evaluate_bounds_an_unknown_space_read_from_the_experiment(
+    server, db_name, store
+) -> None:
+    """`best --evaluate` names the experiment's space and its recorded --spaces, both read
+    from the database."""
+    exp = {"_id": "big", "space": "S" * MB, "spaces_source": "P" * MB, "status": "done"}
+    insert_raw_rows(store, "experiments", [exp])
+    args = ["best", "--mongo", server.uri, "--db", db_name, "--exp-key", "big", "--evaluate"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "needs search space 'SSS" in result.output, result.output[:300]
+    assert len(result.output) < 1_000, len(result.output)  # 2 MB before
