@@ -447,7 +447,7 @@ def warm_up(
 ) -> None:
     """Make this process's first trial a warm one: build and compile ``params``' model (it stays
     in the compiled-model cache), load its data and fit it for one step with one validation
-    step, so the framework's first-use costs (thread pools, kernels, the first trace) and the
+    pass, so the framework's first-use costs (thread pools, kernels, the first trace) and the
     dataset are paid before any trial is reserved."""
     spe = int(os.environ.get("HYPERFLEET_STEPS_PER_EXECUTION") or WORKER_STEPS_PER_EXECUTION)
     model = compiled_model(build_model, params, settings, seed=1, steps_per_execution=spe).model
@@ -458,8 +458,8 @@ def warm_up(
         x[:batch],
         y[:batch],
         batch_size=batch,
-        validation_batch_size=validation_batch(batch),
         epochs=1,
-        validation_data=(splits.validation[0][:batch], splits.validation[1][:batch]),
+        # the whole validation split, as trials see it: its input pipeline is kept warm too
+        **validation_kwargs(splits.validation, batch),
         verbose=0,
     )
