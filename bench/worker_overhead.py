@@ -26,7 +26,8 @@ plus the compiled-model cache, issue 20).
 
 ``lecture_values`` (defined here, loaded with ``--spaces`` by the workers) is the lecture's model
 (784-64-64-10 relu, RMSprop, batch 64) with its learning rate and rho searched: one
-architecture, values varying.
+architecture, values varying. ``mlp_coarse`` (also here) is ``mnist_mlp`` with few shapes.
+``KERAS_BACKEND=jax`` in the environment runs every side on JAX.
 
 Targets: issue 15, on a warm worker the time outside steady-state training
 (``trial - timing.steady_s``) <= 10 % of the trial (median); a cold worker's first trial no more
@@ -77,6 +78,44 @@ def _lecture_values(settings: Any) -> Any:
     }
 
 
+def _mlp_coarse(settings: Any) -> Any:
+    """The remedy docs/keras.md offers: shape choices few (2 depths x 3 widths, one batch size,
+    2 optimizers: 12 architectures), values free."""
+    width = hp.choice("units", [64, 128, 256])
+    dropout = hp.uniform("dropout", 0.0, 0.5)
+    return {
+        "layers": hp.choice(
+            "depth",
+            [[{"units": width, "dropout": dropout}], [{"units": width, "dropout": dropout}] * 2],
+        ),
+        "activation": "relu",
+        "optimizer": hp.choice(
+            "optimizer",
+            [
+                {
+                    "name": "adam",
+                    "learning_rate": hp.loguniform("adam_lr", -9.2, -4.6),
+                    "beta_1": hp.uniform("beta_1", 0.8, 0.95),
+                },
+                {
+                    "name": "rmsprop",
+                    "learning_rate": hp.loguniform("rmsprop_lr", -9.2, -4.6),
+                    "rho": hp.uniform("rho", 0.8, 0.99),
+                },
+            ],
+        ),
+        "batch_size": 128,
+    }
+
+
+mlp_coarse = keras_space(
+    "mlp_coarse",
+    _mlp_coarse,
+    build_mlp,
+    mnist_data,
+    MNIST_SETTINGS,
+    "mnist_mlp with few shapes (12 architectures), values free: the reuse remedy",
+)
 lecture_values = keras_space(
     "lecture_values",
     _lecture_values,
