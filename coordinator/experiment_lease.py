@@ -29,6 +29,7 @@ from typing import Any
 
 from coordinator import defaults
 from coordinator.errors import ExperimentBusy, StoreUnavailable
+from coordinator.shown import shown
 from coordinator.store import TrialStoreBase
 
 logger = logging.getLogger(__name__)
@@ -82,10 +83,8 @@ def pid_gone(pid: int) -> bool:
 
 def describe(coordinator: Mapping[str, Any]) -> str:
     """``host myhost pid 123`` (the host bounded: it comes from the database)."""
-    host = str(coordinator.get("host"))
-    if len(host) > HOST_CHARS:
-        host = host[:HOST_CHARS] + "..."
-    return f"host {host} pid {coordinator.get('pid')}"
+    host = shown(coordinator.get("host"), HOST_CHARS, bare=True)
+    return f"host {host} pid {shown(coordinator.get('pid'), bare=True)}"
 
 
 def lease_state(coordinator: Any, now: dt.datetime, me: Holder | None = None) -> tuple[str, float]:

@@ -31,6 +31,7 @@ from coordinator.housekeeping import POLL_S, TICK_S, Housekeeping, continue_stre
 from coordinator.loop import OnTick, SearchLoop
 from coordinator.progress import SearchProgress
 from coordinator.pruning import PruningConfig
+from coordinator.shown import shown
 from coordinator.states import ExperimentStatus, TrialState
 from coordinator.store import TrialStoreBase, to_bson, utcnow
 from coordinator.trials import HyperfleetTrials, one_seed_per_id
@@ -208,7 +209,7 @@ def _started_doc(
         before = _as_stored_today(existing)
         differs = [k for k, v in wanted.items() if before.get(k) != v]
         if differs:
-            was = ", ".join(f"{k}={before.get(k)!r}" for k in differs)
+            was = ", ".join(f"{k}={shown(before.get(k))}" for k in differs)  # from the database
             now = ", ".join(f"{k}={wanted[k]!r}" for k in differs)
             if not config.force:
                 raise ExperimentMismatch(

@@ -71,3 +71,20 @@ def test_best_evaluate_bounds_an_unknown_space_read_from_the_experiment(
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "needs search space 'SSS" in result.output, result.output[:300]
     assert len(result.output) < 1_000, len(result.output)  # 2 MB before
+
+
+def test_a_rerun_mismatch_bounds_what_the_stored_experiment_says(server, db_name, store) -> None:
+    """A search refused because the exp key holds another search names what the stored
+    document says (its space, settings): a megabyte there made a megabyte line."""
+    insert_raw_rows(store, "experiments", [{"_id": "q", "space": "S" * MB, "status": "done"}])
+    args = ["search", "quadratic", "--mongo", server.uri, "--db", db_name, "--exp-key", "q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "already holds a search with" in result.output, result.output
+    assert f"…({MB} characters)" in result.output and len(result.output) < 2_000
+
+
+def test_a_busy_experiment_bounds_the_stored_coordinator() -> None:
+    from coordinator.experiment_lease import describe
+
+    text = describe({"host": "H" * MB, "pid": "P" * MB})
+    assert text.startswith("host HHH") and len(text) < 250, len(text)
