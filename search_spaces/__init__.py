@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.errors import SpaceError
+from coordinator.shown import shown
 from search_spaces.base import SearchSpace, Setting, TrialContext, parse_set_options
 
 __all__ = [
@@ -139,7 +140,7 @@ def get_space(name: str) -> SearchSpace:
     except KeyError:
         known = ", ".join(sorted(_registry))
         raise SpaceError(
-            f"unknown search space {name!r} (known: {known}); add yours with --spaces PATH"
+            f"unknown search space {shown(name)} (known: {known}); add yours with --spaces PATH"
         ) from None
 
 

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from coordinator.errors import HyperfleetError
+from coordinator.shown import shown
 from coordinator.states import ExperimentStatus, TrialState
 from coordinator.store import TrialStoreBase
 from search_spaces import SearchSpace, get_space
@@ -66,7 +67,7 @@ def _targets(
         try:
             space = get_space(exp["space"])
         except HyperfleetError as e:
-            logger.info("not warming for experiment %r: %s", exp.get("_id"), e)
+            logger.info("not warming for experiment %s: %s", shown(exp.get("_id")), e)
             continue
         if callable(getattr(space, "warm_up", None)):
             targets.append((space, space.resolve_settings(exp.get("settings") or {})))

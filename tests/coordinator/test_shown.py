@@ -88,3 +88,15 @@ def test_a_busy_experiment_bounds_the_stored_coordinator() -> None:
 
     text = describe({"host": "H" * MB, "pid": "P" * MB})
     assert text.startswith("host HHH") and len(text) < 250, len(text)
+
+
+def test_an_unknown_space_name_from_the_database_is_bounded() -> None:
+    """Workers, `best` and warm-up look up the space a trial or experiment names."""
+    import pytest
+
+    from coordinator.errors import SpaceError
+    from search_spaces import get_space
+
+    with pytest.raises(SpaceError, match="unknown search space 'SSS") as caught:
+        get_space("S" * MB)
+    assert len(str(caught.value)) < 2_000
