@@ -36,6 +36,8 @@ class Ctx:
     def attach(self, name, data): pass
     def best_loss(self): return None
     def drop_superseded_models(self, name, worse_than): return 0
+    def load_checkpoint(self, restore=None): return None
+    def save_checkpoint(self, epoch, data): pass
 
 def params(name, lr, x, dropout):
     extra = {"adam": {"beta_1": x}, "sgd": {"momentum": x, "nesterov": True},
