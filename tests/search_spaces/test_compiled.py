@@ -128,6 +128,26 @@ def test_the_key_leaves_values_out_and_keeps_shapes() -> None:
     assert key(32, 0.2, amsgrad=True) != base  # the optimizer's structure
 
 
+def test_cnn_dropout_is_a_value() -> None:
+    from search_spaces.keras import values
+    from search_spaces.keras.compiled import architecture_key
+    from search_spaces.mnist import build_cnn
+
+    adam = values.make_optimizer({"name": "adam", "learning_rate": 1e-3})[1]
+
+    def key(filters: int, dropout: float) -> str | None:
+        params = {
+            "conv": [{"filters": filters}],
+            "dense_units": 64,
+            "dropout": dropout,
+            "activation": "relu",
+        }
+        return architecture_key(build_cnn(params, {}), adam, batch_size=32)[0]
+
+    assert key(16, 0.1) == key(16, 0.4) is not None
+    assert key(16, 0.1) != key(32, 0.1)
+
+
 def test_unknown_cases_are_built_afresh() -> None:
     import keras
 
