@@ -214,10 +214,16 @@ class SearchLoop:
         self.queued += len(docs)
 
     def _room(self) -> int:
-        """How many more trials this run may queue: what is left of its share, and never more
-        than ``max_evals`` less the trials stored (ERROR ones do not count, as in hyperopt)."""
+        """How many more trials this run may queue: what is left of its share and, for a
+        coordinator holding the experiment's lease (``search``, ``local``), never more than
+        ``max_evals`` less the trials stored (ERROR ones do not count, as in hyperopt). Plain
+        ``fmin`` keeps hyperopt's rule (its share counts the trials of the caller's last
+        refresh, so trials inserted after it, e.g. a warm start's points, come on top)."""
+        share = self._to_queue - self.queued
+        if self.lease is None:
+            return share
         counted = self.view.stored - self.view.count(TrialState.ERROR)
-        return min(self._to_queue - self.queued, self.max_evals - counted)
+        return min(share, self.max_evals - counted)
 
     def _over(self) -> bool:
         """Nothing more to queue, and nothing queued or running."""

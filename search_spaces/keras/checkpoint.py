@@ -1,7 +1,7 @@
 """A Keras trial's checkpoint: its model's variables, its optimizer's state and the epoch.
 
-:func:`keras_state` packs them into one ``.npz`` buffer (arrays only, plus a JSON header: read
-back with ``allow_pickle=False``, so a checkpoint can never run code); :func:`restore_keras_state`
+:func:`keras_state` packs them into one buffer: a JSON header, then the variables' raw bytes
+(numbers only: nothing in a checkpoint is ever unpickled or run); :func:`restore_keras_state`
 loads one into a model of the same architecture and refuses anything else with
 :class:`~coordinator.errors.CheckpointRefused` (another architecture, another optimizer, a
 truncated buffer). The model's variables include its layers' random seed state (dropout), so a
@@ -12,16 +12,15 @@ not bit-for-bit the uninterrupted one.
 :class:`CheckpointEvery` is the callback: after every ``every`` epochs, at most once per
 ``min_interval_s`` seconds, a checkpoint of at most ``max_bytes`` (a bigger one is skipped with
 one warning) through ``ctx.save_checkpoint``, after the epoch was reported (never for an epoch
-whose report said stop).
+whose report said stop, nor after the last epoch), written while the next epoch trains.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import threading
 import time
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +33,7 @@ from search_spaces.base import TrialContext
 logger = logging.getLogger(__name__)
 
 FORMAT = "hyperfleet-keras-checkpoint/1"
+MAGIC = b"HFKERASC"
 
 
 def _variables(model: keras.Model) -> tuple[list[Any], list[Any]]:
@@ -49,65 +49,82 @@ def _layout(variables: list[Any]) -> list[list[Any]]:
 
 
 def keras_state(model: keras.Model, epoch: int) -> bytes:
-    """``model``'s variables and optimizer state after ``epoch`` epochs, as bytes."""
+    """``model``'s variables and optimizer state after ``epoch`` epochs, as bytes: ``MAGIC``,
+    the JSON header's length (8 bytes, little-endian), the header, then each variable's raw
+    bytes in order (no archive to build: packing costs about what copying the values does)."""
     model_vars, optimizer_vars = _variables(model)
-    header = {
-        "format": FORMAT,
-        "epoch": epoch,
-        "model": _layout(model_vars),
-        "optimizer": _layout(optimizer_vars),
-    }
-    arrays = {f"m{i}": np.asarray(keras.ops.convert_to_numpy(v)) for i, v in enumerate(model_vars)}
-    arrays.update(
-        {f"o{i}": np.asarray(keras.ops.convert_to_numpy(v)) for i, v in enumerate(optimizer_vars)}
-    )
-    buffer = io.BytesIO()
-    header_bytes = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    np.savez(buffer, header=header_bytes, **arrays)
-    return buffer.getvalue()
+    values = [np.ascontiguousarray(keras.ops.convert_to_numpy(v)) for v in model_vars]
+    values += [np.ascontiguousarray(keras.ops.convert_to_numpy(v)) for v in optimizer_vars]
+    header = json.dumps(
+        {
+            "format": FORMAT,
+            "epoch": epoch,
+            "model": _layout(model_vars),
+            "optimizer": _layout(optimizer_vars),
+            "nbytes": [int(v.nbytes) for v in values],
+        }
+    ).encode()
+    return b"".join([MAGIC, len(header).to_bytes(8, "little"), header, *(v.data for v in values)])
+
+
+def _header(data: bytes) -> tuple[dict[str, Any], int]:
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
+        raise CheckpointRefused("not a Keras checkpoint (no hyperfleet checkpoint header)")
+    size = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 8], "little")
+    start = len(MAGIC) + 8
+    if size > min(len(data) - start, 2**24):
+        raise CheckpointRefused("not a Keras checkpoint (its header runs past its end)")
+    try:
+        header = json.loads(data[start : start + size].decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointRefused(f"not a Keras checkpoint (header: {e})") from e
+    found = header.get("format") if isinstance(header, dict) else type(header).__name__
+    if found != FORMAT:
+        raise CheckpointRefused(f"format {str(found)[:40]!r}, not {FORMAT!r}")
+    return header, start + size
 
 
 def restore_keras_state(model: keras.Model, data: bytes) -> int:
     """Load a :func:`keras_state` buffer into ``model`` (built and compiled the same way);
-    returns its epoch. Raises :class:`CheckpointRefused` saying why it does not fit."""
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            header = json.loads(npz["header"].tobytes().decode())
-            arrays = {name: npz[name] for name in npz.files if name != "header"}
-    except (
-        OSError,
-        EOFError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        zipfile.BadZipFile,
-    ) as e:
-        raise CheckpointRefused(f"not a Keras checkpoint ({type(e).__name__}: {e})") from e
-    found = header.get("format") if isinstance(header, dict) else type(header).__name__
-    if found != FORMAT:
-        raise CheckpointRefused(f"format {str(found)[:40]!r}, not {FORMAT!r}")
+    returns its epoch. Raises :class:`CheckpointRefused` saying why it does not fit, before
+    anything is assigned."""
+    header, offset = _header(data)
     model_vars, optimizer_vars = _variables(model)
-    for part, variables, prefix in (("model", model_vars, "m"), ("optimizer", optimizer_vars, "o")):
+    for part, variables in (("model", model_vars), ("optimizer", optimizer_vars)):
         if header.get(part) != _layout(variables):
             raise CheckpointRefused(
                 f"its {part} variables do not match this trial's (another architecture)"
             )
-        for i, var in enumerate(variables):
-            value = arrays.get(f"{prefix}{i}")
-            if value is None or list(value.shape) != list(var.shape):
-                raise CheckpointRefused(f"its {part} variable {var.path} is missing or reshaped")
-    for variables, prefix in ((model_vars, "m"), (optimizer_vars, "o")):
-        for i, var in enumerate(variables):
-            var.assign(arrays[f"{prefix}{i}"])
+    variables = model_vars + optimizer_vars
+    sizes = header.get("nbytes")
+    wanted = [
+        int(np.prod(v.shape, dtype=np.int64)) * np.dtype(str(v.dtype)).itemsize for v in variables
+    ]
+    if sizes != wanted or offset + sum(wanted) != len(data):
+        raise CheckpointRefused("its variables' bytes do not add up (truncated or altered)")
     epoch = header.get("epoch")
-    if not isinstance(epoch, int) or epoch < 0:
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise CheckpointRefused(f"its epoch {str(epoch)[:20]!r} is not a whole number")
+    for var, nbytes in zip(variables, wanted, strict=True):
+        value = np.frombuffer(
+            data,
+            dtype=str(var.dtype),
+            count=nbytes // np.dtype(str(var.dtype)).itemsize,
+            offset=offset,
+        )
+        var.assign(value.reshape(tuple(var.shape)))
+        offset += nbytes
     return epoch
 
 
 class CheckpointEvery(keras.callbacks.Callback):
-    """Save the trial's state through ``ctx`` after every ``every`` epochs (see the module)."""
+    """Save the trial's state through ``ctx`` after every ``every`` epochs (see the module).
+
+    The state is packed in the training thread (values must be read between epochs) and written
+    by a background thread while the next epoch trains; at most one write is in flight (the
+    next waits for it), and the last is waited for when training ends. A write's error (a lost
+    lease, an outage past its budget) is raised in the training thread at the next epoch's end.
+    """
 
     def __init__(
         self,
@@ -125,19 +142,25 @@ class CheckpointEvery(keras.callbacks.Callback):
         self.min_interval_s = min_interval_s
         self.max_bytes = max_bytes
         self.saved = 0  #: checkpoints written
-        self.seconds = 0.0  #: time spent packing and writing them
+        self.seconds = 0.0  #: time training waited for them (packing, a previous write)
+        self.write_s = 0.0  #: time the writes took in the background
+        self.bytes = 0  #: the size of the last one
         self._last = -float("inf")
         self._warned = False
+        self._pending: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         done = epoch + 1
         last = done >= int(self.params.get("epochs") or 0)  # the trial ends now: no resume
-        if self.every <= 0 or done % self.every or last or getattr(self.reporter, "stopped", False):
+        stopped = getattr(self.reporter, "stopped", False)
+        if self.every <= 0 or done % self.every or last or stopped:
             return
         now = time.monotonic()
         if now - self._last < self.min_interval_s:
             return
         started = time.perf_counter()
+        self._wait()
         data = keras_state(self.model, done)
         if len(data) > self.max_bytes:
             if not self._warned:
@@ -149,10 +172,35 @@ class CheckpointEvery(keras.callbacks.Callback):
                 )
                 self._warned = True
             return
-        self.ctx.save_checkpoint(done, data)
+        self._pending = threading.Thread(
+            target=self._write, args=(done, data), name="checkpoint", daemon=True
+        )
+        self._pending.start()
         self._last = now
         self.saved += 1
+        self.bytes = len(data)
         self.seconds += time.perf_counter() - started
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        started = time.perf_counter()
+        self._wait()
+        self.seconds += time.perf_counter() - started
+
+    def _write(self, epoch: int, data: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            self.ctx.save_checkpoint(epoch, data)
+        except BaseException as e:  # noqa: BLE001 - raised in the training thread (_wait)
+            self._error = e
+        self.write_s += time.perf_counter() - started
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def resume(ctx: TrialContext, model: keras.Model) -> int:

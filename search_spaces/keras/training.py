@@ -395,7 +395,9 @@ def run_trial(
         "save_s": 0.0,
         "compile_reused": 1 if prepared.reused else 0,
         "compile_cache_size": len(cache()),
-        "checkpoint_s": checkpoints.seconds,  # inside fit_s: packing and writing checkpoints
+        # inside fit_s: what training waited for checkpoints (packing; a write still going)
+        "checkpoint_s": checkpoints.seconds,
+        "checkpoint_write_s": checkpoints.write_s,  # the writes, beside the next epochs
     }
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     result: dict[str, Any] = {
@@ -403,6 +405,7 @@ def run_trial(
         "epochs_run": initial_epoch + len(history.get("loss", [])),
         "resumed_from_epoch": initial_epoch,
         "checkpoints": checkpoints.saved,
+        "checkpoint_bytes": checkpoints.bytes,
         "stopped_early": reporter.stopped,
         "train_seconds": round(train_s, 4),
         "train_size": len(splits.train[1]),

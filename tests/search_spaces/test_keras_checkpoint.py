@@ -68,14 +68,22 @@ def test_another_architecture_or_junk_is_refused_and_changes_nothing() -> None:
     before = _values(other.variables)
     with pytest.raises(CheckpointRefused, match="another architecture"):
         restore_keras_state(other, data)
+    for a, b in zip(before, _values(other.variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    same = _model(width=8, seed=3)
+    before = _values(same.variables)
     for junk, reason in (
         (b"", "not a Keras checkpoint"),
-        (data[: len(data) // 2], "not a Keras checkpoint"),
         (b"PK\x03\x04" + b"\0" * 100, "not a Keras checkpoint"),
+        (data[:20], "header runs past its end"),
+        (data[: len(data) // 2], "do not add up"),
+        (data + b"\0", "do not add up"),
+        (keras_state(_model(width=8), -1), "epoch"),
     ):
         with pytest.raises(CheckpointRefused, match=reason):
-            restore_keras_state(other, junk)
-    for a, b in zip(before, _values(other.variables), strict=True):
+            restore_keras_state(same, junk)
+    for a, b in zip(before, _values(same.variables), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -29,6 +29,8 @@ PHASES = {
     "run_s",
     "compile_reused",  # issue 20: 1 when the trial trained a cached compiled model
     "compile_cache_size",
+    "checkpoint_s",  # issue 21: what training waited for checkpoints
+    "checkpoint_write_s",  # and the writes beside the next epochs
 }
 
 
