@@ -13,6 +13,7 @@ start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -139,14 +140,9 @@ def check_db_path(db_path: str | os.PathLike[str], *, create: bool = True) -> No
     if str(db_path) == ":memory:":
         return
     path = Path(db_path)
-    if not create and not path.exists():
-        parent = next((p for p in path.absolute().parents if p.exists()), None)
-        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise ServerStartError(
-                f"cannot create {path} as the database directory ({parent} is not a writable "
-                "directory); pass a writable --db-path"
-            )
-        return
+    # without ``create``, what this check makes is removed again (permission bits alone say
+    # nothing for root, or for /proc: only trying tells)
+    missing = [] if create else [p for p in (path, *path.absolute().parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".hyperfleet-write-test-{os.getpid()}"
@@ -157,6 +153,10 @@ def check_db_path(db_path: str | os.PathLike[str], *, create: bool = True) -> No
             f"cannot use {path} as the database directory ({e.strerror or e}); "
             "pass a writable --db-path"
         ) from None
+    finally:
+        for made in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
 
 # argv: storage path, user name; the password on stdin. Opens the storage directly (no socket:

@@ -33,7 +33,7 @@ from typing import Any
 
 import keras
 
-from search_spaces.keras import values
+import search_spaces.keras.values as values
 
 __all__ = [
     "DEFAULT_SIZE",

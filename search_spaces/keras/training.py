@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 import keras
 from hyperopt import STATUS_FAIL, STATUS_OK
 
+import search_spaces.keras.values as values
 from coordinator.defaults import MODEL_ATTACHMENT, SAVE_MODE
 from coordinator.states import Verdict
 from search_spaces.base import TrialContext
-from search_spaces.keras import values
 from search_spaces.keras.checkpoint import CheckpointEvery, resume
 from search_spaces.keras.compiled import Prepared, cache, prepare, trial_seed
 
