@@ -64,7 +64,7 @@ def run(uri: str, args: argparse.Namespace, log: Path, exp_key: str, every: int)
                     "--mongo",
                     uri,
                     "--exp-key",
-                    EXP_KEY,
+                    exp_key,
                     "--max-evals",
                     str(args.trials),
                     "--seed",
@@ -91,10 +91,10 @@ def steady_epochs(uri: str, exp_key: str) -> list[float]:
     return found
 
 
-def rows(uri: str) -> list[dict[str, float]]:
+def rows(uri: str, exp_keys: list[str]) -> list[dict[str, float]]:
     store = connect(uri)
     found = []
-    for doc in store.trials(EXP_KEY):
+    for doc in (d for key in exp_keys for d in store.trials(key)):
         result, timing = doc.get("result") or {}, doc.get("timing") or {}
         saved = result.get("checkpoints") or 0
         steady = [e["seconds"] for e in doc.get("epochs", [])[1:] if "seconds" in e]
@@ -137,7 +137,7 @@ def main() -> None:
             for i in range(2):
                 run(server.uri, args, Path(tmp) / "run.log", f"{EXP_KEY}-off-{i}", 0)
                 run(server.uri, args, Path(tmp) / "run.log", EXP_KEY if i else f"{EXP_KEY}-0", 1)
-            found = rows(server.uri)
+            found = rows(server.uri, [f"{EXP_KEY}-0", EXP_KEY])
             off = [e for i in range(2) for e in steady_epochs(server.uri, f"{EXP_KEY}-off-{i}")]
             on = steady_epochs(server.uri, EXP_KEY) + steady_epochs(server.uri, f"{EXP_KEY}-0")
         finally:

@@ -23,6 +23,7 @@ WITH_HELP = [
     "stock_hyperopt.py",
     "gpu_bare_trial.py",
     "store_queries.py",
+    "checkpoint_cost.py",
 ]
 if importlib.util.find_spec("optuna") is not None:
     WITH_HELP.append("optuna_bench.py")
@@ -70,3 +71,20 @@ def test_store_queries_runs_small() -> None:
     rows = [line for line in proc.stdout.splitlines() if line.lstrip().startswith("20 trials")]
     assert len(rows) >= 8
     assert any("reserve_trial" in line and " ms " in line for line in rows)
+
+
+@pytest.mark.slow
+def test_checkpoint_cost_runs_at_a_tiny_size() -> None:
+    """bench/checkpoint_cost.py end to end (real searches and workers, a tiny MNIST subset)."""
+    out = _run(
+        "bench/checkpoint_cost.py",
+        "--trials",
+        "1",
+        "--epochs",
+        "3",
+        "--train-size",
+        "500",
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "of an epoch" in out.stdout and "without checkpoints" in out.stdout
