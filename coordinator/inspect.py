@@ -481,11 +481,15 @@ class WorkerView:
     last_seen: dt.datetime | None
     age_s: float | None
     stale: bool
+    #: its last heartbeat is stamped ahead of the server's clock (a hand edit, another clock):
+    #: no proof of life, so stale (the store's live_workers leaves it out too)
+    ahead: bool = False
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], now: dt.datetime, stale_s: float) -> WorkerView:
         seen = when(doc.get("last_seen"))
         age = (now - seen).total_seconds() if seen is not None else None
+        ahead = age is not None and age < -FUTURE_SLACK_S
         state = doc.get("state", WorkerStatus.ALIVE.value)
         state = state if isinstance(state, str) else str(state)
         gpu = typed(doc.get("gpu"), str, int) or typed(doc.get("cuda_visible_devices"), str, int)
@@ -499,8 +503,13 @@ class WorkerView:
             state=state,
             last_seen=seen,
             age_s=age,
-            stale=state == WorkerStatus.ALIVE and (age is None or age > stale_s),
+            stale=state == WorkerStatus.ALIVE and (age is None or age > stale_s or ahead),
+            ahead=ahead,
         )
+
+
+#: a heartbeat stamped this far ahead of the server's clock is no sign of life (as the store's)
+FUTURE_SLACK_S = 5.0
 
 
 def worker_views(

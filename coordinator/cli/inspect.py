@@ -98,6 +98,8 @@ def _worker_line(w: ins.WorkerView) -> str:
     trial = f"trial {shown(w.current_tid, bare=True)}" if w.current_tid is not None else "idle"
     gpu = f" gpu {shown(w.gpu, bare=True)}" if w.gpu and w.gpu != "none" else ""
     seen = "never" if w.age_s is None else f"{ins.fmt_duration(w.age_s)} ago"
+    if w.ahead:
+        seen = f"{ins.fmt_duration(-w.age_s)} in the future"  # type: ignore[operator]
     flag = "  STALE (no heartbeat)" if w.stale else ""
     return f"{shown(w.id, bare=True)}{gpu}: {trial}, last heartbeat {seen}{flag}"
 
@@ -128,8 +130,8 @@ def workers(mongo: str, db: str, stale_s: float, include_stopped: bool) -> None:
             "exp_key": w.exp_key or "any",
             "trial": w.current_tid,
             "last_heartbeat": w.last_seen,
-            "age": ins.fmt_duration(w.age_s),
-            "state": "STALE" if w.stale else w.state,
+            "age": ins.fmt_duration(w.age_s) if not w.ahead else "in the future",
+            "state": ("STALE (clock ahead)" if w.ahead else "STALE") if w.stale else w.state,
         }
         for w in views
     ]

@@ -362,3 +362,29 @@ def test_flatten_rows_columns_and_sorting() -> None:
     assert csv_text.splitlines()[0].startswith("tid,state,status,loss,params.opt.lr")
     assert jsonable(dt.datetime(2024, 1, 2, 3, 4, 5)) == "2024-01-02T03:04:05.000Z"
     assert jsonable(float("nan")) is None
+
+
+def test_a_worker_whose_heartbeat_is_in_the_future_is_stale_not_alive(server, store) -> None:
+    """Issue 22, item 6: a worker row stamped ahead of the server's clock (a hand edit, another
+    program's clock) showed as alive with age '-315359955 s' (then '0.0 s'); it is no sign of
+    life: `workers` and `status` call it stale, and the live count leaves it out."""
+    from tests.conftest import hyperfleet
+
+    now = store.server_time()
+    for wid, seen in (("ahead", dt.datetime(2036, 1, 1)), ("here", now)):
+        store.workers.insert_one(
+            {"_id": wid, "host": "h", "pid": 1, "state": "alive", "last_seen": seen}
+        )
+    out = hyperfleet("workers", "--mongo", server.uri, "--db", store.db_name)
+    assert out.returncode == 0, out.stderr
+    ahead = next(line for line in out.stdout.splitlines() if line.startswith("ahead"))
+    assert "in the future" in ahead and "STALE (clock ahead)" in ahead and "alive" not in ahead
+    here = next(line for line in out.stdout.splitlines() if line.startswith("here"))
+    assert here.rstrip().endswith("alive")
+    assert [w.id for w in store_live(store)] == ["here"]
+
+
+def store_live(store):
+    from coordinator import inspect as ins
+
+    return [w for w in ins.worker_views(store) if not w.stale]
