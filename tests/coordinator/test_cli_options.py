@@ -139,7 +139,12 @@ def test_every_exp_key_option_reads_the_environment(monkeypatch: pytest.MonkeyPa
         (exp_key,) = (p for p in cmd.params if p.name == "exp_key")
         assert exp_key.envvar == "HYPERFLEET_EXP_KEY", name
         assert "[env: HYPERFLEET_EXP_KEY]" in (exp_key.help or ""), name
-        required = {"space_name": ["SPACE"], "tid": ["1"], "out_dir": ["-o", "plots"]}
+        required = {
+            "space_name": ["SPACE"],
+            "tid": ["1"],
+            "tid_text": ["1"],
+            "out_dir": ["-o", "plots"],
+        }
         args = [a for p in cmd.params for a in required.get(p.name or "", [])]
         with cmd.make_context(name, list(args), parent=click.Context(main)) as ctx:
             assert ctx.params["exp_key"] == "from-env", name

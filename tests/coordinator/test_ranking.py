@@ -150,4 +150,7 @@ def test_dashboard_charts_rank_as_the_rule(docs) -> None:
         by_tid[6].to_json(with_curve=False)["t1"],
     ]
     # the best curves: full trials in rule order, the pruned ones only after them
-    assert curve_tids(entries, best=5, recent=0) == [8, 6, 1, 3, 2, 0]  # 8: running
+    assert curve_tids(entries, best=5, recent=0, pruned=0) == [8, 6, 1, 3, 2, 0]  # 8: running
+    # and the most recently pruned trials are drawn whatever the ranking leaves out (issue 23)
+    pruned = [e.tid for e in entries if e.state == "pruned" and e.curve is not None]
+    assert set(pruned) <= set(curve_tids(entries, best=0, recent=0))
