@@ -141,14 +141,17 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="orphan-watchdog", daemon=True).start()
 
 
-def _child_main(config: RunnerConfig, conn: mpc.Connection, parent_pid: int) -> None:
+def _child_main(
+    config: RunnerConfig, conn: mpc.Connection, parent_pid: int, log_level: int = logging.INFO
+) -> None:
     # signals are the worker's business: it decides whether the trial finishes or is handed back
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent_pid)
-    from coordinator import quiet
+    from coordinator import logs, quiet
 
     quiet.install()  # a spawned child: the CLI's banner filter is not inherited
+    logs.configure(log_level, logs.CHILD_LOG_FORMAT)  # nor its log handler (timestamps)
     runner = InProcessRunner(config)
     while True:
         try:
@@ -217,7 +220,7 @@ class ChildRunner:
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(
             target=_child_main,
-            args=(self.config, child, os.getpid()),
+            args=(self.config, child, os.getpid(), logging.getLogger().getEffectiveLevel()),
             name="hyperfleet-trial",
             daemon=True,
         )

@@ -18,9 +18,7 @@ import time, so ``hyperfleet --help`` stays fast.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from typing import Any
 
 import click
@@ -39,7 +37,6 @@ from coordinator.cli import (
 )
 from coordinator.cli.options import log_level_option
 from coordinator.errors import ConfigError, HyperfleetError, SpaceError
-from coordinator.shown import BoundedLogValues
 
 
 class _BadInput(click.ClickException):
@@ -80,22 +77,13 @@ def _missing_message(e: click.MissingParameter) -> str:
 def _setup_logging(level: str, verbose: bool = False) -> None:
     # TensorFlow's, absl's and oneDNN's start-up banners are noise in a terminal and in worker
     # logs: filtered from stderr unless --verbose (workers and `best --evaluate` inherit it)
-    from coordinator import quiet
+    from coordinator import logs, quiet
 
     if verbose:
         os.environ[quiet.VERBOSE_ENV] = "1"
     else:
         quiet.install()
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:  # values from the database, bounded
-        if not any(isinstance(f, BoundedLogValues) for f in handler.filters):
-            handler.addFilter(BoundedLogValues())
-    for noisy in ("pymongo", "hyperopt", "absl", "tensorflow"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logs.configure(level)
 
 
 @click.group(cls=HyperfleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
