@@ -68,11 +68,13 @@ class Holder:
 def pid_gone(pid: int) -> bool:
     """Whether no process ``pid`` runs on this host (a zombie, dead but not yet reaped by its
     parent, counts as gone)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
+        return False  # no pid of this host (junk in a document): not known to be gone
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:  # e.g. another user's process: it exists
+    except (OSError, OverflowError, ValueError):  # e.g. another user's process: it exists
         return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:

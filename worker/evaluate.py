@@ -160,9 +160,12 @@ class TrialContextImpl:
         learning curve continues where the checkpoint left it."""
         try:
             checkpoint = self.store.load_checkpoint(self.lease)
+            # one was stored (used or not): it goes when the trial ends
+            self.checkpointed = self.checkpointed or checkpoint is not None
             if checkpoint is not None and restore is not None:
                 restore(checkpoint)
         except CheckpointRefused as e:
+            self.checkpointed = True
             logger.warning(
                 "trial %s: its checkpoint cannot be used (%s); starting from epoch 0", self.tid, e
             )
@@ -300,6 +303,7 @@ def evaluate(
     params = None
     pruned: Decision | None = None
     checkpointed = False
+    ctx: TrialContextImpl | None = None
     try:
         resolved = resolver.resolve(lease.doc)
         spec = base.spec_from_misc(lease.doc["misc"])
@@ -333,7 +337,9 @@ def evaluate(
     except Interrupted:
         raise  # the worker hands the trial back (second signal, in-process trials)
     except Exception as e:  # noqa: BLE001 - any objective error is recorded, the worker goes on
-        return Outcome({}, params, time.perf_counter() - started, error=error_info(e))
+        duration = time.perf_counter() - started
+        checkpointed = ctx is not None and ctx.checkpointed  # an ERROR trial keeps none either
+        return Outcome({}, params, duration, error=error_info(e), checkpointed=checkpointed)
     duration = time.perf_counter() - started
     return Outcome(result, params, duration, fields={"timing": timing}, checkpointed=checkpointed)
 

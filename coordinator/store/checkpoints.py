@@ -25,6 +25,7 @@ from typing import Any
 
 import gridfs
 import gridfs.errors
+import pymongo.errors
 from bson import ObjectId
 
 from coordinator.errors import CheckpointRefused
@@ -145,13 +146,23 @@ class Checkpoints(StorePart):
     def _read_file(self, file_id: ObjectId) -> tuple[bytes, dict[str, Any]]:
         try:
             out = self.gfs.get(file_id)
-            if out.length > MAX_CHECKPOINT_BYTES:
-                raise CheckpointRefused(f"its file is {out.length} bytes, over the limit")
-            return out.read(), {"trial": getattr(out, "trial", None), "tid": out.tid}
-        except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
-            raise CheckpointRefused(f"its file {file_id!s:.40} cannot be read ({e})") from e
+            meta = {"trial": getattr(out, "trial", None), "tid": out.tid}
+            length = out.length
+            if not isinstance(length, int) or length > MAX_CHECKPOINT_BYTES:
+                raise CheckpointRefused(f"its file's length {length!s:.40} is not one to read")
+            return out.read(), meta
+        except CheckpointRefused:
+            raise
         except AttributeError as e:  # no ``tid`` in the file's metadata: not a checkpoint
             raise CheckpointRefused(f"file {file_id!s:.40} is not a checkpoint") from e
+        except pymongo.errors.PyMongoError as e:
+            if isinstance(e, pymongo.errors.ConnectionFailure) or getattr(e, "timeout", False):
+                raise  # an outage: retried
+            raise CheckpointRefused(f"its file {file_id!s:.40} cannot be read ({e})") from e
+        except Exception as e:  # noqa: BLE001 - damaged file documents: chunkSize 0, data 5, ...
+            raise CheckpointRefused(
+                f"its file {file_id!s:.40} cannot be read ({type(e).__name__}: {e!s:.80})"
+            ) from e
 
     @retrying
     def resume_at(self, lease: Lease, epoch: int) -> bool:

@@ -141,12 +141,26 @@ class TrialInserts(StorePart):
             start = {"$max": [{"$ifNull": ["$last_id", 0]}, above + 1]}
             bump = [{"$set": {"last_id": {"$add": [start, n]}}}]
         for _ in range(50):
-            doc = self.db.job_ids.find_one_and_update(
-                {"a": 0}, bump, return_document=pymongo.ReturnDocument.AFTER
-            )
+            try:
+                doc = self.db.job_ids.find_one_and_update(
+                    {"a": 0}, bump, return_document=pymongo.ReturnDocument.AFTER
+                )
+            except pymongo.errors.OperationFailure as e:  # e.g. $inc on a string
+                raise _bad_counter(self.db.job_ids.find_one({"a": 0})) from e
             if doc is not None:
-                last = doc["last_id"]
+                last = doc.get("last_id")
+                if not isinstance(last, int) or isinstance(last, bool) or not n <= last < 2**62:
+                    raise _bad_counter(doc)
                 return list(range(last - n, last))
             with contextlib.suppress(pymongo.errors.DuplicateKeyError):  # another one won
                 self.db.job_ids.update_one({"a": 0}, {"$setOnInsert": {"last_id": 0}}, upsert=True)
         raise TrialWriteRefused("could not allocate trial ids from db.job_ids")
+
+
+def _bad_counter(doc: dict[str, Any] | None) -> TrialWriteRefused:
+    value = None if doc is None else doc.get("last_id")
+    return TrialWriteRefused(
+        f"the trial id counter (db.job_ids, a: 0) holds last_id {value!r:.40}, not a whole "
+        "number of ids issued: another program wrote it; set it to the largest tid in db.jobs "
+        "(or delete the document when db.jobs is empty) and rerun"
+    )

@@ -29,6 +29,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pymongo
 from bson import ObjectId
@@ -105,7 +106,7 @@ class OutageRecord:
         found = [
             Outage(doc["from"], doc["to"], f"reported by {doc.get('by', '?')}")
             for doc in self.reports.find({"to": {"$gte": earliest}})
-            if isinstance(doc.get("from"), dt.datetime) and isinstance(doc.get("to"), dt.datetime)
+            if _span(doc.get("from"), doc.get("to"))
         ]
         restart = self.restart()
         if restart is not None and restart.end >= earliest:
@@ -130,3 +131,14 @@ class OutageRecord:
         if before is None:  # no worker was alive before it: nobody's lease ran out meanwhile
             return None
         return Outage(before["last_seen"], started, f"server restarted at {started:%H:%M:%S} UTC")
+
+
+def _span(start: Any, end: Any) -> bool:
+    """Whether an outage report's ``from`` and ``to`` are dates an outage can have (another
+    writer's junk, e.g. year 1, must not break the reaper's date arithmetic)."""
+    first, last = dt.datetime(1970, 1, 1), dt.datetime(2200, 1, 1)
+    dates = (start, end)
+    return (
+        all(isinstance(d, dt.datetime) and first <= d.replace(tzinfo=None) < last for d in dates)
+        and start <= end
+    )

@@ -24,14 +24,19 @@ server's clock.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
+
+import pymongo.errors
 
 from coordinator import defaults, rules
 from coordinator.errors import ConfigError
+from coordinator.shown import shown
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store.base import Lease
 from coordinator.store.connection import retrying
@@ -102,39 +107,61 @@ class Reaping(StorePart):
             earliest = min(d["lease_expires"] for d in expired) - dt.timedelta(days=1)
             outages = self._outages.since(earliest)
         for doc in expired:
-            expires = doc["lease_expires"]
-            reason = (
-                f"lease expired at {expires:%H:%M:%S} UTC: worker {doc['owner']} "
-                "stopped heartbeating"
-            )
-            outcome = AttemptOutcome.LOST
-            lease_s = _lease_s(doc)
-            outage = covering(outages, expires, lease_s)
-            if outage is not None:
-                resume = outage.end + dt.timedelta(seconds=lease_s)
-                if now < resume:
-                    self._note_once(
-                        doc,
-                        f"its lease ran out during a database outage ({outage.describe()}): "
-                        f"waiting until {resume:%H:%M:%S} UTC for its worker to renew it",
-                    )
-                    continue
-                outcome = AttemptOutcome.REQUEUED
-                reason = (
-                    f"lease ran out during a database outage ({outage.describe()}) and "
-                    f"worker {doc['owner']} did not renew it afterwards: not counted"
-                )
-            elif doc.get("held") is True:  # claimed behind another trial: most likely never ran
-                outcome = AttemptOutcome.REQUEUED
-                reason += " (the trial was held behind another one: not counted)"
-            fence = {"lease_expires": {"$lt": now}}
-            if self._release(doc, outcome, reason, fence, max_attempts):
-                reaped.append(doc["tid"])
+            with self._guard(doc):
+                if self._reap_expired_one(doc, now, outages, max_attempts):
+                    reaped.append(doc["tid"])
         return reaped
+
+    @contextlib.contextmanager
+    def _guard(self, doc: dict[str, Any]) -> Iterator[None]:
+        """Whatever else a hostile document breaks in the reaper (date arithmetic past the
+        calendar, a field a release cannot write) quarantines that document, in one line; the
+        reaper goes on with the others."""
+        try:
+            yield
+        except (OverflowError, TypeError, ValueError, pymongo.errors.WriteError) as e:
+            self._quarantine.quarantine_trial(
+                doc, f"the reaper cannot release it ({type(e).__name__}: {shown(str(e))})"
+            )
+
+    def _reap_expired_one(
+        self,
+        doc: dict[str, Any],
+        now: dt.datetime,
+        outages: list[Outage],
+        max_attempts: int | None,
+    ) -> bool:
+        """Release ``doc``, whose lease expired; whether this call released it."""
+        expires = doc["lease_expires"]
+        reason = (
+            f"lease expired at {expires:%H:%M:%S} UTC: worker {doc['owner']} stopped heartbeating"
+        )
+        outcome = AttemptOutcome.LOST
+        lease_s = _lease_s(doc)
+        outage = covering(outages, expires, lease_s)
+        if outage is not None:
+            resume = outage.end + dt.timedelta(seconds=lease_s)
+            if now < resume:
+                self._note_once(
+                    doc,
+                    f"its lease ran out during a database outage ({outage.describe()}): "
+                    f"waiting until {resume:%H:%M:%S} UTC for its worker to renew it",
+                )
+                return False
+            outcome = AttemptOutcome.REQUEUED
+            reason = (
+                f"lease ran out during a database outage ({outage.describe()}) and "
+                f"worker {doc['owner']} did not renew it afterwards: not counted"
+            )
+        elif doc.get("held") is True:  # claimed behind another trial: most likely never ran
+            outcome = AttemptOutcome.REQUEUED
+            reason += " (the trial was held behind another one: not counted)"
+        fence = {"lease_expires": {"$lt": now}}
+        return bool(self._release(doc, outcome, reason, fence, max_attempts))
 
     def _usable(self, doc: dict[str, Any]) -> bool:
         """Whether the reaper may release ``doc``; one it cannot use goes to quarantine."""
-        problem = rules.trial_problem(doc)
+        problem = rules.trial_problem(doc) or _unreapable(doc)
         if problem is None and not doc.get("owner"):
             problem = "RUNNING without an owner"
         if problem is not None:  # ERROR if ours (fenced), else left alone; logged once
@@ -177,29 +204,36 @@ class Reaping(StorePart):
         for doc in self._find({**query, "lease_expires": {"$not": {"$type": "date"}}}):
             if (not named and not self._ours(doc)) or not self._usable(doc):
                 continue
-            since = _latest_date(doc.get("book_time"), doc.get("refresh_time"))
-            if since is None:  # nothing to count from: a lease of one grace, from now
-                self._give_lease(doc, now + grace)
-                continue
-            deadline = since + grace
-            if deadline >= now:
-                self._note_once(
-                    doc,
-                    f"RUNNING without a usable lease (lease_expires "
-                    f"{_short(doc.get('lease_expires'))}; a writer that renews none, or a hand "
-                    f"edit): requeued at {deadline:%Y-%m-%d %H:%M:%S} UTC unless it ends before "
-                    f"(${GRACE_ENV}={self._grace_s:g})",
-                )
-                continue
-            reason = (
-                f"RUNNING without a lease since {since:%Y-%m-%d %H:%M:%S} UTC, more than "
-                f"{self._grace_s:g} s (${GRACE_ENV}): writer {doc['owner']} taken for dead"
-            )
-            # unchanged since read: a writer that refreshed it meanwhile keeps it
-            fence = {k: {"$eq": doc.get(k)} for k in ("lease_expires", "book_time", "refresh_time")}
-            if self._release(doc, AttemptOutcome.LOST, reason, fence, max_attempts):
-                reaped.append(doc["tid"])
+            with self._guard(doc):
+                if self._reap_unleased_one(doc, now, grace, max_attempts):
+                    reaped.append(doc["tid"])
         return reaped
+
+    def _reap_unleased_one(
+        self, doc: dict[str, Any], now: dt.datetime, grace: dt.timedelta, max_attempts: int | None
+    ) -> bool:
+        """Recover ``doc`` (RUNNING without a usable lease) once its grace is over."""
+        since = _latest_date(doc.get("book_time"), doc.get("refresh_time"))
+        if since is None:  # nothing to count from: a lease of one grace, from now
+            self._give_lease(doc, now + grace)
+            return False
+        deadline = since + grace
+        if deadline >= now:
+            self._note_once(
+                doc,
+                f"RUNNING without a usable lease (lease_expires "
+                f"{_short(doc.get('lease_expires'))}; a writer that renews none, or a hand "
+                f"edit): requeued at {deadline:%Y-%m-%d %H:%M:%S} UTC unless it ends before "
+                f"(${GRACE_ENV}={self._grace_s:g})",
+            )
+            return False
+        reason = (
+            f"RUNNING without a lease since {since:%Y-%m-%d %H:%M:%S} UTC, more than "
+            f"{self._grace_s:g} s (${GRACE_ENV}): writer {doc['owner']} taken for dead"
+        )
+        # unchanged since read: a writer that refreshed it meanwhile keeps it
+        fence = {k: {"$eq": doc.get(k)} for k in ("lease_expires", "book_time", "refresh_time")}
+        return bool(self._release(doc, AttemptOutcome.LOST, reason, fence, max_attempts))
 
     def _ours(self, doc: dict[str, Any]) -> bool:
         """Whether a caller that names no experiment recovers ``doc``: only in an experiment
@@ -245,11 +279,37 @@ class Reaping(StorePart):
 def _lease_s(doc: dict[str, Any]) -> float:
     value = doc.get("lease_s")
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if ok and math.isfinite(value) and value > 0 else defaults.LEASE_S
+    ok = ok and math.isfinite(value) and 0 < value <= MAX_LEASE_S
+    return float(value) if ok else defaults.LEASE_S
+
+
+#: a lease longer than this (a week) is no lease any worker asked for
+MAX_LEASE_S = 7 * 24 * 3600.0
+#: dates the reaper computes with: a lease or a start outside these is not a real one
+_FIRST_DATE, _LAST_DATE = dt.datetime(1970, 1, 1), dt.datetime(2200, 1, 1)
+
+
+def _sane(value: Any) -> bool:
+    return (
+        not isinstance(value, dt.datetime) or _FIRST_DATE <= value.replace(tzinfo=None) < _LAST_DATE
+    )
+
+
+def _unreapable(doc: dict[str, Any]) -> str | None:
+    """Why the reaper cannot release ``doc`` although the readers take it, or ``None``."""
+    expires = doc.get("lease_expires")
+    if isinstance(expires, (list, dict)):
+        return f"its lease_expires is a {type(expires).__name__}, not a date"
+    for field in ("lease_expires", "book_time", "refresh_time"):
+        if not _sane(doc.get(field)):
+            return f"its {field} {doc[field]!s:.40} is not a date a lease can have"
+    if "attempt_history" in doc and not isinstance(doc["attempt_history"], list):
+        return "its attempt_history is not a list (a release appends to it)"
+    return None
 
 
 def _latest_date(*values: Any) -> dt.datetime | None:
-    dates = [v.replace(tzinfo=None) for v in values if isinstance(v, dt.datetime)]
+    dates = [v.replace(tzinfo=None) for v in values if isinstance(v, dt.datetime) and _sane(v)]
     return max(dates) if dates else None
 
 

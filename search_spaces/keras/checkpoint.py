@@ -76,8 +76,8 @@ def _header(data: bytes) -> tuple[dict[str, Any], int]:
         raise CheckpointRefused("not a Keras checkpoint (its header runs past its end)")
     try:
         header = json.loads(data[start : start + size].decode())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointRefused(f"not a Keras checkpoint (header: {e})") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointRefused(f"not a Keras checkpoint (header: {e!s:.80})") from e
     found = header.get("format") if isinstance(header, dict) else type(header).__name__
     if found != FORMAT:
         raise CheckpointRefused(f"format {str(found)[:40]!r}, not {FORMAT!r}")
@@ -203,11 +203,16 @@ class CheckpointEvery(keras.callbacks.Callback):
             raise error
 
 
-def resume(ctx: TrialContext, model: keras.Model) -> int:
-    """Load the trial's checkpoint into ``model`` (already built and compiled); the epoch to
-    start from (0: none, or one that does not fit this model, refused with a warning)."""
+def resume(ctx: TrialContext, model: keras.Model, epochs: int) -> int:
+    """Load the trial's checkpoint into ``model`` (already built and compiled) for a trial of
+    ``epochs`` epochs; the epoch to start from (0: none, or one that does not fit this model or
+    leaves nothing to train, refused with a warning)."""
 
     def restore(checkpoint: Any) -> None:
+        if checkpoint.epoch >= epochs:  # nothing left to train: not one this trial saved
+            raise CheckpointRefused(
+                f"its epoch {checkpoint.epoch} is not before the last, {epochs}"
+            )
         epoch = restore_keras_state(model, checkpoint.data)
         if epoch != checkpoint.epoch:
             raise CheckpointRefused(f"it holds epoch {epoch}, its link says {checkpoint.epoch}")

@@ -359,7 +359,7 @@ def run_trial(
         max_bytes=int(ctx.info.get("checkpoint_max_bytes", 256 * 2**20)),
     )
     # an earlier attempt's checkpoint (killed, pre-empted, handed back): go on from there
-    initial_epoch = resume(ctx, model)
+    initial_epoch = resume(ctx, model, int(settings["epochs"]))
     keras.utils.set_random_seed(seed)  # the data's order: the same whether reused or not...
     started = time.perf_counter()
     try:

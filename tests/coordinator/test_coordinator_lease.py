@@ -159,3 +159,12 @@ def test_plain_fmin_refuses_an_experiment_a_live_coordinator_holds(store: TrialS
     with pytest.raises(ExperimentBusy, match="host far-away-host pid 3"):
         fmin(lambda x: x, hp.uniform("x", 0, 1), max_evals=2, trials=trials)
     assert store.trials(key) == []
+
+
+def test_a_pid_no_process_can_have_is_not_taken_for_gone() -> None:
+    """Attacker review: a stored pid of 2**40 made os.kill raise OverflowError, and search,
+    local and a local rerun died with a traceback; junk is not proof that a process is gone."""
+    from coordinator.experiment_lease import pid_gone
+
+    for junk in (2**40, -1, 0, "12", None, True):
+        assert pid_gone(junk) is False  # type: ignore[arg-type]

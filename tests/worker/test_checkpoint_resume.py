@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from coordinator.states import TrialState
+from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store import TrialStore, connect
 from tests.conftest import TEST_SPACES, queue_trials, start_worker, stop_all, wait_for
 
@@ -59,3 +59,24 @@ def test_a_trial_taken_over_resumes_from_its_checkpoint(server, db_name, tmp_pat
     assert [h["outcome"] for h in history] == (["lost"] if how == "sigkill" else ["requeued"])
     assert history[0]["checkpoint_epoch"] == done["resumed_from_epoch"]
     assert done["attempt"] == 2
+
+
+def test_an_attempt_that_only_loaded_a_checkpoint_leaves_none_behind(server, db_name, tmp_path):
+    """Attacker review of this round: the worker deleted an ended trial's checkpoint only if
+    that attempt saved one, so an attempt that resumed from the last epoch's checkpoint (nothing
+    left to save) ended DONE with the earlier attempt's file still linked."""
+    store = connect(server.uri, db_name)
+    queue_trials(store, 1, exp_key="ck-last", space="resumable", settings={"sleep": 0.0})
+    lease = store.reserve_trial("gone", exp_key="ck-last")
+    assert store.save_checkpoint(lease, EPOCHS, str(EPOCHS).encode())  # then it died
+    assert store.release(lease, AttemptOutcome.LOST, "killed") is TrialState.NEW
+    args = ("--spaces", TEST_SPACES, "--exp-key", "ck-last", *FAST_LEASE, "--max-trials", "1")
+    worker = start_worker(server.uri, db_name, *args, log=tmp_path / "w.log")
+    try:
+        assert worker.wait(90) == 0, (tmp_path / "w.log").read_text()[-2000:]
+    finally:
+        stop_all([worker])
+    doc = store.get_trial("ck-last", lease.tid)
+    assert doc["state"] == TrialState.DONE and doc["result"]["trained"] == []
+    assert doc["checkpoint"] is None
+    assert store.db["fs.files"].count_documents({"kind": "checkpoint"}) == 0

@@ -79,6 +79,10 @@ def test_a_lost_lease_writes_no_checkpoint_and_keeps_no_file(store: TrialStore) 
         ),
         (lambda s, d: _set(s, d, "checkpoint.file_id", s.gfs.put(b"x")), "not a checkpoint"),
         (lambda s, d: s.db["fs.chunks"].delete_many({}), "cannot be read"),
+        (lambda s, d: _file(s, d, "chunkSize", 0), "cannot be read"),
+        (lambda s, d: _file(s, d, "chunkSize", "x"), "cannot be read"),
+        (lambda s, d: _file(s, d, "length", "1"), "length"),
+        (lambda s, d: s.db["fs.chunks"].update_many({}, {"$set": {"data": 5}}), "cannot be read"),
     ],
 )
 def test_a_damaged_or_foreign_checkpoint_is_refused_with_its_reason(
@@ -90,6 +94,12 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_with_its_reason(
     damage(store, store.get_trial("exp", lease.tid))
     with pytest.raises(CheckpointRefused, match=reason):
         store.load_checkpoint(lease)
+
+
+def _file(store: TrialStore, doc: dict, field: str, value: object) -> None:
+    """Damage the checkpoint's GridFS file document itself (attacker review of this round:
+    these raised ZeroDivisionError / TypeError / ValueError and the trial became ERROR)."""
+    store.db["fs.files"].update_one({"_id": doc["checkpoint"]["file_id"]}, {"$set": {field: value}})
 
 
 def _set(store: TrialStore, doc: dict, field: str, value: object) -> None:

@@ -200,3 +200,48 @@ def test_a_writer_that_refreshes_keeps_its_lease_less_trial(
         assert reaper.reap_expired("exp") == []
     finally:
         reaper.close()
+
+
+_PAST = dt.datetime(2026, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "outage"),
+    [
+        ({"lease_expires": dt.datetime(1, 1, 1)}, None),
+        ({"lease_expires": [_PAST]}, None),
+        ({"lease_expires": _PAST, "lease_s": 1e300}, None),
+        ({"lease_expires": None, "book_time": dt.datetime(9999, 12, 31, 23, 59)}, None),
+        ({"lease_expires": None, "refresh_time": dt.datetime(9999, 12, 31, 23, 59)}, None),
+        ({"lease_expires": _PAST, "attempt_history": "x"}, None),
+        ({"lease_expires": _PAST}, {"from": dt.datetime(1, 1, 1), "to": _PAST}),
+    ],
+)
+def test_a_hostile_running_trial_never_breaks_the_reaper(
+    store: TrialStore, fields: dict[str, Any], outage: dict[str, Any] | None
+) -> None:
+    """Attacker review of this round: each of these shapes raised out of reap_expired
+    (OverflowError, TypeError, a WriteError from the release), so every unpinned worker and the
+    search died with a traceback, again at each restart. Now the trial is quarantined in one
+    line (or reaped where it can be) and the reaper goes on with the others."""
+    queue_trials(store, 2)
+    hostile = store.reserve_trial("w1", exp_key="exp")
+    dead = store.reserve_trial("w2", exp_key="exp", lease_s=0.1)
+    store.jobs.update_one({"_id": hostile.id}, {"$set": fields})
+    if outage is not None:
+        store.db["outages"].insert_one(outage)
+    time.sleep(0.3)
+    assert dead.tid in store.reap_expired("exp")
+    assert store.reap_expired() == [] and store.reap_expired("exp") == []
+    assert store.get_trial("exp", dead.tid)["state"] == TrialState.NEW
+    assert store.get_trial("exp", hostile.tid)["state"] in (TrialState.ERROR, TrialState.NEW)
+
+
+def test_a_tampered_trial_id_counter_is_one_clear_refusal(store: TrialStore) -> None:
+    from coordinator.errors import TrialWriteRefused
+
+    store.allocate_tids(1)
+    for junk in ("x", -10, 1e300, 2**63 - 1):
+        store.db.job_ids.update_one({"a": 0}, {"$set": {"last_id": junk}})
+        with pytest.raises(TrialWriteRefused, match="trial id counter"):
+            store.allocate_tids(3)
