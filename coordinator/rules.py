@@ -256,6 +256,9 @@ def trial_problem(
             return f"{name} {shown(value)} is not a non-empty string"
     if "space" in doc and doc["space"] is None:
         return "space is null"
+    for name in ("epochs", "attempt_history"):  # lists the store appends to
+        if doc.get(name) is not None and not isinstance(doc[name], list):
+            return f"{name} is {type(doc[name]).__name__}, not a list"
     if state == TrialState.NEW and doc.get("owner") is not None:
         return "queued (NEW) but owned"
     for name in _COUNTERS:

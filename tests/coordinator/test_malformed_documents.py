@@ -38,6 +38,10 @@ def test_rule_names_what_is_wrong() -> None:
     assert "owned" in rules.trial_problem(queued_doc(1, "e", owner="someone"))
     assert "not this search's" in rules.trial_problem(ok, ["y"])
     assert "misc.tid" in rules.trial_problem(queued_doc(2, "e", misc=ok["misc"]))
+    # lists the store appends to (attacker review: a $push on "x" failed with a long error)
+    assert "epochs is str" in rules.trial_problem(queued_doc(1, "e", epochs="x"))
+    assert "attempt_history is dict" in rules.trial_problem(queued_doc(1, "e", attempt_history={}))
+    assert rules.trial_problem(queued_doc(1, "e", epochs=[], attempt_history=[])) is None
 
 
 def test_worker_skips_an_unknown_space_and_serves_the_others(server, db_name, store) -> None:
