@@ -126,8 +126,9 @@ def check_holder(
         assert isinstance(coordinator, Mapping)
         raise ExperimentBusy(
             f"exp key {exp_key!r} is being run by another coordinator ({describe(coordinator)}); "
-            "one coordinator per experiment: wait for it to end, stop it (`hyperfleet cancel` "
-            f"stops the search), or use another --exp-key; if it died, it is taken over "
+            "one coordinator per experiment: wait for it to end, stop that process (kill its "
+            "pid: a rerun continues the search), or use another --exp-key (`hyperfleet cancel` "
+            f"ends the experiment for good); if it died, it is taken over "
             f"{math.ceil(seconds)} s from now"
         )
     if state in ("expired", "gone") and me is not None:

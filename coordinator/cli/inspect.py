@@ -245,9 +245,17 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
     exp = ins.get_experiment(store, exp_key)
     doc = _trial_by_tid(store, exp_key, tid_text)
     if doc is None:
+        hint = "`hyperfleet top --all-states` lists them"
+        tids = [d.get("tid") for d in store.trial_outcomes(exp_key)]
+        ints = sorted(t for t in tids if isinstance(t, int) and not isinstance(t, bool))
+        if tid_text.isdigit() and 1 <= int(tid_text) <= len(ints):  # a trial number, not a tid
+            tid_of = ints[int(tid_text) - 1]
+            hint = (
+                f"trial {tid_text} of this experiment (as status and best number them) is "
+                f"tid {tid_of}: `hyperfleet show --exp-key {exp_key} {tid_of}`"
+            )
         raise ConfigError(
-            f"experiment {exp_key!r} has no trial {shown(tid_text, bare=True)}; "
-            "`hyperfleet top --all-states` lists them"
+            f"experiment {exp_key!r} has no trial {shown(tid_text, bare=True)}; {hint}"
         )
     tid = doc.get("tid")
     decoder = ins.ParamDecoder(exp, spaces)
@@ -290,9 +298,15 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
         },
     )
     _section("worker", {**_named(doc.get("worker")), "owner": doc.get("owner")})
+    checkpoint = ins.typed(doc.get("checkpoint"), dict) or {}
     _section(
         "attempts",
-        {"reservations": doc.get("attempt", 0), "failed attempts": doc.get("attempts", 0)},
+        {
+            "reservations": doc.get("attempt", 0),
+            "failed attempts": doc.get("attempts", 0),
+            "resumed from epoch": doc.get("resumed_from_epoch"),
+            "checkpoint at epoch": checkpoint.get("epoch"),
+        },
     )
     for h in ins.typed(doc.get("attempt_history"), list) or []:
         if not isinstance(h, dict):
@@ -300,9 +314,19 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
         attempt, owner, outcome = (
             shown(h.get(k), bare=True) for k in ("attempt", "owner", "outcome")
         )
+        progress = ", ".join(
+            f"{label} {shown(h[key], bare=True)}"
+            for key, label in (
+                ("resumed_from_epoch", "resumed after epoch"),
+                ("epochs_recorded", "epochs recorded"),
+                ("checkpoint_epoch", "checkpoint at epoch"),
+            )
+            if h.get(key) is not None
+        )
         click.echo(
             f"    attempt {attempt} by {owner}: {outcome} "
             f"({shown(h.get('reason'), LONG_CHARS, bare=True)}) at {ins.fmt_value(h.get('at'))}"
+            + (f"; {progress}" if progress else "")
         )
     epochs = [e for e in ins.typed(doc.get("epochs"), list) or [] if isinstance(e, dict)]
     if epochs:

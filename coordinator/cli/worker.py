@@ -103,11 +103,15 @@ from coordinator.errors import ConfigError
     help="Keras: save a trial's state every N epochs, so that a trial that comes back (killed, "
     "pre-empted, handed back) resumes there; 0: never [env: HYPERFLEET_CHECKPOINT_EVERY]",
 )
-@seconds_option(
+@click.option(
     "--checkpoint-interval",
     "checkpoint_interval_s",
-    "Keras: at most one checkpoint per this many seconds (long runs of short epochs)",
+    type=FiniteFloat(min=0, max=7 * 24 * 3600),
     default=0.0,
+    show_default=True,
+    envvar="HYPERFLEET_CHECKPOINT_INTERVAL",
+    help="Keras: at most one checkpoint per this many seconds, 0 to 604800 (long runs of short "
+    "epochs) [env: HYPERFLEET_CHECKPOINT_INTERVAL]",
 )
 @click.option(
     "--checkpoint-max-mb",
@@ -115,7 +119,7 @@ from coordinator.errors import ConfigError
     default=256.0,
     show_default=True,
     envvar="HYPERFLEET_CHECKPOINT_MAX_MB",
-    help="Keras: a larger checkpoint is not saved (one warning) "
+    help="Keras: a larger checkpoint is not saved (one warning); 0.001 to 2048 "
     "[env: HYPERFLEET_CHECKPOINT_MAX_MB]",
 )
 @click.option(

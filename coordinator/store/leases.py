@@ -348,8 +348,11 @@ def _claimed_lease(
 
 def _same_attempt(candidates: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """Up to ``n`` candidates, in random order (to spread competing workers), that share the
-    ``attempt`` of a random one: one claim can then be filtered on that attempt."""
+    ``attempt`` of a random one: one claim can then be filtered on that attempt. A trial that
+    holds a checkpoint (an earlier attempt's progress, e.g. handed back at epoch 27 of 30) goes
+    first: finishing it is worth more than starting a fresh one."""
     random.shuffle(candidates)
+    candidates.sort(key=lambda c: not isinstance(c.get("checkpoint"), dict))  # stable
     attempt = candidates[0].get("attempt")
     return [c for c in candidates if c.get("attempt") == attempt][:n]
 

@@ -165,7 +165,8 @@ class CheckpointEvery(keras.callbacks.Callback):
         if len(data) > self.max_bytes:
             if not self._warned:
                 logger.warning(
-                    "trial %s: checkpoint of %.1f MiB is over the %.1f MiB bound; not saved",
+                    "trial %s: checkpoint of %.1f MB is over the %.1f MB bound; not saved (the "
+                    "trial restarts from epoch 0 if it is lost): raise --checkpoint-max-mb",
                     self.ctx.tid,
                     len(data) / 2**20,
                     self.max_bytes / 2**20,

@@ -4,13 +4,21 @@ curve continued (no epoch recorded twice) and no checkpoint left once it has end
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
 
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store import TrialStore, connect
-from tests.conftest import TEST_SPACES, queue_trials, start_worker, stop_all, wait_for
+from tests.conftest import (
+    TEST_SPACES,
+    hyperfleet,
+    queue_trials,
+    start_worker,
+    stop_all,
+    wait_for,
+)
 
 FAST_LEASE = ("--heartbeat", "0.3", "--lease", "1.5")
 EPOCHS = 6
@@ -58,6 +66,16 @@ def test_a_trial_taken_over_resumes_from_its_checkpoint(server, db_name, tmp_pat
     history = done["attempt_history"]
     assert [h["outcome"] for h in history] == (["lost"] if how == "sigkill" else ["requeued"])
     assert history[0]["checkpoint_epoch"] == done["resumed_from_epoch"]
+    # show says so (new-user review: resuming was invisible there), and takes a trial number
+    out = hyperfleet("show", "--mongo", server.uri, "--db", db_name, "--exp-key", "ck", "1")
+    shown_tid = str(doc["tid"])
+    if shown_tid != "1":  # tid != trial number 1: the hint names the tid
+        assert out.returncode != 0 and f"is tid {shown_tid}" in out.stderr, out.stderr
+    out = hyperfleet("show", "--mongo", server.uri, "--db", db_name, "--exp-key", "ck", shown_tid)
+    assert out.returncode == 0, out.stderr
+    resumed = done["resumed_from_epoch"]
+    assert re.search(rf"resumed from epoch\s+{resumed}\n", out.stdout), out.stdout
+    assert f"checkpoint at epoch {resumed}" in out.stdout  # the attempt's line
     assert done["attempt"] == 2
 
 

@@ -138,3 +138,17 @@ def test_a_bad_epoch_is_refused_before_anything_is_written(store: TrialStore) ->
         with pytest.raises(ValueError, match="whole number"):
             store.save_checkpoint(lease, epoch, b"x")  # type: ignore[arg-type]
     assert _checkpoint_files(store) == 0 and isinstance(lease.id, ObjectId)
+
+
+def test_a_trial_with_a_checkpoint_is_reserved_before_fresh_ones(store: TrialStore) -> None:
+    """New-user review: a trial handed back at epoch 27 of 30 waited while the next worker ran
+    two fresh trials (candidates were claimed in random order). Progress goes first now."""
+    for _ in range(10):  # random order among candidates: it must win every time
+        store.drop_database()
+        queue_trials(store, 4)
+        leases = [store.reserve_trial("w", exp_key="exp") for _ in range(4)]
+        keeper = leases[2]
+        assert store.save_checkpoint(keeper, 27, b"27 epochs")
+        for lease in leases:
+            store.release(lease, AttemptOutcome.REQUEUED, "handed back")
+        assert store.reserve_trial("next", exp_key="exp").id == keeper.id
