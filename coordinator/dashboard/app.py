@@ -43,7 +43,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from coordinator import defaults, inspect
+from coordinator import defaults, inspect, rules
 from coordinator.dashboard import pages, states
 from coordinator.dashboard.cache import Caches, ExperimentList
 from coordinator.dashboard.guard import Guard, HostPolicy, RateLimiter, client_key, describe
@@ -327,10 +327,15 @@ def trial_page(dash: Dashboard, request: Request) -> Response:
     if doc is None:
         raise ConfigError(f"no trial {tid} in experiment {_echo(key)!r}")
     t = pages.trial(doc, key)
+    # the trial's number within its experiment (as status, top, show and best print it)
+    t["number"] = rules.trial_number(
+        doc.get("tid"), (e.tid for e in dash.caches.get(key).entries())
+    )
     notice = {
         "requeued": "Trial requeued: it is queued again; its worker drops it at its next write.",
     }.get(request.query_params.get("done", ""))
-    return dash.render(request, "trial.html", t=t, notice=notice, title=f"Trial {tid} of {key}")
+    title = f"tid {tid} (trial {t['number']}) of {key}"
+    return dash.render(request, "trial.html", t=t, notice=notice, title=title)
 
 
 @page

@@ -128,6 +128,7 @@ def summary(
         "finished": s.finished,
         "max_evals": s.max_evals,
         "best_tid": s.best_tid,
+        "best_number": s.best_number,  # within the experiment (rules.trial_number)
         "best_loss": s.best_loss,
         "rate_per_min": s.rate_per_min,
         "rate": rate(s.rate_per_min),

@@ -444,6 +444,22 @@ def test_trial_page_of_a_pruned_trial_says_pruned_and_tenths(dash_store: TrialSt
     assert "stopped after epoch" not in full
 
 
+def test_pages_number_trials_within_their_experiment(dash_store: TrialStore) -> None:
+    """Issue 23 (new-user review): the dashboard called tids "trial" ("Trial 64 of k2",
+    "(trial 144)") while status and show number trials within their experiment. Pages now say
+    tid and give the trial's number beside it."""
+    docs = [
+        trial_doc(t, TrialState.DONE, result={"status": "ok", "loss": 1.0 / (t - 39)})
+        for t in (40, 41, 42)
+    ]
+    make_experiment(dash_store, docs)
+    c = client(dash_store)
+    page = c.get("/trial", params={"key": EXP, "tid": 42}).text
+    assert "<title>tid 42 (trial 3) of" in page and "(trial 3)</span>" in page
+    listing = c.get("/").text
+    assert "(tid 42, trial 3)" in listing
+
+
 def test_rates_durations_and_outage_text() -> None:
     from coordinator.dashboard import pages
 

@@ -122,7 +122,8 @@
       best.replaceChildren(document.createTextNode('—'));
     } else {
       const a = el('a', fmt(s.best_loss), { href: trialHref(s.best_tid) });
-      best.replaceChildren(a, document.createTextNode(` (trial ${s.best_tid})`));
+      const number = s.best_number ? `, trial ${s.best_number}` : '';
+      best.replaceChildren(a, document.createTextNode(` (tid ${s.best_tid}${number})`));
     }
   }
 
