@@ -43,7 +43,9 @@ def test_every_worker_log_line_has_a_timestamp_through_an_outage(tmp_path: Path)
             running = lambda: watch.trials("exp", [TrialState.RUNNING])  # noqa: E731
             wait_for(lambda: (running() or [{}])[0].get("epochs"), 60, what="a trial's epochs")
         srv.stop()
-        time.sleep(3.0)  # the worker and its trial child both meet the outage
+        # longer than a store call waits for a server (5 s) before it fails: the worker and its
+        # trial child both meet the outage, whatever each was doing when the server went
+        time.sleep(6.5)
         srv = EmbeddedServer(tmp_path / "db", port=port).start()
         with contextlib.closing(connect(srv.uri, "logs")) as fresh:
             wait_for(
