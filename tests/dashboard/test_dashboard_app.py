@@ -457,7 +457,7 @@ def test_pages_number_trials_within_their_experiment(dash_store: TrialStore) -> 
     page = c.get("/trial", params={"key": EXP, "tid": 42}).text
     assert "<title>tid 42 (trial 3) of" in page and "(trial 3)</span>" in page
     listing = c.get("/").text
-    assert "(tid 42, trial 3)" in listing
+    assert "(tid 42)" in listing  # the list stays within 1,280 px: the number is on the pages
 
 
 def test_rates_durations_and_outage_text() -> None:
