@@ -117,21 +117,29 @@ def _parsed_secrets(uri: str) -> list[str]:
     return [s for s in secrets if s]
 
 
-def outage_budget() -> float:
-    """Seconds to keep retrying an unreachable server: $HYPERFLEET_OUTAGE_S or the default."""
-    raw = os.environ.get("HYPERFLEET_OUTAGE_S", "")
+def env_seconds(name: str, default: float, ok: Callable[[float], bool], expected: str) -> float:
+    """Seconds from environment variable ``name`` (``default`` when unset or empty); a value
+    that is not a finite number passing ``ok`` is a :class:`ConfigError` saying ``expected``."""
+    raw = os.environ.get(name, "")
     if not raw:
-        return defaults.OUTAGE_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or not 0 <= value <= MAX_OUTAGE_S:
-        raise ConfigError(
-            f"HYPERFLEET_OUTAGE_S={raw!r}: expected a number of seconds "
-            f"from 0 to {MAX_OUTAGE_S:.0f}"
-        )
+    if not math.isfinite(value) or not ok(value):
+        raise ConfigError(f"{name}={raw!r}: expected {expected}")
     return value
+
+
+def outage_budget() -> float:
+    """Seconds to keep retrying an unreachable server: $HYPERFLEET_OUTAGE_S or the default."""
+    return env_seconds(
+        "HYPERFLEET_OUTAGE_S",
+        defaults.OUTAGE_S,
+        lambda v: 0 <= v <= MAX_OUTAGE_S,
+        f"a number of seconds from 0 to {MAX_OUTAGE_S:.0f}",
+    )
 
 
 def auth_error(safe_uri: str, error: Exception | None = None) -> AuthError:

@@ -14,6 +14,14 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def usable_date(value: Any) -> bool:
+    """Whether ``value`` is a date a lease, a heartbeat or an outage can have (1970 to 2200):
+    another writer's junk (year 1, year 9999) must not reach date arithmetic."""
+    return isinstance(value, dt.datetime) and (
+        dt.datetime(1970, 1, 1) <= value.replace(tzinfo=None) < dt.datetime(2200, 1, 1)
+    )
+
+
 def to_bson(value: Any) -> Any:
     """``value`` made storable and readable in the mongo shell: numpy scalars and arrays become
     Python numbers and lists, tuples become lists, keys become strings; anything else unknown

@@ -35,6 +35,7 @@ import pymongo
 from bson import ObjectId
 
 from coordinator.store.connection import retrying
+from coordinator.store.encoding import usable_date
 from coordinator.store.handles import MongoHandles
 
 logger = logging.getLogger(__name__)
@@ -136,9 +137,4 @@ class OutageRecord:
 def _span(start: Any, end: Any) -> bool:
     """Whether an outage report's ``from`` and ``to`` are dates an outage can have (another
     writer's junk, e.g. year 1, must not break the reaper's date arithmetic)."""
-    first, last = dt.datetime(1970, 1, 1), dt.datetime(2200, 1, 1)
-    dates = (start, end)
-    return (
-        all(isinstance(d, dt.datetime) and first <= d.replace(tzinfo=None) < last for d in dates)
-        and start <= end
-    )
+    return usable_date(start) and usable_date(end) and start <= end

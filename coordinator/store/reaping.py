@@ -28,18 +28,17 @@ import contextlib
 import datetime as dt
 import logging
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pymongo.errors
 
 from coordinator import defaults, rules
-from coordinator.errors import ConfigError
 from coordinator.shown import shown
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store.base import Lease
-from coordinator.store.connection import retrying
+from coordinator.store.connection import env_seconds, retrying
+from coordinator.store.encoding import usable_date
 from coordinator.store.experiments import AttemptLimits
 from coordinator.store.handles import MongoHandles, StorePart
 from coordinator.store.leases import LeaseWrites
@@ -54,16 +53,9 @@ GRACE_ENV = "HYPERFLEET_UNLEASED_GRACE_S"
 def unleased_grace() -> float:
     """Seconds a RUNNING trial without a usable lease is given: $HYPERFLEET_UNLEASED_GRACE_S
     or :data:`~coordinator.defaults.UNLEASED_GRACE_S`."""
-    raw = os.environ.get(GRACE_ENV, "")
-    if not raw:
-        return defaults.UNLEASED_GRACE_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{GRACE_ENV}={raw!r}: expected a positive number of seconds")
-    return value
+    return env_seconds(
+        GRACE_ENV, defaults.UNLEASED_GRACE_S, lambda v: v > 0, "a positive number of seconds"
+    )
 
 
 class Reaping(StorePart):
@@ -285,14 +277,11 @@ def _lease_s(doc: dict[str, Any]) -> float:
 
 #: a lease longer than this (a week) is no lease any worker asked for
 MAX_LEASE_S = 7 * 24 * 3600.0
-#: dates the reaper computes with: a lease or a start outside these is not a real one
-_FIRST_DATE, _LAST_DATE = dt.datetime(1970, 1, 1), dt.datetime(2200, 1, 1)
 
 
 def _sane(value: Any) -> bool:
-    return (
-        not isinstance(value, dt.datetime) or _FIRST_DATE <= value.replace(tzinfo=None) < _LAST_DATE
-    )
+    """Not a date, or a date :func:`usable_date` accepts."""
+    return not isinstance(value, dt.datetime) or usable_date(value)
 
 
 def _unreapable(doc: dict[str, Any]) -> str | None:
