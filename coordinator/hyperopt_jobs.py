@@ -257,7 +257,7 @@ class LeaseKeeper:
                     return  # ended, or reaped: nothing of ours to renew
             except (HyperfleetError, pymongo.errors.PyMongoError) as e:
                 logger.warning(
-                    "trial %s: could not renew its lease (%s); it runs out in %g s",
+                    "tid %s: could not renew its lease (%s); it runs out in %g s",
                     self.lease.tid,
                     e,
                     self.lease_s,

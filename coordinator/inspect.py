@@ -302,7 +302,7 @@ class ParamDecoder:
         try:
             return space_eval(self._space, base.spec_from_misc(misc))
         except Exception as e:  # noqa: BLE001 - another program's misc: show no params
-            logger.debug("trial %s: params not decodable: %.200s", doc.get("tid"), e)
+            logger.debug("tid %s: params not decodable: %.200s", doc.get("tid"), e)
             return None
 
 

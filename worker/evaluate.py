@@ -105,7 +105,7 @@ class Resolver:
             return Resolved(space, settings, space.hyperopt_space(settings), pruner=pruner)
         if not self.trust_pickled:
             raise SpaceError(
-                f"trial {doc.get('tid')} of {exp_key!r} has no named space; only a worker started "
+                f"tid {doc.get('tid')} of {exp_key!r} has no named space; only a worker started "
                 "with --trust-pickled runs hyperopt's pickled objectives"
             )
         blob = self.store.get_domain_blob(exp_key)
@@ -167,13 +167,13 @@ class TrialContextImpl:
         except CheckpointRefused as e:
             self.checkpointed = True
             logger.warning(
-                "trial %s: its checkpoint cannot be used (%s); starting from epoch 0", self.tid, e
+                "tid %s: its checkpoint cannot be used (%s); starting from epoch 0", self.tid, e
             )
             checkpoint = None
         self._resume_at(0 if checkpoint is None else checkpoint.epoch)
         if checkpoint is not None:
             logger.info(
-                "trial %s: attempt %s resumes after epoch %s (checkpoint of attempt %s)",
+                "tid %s: attempt %s resumes after epoch %s (checkpoint of attempt %s)",
                 self.tid,
                 self.attempt,
                 checkpoint.epoch,
@@ -185,7 +185,7 @@ class TrialContextImpl:
         """Save ``data`` as the trial's state after ``epoch`` epochs (replacing the last one):
         a later attempt of this trial gets it from :meth:`load_checkpoint`."""
         if not self.store.save_checkpoint(self.lease, epoch, data):
-            raise TrialLost(f"trial {self.tid}: lease lost; checkpoint of epoch {epoch} dropped")
+            raise TrialLost(f"tid {self.tid}: lease lost; checkpoint of epoch {epoch} dropped")
         self.checkpointed = True
 
     def _resume_at(self, epoch: int) -> None:
@@ -193,7 +193,7 @@ class TrialContextImpl:
             return
         self.resumed_from = epoch
         if (epoch > 0 or self.attempt > 1) and not self.store.resume_at(self.lease, epoch):
-            raise TrialLost(f"trial {self.tid}: lease lost before it started")
+            raise TrialLost(f"tid {self.tid}: lease lost before it started")
 
     def report_epoch(self, metrics: dict[str, Any]) -> Verdict:
         """Store one epoch's metrics and answer whether to go on: the one decision point
@@ -230,7 +230,7 @@ class TrialContextImpl:
 
     def attach(self, name: str, data: bytes) -> None:
         if not self.store.attach(self.lease, name, data):
-            raise TrialLost(f"trial {self.tid}: lease lost; attachment {name!r} dropped")
+            raise TrialLost(f"tid {self.tid}: lease lost; attachment {name!r} dropped")
 
     def best_loss(self) -> float | None:
         """The lowest loss among this experiment's successful trials so far (None: none yet)."""
@@ -315,7 +315,7 @@ def evaluate(
             ctx = TrialContextImpl(store, lease, resolved.settings, extra, resolved.pruner)
             result = resolved.space.run_objective(params, ctx)  # type: ignore[union-attr]
             if ctx.verdict is Verdict.LEASE_LOST:
-                raise TrialLost(f"trial {lease.tid}: lease lost; result dropped")
+                raise TrialLost(f"tid {lease.tid}: lease lost; result dropped")
             pruned = ctx.pruned
             checkpointed = ctx.checkpointed
         diverged = _not_finite(result.get("loss") if isinstance(result, dict) else result)

@@ -74,7 +74,7 @@ class Heartbeat:
                 # result is recorded (or handed back) already; nothing more to say or do
             if not renewed:
                 logger.warning(
-                    "trial %s: lease lost (reaped or cancelled); its result will be dropped",
+                    "tid %s: lease lost (reaped or cancelled); its result will be dropped",
                     self.lease.tid,
                 )
                 self.lost.set()
@@ -83,7 +83,7 @@ class Heartbeat:
                 self.on_beat()
         except StoreUnavailable as e:
             if not self._stop.is_set():  # else the trial is over: nothing to renew
-                logger.error("trial %s: heartbeat failed: %s", self.lease.tid, e)
+                logger.error("tid %s: heartbeat failed: %s", self.lease.tid, e)
             return True
         except Exception as e:  # noqa: BLE001 - a heartbeat must never kill the worker
             if self._stop.is_set():
@@ -91,7 +91,7 @@ class Heartbeat:
             # one line (the stack at DEBUG): the worker goes on, its lease is renewed again
             # at the next beat, and a log line starting "Traceback" reads like a crash
             logger.error(
-                "trial %s: heartbeat failed (%s: %s); retrying at the next beat",
+                "tid %s: heartbeat failed (%s: %s); retrying at the next beat",
                 self.lease.tid,
                 type(e).__name__,
                 e,
@@ -104,7 +104,7 @@ class Heartbeat:
             self.on_slow()  # type: ignore[misc]
         except Exception as e:  # noqa: BLE001 - must never kill the heartbeat
             logger.error(
-                "trial %s: handing back held trials failed (%s: %s)",
+                "tid %s: handing back held trials failed (%s: %s)",
                 self.lease.tid,
                 type(e).__name__,
                 e,

@@ -278,7 +278,7 @@ class Worker:
         lease = self._batch.next_held()
         while lease is not None and self._cancelled(lease.exp_key):
             self.store.cancel_held([lease])  # queued as far as the user knows: never started
-            logger.info("trial %s: its experiment was cancelled; not started", lease.tid)
+            logger.info("tid %s: its experiment was cancelled; not started", lease.tid)
             lease = self._batch.next_held()
         if lease is not None:
             if self._batch.endings_waited() > ENDINGS_WAIT_S:
@@ -354,7 +354,7 @@ class Worker:
         self._idle_delay = IDLE_POLL_MIN_S
         try:
             logger.info(
-                "trial %s of %s: started (attempt %s)",
+                "tid %s of %s: started (attempt %s)",
                 shown(lease.tid, bare=True),
                 shown(lease.exp_key, bare=True),
                 lease.attempt,
@@ -388,7 +388,7 @@ class Worker:
         if isinstance(ended, HandBack):
             self._release(lease, ended.outcome, ended.reason)
         elif ended is None:
-            logger.warning("trial %s: lost the lease while running; result dropped", lease.tid)
+            logger.warning("tid %s: lost the lease while running; result dropped", lease.tid)
         else:
             self._record(lease, ended)
 
@@ -416,21 +416,21 @@ class Worker:
             **outcome.fields,
         }
         if outcome.lost:
-            logger.warning("trial %s: %s", lease.tid, outcome.lost_reason)
+            logger.warning("tid %s: %s", lease.tid, outcome.lost_reason)
             return
         self._batch.add_ending(Ending(lease, outcome.result, fields, outcome.error))
         if outcome.checkpointed:
             self._checkpointed.add(lease.id)
         if outcome.error is not None:
             logger.error(
-                "trial %s: objective raised %s: %s",
+                "tid %s: objective raised %s: %s",
                 lease.tid,
                 outcome.error["type"],
                 outcome.error["message"],
             )
         else:
             logger.info(
-                "trial %s: %s loss=%s (%.2f s)",
+                "tid %s: %s loss=%s (%.2f s)",
                 lease.tid,
                 outcome.result["status"],
                 outcome.result.get("loss"),
@@ -449,7 +449,7 @@ class Worker:
         for ending, ok in zip(endings, written, strict=True):
             if not ok:
                 logger.warning(
-                    "trial %s: lost the lease before writing the result (reaped while "
+                    "tid %s: lost the lease before writing the result (reaped while "
                     "paused?); the new owner's result stands",
                     ending.lease.tid,
                 )
@@ -491,11 +491,11 @@ class Worker:
     def _release(self, lease: Lease, outcome: AttemptOutcome, reason: str) -> None:
         state = self.store.release(lease, outcome, reason)  # the experiment's attempt limit
         if state is None:
-            logger.warning("trial %s: already taken over; nothing to hand back", lease.tid)
+            logger.warning("tid %s: already taken over; nothing to hand back", lease.tid)
         elif state is TrialState.ERROR:
-            logger.error("trial %s: %s; gave up on it (max attempts reached)", lease.tid, reason)
+            logger.error("tid %s: %s; gave up on it (max attempts reached)", lease.tid, reason)
         else:
-            logger.warning("trial %s: %s; handed back to the queue", lease.tid, reason)
+            logger.warning("tid %s: %s; handed back to the queue", lease.tid, reason)
 
     def _serves(self, lease: Lease) -> bool:
         """Whether this worker can run the trial. If its space is unknown here, the trial is
@@ -512,7 +512,7 @@ class Worker:
             hint = "start a worker with --spaces PATH (the file the search used)"
             if self.config.exp_key is not None:
                 raise WorkerMissingSpace(
-                    f"trial {shown(lease.tid)} of {shown(lease.exp_key)} needs search space "
+                    f"tid {shown(lease.tid)} of {shown(lease.exp_key)} needs search space "
                     f"{shown(name)}, which this worker does not know; {hint}"
                 ) from e
             self._skipped_exp_keys.add(lease.exp_key)
@@ -615,14 +615,14 @@ class Worker:
         if self.signals == 1 and not self.config.requeue_on_term:
             if running:
                 logger.warning(
-                    "%s: finishing trial %s, then exiting (send it again to hand the "
+                    "%s: finishing trial tid %s, then exiting (send it again to hand the "
                     "trial back now)",
                     name,
                     self._current.tid,
                 )  # type: ignore[union-attr]
             return
         if running:
-            logger.warning("%s: handing trial %s back now", name, self._current.tid)  # type: ignore[union-attr]
+            logger.warning("%s: handing trial tid %s back now", name, self._current.tid)  # type: ignore[union-attr]
             self.interrupt.set()
             if self._in_process_trial:
                 raise Interrupted()

@@ -127,21 +127,21 @@ def report_best(
         )
     if holder["tid"] != best["tid"]:
         lines.append(
-            f"note: trial {best['tid']} has no saved model; using trial {holder['tid']}, the best "
+            f"note: tid {best['tid']} has no saved model; using tid {holder['tid']}, the best "
             "one that has"
         )
     data = store.get_attachment(holder, MODEL_ATTACHMENT)
     if data is None:
-        raise HyperfleetError(f"trial {holder['tid']}: its model file vanished; rerun `best`")
+        raise HyperfleetError(f"tid {holder['tid']}: its model file vanished; rerun `best`")
     if save_model:
         Path(save_model).write_bytes(data)
-        lines.append(f"model of trial {holder['tid']} written to {save_model}")
+        lines.append(f"model of tid {holder['tid']} written to {save_model}")
     if evaluate:
         test = evaluate_model(store, exp, holder["tid"], data, spaces)
         store.annotate_experiment(exp_key, {"test": test})
         lines.append(
             f"test accuracy: {test['accuracy']:.4f} (loss {test['loss']:.4f}, {test['n']} "
-            f"images, model of trial {holder['tid']})"
+            f"images, model of tid {holder['tid']})"
         )
     return lines
 

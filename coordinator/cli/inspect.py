@@ -95,7 +95,7 @@ def _counts(counts: dict[TrialState, int]) -> str:
 def _worker_line(w: ins.WorkerView) -> str:
     from coordinator import inspect as ins
 
-    trial = f"trial {shown(w.current_tid, bare=True)}" if w.current_tid is not None else "idle"
+    trial = f"tid {shown(w.current_tid, bare=True)}" if w.current_tid is not None else "idle"
     gpu = f" gpu {shown(w.gpu, bare=True)}" if w.gpu and w.gpu != "none" else ""
     seen = "never" if w.age_s is None else f"{ins.fmt_duration(w.age_s)} ago"
     if w.ahead:
@@ -263,7 +263,7 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
     if problem is None and not doc.get("params"):
         problem = decoder.problem(doc)
     if problem is not None:
-        click.echo(f"trial {shown(tid, bare=True)} of {exp_key}: {ins.MALFORMED} ({problem})")
+        click.echo(f"tid {shown(tid, bare=True)} of {exp_key}: {ins.MALFORMED} ({problem})")
         click.echo("    not a usable trial document: no count, search or best trial includes it")
         return
     params = ins.typed(doc.get("params"), dict) or decoder(doc)

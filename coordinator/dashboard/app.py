@@ -325,7 +325,7 @@ def trial_page(dash: Dashboard, request: Request) -> Response:
     key, tid = _exp_key(request), _tid(request)
     doc = dash.store.get_trial(key, tid)
     if doc is None:
-        raise ConfigError(f"no trial {tid} in experiment {_echo(key)!r}")
+        raise ConfigError(f"no trial with tid {tid} in experiment {_echo(key)!r}")
     t = pages.trial(doc, key)
     # the trial's number within its experiment (as status, top, show and best print it)
     t["number"] = rules.trial_number(
@@ -352,10 +352,10 @@ def model_download(dash: Dashboard, request: Request) -> Response:
     key, tid = _exp_key(request), _tid(request)
     doc = dash.store.get_trial(key, tid)
     if doc is None:
-        raise ConfigError(f"no trial {tid} in experiment {_echo(key)!r}")
+        raise ConfigError(f"no trial with tid {tid} in experiment {_echo(key)!r}")
     data = dash.store.get_attachment(doc, defaults.MODEL_ATTACHMENT)
     if data is None:
-        raise ConfigError(f"trial {tid} of {_echo(key)!r} has no saved model")
+        raise ConfigError(f"tid {tid} of {_echo(key)!r} has no saved model")
     safe_key = "".join(c if c.isalnum() or c in "-_" else "_" for c in key)[:80]
     name = f"{safe_key}-trial{tid}.keras"
     return Response(
@@ -488,18 +488,18 @@ def requeue_action(dash: Dashboard, request: Request, form: dict[str, str]) -> s
     tid = parse_tid(form.get("tid", ""))
     doc = dash.store.get_trial(key, tid)
     if doc is None:
-        raise ConfigError(f"no trial {tid} in experiment {_echo(key)!r}")
+        raise ConfigError(f"no trial with tid {tid} in experiment {_echo(key)!r}")
     if doc.get("state") != TrialState.RUNNING or not doc.get("owner"):
         raise ConfigError(
-            f"trial {tid} is {inspect.state_name(doc.get('state'))}: only a running trial can be "
+            f"tid {tid} is {inspect.state_name(doc.get('state'))}: only a running trial can be "
             "requeued (finished trials never change)"
         )
     new = dash.store.release(
         Lease.from_doc(doc), AttemptOutcome.REQUEUED, "requeued from the dashboard"
     )
     if new is None:
-        raise ConfigError(f"trial {tid} changed while it was being requeued; look again")
-    logger.info("dashboard: requeued trial %s of %s", tid, inspect.fmt_value(key, 80))
+        raise ConfigError(f"tid {tid} changed while it was being requeued; look again")
+    logger.info("dashboard: requeued tid %s of %s", tid, inspect.fmt_value(key, 80))
     return f"/trial?key={urllib.parse.quote(key, safe='')}&tid={tid}&done=requeued"
 
 

@@ -490,7 +490,7 @@ def workers_page(
                 state=e.state,
                 x=round(x0 * width, 1),
                 width=round(max(1.0, (x1 - x0) * width), 1),
-                title=f"trial {e.tid} of {key}: {states.style(e.state).label}, "
+                title=f"tid {e.tid} of {key}: {states.style(e.state).label}, "
                 f"{when(e.book_time)} → {when(e.ended) if e.ended else 'now'}",
                 color=states.style(e.state).color,
             )

@@ -99,7 +99,7 @@ class AttemptJudge:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"
         )
         logger.warning(
-            "pruning %r: trial %s does not report metric %r (it reports: %s); its epochs are "
+            "pruning %r: tid %s does not report metric %r (it reports: %s); its epochs are "
             "not judged, no trial is stopped for it",
             self.exp_key,
             self.tid,

@@ -177,7 +177,7 @@ class Reaping(StorePart):
         state = self._leases.release_fenced(lease, outcome, reason, limit, fence)
         if state is None:
             return False
-        logger.warning("trial %s of %s: %s; now %s", lease.tid, lease.exp_key, reason, state.name)
+        logger.warning("tid %s of %s: %s; now %s", lease.tid, lease.exp_key, reason, state.name)
         return True
 
     # -- RUNNING without a usable lease ---------------------------------------------------------
@@ -256,7 +256,7 @@ class Reaping(StorePart):
         if key not in self._noted:
             self._noted.add(key)
             logger.warning(
-                "trial %.40r of %.60r (owner %.60r): %s",
+                "tid %.40r of %.60r (owner %.60r): %s",
                 doc.get("tid"),
                 doc.get("exp_key"),
                 doc.get("owner"),

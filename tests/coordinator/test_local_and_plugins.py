@@ -136,7 +136,7 @@ def test_local_replaces_a_worker_that_dies(tmp_path: Path) -> None:
     log = (tmp_path / "logs" / f"rw-worker-{found[1]}.log").read_text()
     started = {int(pid) for pid in re.findall(r"worker \S+?:(\d+):\w+ started", log)}
     assert started - {pids[0]}, log
-    assert re.search(r"trial \d+: ok", log), log
+    assert re.search(r"tid \d+: ok", log), log
 
 
 def _local_with_a_long_trial(tmp_path: Path) -> tuple[subprocess.Popen, Path, str]:

@@ -47,7 +47,9 @@ def test_stops_at_once_even_with_a_long_interval(store: TrialStore) -> None:
     assert not beat.lost.is_set()
 
 
-def test_a_lost_lease_sets_lost_and_ends_the_thread(store: TrialStore) -> None:
+def test_a_lost_lease_sets_lost_and_ends_the_thread(
+    store: TrialStore, caplog: pytest.LogCaptureFixture
+) -> None:
     lease = reserve_one(store)
     # someone else changed the trial (here: handed back): the fence no longer matches
     store.release(lease, AttemptOutcome.REQUEUED, "taken away by the test")
@@ -55,6 +57,8 @@ def test_a_lost_lease_sets_lost_and_ends_the_thread(store: TrialStore) -> None:
         assert beat.lost.wait(5), "the heartbeat did not notice the lost lease"
         beat._thread.join(5)
         assert not beat._thread.is_alive()
+    # named by its tid (issue 23: "trial N" is the per-experiment number status prints)
+    assert f"tid {lease.tid}: lease lost (reaped or cancelled)" in caplog.text, caplog.text
 
 
 def test_a_failing_on_beat_does_not_stop_the_heartbeat(

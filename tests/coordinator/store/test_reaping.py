@@ -18,12 +18,16 @@ from tests.conftest import DROP, queue_trials, queued_doc
 from tests.raw_store import insert_raw_documents
 
 
-def test_reap_is_idempotent_and_spares_live_leases(store: TrialStore) -> None:
+def test_reap_is_idempotent_and_spares_live_leases(
+    store: TrialStore, caplog: pytest.LogCaptureFixture
+) -> None:
     queue_trials(store, 2)
     dead = store.reserve_trial("dead", exp_key="exp", lease_s=0.2)
     alive = store.reserve_trial("alive", exp_key="exp", lease_s=30)
     time.sleep(0.4)
     assert store.reap_expired("exp") == [dead.tid]
+    # the log names the trial by its tid, never as "trial N" (issue 23: numbers are per experiment)
+    assert f"tid {dead.tid} of exp: " in caplog.text and "trial " not in caplog.text, caplog.text
     assert store.reap_expired("exp") == []
     assert store.reap_expired() == []
     assert store.heartbeat(alive, 30)
