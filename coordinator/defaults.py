@@ -29,6 +29,9 @@ MAX_ATTEMPTS = 3
 OUTAGE_S = 60.0
 #: a worker whose last heartbeat is older than this counts as gone (``status``, ``workers``)
 STALE_WORKER_S = 30.0
+#: listings (``status``, ``workers``, the dashboard's workers page) show the workers alive, stopped
+#: or silent for at most this long; older registry rows (killed or long gone) only with ``--all``
+RECENT_WORKERS_S = 3600.0
 #: longest sleep between a worker's polls of an empty queue (``--poll``)
 POLL_S = 0.1
 #: ``--save-models``: keep the best trial's model, every trial's, or none

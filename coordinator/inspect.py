@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coordinator import defaults, rules
-from coordinator.errors import ConfigError, SpaceError
+from coordinator.errors import ConfigError, SpaceError, counted
 from coordinator.states import ExperimentStatus, TrialState, WorkerStatus
 
 if TYPE_CHECKING:  # typed against the contract; importing a backend here would cost every reader
@@ -485,6 +485,17 @@ class WorkerView:
     #: no proof of life, so stale (the store's live_workers leaves it out too)
     ahead: bool = False
 
+    @property
+    def live(self) -> bool:
+        """ALIVE and heartbeating: neither stopped nor stale."""
+        return self.state == WorkerStatus.ALIVE and not self.stale
+
+    def recent(self, window_s: float) -> bool:
+        """Whether a listing shows it without ``--all``: its last heartbeat (or its stop) is at
+        most ``window_s`` old. A row without a usable ``last_seen`` is shown (flagged stale):
+        nothing says it is old."""
+        return self.age_s is None or self.age_s <= window_s
+
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], now: dt.datetime, stale_s: float) -> WorkerView:
         seen = when(doc.get("last_seen"))
@@ -513,12 +524,31 @@ FUTURE_SLACK_S = 5.0
 
 
 def worker_views(
-    store: TrialStoreBase, *, stale_s: float = DEFAULT_STALE_S, include_stopped: bool = False
+    store: TrialStoreBase, *, stale_s: float = DEFAULT_STALE_S, now: dt.datetime | None = None
 ) -> list[WorkerView]:
-    """Workers from the heartbeat registry, ages in server time, stale ones flagged."""
-    now = store.server_time()
-    docs = store.list_workers(alive_only=not include_stopped)
+    """Every row of the heartbeat registry (stopped ones too), newest first, ages at server
+    time ``now`` (the server's time now if not given), stale ones flagged."""
+    if now is None:
+        now = store.server_time()
+    docs = store.list_workers(alive_only=False)
     return [WorkerView.from_doc(d, now, stale_s) for d in docs]
+
+
+def recent_workers(
+    views: list[WorkerView], window_s: float = defaults.RECENT_WORKERS_S
+) -> tuple[list[WorkerView], int]:
+    """The workers a listing shows by default (alive, or stopped or silent for at most
+    ``window_s``: :meth:`WorkerView.recent`) and how many older ones it leaves out."""
+    shown = [v for v in views if v.recent(window_s)]
+    return shown, len(views) - len(shown)
+
+
+def older_workers_note(n: int, how: str | None = "--all lists them") -> str:
+    """The line a listing prints for the ``n`` older workers it leaves out, and ``how`` to see
+    them."""
+    hours = f"{defaults.RECENT_WORKERS_S / 3600:g} h"
+    note = f"{counted(n, 'older worker')} not shown (stopped or silent for over {hours})"
+    return f"{note}: {how}" if how else note
 
 
 @dataclass

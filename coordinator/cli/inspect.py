@@ -20,10 +20,10 @@ from coordinator.cli.options import (
     spaces_option,
     stale_option,
 )
-from coordinator.defaults import EXPORT_FORMATS
+from coordinator.defaults import EXPORT_FORMATS, RECENT_WORKERS_S
 from coordinator.errors import ConfigError
 from coordinator.shown import shown
-from coordinator.states import TrialState
+from coordinator.states import TrialState, WorkerStatus
 
 if TYPE_CHECKING:
     from coordinator import inspect as ins
@@ -81,11 +81,19 @@ def _print_summary(s: ins.ExperimentSummary) -> None:
     rate = "-" if s.rate_per_min is None else f"{_rate(s.rate_per_min)} trials/min"
     eta = f", ETA {ins.fmt_duration(s.eta_s)}" if s.eta_s is not None else ""
     click.echo(f"  rate      {rate}{eta}")
-    live = [w for w in s.workers if not w.stale]
-    stale = [w for w in s.workers if w.stale]
-    click.echo(f"  workers   {len(live)} live" + (f", {len(stale)} STALE" if stale else ""))
-    for w in s.workers:
+    listed, older = ins.recent_workers(s.workers)
+    live = sum(w.live for w in listed)
+    stale = sum(w.stale for w in listed)
+    gone = len(listed) - live - stale  # stopped (or another state a foreign writer left)
+    click.echo(
+        f"  workers   {live} live"
+        + (f", {stale} STALE" if stale else "")
+        + (f", {gone} stopped" if gone else "")
+    )
+    for w in listed:
         click.echo("    " + _worker_line(w))
+    if older:
+        click.echo("    " + ins.older_workers_note(older, "`hyperfleet workers --all` lists them"))
 
 
 def _counts(counts: dict[TrialState, int]) -> str:
@@ -101,6 +109,8 @@ def _worker_line(w: ins.WorkerView) -> str:
     if w.ahead:
         seen = f"{ins.fmt_duration(-w.age_s)} in the future"  # type: ignore[operator]
     flag = "  STALE (no heartbeat)" if w.stale else ""
+    if not w.stale and w.state != WorkerStatus.ALIVE:
+        flag = f"  {shown(w.state, bare=True)}"
     return f"{shown(w.id, bare=True)}{gpu}: {trial}, last heartbeat {seen}{flag}"
 
 
@@ -110,16 +120,27 @@ def _worker_line(w: ins.WorkerView) -> str:
 @click.command()
 @mongo_options()
 @stale_option()
-@click.option("--all", "include_stopped", is_flag=True, help="also list stopped workers")
-def workers(mongo: str, db: str, stale_s: float, include_stopped: bool) -> None:
+@click.option(
+    "--all",
+    "include_old",
+    is_flag=True,
+    help=f"also list the workers stopped or silent for over {RECENT_WORKERS_S / 3600:g} h "
+    "(killed ones, long gone)",
+)
+def workers(mongo: str, db: str, stale_s: float, include_old: bool) -> None:
     """Workers from their heartbeats: host, GPU, current trial, last heartbeat."""
     from coordinator import inspect as ins
     from coordinator.store import connect
 
     store = connect(mongo, db)
-    views = ins.worker_views(store, stale_s=stale_s, include_stopped=include_stopped)
+    views = ins.worker_views(store, stale_s=stale_s)
+    older = 0
+    if not include_old:
+        views, older = ins.recent_workers(views)
     if not views:
-        click.echo("no live workers" + ("" if include_stopped else " (--all lists stopped ones)"))
+        click.echo("no live or recently stopped workers")
+        if older:
+            click.echo(ins.older_workers_note(older))
         return
     rows = [
         {
@@ -128,7 +149,7 @@ def workers(mongo: str, db: str, stale_s: float, include_stopped: bool) -> None:
             "pid": w.pid,
             "gpu": w.gpu,
             "exp_key": w.exp_key or "any",
-            "trial": w.current_tid,
+            "tid": w.current_tid,
             "last_heartbeat": w.last_seen,
             "age": ins.fmt_duration(w.age_s) if not w.ahead else "in the future",
             "state": ("STALE (clock ahead)" if w.ahead else "STALE") if w.stale else w.state,
@@ -137,6 +158,8 @@ def workers(mongo: str, db: str, stale_s: float, include_stopped: bool) -> None:
     ]
     names = list(rows[0])
     click.echo(ins.format_table(rows, names, [n.replace("_", " ") for n in names]))
+    if older:
+        click.echo(ins.older_workers_note(older))
 
 
 # -- top ---------------------------------------------------------------------------------------

@@ -343,7 +343,10 @@ def workers_page(dash: Dashboard, request: Request) -> Response:
     raw = request.query_params.get("hours")
     hours = pages.TIMELINE_HOURS if raw is None else parse_float(raw, "hours", 0.05, 24 * 14)
     key = request.query_params.get("key") or None  # the timeline of one experiment
-    data = pages.workers_page(dash.store, dash.caches, dash.listing, hours=hours, exp_key=key)
+    show_all = request.query_params.get("all") == "1"  # the workers long stopped or silent too
+    data = pages.workers_page(
+        dash.store, dash.caches, dash.listing, hours=hours, exp_key=key, show_all=show_all
+    )
     return dash.render(request, "workers.html", w=data, title="Workers")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -134,7 +135,7 @@ def summary(
         "rate": rate(s.rate_per_min),
         "eta_s": s.eta_s,
         "eta": age(s.eta_s),
-        "workers": len([w for w in mine if not w.stale and w.state == "alive"]),
+        "workers": sum(w.live for w in mine),
         "created": when(exp.get("created")),
         "finished_at": when(exp.get("finished")),
         "cancel_requested": exp.get("cancel_requested") is True,
@@ -186,10 +187,7 @@ def experiments(
 def worker_views(store: TrialStoreBase, now: dt.datetime | None = None) -> list[inspect.WorkerView]:
     """Every registry row (``inspect.WorkerView``: heartbeat age, stale flag) at server time
     ``now`` (a cache's last refresh saves a round trip), or the server's time now."""
-    if now is None:
-        now = store.server_time()
-    docs = store.list_workers(alive_only=False)
-    return [inspect.WorkerView.from_doc(d, now, defaults.STALE_WORKER_S) for d in docs]
+    return inspect.worker_views(store, stale_s=defaults.STALE_WORKER_S, now=now)
 
 
 def trials_payload(
@@ -441,6 +439,16 @@ def _state_order(name: str) -> tuple[int, str]:
     return (names.index(name), name) if name in names else (len(names), name)
 
 
+def _workers_url(exp_key: str | None, hours: float, *, show_all: bool) -> str:
+    """The workers page with the same experiment and window, every worker or the recent ones."""
+    params = {"key": exp_key} if exp_key is not None else {}
+    if hours != TIMELINE_HOURS:
+        params["hours"] = f"{hours:g}"
+    if show_all:
+        params["all"] = "1"
+    return "/workers" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+
+
 def workers_page(
     store: TrialStoreBase,
     caches: Caches,
@@ -449,14 +457,18 @@ def workers_page(
     hours: float = TIMELINE_HOURS,
     width: int = 1000,
     exp_key: str | None = None,
+    show_all: bool = False,
 ) -> dict[str, Any]:
-    """The registry rows (heartbeat ages on the server clock, stale flagged), where each
-    worker's current trial lives, and a timeline of the trials per worker of the last ``hours``
+    """The registry rows (heartbeat ages on the server clock, stale flagged; without
+    ``show_all`` only those alive, stopped or silent for at most
+    :data:`~coordinator.defaults.RECENT_WORKERS_S`, and how many older ones are not shown), where
+    each worker's current trial lives, and a timeline of the trials per worker of the last ``hours``
     (of experiment ``exp_key`` only, if given), fitted to the span they cover: from the first
     shown trial's start to the last one's end (now while one runs), so a 75-s search fills the
     width instead of being a sliver of a fixed window."""
     now = store.server_time()
-    views = worker_views(store)
+    views = worker_views(store, now)
+    listed, older = (views, 0) if show_all else inspect.recent_workers(views)
     entries = []
     for exp in listing.get():
         key = inspect.key_text(exp.get("_id"))
@@ -507,8 +519,14 @@ def workers_page(
                 "current_exp": where.get(v.current_tid),
                 "last_seen": when(v.last_seen),
             }
-            for v in views
+            for v in listed
         ],
+        "older": older,
+        "older_note": inspect.older_workers_note(older, None) if older else "",
+        "show_all": show_all,
+        "registered": len(views),
+        "all_url": _workers_url(exp_key, hours, show_all=True),
+        "recent_url": _workers_url(exp_key, hours, show_all=False),
         "lanes": [lane for lane in lanes.values() if lane.bars],
         "hours": hours,
         "exp_key": exp_key,

@@ -123,18 +123,23 @@ def test_workers_live_stale_and_stopped(search, tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         rows = table(out.stdout)
         assert rows[0][:4] == ["worker", "host", "pid", "gpu"]
-        assert len(rows) == 2 and rows[1][3] == "3" and rows[1][-1] == "alive"
+        assert rows[1][3] == "3" and rows[1][-1] == "alive"  # the newest heartbeat first
+        # the search's three workers stopped minutes ago: listed as stopped (issue 23)
+        assert [row[-1] for row in rows[2:]] == ["stopped"] * 3, out.stdout
         status = cli(search, "status", "--exp-key", CURVES)
         assert "workers   0 live" in status.stdout, "a worker of another exp key is not counted"
         stale = cli(search, "workers", "--stale-after", "0")
         assert table(stale.stdout)[1][-1] == "STALE"
     finally:
         stop_all([w])
+    # stopped within the last hour: still listed (issue 23), as stopped
     gone = cli(search, "workers")
-    assert gone.returncode == 0 and "no live workers" in gone.stdout
+    assert gone.returncode == 0, gone.stderr
+    states = [row[-1] for row in table(gone.stdout)[1:]]
+    assert states == ["stopped"] * 4, gone.stdout  # two curves workers, the quadratic one, idle
     every = cli(search, "workers", "--all")
     states = [row[-1] for row in table(every.stdout)[1:]]
-    assert states.count("stopped") == 4  # two curves workers, the quadratic one, the idle one
+    assert states.count("stopped") == 4
 
 
 # -- top and show --------------------------------------------------------------------------------
@@ -382,6 +387,50 @@ def test_a_worker_whose_heartbeat_is_in_the_future_is_stale_not_alive(server, st
     here = next(line for line in out.stdout.splitlines() if line.startswith("here"))
     assert here.rstrip().endswith("alive")
     assert [w.id for w in store_live(store)] == ["here"]
+
+
+def test_listings_leave_out_workers_long_stopped_or_silent(server, store) -> None:
+    """Issue 23: `workers` and `status` listed every registry row ever written (killed workers
+    ALIVE days ago, every stopped one); by default they list the live ones and those stopped or
+    silent within RECENT_WORKERS_S, say how many older ones they leave out, and `workers --all`
+    lists them all."""
+    from coordinator import defaults
+    from tests.dashboard.conftest import make_experiment
+
+    now = store.server_time()
+    recent = defaults.RECENT_WORKERS_S
+    rows = {  # newest first, as the registry lists them
+        "live": ("alive", now),
+        "lost": ("alive", now - dt.timedelta(seconds=recent / 6)),  # STALE, still listed
+        "quit": ("stopped", now - dt.timedelta(seconds=recent / 3)),
+        "quit-old": ("stopped", now - dt.timedelta(seconds=recent + 60)),
+        "killed-old": ("alive", now - dt.timedelta(days=3)),
+    }
+    for wid, (state, seen) in rows.items():
+        store.workers.insert_one(
+            {"_id": wid, "host": "h", "pid": 1, "state": state, "last_seen": seen}
+        )
+    make_experiment(store, [], exp_key="e", status="done")
+    db = ["--mongo", server.uri, "--db", store.db_name]
+    out = hyperfleet("workers", *db)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines[1:-1]] == ["live", "lost", "quit"], out.stdout
+    assert [line.split()[-1] for line in lines[1:-1]] == ["alive", "STALE", "stopped"]
+    assert lines[-1] == (
+        "2 older workers not shown (stopped or silent for over 1 h): --all lists them"
+    )
+    every = hyperfleet("workers", *db, "--all")
+    assert [row[0] for row in table(every.stdout)[1:]] == list(rows), every.stdout
+    assert "not shown" not in every.stdout
+    status = hyperfleet("status", *db, "--exp-key", "e")
+    assert status.returncode == 0, status.stderr
+    assert "  workers   1 live, 1 STALE, 1 stopped\n" in status.stdout, status.stdout
+    assert re.search(r"\n    quit: idle, last heartbeat 20 min \d+ s ago  stopped\n", status.stdout)
+    assert "old" not in status.stdout.replace("older", "")
+    assert "    2 older workers not shown (stopped or silent for over 1 h): `hyperfleet " in (
+        status.stdout
+    )
 
 
 def store_live(store):

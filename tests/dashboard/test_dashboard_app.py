@@ -507,3 +507,34 @@ def test_workers_timeline_fits_the_trials_and_has_a_legend(dash_store: TrialStor
     assert "1 h" not in page.split('id="timeline-title"')[1][:300]  # ~75 s, not the window
     both = c.get("/workers").text
     assert len(re.findall(r"<rect ", both)) == 5  # every experiment's over the fitted span
+
+
+def test_workers_page_leaves_out_workers_long_stopped_or_silent(dash_store: TrialStore) -> None:
+    """Issue 23: the workers table listed every registry row ever written; it lists the live
+    ones and those stopped or silent within RECENT_WORKERS_S, says how many older ones it
+    leaves out, and links to all of them (?all=1)."""
+    now = dash_store.server_time()
+    recent = defaults.RECENT_WORKERS_S
+    rows = {
+        "live": ("alive", now),
+        "quit": ("stopped", now - dt.timedelta(seconds=recent / 2)),
+        "quit-old": ("stopped", now - dt.timedelta(seconds=recent + 60)),
+        "killed-old": ("alive", now - dt.timedelta(days=3)),
+    }
+    for wid, (state, seen) in rows.items():
+        dash_store.workers.insert_one(
+            {"_id": wid, "host": "h", "pid": 1, "state": state, "last_seen": seen}
+        )
+    make_experiment(dash_store, mixed())
+    c = client(dash_store)
+    page = c.get("/workers", params={"key": EXP})
+    assert page.status_code == 200
+    assert re.findall(r'data-worker="([^"]+)"', page.text) == ["live", "quit"]
+    note = page.text.split('id="older-workers">')[1].split("</p>")[0]
+    assert note.startswith("2 older workers not shown (stopped or silent for over 1 h)")
+    assert f'href="/workers?key={EXP}&amp;all=1"' in note, note
+    every = c.get("/workers", params={"key": EXP, "all": "1"}).text
+    assert re.findall(r'data-worker="([^"]+)"', every) == list(rows)
+    assert "the recent ones only" in every and "older workers not shown" not in every
+    # an experiment's summary counts the live worker only (not the stopped or stale ones)
+    assert c.get("/api/trials", params={"key": EXP, "since": 0}).json()["summary"]["workers"] == 1
