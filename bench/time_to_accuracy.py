@@ -12,6 +12,8 @@ seed by seed in a rotating order, so the load of other processes on the machine 
 
 * ``hf-none``, ``hf-median``, ``hf-asha``, ``hf-hyperband``: ``hyperfleet local`` (embedded
   server, 2 workers, TPE) with ``--prune`` none/median/asha/hyperband, default rule parameters;
+* ``hf-asha-promote``, ``hf-hyperband-promote``: the same with ``--promote`` (a trial below a
+  rung's cut pauses with its checkpoint and is resumed when promoted);
 * ``optuna-hyperband``, ``optuna-median``: Optuna's TPESampler with HyperbandPruner
   (min_resource 1, max_resource = epochs, reduction 3) or MedianPruner (5 start-up trials),
   2 processes sharing one SQLite study; like hyperfleet, a trial's last epoch is not pruned;
@@ -48,6 +50,8 @@ SYSTEMS = (
     "hf-median",
     "hf-asha",
     "hf-hyperband",
+    "hf-asha-promote",
+    "hf-hyperband-promote",
     "optuna-hyperband",
     "optuna-median",
     "stock",
@@ -119,7 +123,9 @@ def run_hyperfleet(rule: str, seed: int, workdir: Path, args: argparse.Namespace
         max_evals=100_000,
         seed=seed,
         timeout_s=args.budget + 120,
-        pruning=resolve_pruning(rule, settings),
+        pruning=resolve_pruning(
+            rule.removesuffix("-promote"), settings, promote=rule.endswith("-promote")
+        ),
     )
     trials: list[dict] = []
 

@@ -8,6 +8,8 @@ HyperfleetTrials.fmin`) all run :meth:`SearchLoop.run`::
         stop requested?   cancel, timeout, loss threshold, early-stop function, lease lost
         housekeeping      reap dead workers' trials, quarantine, size the queue (every tick)
         read changes      the trials written since the last read, nothing else
+        promote           resume the paused trials that now rank in their rung's best 1/η
+                          (``--prune asha|hyperband --promote``; coordinator.pruning.promotion)
         enqueue           ask the algorithm (hyperopt's suggest functions, fleet TPE included)
                           for the missing queue, insert its trials in one write
         wait              adaptive: about when half the queue should be done
@@ -35,6 +37,7 @@ import numpy as np
 from coordinator import rules
 from coordinator.experiment_lease import check_holder
 from coordinator.housekeeping import TICK_S, Housekeeping
+from coordinator.pruning.promotion import Promoter, make_promoter
 from coordinator.states import TrialState
 
 if TYPE_CHECKING:
@@ -104,6 +107,8 @@ class SearchLoop:
         self._to_queue = 0
         self._started = 0.0
         self._last_tick = float("-inf")
+        self.promoter: Promoter | None = None  #: the promotion step (``--promote``), if any
+        self._promoted_at = float("-inf")  #: the tick of the last promotion step
 
     @property
     def cancelled(self) -> bool:
@@ -121,9 +126,11 @@ class SearchLoop:
         # as FMinIter.exhaust: the trials of the caller's last refresh count towards max_evals
         self._to_queue = self.max_evals - len(self.trials.trials)
         self._done = self._newly_done()  # done before this run: seen, not reported one by one
+        self.promoter = make_promoter(self.housekeeping.store, exp_key)
         while True:
             self._housekeeping()
             self._read_changes()
+            self._promote()
             self._check_stop()
             self._enqueue()
             if self._over():
@@ -191,6 +198,20 @@ class SearchLoop:
     def _read_changes(self) -> None:
         self.trials.refresh()
 
+    def _promote(self, force: bool = False) -> bool:
+        """Once per housekeeping tick, promote the paused trials that rank in their rung's
+        best 1/η now; they are NEW again (read back at once, so the loop is not over while
+        one waits for a worker)."""
+        if self.promoter is None or self.stopped == "cancelled":
+            return False
+        if not force and self._promoted_at == self._last_tick:  # once per tick: it reads
+            return False  # each rung that has paused trials
+        self._promoted_at = self._last_tick
+        if not self.promoter.step(self.trials.trials):
+            return False
+        self.trials.refresh()
+        return True
+
     def _enqueue(self) -> None:
         """Fill the queue up to the housekeeping's length: ask the algorithm for the missing
         trials and insert them in one write. Never past ``max_evals``: the trials the last read
@@ -226,9 +247,12 @@ class SearchLoop:
         return min(share, self.max_evals - counted)
 
     def _over(self) -> bool:
-        """Nothing more to queue, and nothing queued or running."""
+        """Nothing more to queue, nothing queued or running, and no paused trial to promote
+        (the last trials to end may have made one promotable)."""
         more = self.stopped is None and self._room() > 0
-        return not more and self.view.count(TrialState.NEW, TrialState.RUNNING) == 0
+        if more or self.view.count(TrialState.NEW, TrialState.RUNNING) > 0:
+            return False
+        return not self._promote(force=True)
 
     def _wait(self) -> None:
         """Sleep the housekeeping's adaptive poll interval, never past the next tick."""

@@ -48,6 +48,9 @@ class Verdict(enum.StrEnum):
 
     CONTINUE = "continue"
     PRUNE = "prune"  #: the experiment's early-stopping rule stopped it (DONE, ``result.pruned``)
+    #: the rule paused it at a rung (``--promote``): the objective saves a checkpoint of this
+    #: epoch and stops; DONE with ``result.pruned.paused`` until the coordinator promotes it
+    PAUSE = "pause"
     CANCELLED = "cancelled"  #: the search was cancelled
     LEASE_LOST = "lease_lost"  #: this worker no longer owns the trial; its result is dropped
 
@@ -58,3 +61,4 @@ class AttemptOutcome(enum.StrEnum):
     LOST = "lost"  #: the worker's lease expired (killed, paused, partitioned); counted
     CRASHED = "crashed"  #: the trial's process died (segfault, OOM kill, os._exit); counted
     REQUEUED = "requeued"  #: handed back on shutdown; not counted
+    PAUSED = "paused"  #: paused at a rung, then promoted: resumed from its checkpoint; not counted

@@ -111,6 +111,39 @@ def _resumable(params, ctx):
     return {"loss": params["x"] ** 2, "status": "ok", "trained": trained, "state": state}
 
 
+def _rungs(params, ctx):
+    """Trains a counter for ``epochs`` epochs, checkpointing after each, as a Keras space does:
+    a trial paused at a rung (``--promote``) resumes after it when promoted. Every epoch it
+    trains is appended to ``log`` as ``tid epoch``, so a test can count what was trained."""
+    checkpoint = ctx.load_checkpoint()
+    start = 0 if checkpoint is None else checkpoint.epoch
+    loss = None
+    for epoch in range(start + 1, ctx.settings["epochs"] + 1):
+        time.sleep(ctx.settings["sleep"])
+        with open(ctx.settings["log"], "a") as log:
+            log.write(f"{ctx.tid} {epoch}\n")
+        loss = params["x"] ** 2 + 1.0 / epoch + (ctx.tid if ctx.settings["by_tid"] else 0)
+        ctx.report_epoch({"epoch": epoch, "loss": loss})
+        ctx.save_checkpoint(epoch, str(epoch).encode())
+        if ctx.should_stop():
+            break
+    return {"loss": loss, "status": "ok"}
+
+
+rungs = SearchSpace(
+    "rungs",
+    _x_space,
+    _rungs,
+    (
+        Setting("epochs", 9, "epochs", int, min=1),
+        Setting("sleep", 0.0, "seconds per epoch", float),
+        Setting("log", "", "file that gets one line per epoch trained: tid epoch"),
+        Setting(
+            "by_tid", False, "add the tid to the loss: each trial worse than those before", bool
+        ),
+    ),
+    "checkpoints every epoch, resumes from its checkpoint, logs every epoch it trains",
+)
 nan_epochs = SearchSpace(
     "nan_epochs",
     _x_space,

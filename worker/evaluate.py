@@ -148,6 +148,7 @@ class TrialContextImpl:
         #: the epoch this attempt started after (0: from scratch); None until it is known
         self.resumed_from: int | None = None
         self.checkpointed = False  #: whether this attempt saved a checkpoint
+        self.saved_epoch: int | None = None  #: the epoch of this attempt's last checkpoint
 
     def load_checkpoint(
         self, restore: Callable[[Checkpoint], object] | None = None
@@ -187,11 +188,14 @@ class TrialContextImpl:
         if not self.store.save_checkpoint(self.lease, epoch, data):
             raise TrialLost(f"tid {self.tid}: lease lost; checkpoint of epoch {epoch} dropped")
         self.checkpointed = True
+        self.saved_epoch = epoch
 
     def _resume_at(self, epoch: int) -> None:
         if self.resumed_from is not None:
             return
         self.resumed_from = epoch
+        if self._judge is not None:  # the rungs up to the checkpoint were judged already
+            self._judge.previous_epoch = epoch
         if (epoch > 0 or self.attempt > 1) and not self.store.resume_at(self.lease, epoch):
             raise TrialLost(f"tid {self.tid}: lease lost before it started")
 
@@ -211,7 +215,7 @@ class TrialContextImpl:
             decision = self._judge.report(metrics)
             if decision is not None and decision.prune:
                 self.pruned = decision
-                self.verdict = Verdict.PRUNE
+                self.verdict = Verdict.PAUSE if decision.pause else Verdict.PRUNE
         return self.verdict
 
     def should_stop(self) -> bool:
@@ -302,6 +306,7 @@ def evaluate(
     started = time.perf_counter()
     params = None
     pruned: Decision | None = None
+    paused = False
     checkpointed = False
     ctx: TrialContextImpl | None = None
     try:
@@ -318,6 +323,7 @@ def evaluate(
                 raise TrialLost(f"tid {lease.tid}: lease lost; result dropped")
             pruned = ctx.pruned
             checkpointed = ctx.checkpointed
+            paused = pruned is not None and paused_at(ctx, pruned)
         diverged = _not_finite(result.get("loss") if isinstance(result, dict) else result)
         result = check_result(result)
         timing = phases(result, started)
@@ -329,6 +335,8 @@ def evaluate(
                 lambda: (rules.ok_loss(d) for d in store.trial_outcomes(lease.exp_key)),
                 diverged=diverged,
             )
+            if paused and "pruned" in result:
+                result["pruned"]["paused"] = True  # kept, with its checkpoint, for promotion
     except TrialLost:
         return Outcome({}, params, time.perf_counter() - started, lost=True)
     except StoreUnavailable as e:  # not the objective's fault: no ERROR for an outage
@@ -342,6 +350,25 @@ def evaluate(
         return Outcome({}, params, duration, error=error_info(e), checkpointed=checkpointed)
     duration = time.perf_counter() - started
     return Outcome(result, params, duration, fields={"timing": timing}, checkpointed=checkpointed)
+
+
+def paused_at(ctx: TrialContextImpl, decision: Decision) -> bool:
+    """Whether a trial the rule paused (``--promote``) can be promoted later: it saved a
+    checkpoint of the epoch it paused at. One that did not (its space keeps no checkpoints,
+    ``--checkpoint-every 0``, a checkpoint over the size bound) is stopped for good, as
+    ``--prune`` without ``--promote`` stops it."""
+    if not decision.pause:
+        return False
+    if ctx.saved_epoch == decision.epoch:
+        return True
+    logger.info(
+        "tid %s: paused at epoch %s without a checkpoint of it (last: %s): stopped for good, it "
+        "cannot be promoted",
+        ctx.tid,
+        decision.epoch,
+        ctx.saved_epoch,
+    )
+    return False
 
 
 def phases(result: dict[str, Any], started: float) -> dict[str, float]:

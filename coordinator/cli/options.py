@@ -268,6 +268,7 @@ PRUNE_OPTIONS = {
     "prune_reduction": "reduction_factor",
     "prune_min_epochs": "min_epochs",
     "prune_max_epochs": "max_epochs",
+    "promote": "promote",
 }
 
 
@@ -328,6 +329,14 @@ def pruning_options() -> Decorator:
             type=Int64(min=1),
             default=None,
             help="hyperband: the largest budget [default: the space's epochs setting]",
+        ),
+        click.option(
+            "--promote",
+            is_flag=True,
+            default=None,
+            help="asha/hyperband: pause a trial below a rung's cut (checkpointed) instead of "
+            "stopping it, and resume it when it ranks in the rung's best 1/N later "
+            "(ASHA's promotions; see docs/pruning.md)",
         ),
     )
 

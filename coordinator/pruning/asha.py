@@ -5,6 +5,11 @@ Rung ``k`` is at epoch ``min_epochs · η^(rate + k)``. A trial reaching a rung 
 there and goes on only if it is among the best ``1/η`` of every value recorded at that rung so
 far (itself included; while fewer than ``η`` values exist, only the best goes on). Nothing waits
 for a rung to fill, so workers never idle; the cost is that early trials face few competitors.
+
+With ``--promote`` (``PruningConfig.promote``) a trial below the cut *pauses* instead of
+stopping: its checkpoint is kept, and the coordinator promotes it (resumes it from there) once
+it ranks among the rung's best ``1/η`` (:mod:`coordinator.pruning.promotion`), as ASHA's
+promotions do. A NaN value stops the trial for good: it competes with nobody.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ class SuccessiveHalving:
                 threshold,
                 self.bracket,
                 rung,
+                pause=prune and not final and config.promote,
             )
         inputs = {"seen": seen, "rate": self.rate, **({"final": True} if final else {})}
         record = rung_record(decision, report, config.metric, **inputs)

@@ -19,6 +19,8 @@ from coordinator import defaults
 from coordinator.errors import ConfigError
 
 DIRECTIONS = ("min", "max")
+#: the rules that can pause a trial at a rung and promote it later (``--promote``)
+PROMOTING_RULES = ("asha", "hyperband")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class PruningConfig:
     reduction_factor: int = defaults.PRUNE_REDUCTION_FACTOR
     min_epochs: int = defaults.PRUNE_MIN_EPOCHS
     max_epochs: int | None = None  #: Hyperband's largest budget (default: the ``epochs`` setting)
+    #: ASHA/Hyperband with promotions: a trial below a rung's cut pauses (checkpointed) instead
+    #: of stopping, and is resumed when it ranks in the rung's best 1/η later
+    #: (:mod:`coordinator.pruning.promotion`)
+    promote: bool = False
 
     def to_doc(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,12 +69,15 @@ def resolve_pruning(
     reduction_factor: int | None = None,
     min_epochs: int | None = None,
     max_epochs: int | None = None,
+    promote: bool | None = False,
 ) -> PruningConfig | None:
     """The :class:`PruningConfig` that ``--prune RULE`` and its options ask for, with defaults
     from the space's ``settings``: the metric the loss comes from (a Keras space's ``objective``
     ``val_loss`` -> ``val_loss``/min, ``val_error`` -> ``val_accuracy``/max; else ``loss``/min)
     and Hyperband's ``max_epochs`` from ``epochs``. Bad values raise :class:`ConfigError`."""
     if rule in (None, "none"):
+        if promote:
+            raise ConfigError("--promote needs --prune asha or --prune hyperband")
         return None
     if rule not in defaults.PRUNE_RULES:
         raise ConfigError(f"--prune {rule!r}: choose one of {', '.join(defaults.PRUNE_RULES)}")
@@ -95,7 +104,13 @@ def resolve_pruning(
         ),
         min_epochs=defaults.PRUNE_MIN_EPOCHS if min_epochs is None else min_epochs,
         max_epochs=max_epochs if max_epochs is not None else epochs,
+        promote=bool(promote),
     )
+    if promote and rule not in PROMOTING_RULES:
+        raise ConfigError(
+            f"--promote works with --prune {' or '.join(PROMOTING_RULES)}, not {rule!r} (a "
+            "rule that compares whole curves has no rung to promote from)"
+        )
     if config.reduction_factor < 2:
         raise ConfigError(f"--prune-reduction {config.reduction_factor}: must be 2 or more")
     if config.min_epochs < 1 or config.warmup_epochs < 0 or config.startup_trials < 0:
@@ -136,7 +151,8 @@ def metric_value(metrics: Mapping[str, Any], metric: str) -> float:
 
 @dataclass(frozen=True)
 class Decision:
-    """A rule's answer for one epoch. ``prune`` stops the trial; the rest says why."""
+    """A rule's answer for one epoch. ``prune`` stops the trial (``pause``: for now, it may be
+    promoted and resumed from its checkpoint later); the rest says why."""
 
     prune: bool
     rule: str
@@ -145,9 +161,11 @@ class Decision:
     threshold: float | None = None  #: the value it had to reach (None: no comparison, e.g. NaN)
     bracket: int | None = None
     rung: int | None = None
+    pause: bool = False
 
     def pruned_record(self, metric: str) -> dict[str, Any]:
-        """The ``result.pruned`` record of a trial this decision stopped."""
+        """The ``result.pruned`` record of a trial this decision stopped (the worker adds
+        ``paused: true`` when it paused the trial, its checkpoint saved)."""
         record = {
             "epoch": self.epoch,
             "rule": self.rule,
@@ -229,9 +247,17 @@ def rung_record(decision: Decision, report: EpochReport, metric: str, **inputs: 
         "metric": metric,
         "value": _number_or_none(decision.value),
         "threshold": decision.threshold,
-        "decision": "prune" if decision.prune else "continue",
+        "decision": decision_name(decision),
         **inputs,
     }
+
+
+def decision_name(decision: Decision) -> str:
+    """A rung record's ``decision``: ``continue``, ``prune`` or ``pause`` (a paused trial's
+    record becomes ``promoted`` when it is promoted)."""
+    if not decision.prune:
+        return "continue"
+    return "pause" if decision.pause else "prune"
 
 
 def rung_key(exp_key: str, bracket: int, rung: int, tid: int) -> str:
@@ -241,10 +267,12 @@ def rung_key(exp_key: str, bracket: int, rung: int, tid: int) -> str:
 
 def stored_decision(stored: Mapping[str, Any], proposed: Decision) -> Decision:
     """``proposed`` as the stored record has it (another attempt of the trial, or a retried
-    write, may have recorded this rung first: its decision stands)."""
+    write, may have recorded this rung first: its decision stands; a ``promoted`` one goes
+    on)."""
     value = stored.get("value")
     return Decision(
-        prune=stored.get("decision") == "prune",
+        prune=stored.get("decision") in ("prune", "pause"),
+        pause=stored.get("decision") == "pause",
         rule=proposed.rule,
         epoch=proposed.epoch,
         value=math.nan if value is None else float(value),

@@ -470,6 +470,13 @@ class TrialStoreBase(abc.ABC):
         """``{tid: value}`` of the rung records at one rung (records without a value left out)."""
 
     @abc.abstractmethod
+    def promote_paused(self, trial_id: DocId, key: str, reason: str) -> bool:
+        """Promote a trial paused at a rung (``--promote``): its rung record ``key`` becomes
+        ``promoted``, then the trial DONE (``result.pruned.paused``) -> NEW, to be resumed from
+        its checkpoint, one ``paused`` entry in its attempt history. Whether this call
+        promoted it (``False``: it was not paused any more, e.g. promoted by another)."""
+
+    @abc.abstractmethod
     def finished_curves(
         self, exp_key: str, metric: str, *, known: Iterable[int] = ()
     ) -> dict[int, dict[int, float] | None]:
@@ -501,4 +508,6 @@ class TrialStoreBase(abc.ABC):
         self, *, trial_ids: Iterable[DocId] = (), exp_key: str | None = None
     ) -> int:
         """Delete the checkpoints of ended trials (DONE, ERROR, CANCEL) among ``trial_ids``, or
-        of experiment ``exp_key``; returns how many went. Never touches a NEW or RUNNING trial."""
+        of experiment ``exp_key``; returns how many went. Never touches a NEW or RUNNING trial;
+        by ``trial_ids``, never one paused at a rung (``--promote``: its checkpoint is what a
+        promotion resumes; the experiment's sweep at the search's end takes it)."""

@@ -187,8 +187,9 @@ class Checkpoints(StorePart):
     @retrying
     def _unlink_ended(self, trial_ids: list[DocId], exp_key: str | None) -> list[Any]:
         query: dict[str, Any] = {"state": {"$in": list(ENDED)}, "checkpoint": {"$ne": None}}
-        if trial_ids:
+        if trial_ids:  # a worker's ended trials: one paused at a rung keeps it for promotion
             query["_id"] = {"$in": trial_ids}
+            query["result.pruned.paused"] = {"$ne": True}
         elif exp_key is not None:
             query["exp_key"] = exp_key
         else:

@@ -17,7 +17,14 @@ from coordinator.store.connection import retrying
 from coordinator.store.handles import StorePart
 
 _UNFINISHED = [int(TrialState.NEW), int(TrialState.RUNNING)]
-_OUTCOME_FIELDS = ("queued", "book_time", "ended", "duration_s", *rules.TRIAL_FIELDS)
+_OUTCOME_FIELDS = (
+    "queued",
+    "book_time",
+    "ended",
+    "duration_s",
+    "promotions",
+    *rules.TRIAL_FIELDS,
+)
 
 
 def _match(exp_key: str | None, states: Iterable[TrialState | int] | None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import pymongo.errors
 from pymongo.collection import Collection as MongoCollection
 
-from coordinator.states import TrialState
+from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store.connection import retrying
 from coordinator.store.encoding import to_bson, utcnow
 from coordinator.store.handles import StorePart
@@ -57,6 +57,47 @@ class RungRecords(StorePart):
             r["tid"]: float(r["value"])
             for r in self.rungs.find(query, projection={"tid": 1, "value": 1})
         }
+
+    @retrying
+    def promote_paused(self, trial_id: Any, key: str, reason: str) -> bool:
+        # the record first: a trial resumed before it would find "pause" and pause again; a
+        # promotion cut short between the two writes is finished by the next one (the
+        # promotion step promotes the paused trials whose record says "promoted")
+        self.rungs.update_one(
+            {"_id": key, "decision": {"$in": ["pause", "promoted"]}},
+            {"$set": {"decision": "promoted"}, "$currentDate": {"promoted_at": True}},
+        )
+        paused = {"_id": trial_id, "state": int(TrialState.DONE), "result.pruned.paused": True}
+        doc = self.jobs.find_one(paused, projection={"attempt": 1, "owner": 1, "result": 1})
+        if doc is None:
+            return False
+        pruned = doc["result"]["pruned"]
+        entry = {
+            "attempt": doc.get("attempt"),
+            "owner": doc.get("owner"),
+            "outcome": AttemptOutcome.PAUSED.value,
+            "reason": reason,
+            "paused_at_epoch": pruned.get("epoch"),
+            "rung": pruned.get("rung"),
+            "value": pruned.get("value"),
+            "checkpoint_epoch": pruned.get("epoch"),
+            "at": utcnow(),
+        }
+        promoted = self.jobs.update_one(
+            {**paused, "attempt": {"$eq": doc.get("attempt")}},
+            {
+                "$set": {
+                    "state": int(TrialState.NEW),
+                    "owner": None,
+                    "lease_expires": None,
+                    "result": {"status": "new"},
+                },
+                "$push": {"attempt_history": entry},
+                "$inc": {"version": 1, "promotions": 1},
+                "$currentDate": {"refresh_time": True, "mtime": True},
+            },
+        )
+        return promoted.matched_count == 1
 
     @retrying
     def finished_curves(

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from coordinator.errors import CheckpointRefused
+from coordinator.states import Verdict
 from search_spaces.base import TrialContext
 
 logger = logging.getLogger(__name__)
@@ -151,14 +152,20 @@ class CheckpointEvery(keras.callbacks.Callback):
         self._error: BaseException | None = None
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        """Checkpoint this epoch if it is due; always the epoch a rule paused the trial at
+        (``--promote``: it is resumed from there when promoted)."""
         done = epoch + 1
-        last = done >= int(self.params.get("epochs") or 0)  # the trial ends now: no resume
-        stopped = getattr(self.reporter, "stopped", False)
-        if self.every <= 0 or done % self.every or last or stopped:
-            return
         now = time.monotonic()
-        if now - self._last < self.min_interval_s:
-            return
+        if getattr(self.reporter, "verdict", None) is Verdict.PAUSE:
+            if self.every <= 0:  # checkpoints are off: the trial is stopped for good
+                return
+        else:
+            last = done >= int(self.params.get("epochs") or 0)  # the trial ends now: no resume
+            stopped = getattr(self.reporter, "stopped", False)
+            if self.every <= 0 or done % self.every or last or stopped:
+                return
+            if now - self._last < self.min_interval_s:
+                return
         started = time.perf_counter()
         self._wait()
         data = keras_state(self.model, done)

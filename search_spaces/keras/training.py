@@ -435,7 +435,7 @@ def run_trial(
     val_loss, val_accuracy = history["val_loss"][-1], history["val_accuracy"][-1]
     loss = val_loss if settings["objective"] == "val_loss" else 1.0 - val_accuracy
     clock = time.perf_counter()
-    saved = reporter.verdict is not Verdict.PRUNE and _save_model(
+    saved = reporter.verdict not in (Verdict.PRUNE, Verdict.PAUSE) and _save_model(
         model, ctx, loss, params["optimizer"]
     )
     timing["save_s"] = time.perf_counter() - clock

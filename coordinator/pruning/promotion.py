@@ -1,0 +1,104 @@
+"""Promotions (``--prune asha|hyperband --promote``): a step of the coordinator's loop.
+
+A trial below a rung's cut is *paused* by its worker: DONE with ``result.pruned.paused``, its
+checkpoint of the rung's epoch kept (a trial that could not save one is stopped for good). At
+every tick :class:`Promoter` looks at the experiment's paused trials; one that now ranks among
+the best ``1/η`` of its rung (more trials reached the rung since, enough of them worse) is
+promoted: NEW again, reserved before fresh trials (it has a checkpoint) and resumed after the
+rung's epoch, its learning curve continuing. This is ASHA's promotion rule (Li et al., MLSys
+2020); a trial already in the best ``1/η`` when it reaches the rung is promoted at once (it
+never pauses), and Hyperband runs the same rule in each of its brackets.
+
+Everything lives in the database (rung records, trial documents, checkpoints): a coordinator
+or worker that dies loses no paused trial, and the next coordinator goes on promoting. A
+promotion is two fenced writes (the rung record to ``promoted``, then the trial DONE -> NEW
+only while it is still paused), so two coordinators cannot promote one trial twice. What is
+still paused when the search ends stays a pruned trial (it ranks after every full one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from coordinator.pruning.asha import promotable
+from coordinator.pruning.base import PruningConfig, rung_key
+from coordinator.states import TrialState
+
+logger = logging.getLogger(__name__)
+
+
+def paused_record(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``result.pruned`` record of a trial paused at a rung, else ``None``."""
+    if doc.get("state") != int(TrialState.DONE):
+        return None
+    result = doc.get("result")
+    pruned = result.get("pruned") if isinstance(result, dict) else None
+    if isinstance(pruned, dict) and pruned.get("paused") is True:
+        return pruned
+    return None
+
+
+class Promoter:
+    """The promotion step of one experiment whose rule promotes (``config.promote``)."""
+
+    def __init__(self, store: Any, config: PruningConfig, exp_key: str) -> None:
+        self.store = store
+        self.config = config
+        self.exp_key = exp_key
+
+    def step(self, docs: Iterable[dict[str, Any]]) -> list[int]:
+        """Promote the paused trials among ``docs`` that rank in their rung's best ``1/η``
+        now; the tids promoted."""
+        groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+        for doc in docs:
+            pruned = paused_record(doc)
+            rung, bracket = pruned and pruned.get("rung"), pruned and pruned.get("bracket", 0)
+            if isinstance(rung, int) and isinstance(bracket, int):
+                groups[(bracket, rung)].append(doc)
+        promoted = []
+        for (bracket, rung), paused in sorted(groups.items()):
+            values = self.store.rung_values(self.exp_key, bracket, rung)
+            competing = list(values.values())
+            for doc in paused:
+                if self._promote(doc, bracket, rung, values.get(doc["tid"]), competing):
+                    promoted.append(doc["tid"])
+        return promoted
+
+    def _promote(
+        self,
+        doc: dict[str, Any],
+        bracket: int,
+        rung: int,
+        value: float | None,
+        competing: list[float],
+    ) -> bool:
+        config = self.config
+        if value is None:  # no value at its rung (NaN, or a record another writer removed)
+            return False
+        keep, cut = promotable(value, competing, config.reduction_factor, config.direction)
+        if not keep:
+            return False
+        epoch = doc["result"]["pruned"].get("epoch")
+        reason = (
+            f"promoted at rung {rung} (epoch {epoch}): {config.metric} {value:.4g} is within "
+            f"the best 1/{config.reduction_factor} of {len(competing)} (cut {cut:.4g})"
+        )
+        key = rung_key(self.exp_key, bracket, rung, doc["tid"])
+        if not self.store.promote_paused(doc["_id"], key, reason):
+            return False
+        logger.info("search %r: tid %s %s", self.exp_key, doc["tid"], reason)
+        return True
+
+
+def make_promoter(store: Any, exp_key: str | None) -> Promoter | None:
+    """The promotion step of ``exp_key``, or ``None`` where its rule does not promote."""
+    if exp_key is None:
+        return None
+    experiment = store.get_experiment(exp_key) or {}
+    config = PruningConfig.from_doc(experiment.get("pruning"))
+    if config is None or not config.promote:
+        return None
+    return Promoter(store, config, exp_key)

@@ -1,0 +1,98 @@
+"""Promotion-based ASHA (``--prune asha --promote``, issue 21) end to end: a real search through
+the CLI against a real worker process. Trials below a rung's cut pause with a checkpoint; the
+coordinator's loop promotes those that rank in the rung's best 1/η later, and they resume after
+the rung's epoch: no epoch is trained twice, every decision is in the rung records, and what is
+still paused at the end is a pruned trial without a checkpoint left behind."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pymongo
+
+from coordinator.server import EmbeddedServer
+from coordinator.states import TrialState
+from tests.conftest import hyperfleet, start_worker, stop_all
+
+SPACES = "tests/spaces_for_tests.py"
+EPOCHS = 9
+ETA = 3
+
+
+def test_paused_trials_are_promoted_and_resume_after_their_rung(
+    server: EmbeddedServer, db_name: str, tmp_path: Path
+) -> None:
+    """Each trial is worse than those before it (``by_tid``), so which ones pause and which
+    are promoted does not depend on the order they reach a rung: at the end the rung's best
+    ``14 // 3 = 4`` are tids 0-3, and those of them that paused must have been promoted."""
+    key = "promote"
+    log = tmp_path / "epochs.log"
+    common = ["--mongo", server.uri, "--db", db_name]
+    worker = start_worker(
+        server.uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60"
+    )
+    try:
+        search = hyperfleet(
+            "search", "rungs", *common, "--exp-key", key, "--spaces", SPACES,
+            "--max-evals", "14", "--set", f"epochs={EPOCHS}", "--set", f"log={log}",
+            "--set", "by_tid=true",
+            "--prune", "asha", "--promote", "--prune-reduction", str(ETA),
+            "--algo", "rand", "--seed", "7", "--no-progress",
+            timeout=300,
+        )  # fmt: skip
+    finally:
+        stop_all([worker])
+    assert search.returncode == 0, search.stderr
+
+    db = pymongo.MongoClient(server.uri)[db_name]
+    trials = {d["tid"]: d for d in db.jobs.find({"exp_key": key})}
+    assert len(trials) == 14 and all(d["state"] == TrialState.DONE for d in trials.values())
+
+    # no epoch trained twice, and a paused-then-promoted trial trained on after its rung
+    trained = [tuple(map(int, line.split())) for line in log.read_text().split("\n") if line]
+    twice = [pair for pair, n in collections.Counter(trained).items() if n > 1]
+    assert twice == [], twice
+    promoted = {
+        tid: [h for h in d.get("attempt_history", []) if h["outcome"] == "paused"]
+        for tid, d in trials.items()
+    }
+    promoted = {tid: h for tid, h in promoted.items() if h}
+    assert promoted, "no trial was promoted: " + search.stderr[-2000:]
+    for tid, history in promoted.items():
+        doc = trials[tid]
+        epochs = [e["epoch"] for e in doc["epochs"]]
+        assert epochs == list(range(1, len(epochs) + 1)), (tid, epochs)  # the curve continues
+        paused_at = history[-1]["paused_at_epoch"]
+        assert doc["resumed_from_epoch"] == paused_at and max(epochs) > paused_at
+        assert doc.get("attempts", 0) == 0  # a promotion is no failed attempt
+    assert len(trained) < 14 * EPOCHS  # paused trials trained less
+
+    # every decision is in the rung records, and each promotion follows ASHA's rule
+    records = list(db.rungs.find({"exp_key": key}))
+    decisions = collections.Counter(r["decision"] for r in records)
+    assert decisions["promoted"] == len(promoted) and decisions["continue"] > 0, decisions
+    for tid, history in promoted.items():  # each with the inputs of its decision
+        assert f"is within the best 1/{ETA} of" in history[-1]["reason"], history
+        record = db.rungs.find_one({"exp_key": key, "tid": tid, "decision": "promoted"})
+        assert record is not None and record["rung"] == history[-1]["rung"]
+
+    # what is still paused is a pruned trial, shown as paused, with no checkpoint left
+    still = [d for d in trials.values() if (d["result"].get("pruned") or {}).get("paused")]
+    assert decisions["pause"] == len(still)
+    assert all(d.get("checkpoint") is None for d in trials.values())
+    assert db["fs.files"].count_documents({"kind": "checkpoint"}) == 0
+    if still:
+        shown = hyperfleet("show", *common, "--exp-key", key, str(still[0]["tid"]))
+        assert "paused at epoch" in shown.stdout.splitlines()[0], shown.stdout
+    status = hyperfleet("status", *common, "--exp-key", key)
+    assert "promoted" in status.stdout, status.stdout
+
+
+def test_promote_needs_a_rung_rule(server: EmbeddedServer, db_name: str) -> None:
+    common = ["--mongo", server.uri, "--db", db_name, "--max-evals", "1", "--spaces", SPACES]
+    median = hyperfleet("search", "rungs", *common, "--prune", "median", "--promote")
+    assert median.returncode != 0 and "--promote works with" in median.stderr
+    assert "Traceback" not in median.stderr
+    alone = hyperfleet("search", "rungs", *common, "--promote")
+    assert alone.returncode != 0 and "--promote needs --prune" in alone.stderr
