@@ -597,7 +597,11 @@ def summarize(
     ends = [d["ended"] for d in docs if isinstance(d.get("ended"), dt.datetime)]
     rate = eta = None
     if starts and ends:
-        end = store.server_time() if running else max(ends)
+        # up to now while a trial is queued or running; once none is, over the search's span
+        # (first start to last end): a finished search's rate must not keep falling with the
+        # clock (nor one whose coordinator died and left its status "running")
+        active = counts[TrialState.NEW] + counts[TrialState.RUNNING] > 0
+        end = store.server_time() if active else max(ends)
         minutes = (end - min(starts)).total_seconds() / 60
         if minutes > 0:
             rate = len(ends) / minutes

@@ -113,6 +113,41 @@ def test_status_of_all_and_one_experiment(search) -> None:
     assert "workers   0 live" in one.stdout
 
 
+def test_the_rate_of_a_search_that_ended_is_over_its_span(store) -> None:
+    """Issue 23: trials/min ran up to now, so a search that ended (or whose coordinator died,
+    leaving its status "running") showed a rate that kept falling with the clock. With no trial
+    queued or running it is taken over the search's span, first start to last end."""
+    from coordinator import inspect as ins
+    from tests.dashboard.conftest import make_experiment, trial_doc
+
+    start = store.server_time() - dt.timedelta(hours=2)
+
+    def ten_minutes(key: str) -> list[dict[str, Any]]:  # 10 trials, one a minute, 2 h ago
+        minute = dt.timedelta(minutes=1)
+        return [
+            trial_doc(
+                t,
+                TrialState.DONE,
+                key,
+                book_time=start + t * minute,
+                ended=start + (t + 1) * minute,
+            )
+            for t in range(10)
+        ]
+
+    make_experiment(store, ten_minutes("ended"), exp_key="ended", status="done")
+    make_experiment(store, ten_minutes("dead"), exp_key="dead", status="running")
+    queued = [*ten_minutes("queued"), trial_doc(10, TrialState.NEW, "queued")]
+    make_experiment(store, queued, exp_key="queued", status="running")
+    rates = {
+        key: ins.summarize(store, store.get_experiment(key), []).rate_per_min
+        for key in ("ended", "dead", "queued")
+    }
+    assert rates["ended"] == pytest.approx(1.0) and rates["dead"] == pytest.approx(1.0), rates
+    # a trial still queued: the search goes on, its rate runs up to now (10 in ~2 h)
+    assert rates["queued"] == pytest.approx(10 / 120, rel=0.05), rates
+
+
 def test_workers_live_stale_and_stopped(search, tmp_path: Path) -> None:
     # --no-warm: a warm worker would first wait seconds for experiment "idle", which never comes
     w = start_worker(search["uri"], search["db"], "--exp-key", "idle", "--gpu", "3", "--no-warm")
