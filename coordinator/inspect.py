@@ -143,6 +143,8 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
         row.update(flatten(epochs[-1], "last_epoch"))
     row["epochs"] = len(epochs)
     row["pruned"] = _pruned_epoch(doc)
+    if (rules.pruned(doc) or {}).get("paused") is True:  # --promote: may still be resumed
+        row["paused"] = True
     row["duration_s"] = number(doc.get("duration_s"))
     row.update(flatten(_mapping(doc.get("timing")), "timing"))  # phases (docs/schema.md)
     row["book_time"] = when(doc.get("book_time"))
@@ -407,11 +409,13 @@ def _pruned_epoch(doc: Mapping[str, Any]) -> int | None:
 
 def pruned_text(doc: Mapping[str, Any]) -> str:
     """``"pruned at epoch 2 by asha: val_loss 0.41, threshold 0.35"`` for a trial an
-    early-stopping rule stopped; ``""`` for any other."""
+    early-stopping rule stopped (``"paused at ..."`` for one paused at a rung, ``--promote``);
+    ``""`` for any other."""
     record = rules.pruned(doc)
     if record is None:
         return ""
-    text = f"pruned at epoch {record.get('epoch')} by {record.get('rule')}"
+    verb = "paused" if record.get("paused") is True else "pruned"
+    text = f"{verb} at epoch {record.get('epoch')} by {record.get('rule')}"
     if record.get("metric") is not None:
         text += f": {record['metric']} {fmt_value(record.get('value'))}"
         text += f", threshold {fmt_value(record.get('threshold'))}"
@@ -564,6 +568,8 @@ class ExperimentSummary:
     eta_s: float | None
     workers: list[WorkerView] = field(default_factory=list)
     pruned: int = 0  #: DONE trials an early-stopping rule stopped (``--prune``)
+    paused: int = 0  #: of those, paused at a rung (``--promote``): promoted if they rank later
+    promoted: int = 0  #: trials promoted from a rung at least once (``--promote``)
     #: the best trial's number within the experiment (:func:`rules.trial_number`)
     best_number: int | None = None
     #: documents of the experiment that cannot be used (:func:`rules.trial_problem`): in no count
@@ -591,6 +597,8 @@ def summarize(
             counts[TrialState(d["state"])] += 1
     best = rules.best_trial(docs)
     pruned = sum(1 for d in docs if rules.pruned(d) is not None)
+    paused = sum(1 for d in docs if (rules.pruned(d) or {}).get("paused") is True)
+    promoted = sum(1 for d in docs if isinstance(d.get("promotions"), int) and d["promotions"])
     finished = sum(n for s, n in counts.items() if s.finished)
     running = exp.get("status") == ExperimentStatus.RUNNING.value
     starts = [d["book_time"] for d in docs if isinstance(d.get("book_time"), dt.datetime)]
@@ -624,6 +632,8 @@ def summarize(
         eta_s=eta,
         workers=mine,
         pruned=pruned,
+        paused=paused,
+        promoted=promoted,
         malformed=len(every) - len(docs),
     )
 

@@ -72,7 +72,10 @@ def _print_summary(s: ins.ExperimentSummary) -> None:
     click.echo(f"  trials    {s.finished}{total} finished: " + _counts(s.counts) + malformed)
     if s.pruned:
         done = s.counts.get(TrialState.DONE, 0)
-        click.echo(f"  pruned    {s.pruned} of the {done} done trials were stopped early")
+        paused = f" ({s.paused} paused at a rung)" if s.paused else ""
+        click.echo(f"  pruned    {s.pruned} of the {done} done trials were stopped early{paused}")
+    if s.promoted:
+        click.echo(f"  promoted  {s.promoted} trials resumed from a rung (--promote)")
     if s.best_loss is not None:
         tid = shown(s.best_tid, bare=True)
         click.echo(f"  best      loss {s.best_loss:.6g} (trial {s.best_number}, tid {tid})")
@@ -214,6 +217,8 @@ def top(
     names = ["tid", "trial"] + (["state"] if all_states else []) + ["loss"]
     if any(r.get("pruned") is not None for r in ranked):
         names.append("pruned")  # the epoch an early-stopping rule stopped it at
+    if any(r.get("paused") for r in ranked):
+        names.append("paused")  # --promote: paused at that epoch's rung, not stopped for good
     if by not in names:
         names.append(by)
     names += [c for c in metrics[:4] if c not in names]

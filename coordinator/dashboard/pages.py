@@ -359,10 +359,12 @@ def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
 
 
 def _stopped_text(record: Mapping[str, Any] | None) -> str | None:
-    """``stopped after epoch 2 by median (val_loss 0.41 > 0.38)`` for a pruned trial."""
+    """``stopped after epoch 2 by median (val_loss 0.41 > 0.38)`` for a pruned trial
+    (``paused after ...`` for one paused at a rung, ``--promote``)."""
     if record is None:
         return None
-    text = f"stopped after epoch {inspect.fmt_value(record.get('epoch'))}"
+    verb = "paused" if record.get("paused") is True else "stopped"
+    text = f"{verb} after epoch {inspect.fmt_value(record.get('epoch'))}"
     if record.get("rule") is not None:
         text += f" by {inspect.fmt_value(record.get('rule'))}"
     value, threshold = record.get("value"), record.get("threshold")

@@ -68,11 +68,13 @@ def test_agrees_with_optunas_own_study_of_the_same_objective() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(
-        lambda t: loss(
-            t.suggest_float("x", -5, 5),
-            t.suggest_float("y", -5, 5),
-        )
-        + 0 * t.suggest_float("z", math.exp(-5), 1, log=True),
+        lambda t: (
+            loss(
+                t.suggest_float("x", -5, 5),
+                t.suggest_float("y", -5, 5),
+            )
+            + 0 * t.suggest_float("z", math.exp(-5), 1, log=True)
+        ),
         n_trials=150,
     )
     theirs = optuna.importance.get_param_importances(study)

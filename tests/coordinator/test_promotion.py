@@ -85,6 +85,8 @@ def test_paused_trials_are_promoted_and_resume_after_their_rung(
     if still:
         shown = hyperfleet("show", *common, "--exp-key", key, str(still[0]["tid"]))
         assert "paused at epoch" in shown.stdout.splitlines()[0], shown.stdout
+        top = hyperfleet("top", *common, "--exp-key", key, "-n", "14")
+        assert "paused" in top.stdout.splitlines()[0], top.stdout
     status = hyperfleet("status", *common, "--exp-key", key)
     assert "promoted" in status.stdout, status.stdout
 
