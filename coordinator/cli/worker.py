@@ -123,6 +123,15 @@ from coordinator.errors import ConfigError
     "[env: HYPERFLEET_CHECKPOINT_MAX_MB]",
 )
 @click.option(
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False, writable=True, resolve_path=True),
+    default=None,
+    envvar="HYPERFLEET_CHECKPOINT_DIR",
+    help="write trials' checkpoints as files in this directory (one every worker mounts at the "
+    "same path, e.g. a cluster's shared file system) instead of the database's GridFS "
+    "[env: HYPERFLEET_CHECKPOINT_DIR]",
+)
+@click.option(
     "--check",
     is_flag=True,
     help="only check that MongoDB answers and this worker may read and write its database "
@@ -150,6 +159,7 @@ def worker(
     checkpoint_every: int,
     checkpoint_interval_s: float,
     checkpoint_max_mb: float,
+    checkpoint_dir: str | None,
     check: bool,
 ) -> None:
     """Evaluate trials from MongoDB until stopped, idle or the search is over."""
@@ -166,6 +176,14 @@ def worker(
     if compile_cache:  # read by JAX in the trial process (inherits this environment)
         os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(compile_cache)
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    if checkpoint_dir:  # read by the store, here and in the trial process
+        from coordinator.store.checkpoints import CHECKPOINT_DIR_ENV
+
+        try:
+            os.makedirs(checkpoint_dir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--checkpoint-dir {checkpoint_dir}: {e.strerror or e}") from e
+        os.environ[CHECKPOINT_DIR_ENV] = checkpoint_dir
     if heartbeat_s >= lease_s:
         raise ConfigError(
             f"--heartbeat ({heartbeat_s} s) must be shorter than --lease ({lease_s} s)"

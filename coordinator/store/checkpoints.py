@@ -6,6 +6,15 @@ readable from the mongo shell). Writing one is fenced like every worker write: t
 first, then linked with one update filtered on the lease; a lost lease deletes the new file and
 answers ``False``. The checkpoint it replaced is deleted once the new link is written.
 
+With ``$HYPERFLEET_CHECKPOINT_DIR`` set (``hyperfleet worker --checkpoint-dir DIR``: a directory
+every worker mounts at the same path, e.g. a cluster's shared file system) the file is written
+there instead, ``<trial key>-<attempt>-<epoch>-<digest>.ckpt`` (written to a temporary name,
+then renamed: never a partial file under its name), and the link names it (``file`` instead of
+``file_id``). A link's name is only ever joined to this process's own directory, and only when
+it is such a name (no path, no ``..``): a hostile document cannot make a worker read or delete
+anything else. A process without the directory refuses a checkpoint that lives there (one line:
+start it with ``--checkpoint-dir``); the trial then starts fresh.
+
 Reading one back checks it: a missing or partial file, a size or digest that does not match the
 link, or a file written for another trial is refused (:class:`CheckpointRefused`, one line), and
 the caller starts the trial fresh — never a crash, never another trial's model.
@@ -18,9 +27,13 @@ learning curve continues without duplicates. Ended trials keep no checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import gridfs
@@ -39,6 +52,23 @@ logger = logging.getLogger(__name__)
 
 #: the largest checkpoint read back (a hostile link must not make a worker read gigabytes)
 MAX_CHECKPOINT_BYTES = 2 * 2**30
+#: a shared directory for checkpoint files instead of GridFS (``worker --checkpoint-dir``)
+CHECKPOINT_DIR_ENV = "HYPERFLEET_CHECKPOINT_DIR"
+#: the only names a link may give a checkpoint file in that directory
+_FILE_NAME = re.compile(r"[0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,9}-[0-9a-f]{16}\.ckpt")
+
+
+def checkpoint_dir() -> Path | None:
+    """The shared checkpoint directory this process writes to (``None``: GridFS)."""
+    value = os.environ.get(CHECKPOINT_DIR_ENV, "").strip()
+    return Path(value) if value else None
+
+
+def _trial_key(trial_id: Any) -> str:
+    """The prefix of a trial's checkpoint files: names no database, safe in any file name."""
+    return hashlib.sha256(str(trial_id).encode()).hexdigest()[:16]
+
+
 #: states in which a trial keeps no checkpoint
 ENDED = (int(TrialState.DONE), int(TrialState.ERROR), int(TrialState.CANCEL))
 
@@ -50,7 +80,13 @@ class Checkpoints(StorePart):
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"a checkpoint's epoch must be a whole number >= 0, got {epoch!r}")
         digest = hashlib.sha256(data).hexdigest()
-        file_id = self._put(lease, epoch, data, digest)
+        directory = checkpoint_dir()
+        if directory is None:
+            file_id: Any = self._put(lease, epoch, data, digest)
+        else:
+            file_id = _put_file(directory, lease, epoch, data, digest)
+            if file_id is None:  # could not be written: the last checkpoint stays linked
+                return True
         seen: dict[str, Any] = {}
         try:
             old = self._link(lease, epoch, file_id, len(data), digest, seen)
@@ -96,7 +132,7 @@ class Checkpoints(StorePart):
             return None
         seen.setdefault("old", before.get("checkpoint"))
         link = {
-            "file_id": file_id,
+            ("file" if isinstance(file_id, str) else "file_id"): file_id,
             "epoch": epoch,
             "attempt": lease.attempt,
             "bytes": size,
@@ -108,8 +144,8 @@ class Checkpoints(StorePart):
         )
         if updated.matched_count != 1:
             return None
-        old = seen["old"]
-        return old.get("file_id", file_id) if isinstance(old, dict) else file_id
+        old = _file_of(seen["old"])
+        return file_id if old is None else old
 
     def load_checkpoint(self, lease: Lease) -> Checkpoint | None:
         link = self._read_link(lease)
@@ -117,18 +153,22 @@ class Checkpoints(StorePart):
             return None
         if not isinstance(link, dict):
             raise CheckpointRefused(f"its link is {type(link).__name__}, not a document")
-        file_id, epoch, size = link.get("file_id"), link.get("epoch"), link.get("bytes")
+        epoch, size = link.get("epoch"), link.get("bytes")
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise CheckpointRefused(f"its epoch {epoch!r:.40} is not a whole number >= 0")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise CheckpointRefused(f"its size {size!r:.40} is not a whole number")
         if size > MAX_CHECKPOINT_BYTES:
             raise CheckpointRefused(f"it is {size} bytes, over the {MAX_CHECKPOINT_BYTES} limit")
-        if not isinstance(file_id, ObjectId):
-            raise CheckpointRefused(f"its file id {file_id!r:.40} is not an ObjectId")
-        data, meta = self._read_file(file_id)
-        if meta.get("trial") != lease.id:
-            raise CheckpointRefused(f"its file was written for trial {meta.get('tid')!r:.40}")
+        if "file" in link:
+            data = _read_shared(link.get("file"), lease)
+        else:
+            file_id = link.get("file_id")
+            if not isinstance(file_id, ObjectId):
+                raise CheckpointRefused(f"its file id {file_id!r:.40} is not an ObjectId")
+            data, meta = self._read_file(file_id)
+            if meta.get("trial") != lease.id:
+                raise CheckpointRefused(f"its file was written for trial {meta.get('tid')!r:.40}")
         if len(data) != size or hashlib.sha256(data).hexdigest() != link.get("sha256"):
             raise CheckpointRefused(
                 f"its file holds {len(data)} bytes that do not match the {size} bytes and "
@@ -180,8 +220,15 @@ class Checkpoints(StorePart):
         self, *, trial_ids: Iterable[DocId] = (), exp_key: str | None = None
     ) -> int:
         files = self._unlink_ended(list(trial_ids), exp_key)
-        for file_id in files:
-            self._delete_file(file_id)
+        kept = [f for f in files if self._delete_file(f) is False]
+        if kept:
+            logger.info(
+                "%d checkpoint files stay in the workers' shared directory (e.g. %s): this "
+                "process has no $%s; set it to the workers' --checkpoint-dir to delete them",
+                len(kept),
+                kept[0],
+                CHECKPOINT_DIR_ENV,
+            )
         return len(files)
 
     @retrying
@@ -201,13 +248,102 @@ class Checkpoints(StorePart):
                 {"_id": doc["_id"], "state": {"$in": list(ENDED)}, "checkpoint": link},
                 {"$set": {"checkpoint": None}, "$currentDate": {"mtime": True}},
             )
-            if unlinked.matched_count == 1 and isinstance(link, dict) and "file_id" in link:
-                files.append(link["file_id"])
+            if unlinked.matched_count == 1 and _file_of(link) is not None:
+                files.append(_file_of(link))
         return files
 
+    def _delete_file(self, file_id: Any) -> bool:
+        """Delete a checkpoint file; ``False`` for one in a shared directory this process
+        does not have."""
+        if isinstance(file_id, str):
+            return _delete_shared(file_id)
+        self._delete_gridfs(file_id)
+        return True
+
     @retrying
-    def _delete_file(self, file_id: Any) -> None:
+    def _delete_gridfs(self, file_id: Any) -> None:
         try:
             self.gfs.delete(file_id)
         except gridfs.errors.NoFile:
             logger.debug("checkpoint file %s already deleted", file_id)
+
+
+# -- the shared directory (``--checkpoint-dir``) ------------------------------------------------
+
+
+def _file_of(link: Any) -> Any | None:
+    """The file a checkpoint link names: a GridFS id, or a file name in the shared directory
+    (only a well-formed one); ``None`` for none."""
+    if not isinstance(link, dict):
+        return None
+    if "file_id" in link:
+        return link["file_id"]
+    name = link.get("file")
+    return name if isinstance(name, str) and _FILE_NAME.fullmatch(name) else None
+
+
+def _put_file(directory: Path, lease: Lease, epoch: int, data: bytes, digest: str) -> str | None:
+    """Write ``data`` into ``directory`` under its checkpoint name (atomically: a temporary
+    name, flushed, then renamed); the name, or ``None`` after one warning if it cannot be
+    written (a full or read-only file system: the trial goes on, its last checkpoint stays)."""
+    name = f"{_trial_key(lease.id)}-{lease.attempt}-{epoch}-{digest[:16]}.ckpt"
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, directory / name)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        logger.warning(
+            "tid %s: checkpoint of epoch %s not written to %s (%s); the trial goes on from "
+            "its last checkpoint if it is lost: free space or fix --checkpoint-dir",
+            lease.tid,
+            epoch,
+            directory,
+            e.strerror or e,
+        )
+        return None
+    return name
+
+
+def _read_shared(name: Any, lease: Lease) -> bytes:
+    """The bytes of checkpoint file ``name`` of ``lease``'s trial in this process's shared
+    directory; :class:`CheckpointRefused` for a name that is not one, another trial's file, no
+    directory here, or a file that is missing or too large."""
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
+        raise CheckpointRefused(f"its file name {name!r:.60} is not a checkpoint's")
+    if not name.startswith(_trial_key(lease.id) + "-"):
+        raise CheckpointRefused(f"its file {name} was written for another trial")
+    directory = checkpoint_dir()
+    if directory is None:
+        raise CheckpointRefused(
+            f"it is in a shared checkpoint directory (file {name}) and this worker has none: "
+            "start workers with --checkpoint-dir"
+        )
+    path = directory / name
+    try:
+        size = path.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointRefused(f"its file {path} is {size} bytes, over the limit")
+        return path.read_bytes()
+    except OSError as e:
+        raise CheckpointRefused(f"its file {path} cannot be read ({e.strerror or e})") from e
+
+
+def _delete_shared(name: str) -> bool:
+    """Delete checkpoint file ``name`` (a well-formed name only) from this process's shared
+    directory; ``False`` when this process has none (the file stays)."""
+    directory = checkpoint_dir()
+    if directory is None:
+        return False
+    if _FILE_NAME.fullmatch(name):
+        try:
+            (directory / name).unlink(missing_ok=True)
+        except OSError as e:
+            logger.warning("checkpoint file %s not deleted: %s", directory / name, e.strerror or e)
+    return True

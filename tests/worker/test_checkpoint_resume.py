@@ -98,3 +98,29 @@ def test_an_attempt_that_only_loaded_a_checkpoint_leaves_none_behind(server, db_
     assert doc["state"] == TrialState.DONE and doc["result"]["trained"] == []
     assert doc["checkpoint"] is None
     assert store.db["fs.files"].count_documents({"kind": "checkpoint"}) == 0
+
+
+def test_a_trial_resumes_from_a_shared_checkpoint_directory(server, db_name, tmp_path) -> None:
+    """``--checkpoint-dir``: the checkpoints are files in a directory both workers mount (here
+    the same path), not GridFS; the second worker resumes from the first one's file."""
+    store = connect(server.uri, db_name)
+    shared = tmp_path / "shared"
+    queue_trials(store, 1, exp_key="ckdir", space="resumable", settings={"sleep": 0.4})
+    args = ("--spaces", TEST_SPACES, "--exp-key", "ckdir", *FAST_LEASE, "--checkpoint-dir", shared)
+    first = start_worker(server.uri, db_name, *map(str, args), log=tmp_path / "w1.log")
+    workers = [first]
+    try:
+        doc = wait_for(lambda: _checkpointed(store, "ckdir", 2), 90, what="a checkpoint")
+        assert doc["checkpoint"]["file"] in {p.name for p in shared.iterdir()}
+        first.send_signal(signal.SIGKILL)
+        first.wait(20)
+        workers.append(start_worker(server.uri, db_name, *map(str, args), log=tmp_path / "w2.log"))
+        wait_for(
+            lambda: store.get_trial("ckdir", doc["tid"])["state"] == TrialState.DONE,
+            90,
+            what="the trial to finish on the second worker",
+        )
+    finally:
+        stop_all(workers)
+    _resumed_trial(store, "ckdir", doc["tid"])
+    assert list(shared.iterdir()) == []  # the ended trial's file is gone
