@@ -82,8 +82,9 @@ class Promoter:
         if not keep:
             return False
         epoch = doc["result"]["pruned"].get("epoch")
+        where = f"rung {rung}" + (f" of bracket {bracket}" if config.rule == "hyperband" else "")
         reason = (
-            f"promoted at rung {rung} (epoch {epoch}): {config.metric} {value:.4g} is within "
+            f"promoted at {where} (epoch {epoch}): {config.metric} {value:.4g} is within "
             f"the best 1/{config.reduction_factor} of {len(competing)} (cut {cut:.4g})"
         )
         key = rung_key(self.exp_key, bracket, rung, doc["tid"])
