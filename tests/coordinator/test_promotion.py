@@ -7,13 +7,16 @@ still paused at the end is a pruned trial without a checkpoint left behind."""
 from __future__ import annotations
 
 import collections
+import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
 import pymongo
 
 from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
-from tests.conftest import hyperfleet, start_worker, stop_all
+from tests.conftest import cli_env, hyperfleet, start_worker, stop_all, wait_for
 
 SPACES = "tests/spaces_for_tests.py"
 EPOCHS = 9
@@ -98,3 +101,44 @@ def test_promote_needs_a_rung_rule(server: EmbeddedServer, db_name: str) -> None
     assert "Traceback" not in median.stderr
     alone = hyperfleet("search", "rungs", *common, "--promote")
     assert alone.returncode != 0 and "--promote needs --prune" in alone.stderr
+
+
+def test_a_coordinator_killed_while_trials_are_paused_loses_none(
+    server: EmbeddedServer, db_name: str, tmp_path: Path
+) -> None:
+    """Issue 21: "a paused trial is never lost when the coordinator dies". The coordinator is
+    SIGKILLed while trials are paused; the same command run again takes the experiment over
+    and goes on promoting from what is stored: every trial ends, none trains an epoch twice."""
+    key = "promote-kill"
+    log = tmp_path / "epochs.log"
+    command = [
+        sys.executable, "-m", "coordinator", "search", "rungs", "--mongo", server.uri,
+        "--db", db_name, "--exp-key", key, "--spaces", SPACES, "--max-evals", "14",
+        "--set", f"epochs={EPOCHS}", "--set", "sleep=0.05", "--set", f"log={log}",
+        "--set", "by_tid=true", "--prune", "asha", "--promote", "--algo", "rand",
+        "--seed", "7", "--no-progress",
+    ]  # fmt: skip
+    worker = start_worker(
+        server.uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60"
+    )
+    db = pymongo.MongoClient(server.uri)[db_name]
+    paused = {"exp_key": key, "result.pruned.paused": True}
+    try:
+        first = subprocess.Popen(command, env=cli_env(), stderr=subprocess.DEVNULL)
+        wait_for(lambda: db.jobs.count_documents(paused) >= 3, 120, what="3 paused trials")
+        first.kill()
+        first.wait(10)
+        killed = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        again = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        stop_all([worker])
+    assert again.returncode == 0, again.stderr
+    trials = list(db.jobs.find({"exp_key": key}))
+    assert len(trials) == 14 and all(d["state"] == TrialState.DONE for d in trials)
+    trained = [tuple(map(int, line.split())) for line in log.read_text().split("\n") if line]
+    assert [p for p, n in collections.Counter(trained).items() if n > 1] == []
+    promoted_at = [
+        h["at"] for d in trials for h in d.get("attempt_history", []) if h["outcome"] == "paused"
+    ]
+    assert any(at > killed for at in promoted_at), promoted_at  # the second one promoted
+    assert db["fs.files"].count_documents({"kind": "checkpoint"}) == 0
