@@ -1,5 +1,5 @@
-"""The baselines' environments: stock hyperopt and Optuna virtualenvs, a private PostgreSQL,
-and hyperopt's in-memory ``fmin(Trials())`` (the ceiling, in hyperfleet's own venv)."""
+"""The baselines' environments: stock hyperopt, Optuna and Ray Tune virtualenvs, a private
+PostgreSQL, and hyperopt's in-memory ``fmin(Trials())`` (the ceiling, in hyperfleet's own venv)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ VENVS = BENCH / ".venvs"
 REQUIREMENTS = {
     "stock": ["hyperopt==0.3.0", "pymongo==3.13.0"],
     "optuna": ["optuna==5.0.0", "psycopg2-binary==2.9.13"],
+    # bench/time_to_accuracy.py's ray-asha anchor; hyperopt (HyperOptSearch) and Keras come from
+    # hyperfleet's venv, appended to the path by bench/tta_objective.py
+    "ray": ["ray[tune]==2.60.0"],
 }
 
 

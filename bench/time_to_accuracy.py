@@ -3,6 +3,7 @@
     .venv/bin/python bench/time_to_accuracy.py                      # the recorded run (~30 min)
     .venv/bin/python bench/time_to_accuracy.py --seeds 1 --budget 20 --epochs 3 \\
         --train-size 2000 --systems hf-none,hf-asha                 # a quick check
+    .venv/bin/python bench/time_to_accuracy.py --systems hf-none,hf-asha,ray-asha  # + Ray's ASHA
 
 Every system searches ``mnist_mlp`` (bench/tta_objective.py: same space, model code, data and
 Keras training) with 2 CPU worker processes of 1 thread each, for the same wall-clock budget
@@ -18,7 +19,12 @@ seed by seed in a rotating order, so the load of other processes on the machine 
   (min_resource 1, max_resource = epochs, reduction 3) or MedianPruner (5 start-up trials),
   2 processes sharing one SQLite study; like hyperfleet, a trial's last epoch is not pruned;
 * ``stock``: stock hyperopt 0.3.0 ``MongoTrials`` + 2 ``hyperopt-mongo-worker``
-  (bench/.venvs/stock, pymongo 3.13; ``--no-subprocesses``), no early stopping.
+  (bench/.venvs/stock, pymongo 3.13; ``--no-subprocesses``), no early stopping;
+* ``ray-asha`` (the anchor, not in the default ``--systems``: it needs bench/.venvs/ray, ray[tune]
+  2.60.0, created on first use): Ray Tune's ``ASHAScheduler`` (on ``training_iteration`` = epoch,
+  grace 1, max = epochs, reduction 3) with ``HyperOptSearch`` (TPE, the same hyperopt space), at
+  most 2 trials at once of 1 CPU each on a local ``ray.init(num_cpus=2)``, actors reused between
+  trials (as the other systems' worker processes are). A trial at the max is not stopped.
 
 Measured per run, on the runs' own per-epoch wall times: epochs trained (all, and until the
 target), the time until the best validation accuracy of a fully trained trial reaches the target
@@ -55,7 +61,10 @@ SYSTEMS = (
     "optuna-hyperband",
     "optuna-median",
     "stock",
+    "ray-asha",
 )
+#: what runs without ``--systems``: the anchor ray-asha needs its own venv (ray[tune], ~630 MB)
+DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "ray-asha")
 WORKERS = 2
 TARGET_MARGIN = 0.005  #: the target is hf-none's median final best minus half a point
 
@@ -328,6 +337,119 @@ def run_stock(seed: int, workdir: Path, args: argparse.Namespace) -> list[dict]:
     return out
 
 
+def run_ray(seed: int, workdir: Path, args: argparse.Namespace) -> list[dict]:
+    """Runs in bench/.venvs/ray (ray[tune] 2.60.0): ASHA + HyperOptSearch, 2 trials at a time."""
+    # tta_objective first: it appends hyperfleet's venv (hyperopt, Keras) to the path
+    from tta_objective import _deadline, ray_trainable
+
+    import search_spaces.mnist as mnist
+
+    settings = settings_of(args)
+    os.environ.update(
+        {
+            **clock_env(workdir, args.budget),  # before ray.init: its workers inherit it
+            "TTA_SETTINGS": json.dumps(settings),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    )
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+    from ray.tune.search import Searcher
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    records: dict[str, dict[str, Any]] = {}
+    pruned: set[str] = set()
+
+    class Search(HyperOptSearch):
+        def suggest(self, trial_id: str) -> Any:
+            if time.time() > _deadline():  # the budget is spent: start no more trials
+                return Searcher.FINISHED
+            return super().suggest(trial_id)
+
+    class Asha(ASHAScheduler):
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.STOP and not result.get("final"):
+                pruned.add(trial.trial_id)  # below its rung's cut (a final result is not)
+            return decision
+
+    class Collect(tune.Callback):
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            records.setdefault(trial.trial_id, {"start": time.time(), "results": []})
+
+        def on_trial_result(
+            self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+        ) -> None:
+            keep = ("epoch", "t", "val_accuracy", "final", "test_accuracy")
+            rec = records.setdefault(trial.trial_id, {"start": None, "results": []})
+            rec["results"].append({k: result.get(k) for k in keep})
+
+    ray.init(
+        num_cpus=WORKERS,
+        include_dashboard=False,
+        object_store_memory=200 * 1024**2,
+        log_to_driver=False,
+    )
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(ray_trainable, {"cpu": 1}),
+            tune_config=tune.TuneConfig(
+                search_alg=Search(
+                    space=mnist._mlp_space(settings),
+                    metric="val_accuracy",
+                    mode="max",
+                    random_state_seed=seed,
+                ),
+                scheduler=Asha(
+                    time_attr="training_iteration",
+                    metric="val_accuracy",
+                    mode="max",
+                    max_t=args.epochs,
+                    grace_period=1,
+                    reduction_factor=3,
+                ),
+                num_samples=-1,
+                max_concurrent_trials=WORKERS,
+                reuse_actors=True,
+                time_budget_s=args.budget + 240,  # a safety net only: the searcher ends the run
+            ),
+            run_config=tune.RunConfig(
+                name=f"tta-asha-{seed}",
+                storage_path=str(workdir / "ray"),
+                verbose=0,
+                callbacks=[Collect()],
+                failure_config=tune.FailureConfig(fail_fast=True),
+            ),
+        )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    if grid.errors:
+        raise RuntimeError(f"{len(grid.errors)} ray trials failed: {grid.errors[0]!r}")
+    out = []
+    for trial_id, rec in records.items():
+        rows = rec["results"]
+        final = next((r for r in rows if r.get("final")), None)
+        epochs = [
+            {"epoch": r["epoch"], "t": r["t"], "val_accuracy": r["val_accuracy"]}
+            for r in rows
+            if r.get("t") is not None
+        ]
+        out.append(
+            {
+                "start": rec["start"],
+                "end": epochs[-1]["t"] if epochs else None,
+                "epochs": epochs,
+                "pruned": trial_id in pruned and final is None,
+                "complete": final is not None and final.get("test_accuracy") is not None,
+                "val_accuracy": epochs[-1]["val_accuracy"] if epochs else None,
+                "test_accuracy": final.get("test_accuracy") if final else None,
+            }
+        )
+    return out
+
+
 def run_one(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
     started = time.time()
@@ -335,6 +457,8 @@ def run_one(args: argparse.Namespace) -> None:
         trials = run_hyperfleet(args.system.removeprefix("hf-"), args.seed, workdir, args)
     elif args.system.startswith("optuna-"):
         trials = run_optuna(args.system.removeprefix("optuna-"), args.seed, workdir, args)
+    elif args.system == "ray-asha":
+        trials = run_ray(args.seed, workdir, args)
     else:
         trials = run_stock(args.seed, workdir, args)
     from tta_objective import clock_start
@@ -510,6 +634,12 @@ def targets(summary: dict[str, Any]) -> str:
             f"- time to target, optuna-hyperband / {name}: "
             f"{ratio(oh['time_to_target'], best['time_to_target'])} (target >= 1x)"
         )
+    ray_asha = rows.get("ray-asha")
+    if ray_asha is not None:
+        out.append(
+            f"- time to target, ray-asha / {name}: "
+            f"{ratio(ray_asha['time_to_target'], best['time_to_target'])} (the anchor)"
+        )
     return "\n".join(out)
 
 
@@ -523,7 +653,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--train-size", type=int, default=5_000)
     parser.add_argument("--val-size", type=int, default=1_000)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument(
+        "--systems",
+        default=",".join(DEFAULT_SYSTEMS),
+        help=f"comma-separated, of: {', '.join(SYSTEMS)} (default: all but ray-asha)",
+    )
     parser.add_argument(
         "--analyse", metavar="JSON", help="only print the table of an earlier run's results file"
     )
@@ -547,13 +681,15 @@ def main() -> None:
 
 
 def drive(systems: list[str], args: argparse.Namespace) -> None:
+    import baselines
+
     from coordinator.server import EmbeddedServer
 
-    stock_python = None
-    if "stock" in systems:
-        import baselines
-
-        stock_python = baselines.ensure_venv("stock")
+    venv_python = {  # the systems that run in their own venv (created on first use)
+        system: str(baselines.ensure_venv(name))
+        for system, name in (("stock", "stock"), ("ray-asha", "ray"))
+        if system in systems
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     runs: list[dict[str, Any]] = []
@@ -574,11 +710,10 @@ def drive(systems: list[str], args: argparse.Namespace) -> None:
                     f"--val-size={args.val_size}",
                 ]
                 server = None
-                python = sys.executable
+                python = venv_python.get(system, sys.executable)
                 if system == "stock":
                     server = EmbeddedServer(workdir / "mongo").start()
                     common.append(f"--mongo={server.uri.removeprefix('mongodb://').rstrip('/')}")
-                    python = str(stock_python)
                 t = time.time()
                 try:
                     proc = subprocess.run(

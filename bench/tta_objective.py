@@ -9,10 +9,12 @@ epochs). Each system differs only in how it searches and stops:
   ``mnist_mlp`` unchanged except that each epoch also carries its wall time ``t`` and a trial
   that trained every epoch is scored on the test set once at its end (never used to select);
 * Optuna runs :func:`optuna_objective` (the same space written with Optuna's ``suggest_*``);
-* stock hyperopt's workers run :func:`stock_objective` (pickled by reference).
+* stock hyperopt's workers run :func:`stock_objective` (pickled by reference);
+* Ray Tune's trial actors run :func:`ray_trainable` (a function trainable, pickled by reference).
 
-Importable in the stock-hyperopt virtualenv (pymongo 3.13): it imports no pymongo, and it makes
-Keras/TensorFlow importable from hyperfleet's venv by *appending* that venv's site-packages.
+Importable in the stock-hyperopt virtualenv (pymongo 3.13) and the Ray one: it imports no
+pymongo, and it makes Keras/TensorFlow (and hyperopt, for Ray's HyperOptSearch) importable from
+hyperfleet's venv by *appending* that venv's site-packages.
 """
 
 from __future__ import annotations
@@ -249,3 +251,43 @@ def stock_objective(params: dict[str, Any]) -> dict[str, Any]:
     if "val_accuracy" not in out:
         return {"status": "fail", "run": out}
     return {"status": "ok", "loss": 1.0 - out["val_accuracy"], "run": out}
+
+
+# -- Ray Tune: a function trainable -------------------------------------------------------------
+
+
+def ray_trainable(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable (settings from $TTA_SETTINGS) for ASHA on
+    ``training_iteration``: one ``tune.report`` per epoch, so the iteration is the epoch. Every
+    epoch but the last is reported as it ends (a trial ASHA stops never returns from that
+    report); the last one, with ``final`` and the test accuracy of a fully trained trial, once
+    training is over (ASHA stops a trial at ``max_t``, before it could be scored)."""
+    import json
+
+    from ray import tune
+
+    settings = json.loads(os.environ["TTA_SETTINGS"])
+    epochs = int(settings["epochs"])
+    if time.time() > _deadline():
+        tune.report({"val_accuracy": 0.0, "final": True, "stopped": "deadline"})
+        return
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+        if epoch < epochs:
+            tune.report(
+                {"epoch": epoch, "t": metrics["t"], "val_accuracy": metrics["val_accuracy"]}
+            )
+        return False  # ASHA stops a trial inside tune.report
+
+    out = train(config, settings, on_epoch)
+    last = out["epochs"][-1] if out["epochs"] else {}
+    tune.report(
+        {
+            "epoch": last.get("epoch"),
+            "t": last.get("t"),
+            "val_accuracy": out.get("val_accuracy", 0.0),
+            "final": True,
+            "stopped": out["stopped"],
+            "test_accuracy": out.get("test_accuracy"),
+        }
+    )
