@@ -145,6 +145,8 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
     row["pruned"] = _pruned_epoch(doc)
     if (rules.pruned(doc) or {}).get("paused") is True:  # --promote: may still be resumed
         row["paused"] = True
+    if typed(doc.get("promotions"), int):
+        row["promotions"] = doc["promotions"]  # --promote: times resumed from a rung
     row["duration_s"] = number(doc.get("duration_s"))
     row.update(flatten(_mapping(doc.get("timing")), "timing"))  # phases (docs/schema.md)
     row["book_time"] = when(doc.get("book_time"))

@@ -202,8 +202,8 @@ class SearchLoop:
         """Once per housekeeping tick, promote the paused trials that rank in their rung's
         best 1/η now; they are NEW again (read back at once, so the loop is not over while
         one waits for a worker)."""
-        if self.promoter is None or self.stopped == "cancelled":
-            return False
+        if self.promoter is None or self.stopped is not None:  # a timeout, a cancel...: no
+            return False  # more work, promotions included
         if not force and self._promoted_at == self._last_tick:  # once per tick: it reads
             return False  # each rung that has paused trials
         self._promoted_at = self._last_tick

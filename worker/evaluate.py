@@ -36,6 +36,7 @@ from coordinator.pruning import (
     make_pruner,
     pruned_result,
 )
+from coordinator.pruning.base import rung_key
 from coordinator.states import Verdict
 from coordinator.store import Lease, TrialStoreBase, to_bson
 from coordinator.store.base import Checkpoint
@@ -361,13 +362,14 @@ def paused_at(ctx: TrialContextImpl, decision: Decision) -> bool:
         return False
     if ctx.saved_epoch == decision.epoch:
         return True
-    logger.info(
-        "tid %s: paused at epoch %s without a checkpoint of it (last: %s): stopped for good, it "
-        "cannot be promoted",
-        ctx.tid,
-        decision.epoch,
-        ctx.saved_epoch,
+    saved = "none" if ctx.saved_epoch is None else f"epoch {ctx.saved_epoch}"
+    why = (
+        f"paused at epoch {decision.epoch} with no checkpoint of it (this attempt saved "
+        f"{saved}): stopped for good"
     )
+    logger.info("tid %s: %s, it cannot be promoted", ctx.tid, why)
+    key = rung_key(ctx.exp_key or "", decision.bracket or 0, decision.rung or 0, ctx.tid)
+    ctx.store.settle_pause(key, why)  # its rung record says so: "prune", not "pause"
     return False
 
 

@@ -429,12 +429,18 @@ class Worker:
                 outcome.error["message"],
             )
         else:
+            pruned = outcome.result.get("pruned")
+            stopped = ""
+            if isinstance(pruned, dict):  # the rule stopped it, or paused it (--promote)
+                verb = "paused" if pruned.get("paused") is True else "pruned"
+                stopped = f", {verb} at epoch {pruned.get('epoch')}"
             logger.info(
-                "tid %s: %s loss=%s (%.2f s)",
+                "tid %s: %s loss=%s (%.2f s%s)",
                 lease.tid,
                 outcome.result["status"],
                 outcome.result.get("loss"),
                 outcome.duration_s,
+                stopped,
             )
 
     def _write_endings(self, endings: list[Ending]) -> None:

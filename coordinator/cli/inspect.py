@@ -75,7 +75,8 @@ def _print_summary(s: ins.ExperimentSummary) -> None:
         paused = f" ({s.paused} paused at a rung)" if s.paused else ""
         click.echo(f"  pruned    {s.pruned} of the {done} done trials were stopped early{paused}")
     if s.promoted:
-        click.echo(f"  promoted  {s.promoted} trials resumed from a rung (--promote)")
+        trials = "trial" if s.promoted == 1 else "trials"
+        click.echo(f"  promoted  {s.promoted} {trials} resumed from a rung (--promote)")
     if s.best_loss is not None:
         tid = shown(s.best_tid, bare=True)
         click.echo(f"  best      loss {s.best_loss:.6g} (trial {s.best_number}, tid {tid})")

@@ -48,6 +48,7 @@ class Promoter:
         self.store = store
         self.config = config
         self.exp_key = exp_key
+        self._warned: set[Any] = set()  #: paused trials whose record is unusable, said once
 
     def step(self, docs: Iterable[dict[str, Any]]) -> list[int]:
         """Promote the paused trials among ``docs`` that rank in their rung's best ``1/η``
@@ -55,9 +56,21 @@ class Promoter:
         groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
         for doc in docs:
             pruned = paused_record(doc)
-            rung, bracket = pruned and pruned.get("rung"), pruned and pruned.get("bracket", 0)
-            if isinstance(rung, int) and isinstance(bracket, int):
+            if pruned is None:
+                continue
+            rung, bracket = pruned.get("rung"), pruned.get("bracket", 0)
+            if _whole(rung) and _whole(bracket) and isinstance(doc.get("tid"), int):
                 groups[(bracket, rung)].append(doc)
+            elif doc.get("_id") not in self._warned:
+                self._warned.add(doc.get("_id"))
+                logger.warning(
+                    "search %r: tid %s is paused with an unusable rung record (rung %.40r, "
+                    "bracket %.40r); it is never promoted",
+                    self.exp_key,
+                    doc.get("tid"),
+                    rung,
+                    bracket,
+                )
         promoted = []
         for (bracket, rung), paused in sorted(groups.items()):
             values = self.store.rung_values(self.exp_key, bracket, rung)
@@ -103,3 +116,8 @@ def make_promoter(store: Any, exp_key: str | None) -> Promoter | None:
     if config is None or not config.promote:
         return None
     return Promoter(store, config, exp_key)
+
+
+def _whole(value: Any) -> bool:
+    """A whole number a rung or bracket can be (not a bool, not beyond any real rung)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 64

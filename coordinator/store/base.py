@@ -477,6 +477,12 @@ class TrialStoreBase(abc.ABC):
         promoted it (``False``: it was not paused any more, e.g. promoted by another)."""
 
     @abc.abstractmethod
+    def settle_pause(self, key: str, reason: str) -> None:
+        """A trial the rule paused at rung record ``key`` could not be paused (it saved no
+        checkpoint of that epoch) and was stopped for good: the record says ``prune`` (with
+        ``why``), not ``pause``."""
+
+    @abc.abstractmethod
     def finished_curves(
         self, exp_key: str, metric: str, *, known: Iterable[int] = ()
     ) -> dict[int, dict[int, float] | None]:

@@ -193,6 +193,8 @@ class Checkpoints(StorePart):
             return out.read(), meta
         except CheckpointRefused:
             raise
+        except gridfs.errors.NoFile as e:
+            raise CheckpointRefused(f"its file {file_id!s:.40} is missing") from e
         except AttributeError as e:  # no ``tid`` in the file's metadata: not a checkpoint
             raise CheckpointRefused(f"file {file_id!s:.40} is not a checkpoint") from e
         except pymongo.errors.PyMongoError as e:
@@ -220,6 +222,8 @@ class Checkpoints(StorePart):
         self, *, trial_ids: Iterable[DocId] = (), exp_key: str | None = None
     ) -> int:
         files = self._unlink_ended(list(trial_ids), exp_key)
+        if exp_key is not None and not trial_ids:
+            self._stop_paused(exp_key)
         kept = [f for f in files if self._delete_file(f) is False]
         if kept:
             logger.info(
@@ -230,6 +234,20 @@ class Checkpoints(StorePart):
                 CHECKPOINT_DIR_ENV,
             )
         return len(files)
+
+    @retrying
+    def _stop_paused(self, exp_key: str) -> None:
+        """The search's end: trials still paused at a rung (``--promote``), their checkpoints
+        gone, are stopped for good (``result.pruned.paused`` false): never promoted later."""
+        self.jobs.update_many(
+            {
+                "exp_key": exp_key,
+                "state": int(TrialState.DONE),
+                "result.pruned.paused": True,
+                "checkpoint": None,
+            },
+            {"$set": {"result.pruned.paused": False}, "$currentDate": {"mtime": True}},
+        )
 
     @retrying
     def _unlink_ended(self, trial_ids: list[DocId], exp_key: str | None) -> list[Any]:

@@ -146,7 +146,14 @@ class Experiments(StorePart):
 
     @retrying
     def cancel_queued(self, exp_key: str) -> int:
-        """Mark the queued (NEW) trials of ``exp_key`` CANCEL; returns how many."""
+        """Mark the queued (NEW) trials of ``exp_key`` CANCEL; returns how many. A trial
+        promoted from a rung (``--promote``) that had not started yet goes back to what it was,
+        DONE with its paused result."""
+        waiting = {"exp_key": exp_key, "state": int(TrialState.NEW)}
+        restore = {"state": int(TrialState.DONE), "result": "$paused_result", "mtime": "$$NOW"}
+        self.jobs.update_many(
+            {**waiting, "paused_result": {"$type": "object"}}, [{"$set": restore}]
+        )
         cancelled = self.jobs.update_many(
             {"exp_key": exp_key, "state": int(TrialState.NEW)}, cancel_update()
         )

@@ -120,7 +120,13 @@ CONTRACT_PARTS: dict[str, tuple[str, ...]] = {
         "write_experiment_file",
         "delete_experiment_file",
     ),
-    "rungs": ("record_rung", "rung_values", "promote_paused", "finished_curves"),
+    "rungs": (
+        "record_rung",
+        "rung_values",
+        "promote_paused",
+        "settle_pause",
+        "finished_curves",
+    ),
     "checkpoints": ("save_checkpoint", "load_checkpoint", "resume_at", "drop_checkpoints"),
 }
 

@@ -10,6 +10,7 @@ threshold), so a decision can be checked again from the stored data alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from typing import Any
 
@@ -53,21 +54,41 @@ class RungRecords(StorePart):
         """``{tid: value}`` of the records at one rung of one bracket (a record without a value,
         e.g. a NaN, is left out: it competes with nobody)."""
         query = {"exp_key": exp_key, "bracket": bracket, "rung": rung, "value": {"$ne": None}}
-        return {
-            r["tid"]: float(r["value"])
-            for r in self.rungs.find(query, projection={"tid": 1, "value": 1})
-        }
+        values = {}
+        for r in self.rungs.find(query, projection={"tid": 1, "value": 1}):
+            tid, value = r.get("tid"), r.get("value")
+            # another writer's junk (a string value, no tid) competes with nobody
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if _whole(tid) and number and not math.isnan(value):
+                values[tid] = float(value)
+        return values
+
+    @retrying
+    def settle_pause(self, key: str, reason: str) -> None:
+        self.rungs.update_one(
+            {"_id": key, "decision": "pause"}, {"$set": {"decision": "prune", "why": reason}}
+        )
 
     @retrying
     def promote_paused(self, trial_id: Any, key: str, reason: str) -> bool:
-        # the record first: a trial resumed before it would find "pause" and pause again; a
-        # promotion cut short between the two writes is finished by the next one (the
-        # promotion step promotes the paused trials whose record says "promoted")
-        self.rungs.update_one(
+        # the record first: a trial resumed before it would find "pause" and pause again. A
+        # trial is only promoted from a record that paused it (a hand-made "paused" result on
+        # a finished trial promotes nothing), and only while its checkpoint is linked (else it
+        # would be trained again from epoch 0). A promotion cut short between the two writes
+        # leaves the trial paused under a "promoted" record; the next step that ranks it in
+        # the rung's best 1/η promotes it, the search's end stops it.
+        record = self.rungs.update_one(
             {"_id": key, "decision": {"$in": ["pause", "promoted"]}},
             {"$set": {"decision": "promoted"}, "$currentDate": {"promoted_at": True}},
         )
-        paused = {"_id": trial_id, "state": int(TrialState.DONE), "result.pruned.paused": True}
+        if record.matched_count != 1:
+            return False
+        paused = {
+            "_id": trial_id,
+            "state": int(TrialState.DONE),
+            "result.pruned.paused": True,
+            "checkpoint": {"$type": "object"},
+        }
         doc = self.jobs.find_one(paused, projection={"attempt": 1, "owner": 1, "result": 1})
         if doc is None:
             return False
@@ -91,6 +112,7 @@ class RungRecords(StorePart):
                     "owner": None,
                     "lease_expires": None,
                     "result": {"status": "new"},
+                    "paused_result": doc["result"],  # what a cancel before it runs restores
                 },
                 "$push": {"attempt_history": entry},
                 "$inc": {"version": 1, "promotions": 1},
@@ -125,3 +147,7 @@ class RungRecords(StorePart):
                     curve[int(epoch.get("epoch", i))] = float(value)
             curves[doc["tid"]] = curve
         return curves
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

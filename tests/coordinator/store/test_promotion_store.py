@@ -1,0 +1,101 @@
+"""The store's side of promotions (``--promote``, issue 21), as the attacker review of this round
+found it: a promotion needs the rung record that paused the trial and its checkpoint; a cancel
+gives a promoted trial that had not started back its paused result; the search's end stops the
+trials still paused; junk rung records compete with nobody and break nothing."""
+
+from __future__ import annotations
+
+import logging
+
+from coordinator.pruning.base import PruningConfig, rung_key
+from coordinator.pruning.promotion import Promoter
+from coordinator.states import TrialState
+from coordinator.store import Lease, TrialStore
+from tests.conftest import queue_trials
+
+CONFIG = PruningConfig(rule="asha", metric="loss", direction="min", max_epochs=9, promote=True)
+
+
+def _paused(store: TrialStore, lease: Lease, value: float, *, checkpoint: bool = True) -> str:
+    """Pause ``lease``'s trial at rung 0 (epoch 1) as a worker does; its rung key."""
+    key = rung_key("exp", 0, 0, lease.tid)
+    store.record_rung(
+        {"_id": key, "exp_key": "exp", "bracket": 0, "rung": 0, "tid": lease.tid,
+         "value": value, "decision": "pause"}
+    )  # fmt: skip
+    if checkpoint:
+        assert store.save_checkpoint(lease, 1, b"state at epoch 1")
+    pruned = {"epoch": 1, "rule": "asha", "metric": "loss", "value": value, "bracket": 0,
+              "rung": 0, "paused": True}  # fmt: skip
+    assert store.finish(lease, {"loss": value, "status": "ok", "pruned": pruned}, {})
+    return key
+
+
+def test_a_promotion_needs_the_pausing_record_and_the_checkpoint(store: TrialStore) -> None:
+    queue_trials(store, 3)
+    good, no_file, forged = (store.reserve_trial("w", exp_key="exp") for _ in range(3))
+    key = _paused(store, good, 1.0)
+    assert store.promote_paused(good.id, key, "promoted")
+    doc = store.get_trial("exp", good.tid)
+    assert doc["state"] == TrialState.NEW and doc["promotions"] == 1
+    assert doc["paused_result"]["pruned"]["paused"] is True  # kept for a cancel
+    assert store.rungs.find_one({"_id": key})["decision"] == "promoted"
+    assert doc["attempt_history"][-1]["outcome"] == "paused"
+
+    key = _paused(store, no_file, 2.0, checkpoint=False)  # it would train from epoch 0
+    assert not store.promote_paused(no_file.id, key, "promoted")
+    # a finished trial given a paused result by hand, with no rung record that paused it
+    assert store.save_checkpoint(forged, 1, b"x")
+    pruned = {"epoch": 1, "rung": 0, "bracket": 0, "paused": True}
+    assert store.finish(forged, {"loss": 0.1, "status": "ok", "pruned": pruned}, {})
+    assert not store.promote_paused(forged.id, rung_key("exp", 0, 0, forged.tid), "promoted")
+    assert store.get_trial("exp", forged.tid)["state"] == TrialState.DONE
+
+
+def test_a_cancel_gives_a_waiting_promoted_trial_its_paused_result_back(store: TrialStore) -> None:
+    queue_trials(store, 2)
+    lease = store.reserve_trial("w", exp_key="exp")
+    assert store.promote_paused(lease.id, _paused(store, lease, 1.5), "promoted")
+    store.cancel_queued("exp")
+    doc = store.get_trial("exp", lease.tid)
+    assert doc["state"] == TrialState.DONE and doc["result"]["loss"] == 1.5
+    assert doc["result"]["pruned"]["paused"] is True
+    assert store.count("exp", [TrialState.CANCEL]) == 1  # the other queued trial
+
+
+def test_the_search_end_stops_what_is_still_paused(store: TrialStore) -> None:
+    queue_trials(store, 1)
+    lease = store.reserve_trial("w", exp_key="exp")
+    key = _paused(store, lease, 1.0)
+    assert store.drop_checkpoints(trial_ids=[lease.id]) == 0  # a worker keeps it
+    assert store.drop_checkpoints(exp_key="exp") == 1  # the search's end does not
+    doc = store.get_trial("exp", lease.tid)
+    assert doc["checkpoint"] is None and doc["result"]["pruned"]["paused"] is False
+    assert not store.promote_paused(lease.id, key, "a rerun")  # never promoted later
+
+
+def test_junk_rung_records_compete_with_nobody(store: TrialStore) -> None:
+    for tid, value in [(1, 0.5), (2, "abc"), (None, 0.1), (True, 0.2), (3, float("inf"))]:
+        store.rungs.insert_one({"exp_key": "exp", "bracket": 0, "rung": 0, "tid": tid,
+                                "value": value})  # fmt: skip
+    assert store.rung_values("exp", 0, 0) == {1: 0.5, 3: float("inf")}
+
+
+def test_a_pause_that_could_not_be_taken_says_prune(store: TrialStore) -> None:
+    key = rung_key("exp", 0, 0, 4)
+    store.record_rung({"_id": key, "exp_key": "exp", "tid": 4, "decision": "pause"})
+    store.settle_pause(key, "no checkpoint")
+    record = store.rungs.find_one({"_id": key})
+    assert (record["decision"], record["why"]) == ("prune", "no checkpoint")
+
+
+def test_a_paused_trial_with_an_unusable_rung_is_never_promoted(store: TrialStore, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    promoter = Promoter(store, CONFIG, "exp")
+    docs = [
+        {"_id": i, "tid": i, "state": int(TrialState.DONE),
+         "result": {"pruned": {"paused": True, "rung": rung, "bracket": 0}}}
+        for i, rung in enumerate(["0", True, 2**62, None])
+    ]  # fmt: skip
+    assert promoter.step(docs) == [] and promoter.step(docs) == []
+    assert caplog.text.count("unusable rung record") == 4  # once each, not per step
