@@ -194,7 +194,7 @@ class Checkpoints(StorePart):
         except CheckpointRefused:
             raise
         except gridfs.errors.NoFile as e:
-            raise CheckpointRefused(f"its file {file_id!s:.40} is missing") from e
+            raise CheckpointRefused(f"its file {file_id!s:.40} cannot be read (missing)") from e
         except AttributeError as e:  # no ``tid`` in the file's metadata: not a checkpoint
             raise CheckpointRefused(f"file {file_id!s:.40} is not a checkpoint") from e
         except pymongo.errors.PyMongoError as e:
