@@ -77,6 +77,11 @@ class TrialWriteRefused(HyperfleetError):
     another trial already uses, or no trial id could be allocated)."""
 
 
+class CheckpointNotSaved(HyperfleetError):
+    """A checkpoint could not be written (a full or read-only shared directory): said once as a
+    warning by the store; the trial goes on and its last checkpoint stays."""
+
+
 class CheckpointRefused(HyperfleetError):
     """A trial's stored checkpoint cannot be used (corrupt, partial, foreign, malformed): the
     message says why; the trial starts fresh."""

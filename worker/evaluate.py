@@ -21,6 +21,7 @@ from hyperopt.utils import coarse_utcnow
 
 from coordinator import rules
 from coordinator.errors import (
+    CheckpointNotSaved,
     CheckpointRefused,
     ConfigError,
     Interrupted,
@@ -185,8 +186,14 @@ class TrialContextImpl:
 
     def save_checkpoint(self, epoch: int, data: bytes) -> None:
         """Save ``data`` as the trial's state after ``epoch`` epochs (replacing the last one):
-        a later attempt of this trial gets it from :meth:`load_checkpoint`."""
-        if not self.store.save_checkpoint(self.lease, epoch, data):
+        a later attempt of this trial gets it from :meth:`load_checkpoint`. One that cannot be
+        written (a full shared directory) was warned about by the store: the trial goes on,
+        its last checkpoint stays, and this one does not count as saved."""
+        try:
+            saved = self.store.save_checkpoint(self.lease, epoch, data)
+        except CheckpointNotSaved:
+            return
+        if not saved:
             raise TrialLost(f"tid {self.tid}: lease lost; checkpoint of epoch {epoch} dropped")
         self.checkpointed = True
         self.saved_epoch = epoch

@@ -177,13 +177,7 @@ def worker(
         os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(compile_cache)
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     if checkpoint_dir:  # read by the store, here and in the trial process
-        from coordinator.store.checkpoints import CHECKPOINT_DIR_ENV
-
-        try:
-            os.makedirs(checkpoint_dir, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"--checkpoint-dir {checkpoint_dir}: {e.strerror or e}") from e
-        os.environ[CHECKPOINT_DIR_ENV] = checkpoint_dir
+        _checkpoint_dir(checkpoint_dir)
     if heartbeat_s >= lease_s:
         raise ConfigError(
             f"--heartbeat ({heartbeat_s} s) must be shorter than --lease ({lease_s} s)"
@@ -225,3 +219,28 @@ def worker(
         },
     )
     sys.exit(Worker(store, config).work())
+
+
+def _checkpoint_dir(path: str) -> None:
+    """Create ``--checkpoint-dir`` (0700) if needed, warn if others may write to it (they could
+    replace checkpoints: each is checked by its digest, but a trial would start over), and hand
+    it to the store of this process and its trial processes."""
+    import logging
+    import stat
+
+    from coordinator.store.checkpoints import CHECKPOINT_DIR_ENV
+
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.stat(path)
+    except OSError as e:
+        raise ConfigError(f"--checkpoint-dir {path}: {e.strerror or e}") from e
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_uid != os.getuid():
+        logging.getLogger("worker.worker").warning(
+            "--checkpoint-dir %s is writable by others or not yours (mode %o): anyone who can "
+            "write there can make trials start over; chmod 700 it",
+            path,
+            stat.S_IMODE(info.st_mode),
+        )
+    os.environ[CHECKPOINT_DIR_ENV] = path

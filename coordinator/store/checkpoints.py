@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ import gridfs.errors
 import pymongo.errors
 from bson import ObjectId
 
-from coordinator.errors import CheckpointRefused
+from coordinator.errors import CheckpointNotSaved, CheckpointRefused
 from coordinator.states import TrialState
 from coordinator.store.base import Checkpoint, DocId, Lease
 from coordinator.store.connection import retrying
@@ -59,9 +60,10 @@ _FILE_NAME = re.compile(r"[0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,9}-[0-9a-f]{16}\.ckpt"
 
 
 def checkpoint_dir() -> Path | None:
-    """The shared checkpoint directory this process writes to (``None``: GridFS)."""
+    """The shared checkpoint directory this process writes to (``None``: GridFS), ``~`` and
+    relative paths resolved as the worker's ``--checkpoint-dir`` resolves them."""
     value = os.environ.get(CHECKPOINT_DIR_ENV, "").strip()
-    return Path(value) if value else None
+    return Path(os.path.abspath(os.path.expanduser(value))) if value else None
 
 
 def _trial_key(trial_id: Any) -> str:
@@ -83,10 +85,8 @@ class Checkpoints(StorePart):
         directory = checkpoint_dir()
         if directory is None:
             file_id: Any = self._put(lease, epoch, data, digest)
-        else:
+        else:  # CheckpointNotSaved when it cannot be written: the last one stays linked
             file_id = _put_file(directory, lease, epoch, data, digest)
-            if file_id is None:  # could not be written: the last checkpoint stays linked
-                return True
         seen: dict[str, Any] = {}
         try:
             old = self._link(lease, epoch, file_id, len(data), digest, seen)
@@ -96,8 +96,13 @@ class Checkpoints(StorePart):
         if old is None:  # the lease is lost: the new file is nobody's
             self._delete_file(file_id)
             return False
-        if old != file_id:
-            self._delete_file(old)
+        if old != file_id and self._delete_file(old) is False:
+            logger.warning(
+                "tid %s: its previous checkpoint file %s stays in a shared directory this "
+                "worker does not have (give every worker the same --checkpoint-dir)",
+                lease.tid,
+                old,
+            )
         return True
 
     @retrying
@@ -144,7 +149,7 @@ class Checkpoints(StorePart):
         )
         if updated.matched_count != 1:
             return None
-        old = _file_of(seen["old"])
+        old = _file_of(seen["old"], lease.id)
         return file_id if old is None else old
 
     def load_checkpoint(self, lease: Lease) -> Checkpoint | None:
@@ -161,7 +166,7 @@ class Checkpoints(StorePart):
         if size > MAX_CHECKPOINT_BYTES:
             raise CheckpointRefused(f"it is {size} bytes, over the {MAX_CHECKPOINT_BYTES} limit")
         if "file" in link:
-            data = _read_shared(link.get("file"), lease)
+            data = _read_shared(link.get("file"), lease, size)
         else:
             file_id = link.get("file_id")
             if not isinstance(file_id, ObjectId):
@@ -221,16 +226,16 @@ class Checkpoints(StorePart):
     def drop_checkpoints(
         self, *, trial_ids: Iterable[DocId] = (), exp_key: str | None = None
     ) -> int:
-        files = self._unlink_ended(list(trial_ids), exp_key)
+        files, kept = self._unlink_ended(list(trial_ids), exp_key)
         if exp_key is not None and not trial_ids:
             self._stop_paused(exp_key)
-        kept = [f for f in files if self._delete_file(f) is False]
+        for file_id in files:
+            self._delete_file(file_id)
         if kept:
             logger.info(
-                "%d checkpoint files stay in the workers' shared directory (e.g. %s): this "
+                "%d checkpoints stay linked, their files in the workers' shared directory: this "
                 "process has no $%s; set it to the workers' --checkpoint-dir to delete them",
-                len(kept),
-                kept[0],
+                kept,
                 CHECKPOINT_DIR_ENV,
             )
         return len(files)
@@ -250,7 +255,9 @@ class Checkpoints(StorePart):
         )
 
     @retrying
-    def _unlink_ended(self, trial_ids: list[DocId], exp_key: str | None) -> list[Any]:
+    def _unlink_ended(self, trial_ids: list[DocId], exp_key: str | None) -> tuple[list[Any], int]:
+        """Unlink the checkpoints of ended trials; the files to delete, and how many links
+        were left because their file is in a shared directory this process does not have."""
         query: dict[str, Any] = {"state": {"$in": list(ENDED)}, "checkpoint": {"$ne": None}}
         if trial_ids:  # a worker's ended trials: one paused at a rung keeps it for promotion
             query["_id"] = {"$in": trial_ids}
@@ -258,17 +265,21 @@ class Checkpoints(StorePart):
         elif exp_key is not None:
             query["exp_key"] = exp_key
         else:
-            return []
-        files = []
+            return [], 0
+        files, kept = [], 0
+        here = checkpoint_dir() is not None
         for doc in self.jobs.find(query, projection={"checkpoint": 1}):
             link = doc.get("checkpoint")
+            if isinstance(link, dict) and "file" in link and not here:
+                kept += 1  # deletable only where the directory is: the link stays
+                continue
             unlinked = self.jobs.update_one(
                 {"_id": doc["_id"], "state": {"$in": list(ENDED)}, "checkpoint": link},
                 {"$set": {"checkpoint": None}, "$currentDate": {"mtime": True}},
             )
-            if unlinked.matched_count == 1 and _file_of(link) is not None:
-                files.append(_file_of(link))
-        return files
+            if unlinked.matched_count == 1 and _file_of(link, doc["_id"]) is not None:
+                files.append(_file_of(link, doc["_id"]))
+        return files, kept
 
     def _delete_file(self, file_id: Any) -> bool:
         """Delete a checkpoint file; ``False`` for one in a shared directory this process
@@ -289,25 +300,28 @@ class Checkpoints(StorePart):
 # -- the shared directory (``--checkpoint-dir``) ------------------------------------------------
 
 
-def _file_of(link: Any) -> Any | None:
-    """The file a checkpoint link names: a GridFS id, or a file name in the shared directory
-    (only a well-formed one); ``None`` for none."""
+def _file_of(link: Any, trial_id: Any) -> Any | None:
+    """The file trial ``trial_id``'s checkpoint link names: a GridFS id, or a file name in the
+    shared directory (only a well-formed one of this trial: a hostile link naming another
+    trial's file must not get it deleted); ``None`` for none."""
     if not isinstance(link, dict):
         return None
     if "file_id" in link:
         return link["file_id"]
     name = link.get("file")
-    return name if isinstance(name, str) and _FILE_NAME.fullmatch(name) else None
+    if isinstance(name, str) and _FILE_NAME.fullmatch(name):
+        return name if name.startswith(_trial_key(trial_id) + "-") else None
+    return None
 
 
-def _put_file(directory: Path, lease: Lease, epoch: int, data: bytes, digest: str) -> str | None:
+def _put_file(directory: Path, lease: Lease, epoch: int, data: bytes, digest: str) -> str:
     """Write ``data`` into ``directory`` under its checkpoint name (atomically: a temporary
-    name, flushed, then renamed); the name, or ``None`` after one warning if it cannot be
-    written (a full or read-only file system: the trial goes on, its last checkpoint stays)."""
+    name, flushed, then renamed); the name. :class:`CheckpointNotSaved` after one warning if it
+    cannot be written (a full or read-only file system, a share that is not mounted: never
+    created here, so a missing mount is not silently replaced by a local directory)."""
     name = f"{_trial_key(lease.id)}-{lease.attempt}-{epoch}-{digest[:16]}.ckpt"
     tmp = directory / f".{name}.{os.getpid()}.tmp"
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -325,14 +339,16 @@ def _put_file(directory: Path, lease: Lease, epoch: int, data: bytes, digest: st
             directory,
             e.strerror or e,
         )
-        return None
+        raise CheckpointNotSaved(f"checkpoint of epoch {epoch} not written: {e}") from e
     return name
 
 
-def _read_shared(name: Any, lease: Lease) -> bytes:
-    """The bytes of checkpoint file ``name`` of ``lease``'s trial in this process's shared
-    directory; :class:`CheckpointRefused` for a name that is not one, another trial's file, no
-    directory here, or a file that is missing or too large."""
+def _read_shared(name: Any, lease: Lease, size: int) -> bytes:
+    """The ``size`` bytes of checkpoint file ``name`` of ``lease``'s trial in this process's
+    shared directory; :class:`CheckpointRefused` for a name that is not one, another trial's
+    file, no directory here, or anything but a regular file of that size (a symlink, a FIFO, a
+    device: opened without following links and without blocking, checked before one byte is
+    read, so nobody who can write to the directory makes a worker hang or read gigabytes)."""
     if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
         raise CheckpointRefused(f"its file name {name!r:.60} is not a checkpoint's")
     if not name.startswith(_trial_key(lease.id) + "-"):
@@ -345,12 +361,26 @@ def _read_shared(name: Any, lease: Lease) -> bytes:
         )
     path = directory / name
     try:
-        size = path.stat().st_size
-        if size > MAX_CHECKPOINT_BYTES:
-            raise CheckpointRefused(f"its file {path} is {size} bytes, over the limit")
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
-        raise CheckpointRefused(f"its file {path} cannot be read ({e.strerror or e})") from e
+        raise CheckpointRefused(
+            f"its file {path} cannot be read ({e.strerror or e}; do all workers have the same "
+            "--checkpoint-dir?)"
+        ) from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CheckpointRefused(f"its file {path} is not a regular file")
+    with os.fdopen(fd, "rb") as file:
+        if info.st_size != size:
+            raise CheckpointRefused(
+                f"its file {path} holds {info.st_size} bytes, not the {size} bytes it was saved "
+                "with (corrupt or partial)"
+            )
+        try:
+            return file.read(size + 1)
+        except OSError as e:
+            raise CheckpointRefused(f"its file {path} cannot be read ({e.strerror or e})") from e
 
 
 def _delete_shared(name: str) -> bool:

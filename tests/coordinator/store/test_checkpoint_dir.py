@@ -6,11 +6,12 @@ delete a file outside its own directory."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
-from coordinator.errors import CheckpointRefused
+from coordinator.errors import CheckpointNotSaved, CheckpointRefused
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store import Lease, TrialStore
 from coordinator.store.checkpoints import CHECKPOINT_DIR_ENV
@@ -20,6 +21,7 @@ from tests.conftest import queue_trials
 @pytest.fixture
 def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "shared"
+    directory.mkdir(mode=0o700)  # as `worker --checkpoint-dir` makes it; the store never does
     monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(directory))
     return directory
 
@@ -61,7 +63,7 @@ def test_checkpoints_live_in_the_directory_and_resume_the_next_attempt(
         ({"checkpoint.file": "/etc/passwd"}, "is not a checkpoint's"),
         ({"checkpoint.file": ["x"]}, "is not a checkpoint's"),
         ({"checkpoint.file": "0123456789abcdef-1-3-0123456789abcdef.ckpt"}, "another trial"),
-        ({"checkpoint.bytes": 3}, "do not match"),
+        ({"checkpoint.bytes": 3}, "holds 10 bytes, not the 3"),
     ],
 )
 def test_a_hostile_or_damaged_link_is_refused_and_reads_nothing_else(
@@ -90,6 +92,51 @@ def test_a_corrupt_or_missing_file_is_refused(store: TrialStore, shared: Path) -
         store.load_checkpoint(lease)
 
 
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "bigger", "directory"])
+def test_only_a_regular_file_of_the_saved_size_is_read(
+    store: TrialStore, shared: Path, tmp_path: Path, kind: str
+) -> None:
+    """Attacker review: whoever can write to the directory must not make a worker read another
+    file through a symlink, hang on a FIFO, or read gigabytes (``/dev/zero``, a sparse file)."""
+    queue_trials(store, 1)
+    lease = store.reserve_trial("w1", exp_key="exp")
+    assert store.save_checkpoint(lease, 2, b"good state")
+    [path] = shared.iterdir()
+    path.unlink()
+    if kind == "symlink":
+        secret = tmp_path / "secret"
+        secret.write_bytes(b"good state")  # even the right bytes, through a link: refused
+        path.symlink_to(secret)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "bigger":
+        with open(path, "wb") as out:
+            out.truncate(3 * 2**30)  # sparse: 3 GB of nothing, never read
+    else:
+        path.mkdir()
+    reason = {"symlink": "cannot be read", "fifo": "not a regular file",
+              "bigger": "not the 10 bytes", "directory": "not a regular file"}[kind]  # fmt: skip
+    with pytest.raises(CheckpointRefused, match=reason):
+        store.load_checkpoint(lease)
+
+
+def test_a_hostile_link_cannot_get_another_trials_file_deleted(
+    store: TrialStore, shared: Path
+) -> None:
+    queue_trials(store, 2)
+    mine, other = (store.reserve_trial("w", exp_key="exp") for _ in range(2))
+    assert store.save_checkpoint(mine, 1, b"mine")
+    assert store.save_checkpoint(other, 1, b"other")
+    theirs = store.get_trial("exp", other.tid)["checkpoint"]["file"]
+    store.jobs.update_one({"_id": mine.id}, {"$set": {"checkpoint.file": theirs}})
+    assert store.save_checkpoint(mine, 2, b"mine 2")  # replaces "its" link: deletes nothing
+    assert store.load_checkpoint(other).data == b"other"
+    assert store.finish(mine, {"loss": 1.0, "status": "ok"}, {})
+    store.jobs.update_one({"_id": mine.id}, {"$set": {"checkpoint.file": theirs}})
+    store.drop_checkpoints(exp_key="exp")
+    assert store.load_checkpoint(other).data == b"other"
+
+
 def test_a_worker_without_the_directory_refuses_it_in_one_line(
     store: TrialStore, shared: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
@@ -101,9 +148,11 @@ def test_a_worker_without_the_directory_refuses_it_in_one_line(
     with pytest.raises(CheckpointRefused, match="start workers with --checkpoint-dir"):
         store.load_checkpoint(lease)
     assert store.finish(lease, {"loss": 1.0, "status": "ok"}, {})
-    assert store.drop_checkpoints(exp_key="exp") == 1  # unlinked; the file stays, said once
-    assert "stay in the workers' shared directory" in caplog.text
-    assert len(list(shared.iterdir())) == 1
+    assert store.drop_checkpoints(exp_key="exp") == 0  # it cannot delete the file: nor the link
+    assert "1 checkpoints stay linked" in caplog.text
+    assert store.get_trial("exp", lease.tid)["checkpoint"] is not None
+    monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(shared))  # the advice followed: it works
+    assert store.drop_checkpoints(exp_key="exp") == 1 and list(shared.iterdir()) == []
 
 
 def test_a_directory_that_cannot_be_written_keeps_the_last_checkpoint(
@@ -115,7 +164,13 @@ def test_a_directory_that_cannot_be_written_keeps_the_last_checkpoint(
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(blocker / "sub"))  # not writable, even for root
-    assert store.save_checkpoint(lease, 2, b"two")  # one warning; the trial goes on
+    with pytest.raises(CheckpointNotSaved):  # one warning; the context lets the trial go on
+        store.save_checkpoint(lease, 2, b"two")
     assert "checkpoint of epoch 2 not written" in caplog.text
+    assert not (blocker.parent / "sub").exists()
+    monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(tmp_path / "unmounted"))  # never created here
+    with pytest.raises(CheckpointNotSaved):
+        store.save_checkpoint(lease, 3, b"three")
+    assert not (tmp_path / "unmounted").exists()
     monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(shared))
     assert store.load_checkpoint(lease).data == b"one"
