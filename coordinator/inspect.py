@@ -143,7 +143,7 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
         row.update(flatten(epochs[-1], "last_epoch"))
     row["epochs"] = len(epochs)
     row["pruned"] = _pruned_epoch(doc)
-    if (rules.pruned(doc) or {}).get("paused") is True:  # --promote: may still be resumed
+    if rules.paused(doc) is not None:  # --promote: may still be resumed
         row["paused"] = True
     if typed(doc.get("promotions"), int):
         row["promotions"] = doc["promotions"]  # --promote: times resumed from a rung
@@ -599,7 +599,7 @@ def summarize(
             counts[TrialState(d["state"])] += 1
     best = rules.best_trial(docs)
     pruned = sum(1 for d in docs if rules.pruned(d) is not None)
-    paused = sum(1 for d in docs if (rules.pruned(d) or {}).get("paused") is True)
+    paused = sum(1 for d in docs if rules.paused(d) is not None)
     promoted = sum(1 for d in docs if isinstance(d.get("promotions"), int) and d["promotions"])
     finished = sum(n for s, n in counts.items() if s.finished)
     running = exp.get("status") == ExperimentStatus.RUNNING.value

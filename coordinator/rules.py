@@ -54,6 +54,15 @@ def pruned(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return record if isinstance(record, Mapping) else None
 
 
+def paused(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``result.pruned`` record of a DONE trial paused at a rung (``--promote``: it may
+    still be promoted); ``None`` for any other trial."""
+    record = pruned(doc)
+    if doc.get("state") == int(TrialState.DONE) and record and record.get("paused") is True:
+        return record
+    return None
+
+
 def ranked(items: Iterable[T], doc: Callable[[T], Mapping[str, Any]] | None = None) -> list[T]:
     """The ranking rule, the one order every reader shows trials in (``best``, ``search``,
     ``top``, ``export``'s ``rank``, the plots and the dashboard's charts): the successful
@@ -206,7 +215,8 @@ MALFORMED = "MalformedTrial"
 _COUNTERS = ("attempt", "attempts", "version")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (a bool is not one, as documents read it)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -243,12 +253,12 @@ def trial_problem(
     tid = doc.get("tid")
     if tid is None:
         return "no tid"
-    if not (_is_int(tid) or isinstance(tid, str)):
+    if not (is_int(tid) or isinstance(tid, str)):
         return f"tid is {type(tid).__name__}, not an integer"
-    if _is_int(tid) and tid < 0:
+    if is_int(tid) and tid < 0:
         return f"tid {tid} is negative (the tid counter never issues one)"
     state = doc.get("state")
-    if not _is_int(state) or state not in TrialState._value2member_map_:
+    if not is_int(state) or state not in TrialState._value2member_map_:
         return f"state {state!r} is not one of the integer states 0-4"
     for name in ("owner", "space"):
         value = doc.get(name)
@@ -263,7 +273,7 @@ def trial_problem(
         return "queued (NEW) but owned"
     for name in _COUNTERS:
         value = doc.get(name, 0)
-        if value is not None and not (_is_int(value) and value >= 0):
+        if value is not None and not (is_int(value) and value >= 0):
             return f"{name} {shown(value)} is not a non-negative integer"
     problem = _result_problem(doc.get("result"))
     if problem is not None:
@@ -293,7 +303,7 @@ def _result_problem(result: Any) -> str | None:
 def _misc_problem(misc: Any, tid: Any) -> str | None:
     if not isinstance(misc, Mapping):
         return "no misc" if misc is None else "misc is not a dict"
-    same_kind = _is_int(misc.get("tid")) == _is_int(tid)  # 1 and 1.0 or True are not the tid
+    same_kind = is_int(misc.get("tid")) == is_int(tid)  # 1 and 1.0 or True are not the tid
     if "tid" not in misc or misc["tid"] != tid or not same_kind:
         return f"misc.tid {shown(misc.get('tid'))} is not the tid {shown(tid)}"
     idxs, vals = misc.get("idxs"), misc.get("vals")
@@ -314,7 +324,7 @@ def _misc_problem(misc: Any, tid: Any) -> str | None:
 
 
 def _search_problem(misc: Mapping[str, Any], tid: Any, labels: set[str]) -> str | None:
-    if not _is_int(tid):
+    if not is_int(tid):
         return f"tid {shown(tid)} is not an integer"
     if set(misc["idxs"]) != labels:
         return "its parameters are not this search's"
@@ -324,6 +334,6 @@ def _search_problem(misc: Mapping[str, Any], tid: Any, labels: set[str]) -> str 
         if not all(_is_number(v) for v in misc["vals"][label]):
             return f"misc.vals of {shown(label)} is not numeric"
     from_tid = misc.get("from_tid")
-    if from_tid is not None and not _is_int(from_tid):
+    if from_tid is not None and not is_int(from_tid):
         return "misc.from_tid is not an integer"
     return None

@@ -23,22 +23,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from coordinator import rules
 from coordinator.pruning.asha import promotable
 from coordinator.pruning.base import PruningConfig, rung_key
-from coordinator.states import TrialState
 
 logger = logging.getLogger(__name__)
-
-
-def paused_record(doc: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``result.pruned`` record of a trial paused at a rung, else ``None``."""
-    if doc.get("state") != int(TrialState.DONE):
-        return None
-    result = doc.get("result")
-    pruned = result.get("pruned") if isinstance(result, dict) else None
-    if isinstance(pruned, dict) and pruned.get("paused") is True:
-        return pruned
-    return None
 
 
 class Promoter:
@@ -55,11 +44,11 @@ class Promoter:
         now; the tids promoted."""
         groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
         for doc in docs:
-            pruned = paused_record(doc)
+            pruned = rules.paused(doc)
             if pruned is None:
                 continue
             rung, bracket = pruned.get("rung"), pruned.get("bracket", 0)
-            if _whole(rung) and _whole(bracket) and isinstance(doc.get("tid"), int):
+            if _rung_number(rung) and _rung_number(bracket) and rules.is_int(doc.get("tid")):
                 groups[(bracket, rung)].append(doc)
             elif doc.get("_id") not in self._warned:
                 self._warned.add(doc.get("_id"))
@@ -118,6 +107,6 @@ def make_promoter(store: Any, exp_key: str | None) -> Promoter | None:
     return Promoter(store, config, exp_key)
 
 
-def _whole(value: Any) -> bool:
-    """A whole number a rung or bracket can be (not a bool, not beyond any real rung)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 64
+def _rung_number(value: Any) -> bool:
+    """A number a rung or bracket can be (an integer, not beyond any real rung)."""
+    return rules.is_int(value) and 0 <= value < 64

@@ -17,6 +17,7 @@ from typing import Any
 import pymongo.errors
 from pymongo.collection import Collection as MongoCollection
 
+from coordinator import rules
 from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store.connection import retrying
 from coordinator.store.encoding import to_bson, utcnow
@@ -59,7 +60,7 @@ class RungRecords(StorePart):
             tid, value = r.get("tid"), r.get("value")
             # another writer's junk (a string value, no tid) competes with nobody
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if _whole(tid) and number and not math.isnan(value):
+            if rules.is_int(tid) and number and not math.isnan(value):
                 values[tid] = float(value)
         return values
 
@@ -147,7 +148,3 @@ class RungRecords(StorePart):
                     curve[int(epoch.get("epoch", i))] = float(value)
             curves[doc["tid"]] = curve
         return curves
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
