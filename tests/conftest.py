@@ -255,19 +255,31 @@ def search_quadratic(
 
 
 def kill_worker_mid_trial(
-    store: TrialStore, exp_key: str, workers: list[subprocess.Popen[str]], timeout: float = 60
+    store: TrialStore,
+    exp_key: str,
+    workers: list[subprocess.Popen[str]],
+    timeout: float = 60,
+    checkpointed: bool = False,
 ) -> dict[str, Any] | None:
     """SIGKILL the worker of a RUNNING first attempt of a trial of ``exp_key`` (a live worker of
     ``workers``) and drop it from ``workers``. Returns the trial as read before the kill if the
     worker died holding it; ``None`` if the trial ended (or was taken over) between that read
-    and the kill, so the kill landed between trials and proves nothing about a lost trial."""
+    and the kill, so the kill landed between trials and proves nothing about a lost trial.
+    ``checkpointed``: only a trial that saved a checkpoint already (one killed while compiling,
+    or claimed behind another, has nothing to resume from)."""
 
     def candidate() -> dict[str, Any] | None:
         live = {w.pid for w in workers if w.poll() is None}
         running = store.trials(exp_key, [TrialState.RUNNING])
         # a first attempt only: a trial that already lost a worker has its own history
         return next(
-            (d for d in running if d.get("attempt") == 1 and d["worker"].get("pid") in live),
+            (
+                d
+                for d in running
+                if d.get("attempt") == 1
+                and d["worker"].get("pid") in live
+                and (not checkpointed or (d.get("checkpoint") or {}).get("epoch", 0) >= 1)
+            ),
             None,
         )
 

@@ -104,7 +104,9 @@ def test_a_kill_storm_on_keras_trials_trains_almost_no_epoch_twice(
         while kills < 5 and search.poll() is None:
             time.sleep(6)
             try:
-                victim = kill_worker_mid_trial(store, "storm", workers, timeout=30)
+                victim = kill_worker_mid_trial(
+                    store, "storm", workers, timeout=30, checkpointed=True
+                )
             except AssertionError:  # no first attempt running any more: the search is ending
                 break
             if victim is not None:
