@@ -37,6 +37,7 @@ from coordinator.states import Verdict
 from search_spaces.base import TrialContext
 from search_spaces.keras.checkpoint import CheckpointEvery, resume
 from search_spaces.keras.compiled import Prepared, cache, prepare, trial_seed
+from search_spaces.keras.feed import Feed, seed_trial, validation_batch, validation_kwargs
 
 if TYPE_CHECKING:
     from search_spaces.keras.space import BuildModel, LoadData
@@ -110,19 +111,6 @@ class EpochReporter(keras.callbacks.Callback):
         if self.verdict is not Verdict.CONTINUE or self.ctx.should_stop():
             self.stopped = True
             self.model.stop_training = True
-
-
-class Reseed(keras.callbacks.Callback):
-    """Seed again when training begins: a model's first ``fit`` draws one batch to build its
-    metrics and optimizer (on JAX that draws a shuffle from NumPy), a reused model's does not;
-    seeded here, both draw the same epochs."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        self.seed = seed
-
-    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-        keras.utils.set_random_seed(self.seed)
 
 
 class PhaseClock(keras.callbacks.Callback):
@@ -265,38 +253,9 @@ COMPILE_ARGS: dict[str, Any] = {
     "loss": "sparse_categorical_crossentropy",
     "metrics": ["accuracy"],
 }
-#: validation runs at least this many images per call: fewer calls, the same loss up to float
-#: rounding of the sum (measured in docs/benchmarks.md)
-VALIDATION_BATCH = 1024
 #: the worker's ``--steps-per-execution`` default: the warm-up compiles with it, so that its
 #: model is the first trial's compiled model when the architecture is the same
 WORKER_STEPS_PER_EXECUTION = 32
-
-
-def validation_batch(batch_size: int) -> int:
-    return max(int(batch_size), VALIDATION_BATCH)
-
-
-_validation_sets: dict[tuple[int, int], tuple[Any, Any]] = {}
-
-
-def validation_kwargs(pair: tuple[Any, Any], batch_size: int) -> dict[str, Any]:
-    """``fit``'s validation arguments. TensorFlow: the split as a batched ``tf.data.Dataset``
-    kept per process (the batches Keras would make from the arrays, in the same order, so the
-    same losses, without converting 10,000 images and tracing its input pipeline per trial)."""
-    batch = validation_batch(batch_size)
-    if keras.backend.backend() != "tensorflow":
-        return {"validation_data": pair, "validation_batch_size": batch}
-    import tensorflow as tf
-
-    key = (id(pair[0]), batch)
-    kept = _validation_sets.get(key)
-    if kept is None or kept[0] is not pair[0]:  # ``is``: an id may be reused after a free
-        if len(_validation_sets) >= 4:
-            _validation_sets.clear()
-        kept = (pair[0], tf.data.Dataset.from_tensor_slices(pair).batch(batch))
-        _validation_sets[key] = kept
-    return {"validation_data": kept[1]}
 
 
 def compiled_model(
@@ -310,7 +269,7 @@ def compiled_model(
 ) -> Prepared:
     """Build ``params``' model with ``seed`` and return it compiled, or the cached compiled
     model of its architecture set to its state (:mod:`search_spaces.keras.compiled`)."""
-    keras.utils.set_random_seed(seed)
+    seed_trial(seed)
     fresh = build_model(params, settings)
     return prepare(
         fresh,
@@ -360,17 +319,18 @@ def run_trial(
     )
     # an earlier attempt's checkpoint (killed, pre-empted, handed back): go on from there
     initial_epoch = resume(ctx, model, int(settings["epochs"]))
-    keras.utils.set_random_seed(seed)  # the data's order: the same whether reused or not...
+    # the data's order: the same whether reused or not, resumed or not
+    training = Feed(splits.train, int(params["batch_size"]), seed, initial_epoch)
+    seed_trial(seed, tensorflow=not training.kept)
     started = time.perf_counter()
     try:
         fitted = model.fit(
-            *splits.train,
-            batch_size=int(params["batch_size"]),
+            **training.fit_kwargs(),
             epochs=int(settings["epochs"]),
             initial_epoch=initial_epoch,
             **validation_kwargs(splits.validation, int(params["batch_size"])),
             callbacks=[
-                Reseed(seed + initial_epoch),
+                training,
                 keras.callbacks.TerminateOnNaN(),
                 reporter,
                 checkpoints,
@@ -456,11 +416,11 @@ def warm_up(
     model = compiled_model(build_model, params, settings, seed=1, steps_per_execution=spe).model
     splits = data(tuple(model.input_shape[1:]), settings)
     batch = int(params["batch_size"])
-    x, y = splits.train
+    training = Feed(splits.train, batch, seed=1)
     model.fit(
-        x[:batch],
-        y[:batch],
-        batch_size=batch,
+        # one step of the data as trials get it: the same input pipeline, the same traced step
+        **training.fit_kwargs(),
+        steps_per_epoch=1,
         epochs=1,
         # the whole validation split, as trials see it: its input pipeline is kept warm too
         **validation_kwargs(splits.validation, batch),

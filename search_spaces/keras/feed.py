@@ -1,0 +1,189 @@
+"""What a Keras trial's ``fit`` is fed, kept per process, and how a trial is seeded.
+
+Two per-trial costs live here (measured in docs/benchmarks.md, "Compile once per architecture"):
+
+- **TensorFlow's global seed.** ``keras.utils.set_random_seed`` calls ``tf.random.set_seed``,
+  which clears TensorFlow's kernel cache: the next call of every compiled function instantiates
+  it again, about 0.1 s for a small model's train function and 0.05 s for its test function,
+  *even when the compiled model is reused*. :func:`seed_trial` seeds Python, NumPy and Keras (the
+  weights, dropout masks) and leaves TensorFlow's global seed alone where nothing of the trial
+  draws from it.
+- **The input pipeline.** ``fit`` on arrays converts them and traces a new ``tf.data`` pipeline
+  per call. :class:`Feed` keeps one per (arrays, batch size) per process: the training set
+  shuffled each epoch from ``[trial seed, epoch]`` (a stateless shuffle whose seed is a variable,
+  set by :class:`Feed`'s callback when the epoch begins), the validation set batched in order.
+  So the order of the data is a function of the trial and the epoch alone: the same for a
+  cached and a fresh model, and for a trial resumed at epoch k as for the uninterrupted one.
+
+On TensorFlow with NumPy arrays only; anything else (JAX, torch, other data) is fed as arrays
+through ``fit`` with Keras's own shuffle, seeded with ``keras.utils.set_random_seed``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+__all__ = ["Feed", "seed_trial", "validation_batch", "validation_kwargs"]
+
+#: validation runs at least this many images per call: fewer calls, the same loss up to float
+#: rounding of the sum (measured in docs/benchmarks.md)
+VALIDATION_BATCH = 1024
+#: kept pipelines per kind (training, validation): a worker trains one data set at a time
+_KEPT = 4
+
+
+def validation_batch(batch_size: int) -> int:
+    return max(int(batch_size), VALIDATION_BATCH)
+
+
+def _tensorflow() -> Any | None:
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    return tf
+
+
+def _arrays(pair: Any) -> bool:
+    return (
+        isinstance(pair, tuple)
+        and len(pair) == 2
+        and all(isinstance(a, np.ndarray) for a in pair)
+        and len(pair[0]) == len(pair[1]) > 0
+    )
+
+
+def seed_trial(seed: int, *, tensorflow: bool = False) -> None:
+    """Seed Python, NumPy and Keras's random streams with ``seed``; TensorFlow's global seed
+    too where ``tensorflow`` is true or the backend is not TensorFlow (there it costs
+    nothing). Keras layers draw from Keras's own seed generators, never from TensorFlow's."""
+    if tensorflow or _tensorflow() is None:
+        keras.utils.set_random_seed(seed)
+        return
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+        from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+    except ImportError:  # another Keras layout: the public call, slower but the same seeds
+        keras.utils.set_random_seed(seed)
+        return
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+@dataclass
+class _Kept:
+    arrays: tuple[np.ndarray, np.ndarray]  #: held, so that their ids stay theirs
+    dataset: Any
+    order: Any = None  #: the training shuffle's seed variable ``[trial seed, epoch]``
+
+
+_kept: dict[tuple[str, int, int, int], _Kept] = {}
+
+
+def _keep(kind: str, pair: tuple[np.ndarray, np.ndarray], batch: int, make: Any) -> _Kept:
+    key = (kind, id(pair[0]), id(pair[1]), batch)
+    kept = _kept.get(key)
+    # ``is``: an id may be reused once its array was freed
+    if kept is None or kept.arrays[0] is not pair[0] or kept.arrays[1] is not pair[1]:
+        if sum(1 for k in _kept if k[0] == kind) >= _KEPT:
+            for k in [k for k in _kept if k[0] == kind]:
+                del _kept[k]
+        kept = make()
+        _kept[key] = kept
+    return kept
+
+
+def _training_set(tf: Any, pair: tuple[np.ndarray, np.ndarray], batch: int) -> _Kept:
+    """``pair`` in batches of ``batch``, all of it each epoch, in the order a stateless shuffle
+    seeded with the variable ``order`` makes (the last batch is the remainder)."""
+    count = len(pair[1])
+    full = count // batch
+    with tf.device("/CPU:0"):
+        order = tf.Variable([0, 0], dtype=tf.int64, trainable=False, name="hyperfleet_order")
+        x, y = tf.constant(pair[0]), tf.constant(pair[1])
+
+    def batches(_: Any) -> Any:
+        indices = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=order.read_value()
+        )
+        rows = tf.reshape(indices[: full * batch], (full, batch))
+        whole = tf.data.Dataset.from_tensor_slices(rows)
+        if count % batch:
+            whole = whole.concatenate(tf.data.Dataset.from_tensors(indices[full * batch :]))
+        return whole
+
+    dataset = (
+        tf.data.Dataset.range(1)
+        .flat_map(batches)
+        .map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
+        .apply(tf.data.experimental.assert_cardinality(full + (1 if count % batch else 0)))
+    )
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False  # as Keras does
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return _Kept(pair, dataset.with_options(options).prefetch(tf.data.AUTOTUNE), order)
+
+
+def _validation_set(tf: Any, pair: tuple[np.ndarray, np.ndarray], batch: int) -> _Kept:
+    """The batches Keras makes from the arrays, in the same order: the same losses."""
+    with tf.device("/CPU:0"):
+        return _Kept(pair, tf.data.Dataset.from_tensor_slices(pair).batch(batch))
+
+
+def validation_kwargs(pair: Any, batch_size: int) -> dict[str, Any]:
+    """``fit``'s validation arguments: a kept batched dataset (TensorFlow, arrays), else the
+    arrays at :func:`validation_batch`."""
+    batch = validation_batch(batch_size)
+    tf = _tensorflow()
+    if tf is None or not _arrays(pair):
+        return {"validation_data": pair, "validation_batch_size": batch}
+    kept = _keep("val", pair, batch, lambda: _validation_set(tf, pair, batch))
+    return {"validation_data": kept.dataset}
+
+
+class Feed(keras.callbacks.Callback):
+    """One trial's training data for ``fit`` (:meth:`fit_kwargs`), seeded from the trial's
+    ``seed``: a callback that sets each epoch's shuffle to ``[seed, epoch]`` when the data is a
+    kept pipeline, and seeds everything again with ``seed + initial_epoch`` when training
+    begins (a model's first ``fit`` draws one batch to build its metrics and optimizer, on JAX
+    a shuffle from NumPy; a reused model's does not)."""
+
+    def __init__(self, pair: Any, batch_size: int, seed: int, initial_epoch: int = 0) -> None:
+        super().__init__()
+        self.seed = seed
+        self.initial_epoch = initial_epoch
+        self.batch_size = int(batch_size)
+        tf = _tensorflow()
+        self._kept = (
+            _keep("train", pair, self.batch_size, lambda: _training_set(tf, pair, self.batch_size))
+            if tf is not None and _arrays(pair)
+            else None
+        )
+        self._pair = pair
+
+    @property
+    def kept(self) -> bool:
+        """Whether the data is a kept pipeline (else arrays through Keras's own shuffle)."""
+        return self._kept is not None
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        if self._kept is not None:
+            return {"x": self._kept.dataset, "shuffle": False}  # it shuffles itself
+        x, y = self._pair
+        return {"x": x, "y": y, "batch_size": self.batch_size}
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        seed_trial(self.seed + self.initial_epoch, tensorflow=not self.kept)
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if self._kept is not None:
+            self._kept.order.assign([self.seed, epoch])
