@@ -27,7 +27,7 @@ import json
 import os
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "CompiledModels",
     "Prepared",
     "architecture_key",
+    "build_lazily",
     "cache",
     "prepare",
     "trial_seed",
@@ -218,16 +219,38 @@ class Prepared:
     reason: str  #: why there is no key ("" when there is one)
 
 
+def build_lazily(build: Callable[[], Any]) -> Any | None:
+    """``build()`` in a Keras ``StatelessScope``: the model's variables are made but not
+    initialised (each keeps its initializer, whose seed was drawn as a real build draws it), so
+    a cache hit takes the initial values without creating a framework variable. None where the
+    build does something a stateless scope refuses, or leaves a variable initialised."""
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            model = build()
+    except Exception:  # noqa: BLE001 - any refusal means: build it for real
+        return None
+    if not all(_deferred(v) for v in getattr(model, "variables", ())):
+        return None
+    return model
+
+
+def _deferred(variable: Any) -> bool:
+    return getattr(variable, "_value", None) is None and callable(
+        getattr(variable, "_initializer", None)
+    )
+
+
 def _take_state(target: Any, source: Any) -> bool:
-    """Copy every variable of ``source`` (weights, dropout rates, seed states) into ``target``;
-    False (nothing copied) if they do not line up."""
+    """Copy every variable of ``source`` (weights, dropout rates, seed states) into ``target``
+    (a lazily built ``source``: its variables' initial values); False (nothing copied) if they
+    do not line up."""
     pairs = list(zip(target.variables, source.variables, strict=False))
     if len(target.variables) != len(source.variables) or any(
         tuple(t.shape) != tuple(s.shape) or t.dtype != s.dtype for t, s in pairs
     ):
         return False
     for t, s in pairs:
-        t.assign(s)
+        t.assign(s._initializer(s.shape, dtype=s.dtype) if _deferred(s) else s)
     return True
 
 
@@ -237,23 +260,30 @@ def prepare(
     compile_args: Mapping[str, Any],
     models: CompiledModels,
     reuse: bool = True,
+    *,
+    rebuild: Callable[[], Any] | None = None,
     **fit: Any,
 ) -> Prepared:
     """The compiled model to train for a trial whose freshly built (uncompiled) model is
     ``fresh``: a cached one of the same architecture set to ``fresh``'s state, or ``fresh``
-    itself compiled (and cached, when it has a key)."""
-    made = values.make_optimizer(optimizer) if reuse and models.size else None
+    itself compiled (and cached, when it has a key). A lazily built ``fresh``
+    (:func:`build_lazily`) that misses the cache is replaced by ``rebuild()``, a real build
+    with the same seed."""
+    structure = values.optimizer_structure(optimizer) if reuse and models.size else None
     key, reason = None, "reuse is off for this space"
     if not models.size:
         reason = f"the cache is off ({SIZE_ENV}=0)"
     elif reuse:
-        key, reason = architecture_key(fresh, made[1] if made else None, **fit)
+        key, reason = architecture_key(fresh, structure, **fit)
     if key is not None:
         cached = models.take(key)
         if cached is not None and _take_state(cached, fresh):
             values.set_values(cached.optimizer, optimizer)
             return Prepared(cached, True, key, "")
-    if made is not None and key is not None:
+    if rebuild is not None and any(_deferred(v) for v in fresh.variables):
+        fresh = rebuild()
+    made = values.make_optimizer(optimizer) if key is not None else None
+    if made is not None:
         compiled_optimizer = made[0]
     else:
         kwargs = {k: v for k, v in optimizer.items() if k != "name"}

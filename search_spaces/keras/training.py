@@ -36,7 +36,7 @@ from coordinator.defaults import MODEL_ATTACHMENT, SAVE_MODE
 from coordinator.states import Verdict
 from search_spaces.base import TrialContext
 from search_spaces.keras.checkpoint import CheckpointEvery, resume
-from search_spaces.keras.compiled import Prepared, cache, prepare, trial_seed
+from search_spaces.keras.compiled import Prepared, build_lazily, cache, prepare, trial_seed
 from search_spaces.keras.feed import Feed, seed_trial, validation_batch, validation_kwargs
 
 if TYPE_CHECKING:
@@ -269,14 +269,20 @@ def compiled_model(
 ) -> Prepared:
     """Build ``params``' model with ``seed`` and return it compiled, or the cached compiled
     model of its architecture set to its state (:mod:`search_spaces.keras.compiled`)."""
-    seed_trial(seed)
-    fresh = build_model(params, settings)
+
+    def build() -> Any:
+        seed_trial(seed)  # a real build after a lazy one draws the same initial values
+        return build_model(params, settings)
+
+    models = cache()
+    lazy = build_lazily(build) if reuse and models.size else None
     return prepare(
-        fresh,
+        lazy if lazy is not None else build(),
         params["optimizer"],
         {**COMPILE_ARGS, "steps_per_execution": steps_per_execution},
-        cache(),
+        models,
         reuse,
+        rebuild=build,
         batch_size=int(params["batch_size"]),
         validation_batch_size=validation_batch(params["batch_size"]),
         steps_per_execution=steps_per_execution,

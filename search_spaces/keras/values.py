@@ -20,6 +20,7 @@ Imports Keras: imported by :mod:`search_spaces.keras.training` and by ``build_mo
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,15 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["OPTIMIZERS", "Dropout", "OptimizerRule", "make_optimizer", "plain_copy", "set_values"]
+__all__ = [
+    "OPTIMIZERS",
+    "Dropout",
+    "OptimizerRule",
+    "make_optimizer",
+    "optimizer_structure",
+    "plain_copy",
+    "set_values",
+]
 
 
 @keras.saving.register_keras_serializable(package="hyperfleet")
@@ -126,7 +135,10 @@ def _attribute(name: str, key: str) -> str:
     return "momentum_value" if name == "sgd" and key == "momentum" else key
 
 
+@functools.cache
 def _optimizer_class(name: str) -> type:
+    """The class of optimizer ``name`` (``keras.optimizers.get`` builds an instance to say it:
+    once per name, not once per trial)."""
     return _SGD if name == "sgd" else type(keras.optimizers.get(name))
 
 
@@ -137,9 +149,9 @@ def _value_variable(optimizer: Any, name: str, value: float) -> Any:
         )  # an attribute of the optimizer: its tracker adds it to ``optimizer.variables``
 
 
-def make_optimizer(spec: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]] | None:
-    """``{"name": "adam", "learning_rate": 1e-3, ...}`` -> (an optimizer whose numeric
-    hyperparameters are variables, its structure), or None when this spec is not covered."""
+def optimizer_structure(spec: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """What of ``spec`` the compiled step depends on (the cache key's part), or None when this
+    spec is not covered. Builds nothing."""
     name = str(spec.get("name", "")).lower()
     rule = OPTIMIZERS.get(name)
     kwargs = {k: v for k, v in spec.items() if k != "name"}
@@ -147,6 +159,23 @@ def make_optimizer(spec: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]] | Non
         return None
     if any(not isinstance(kwargs[k], (int, float)) for k in rule.values if k in kwargs):
         return None  # a schedule or a callable: not a value
+    return (
+        name,
+        tuple(sorted((k, repr(v)) for k, v in kwargs.items() if k in rule.structure)),
+        ("momentum>0", float(kwargs.get("momentum", 0.0)) > 0),
+        ("weight_decay", kwargs.get("weight_decay") is not None),
+    )
+
+
+def make_optimizer(spec: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]] | None:
+    """``{"name": "adam", "learning_rate": 1e-3, ...}`` -> (an optimizer whose numeric
+    hyperparameters are variables, its structure), or None when this spec is not covered."""
+    structure = optimizer_structure(spec)
+    if structure is None:
+        return None
+    name = str(spec.get("name", "")).lower()
+    rule = OPTIMIZERS[name]
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
     floats = {k: float(v) if k in rule.values else v for k, v in kwargs.items()}
     floats["name"] = name  # also the prefix of its variables' paths (plain_copy matches them)
     optimizer = _optimizer_class(name)(**floats)
@@ -155,12 +184,6 @@ def make_optimizer(spec: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]] | Non
             continue  # learning_rate: Keras keeps it in a variable already
         variable = _value_variable(optimizer, key, getattr(optimizer, key))
         setattr(optimizer, _attribute(name, key), variable)
-    structure = (
-        name,
-        tuple(sorted((k, repr(v)) for k, v in kwargs.items() if k in rule.structure)),
-        ("momentum>0", float(kwargs.get("momentum", 0.0)) > 0),
-        ("weight_decay", kwargs.get("weight_decay") is not None),
-    )
     return optimizer, structure
 
 

@@ -1,0 +1,122 @@
+"""Issue 20: what a Keras trial is fed and how it is seeded (search_spaces/keras/feed.py), and
+the lazy build a cache hit uses (search_spaces/keras/compiled.py).
+
+- The kept training pipeline's order is a function of the trial's seed and the epoch alone:
+  the same for two trials of one seed, other for another seed or epoch, the same for epoch k
+  of a resumed trial as of the uninterrupted one; every image once per epoch.
+- Seeding a trial leaves TensorFlow's global seed alone (setting it clears TensorFlow's kernel
+  cache, which made every reused model re-instantiate its functions).
+- A lazily built model's initial values are a real build's, bit for bit; a build a stateless
+  scope refuses is built for real.
+
+In-process, on the backend the suite runs with (TensorFlow here); the whole-trial equality on
+TensorFlow and JAX is tests/search_spaces/test_compiled.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from search_spaces.keras.compiled import build_lazily  # noqa: E402
+from search_spaces.keras.feed import Feed, seed_trial  # noqa: E402
+
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="the kept pipeline is TensorFlow's"
+)
+
+
+def _pair(count: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    x = np.arange(count * 3, dtype=np.float32).reshape(count, 3)
+    return x, np.arange(count, dtype=np.int64)
+
+
+def _epoch(feed: Feed, epoch: int) -> list[list[int]]:
+    """The labels of each batch ``feed`` gives in ``epoch`` (labels are the row numbers)."""
+    feed.on_epoch_begin(epoch)
+    return [[int(v) for v in y.numpy()] for _, y in feed.fit_kwargs()["x"]]
+
+
+@tensorflow_only
+def test_the_training_order_is_the_trials_seed_and_the_epoch() -> None:
+    pair = _pair(100)
+    first = Feed(pair, 32, seed=7)
+    assert first.kept and first.fit_kwargs()["shuffle"] is False
+    epoch0, epoch1 = _epoch(first, 0), _epoch(first, 1)
+    assert [len(b) for b in epoch0] == [32, 32, 32, 4]
+    assert sorted(v for b in epoch0 for v in b) == list(range(100))  # every image, once
+    assert epoch0 != epoch1
+    assert _epoch(Feed(pair, 32, seed=7), 0) == epoch0  # another trial, the same seed
+    assert _epoch(Feed(pair, 32, seed=8), 0) != epoch0
+    # a trial resumed at epoch 1 sees the order the uninterrupted one saw
+    assert _epoch(Feed(pair, 32, seed=7, initial_epoch=1), 1) == epoch1
+
+
+@tensorflow_only
+def test_one_pipeline_per_arrays_and_batch_other_data_goes_through_keras() -> None:
+    pair = _pair(64)
+    assert Feed(pair, 16, seed=1).fit_kwargs()["x"] is Feed(pair, 16, seed=2).fit_kwargs()["x"]
+    assert Feed(pair, 32, seed=1).fit_kwargs()["x"] is not Feed(pair, 16, seed=1).fit_kwargs()["x"]
+    lists = (pair[0].tolist(), pair[1].tolist())
+    plain = Feed(lists, 16, seed=1)
+    assert not plain.kept
+    assert plain.fit_kwargs() == {"x": lists[0], "y": lists[1], "batch_size": 16}
+
+
+@tensorflow_only
+def test_seeding_a_trial_leaves_tensorflows_global_seed_and_kernel_cache_alone() -> None:
+    from tensorflow.python.eager import context
+
+    keras.utils.set_random_seed(123)
+    seed_trial(99)
+    assert context.global_seed() == 123
+    drawn = np.random.randint(1 << 30)
+    np.random.seed(99)
+    assert drawn == np.random.randint(1 << 30)  # NumPy (and Python, Keras) are seeded
+    seed_trial(99, tensorflow=True)  # data fed through Keras's own shuffle needs it
+    assert context.global_seed() == 99
+
+
+def _mlp() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.2, seed=None),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+def test_a_lazy_build_has_a_real_builds_initial_values_bit_for_bit() -> None:
+    seed_trial(11)
+    real = _mlp()
+    seed_trial(11)
+    lazy = build_lazily(_mlp)
+    assert lazy is not None and len(lazy.variables) == len(real.variables)
+    for built, deferred in zip(real.variables, lazy.variables, strict=True):
+        value = deferred._initializer(deferred.shape, dtype=deferred.dtype)
+        assert np.array_equal(keras.ops.convert_to_numpy(built), keras.ops.convert_to_numpy(value))
+    seed_trial(12)
+    other = build_lazily(_mlp)
+    kernel = other.variables[0]
+    assert not np.array_equal(
+        keras.ops.convert_to_numpy(real.variables[0]),
+        keras.ops.convert_to_numpy(kernel._initializer(kernel.shape, dtype=kernel.dtype)),
+    )
+
+
+def test_a_build_that_a_stateless_scope_refuses_is_built_for_real() -> None:
+    def with_a_constant_variable() -> keras.Model:
+        model = _mlp()
+        model.extra = keras.Variable(np.ones(3, dtype=np.float32))  # not deferrable
+        return model
+
+    def raising() -> keras.Model:
+        raise ValueError("a bad layer size")
+
+    assert build_lazily(with_a_constant_variable) is None
+    assert build_lazily(raising) is None
