@@ -5,9 +5,10 @@
 loads one into a model of the same architecture and refuses anything else with
 :class:`~coordinator.errors.CheckpointRefused` (another architecture, another optimizer, a
 truncated buffer). The model's variables include its layers' random seed state (dropout), so a
-resumed trial draws the masks it would have drawn; the order of the data in later epochs is not
-restored (Keras shuffles each epoch from its own generator), so a resumed curve continues but is
-not bit-for-bit the uninterrupted one.
+resumed trial draws the masks it would have drawn. On TensorFlow with array data the order of
+an epoch's data is a function of the trial's seed and the epoch (:mod:`.feed`), so a resumed
+trial sees the order the uninterrupted one would have seen; elsewhere Keras shuffles each epoch
+from its own generator, and a resumed curve continues without repeating the uninterrupted one.
 
 :class:`CheckpointEvery` is the callback: after every ``every`` epochs, at most once per
 ``min_interval_s`` seconds, a checkpoint of at most ``max_bytes`` (a bigger one is skipped with

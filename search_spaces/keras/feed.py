@@ -29,7 +29,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["Feed", "seed_trial", "validation_batch", "validation_kwargs"]
+__all__ = ["Feed", "batch_is_shape", "seed_trial", "validation_batch", "validation_kwargs"]
 
 #: validation runs at least this many images per call: fewer calls, the same loss up to float
 #: rounding of the sum (measured in docs/benchmarks.md)
@@ -40,6 +40,17 @@ _KEPT = 4
 
 def validation_batch(batch_size: int) -> int:
     return max(int(batch_size), VALIDATION_BATCH)
+
+
+def batch_is_shape() -> bool:
+    """Whether a compiled train function depends on the batch size. Not on TensorFlow without
+    XLA (Keras turns XLA on only where a GPU is visible): its functions are traced for a batch
+    dimension of None, so models of one architecture share them across batch sizes. XLA (JAX,
+    TensorFlow on a GPU) compiles per shape."""
+    tf = _tensorflow()
+    if tf is None:
+        return True
+    return any(d.device_type != "CPU" for d in tf.config.list_physical_devices())
 
 
 def _tensorflow() -> Any | None:
@@ -115,11 +126,9 @@ def _training_set(tf: Any, pair: tuple[np.ndarray, np.ndarray], batch: int) -> _
         indices = tf.random.experimental.stateless_shuffle(
             tf.range(count, dtype=tf.int64), seed=order.read_value()
         )
-        rows = tf.reshape(indices[: full * batch], (full, batch))
-        whole = tf.data.Dataset.from_tensor_slices(rows)
-        if count % batch:
-            whole = whole.concatenate(tf.data.Dataset.from_tensors(indices[full * batch :]))
-        return whole
+        # ``batch`` keeps the batch dimension unknown (None) whatever ``count`` is: one traced
+        # train function serves every batch size (see :func:`batch_is_shape`)
+        return tf.data.Dataset.from_tensor_slices(indices).batch(batch)
 
     dataset = (
         tf.data.Dataset.range(1)

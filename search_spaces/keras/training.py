@@ -37,7 +37,13 @@ from coordinator.states import Verdict
 from search_spaces.base import TrialContext
 from search_spaces.keras.checkpoint import CheckpointEvery, resume
 from search_spaces.keras.compiled import Prepared, build_lazily, cache, prepare, trial_seed
-from search_spaces.keras.feed import Feed, seed_trial, validation_batch, validation_kwargs
+from search_spaces.keras.feed import (
+    Feed,
+    batch_is_shape,
+    seed_trial,
+    validation_batch,
+    validation_kwargs,
+)
 
 if TYPE_CHECKING:
     from search_spaces.keras.space import BuildModel, LoadData
@@ -276,6 +282,14 @@ def compiled_model(
 
     models = cache()
     lazy = build_lazily(build) if reuse and models.size else None
+    batch_sizes = (
+        {
+            "batch_size": int(params["batch_size"]),
+            "validation_batch_size": validation_batch(params["batch_size"]),
+        }
+        if batch_is_shape()
+        else {}  # one compiled model serves every batch size
+    )
     return prepare(
         lazy if lazy is not None else build(),
         params["optimizer"],
@@ -283,9 +297,8 @@ def compiled_model(
         models,
         reuse,
         rebuild=build,
-        batch_size=int(params["batch_size"]),
-        validation_batch_size=validation_batch(params["batch_size"]),
         steps_per_execution=steps_per_execution,
+        **batch_sizes,
     )
 
 
