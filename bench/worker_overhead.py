@@ -300,8 +300,16 @@ def main() -> None:
     parser.add_argument(
         "--from-json", type=Path, help="only print the table of an earlier run's --json file"
     )
+    parser.add_argument(
+        "--model-cache",
+        type=int,
+        help="the reuse side's compiled-model cache size (HYPERFLEET_MODEL_CACHE; default 8)",
+    )
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model_cache is not None:
+        levers, _ = SIDES["reuse"]
+        SIDES["reuse"] = (levers, {"HYPERFLEET_MODEL_CACHE": str(max(args.model_cache, 0))})
     if args.bare_server:
         bare_server(args.threads)
         return
