@@ -72,7 +72,16 @@ def evaluate_model(
     with tempfile.TemporaryDirectory(prefix="hyperfleet-best-") as tmp:
         path = Path(tmp) / MODEL_ATTACHMENT
         path.write_bytes(data)
-        model = keras.saving.load_model(path)
+        try:
+            # safe mode: a model file from the database runs no code
+            model = keras.saving.load_model(path)
+        except (ValueError, TypeError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"trial {tid}'s saved model does not load in Keras's safe mode ({first}); "
+                "save it with --save-model and, only if you trust everyone who can write to "
+                "this database, load it with keras.saving.load_model(path, safe_mode=False)"
+            ) from e
     x_test, y_test = space.data(tuple(model.input_shape[1:]), settings).test
     metrics = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
     return {

@@ -236,22 +236,38 @@ def _divergence(history: Mapping[str, list[float]]) -> str | None:
     return None
 
 
-def _save_model(model: Any, ctx: TrialContext, loss: float, optimizer: Mapping[str, Any]) -> bool:
+def _save_model(
+    model: Any, ctx: TrialContext, loss: float, optimizer: Mapping[str, Any]
+) -> tuple[bool, str]:
     """Attach the model per ``--save-models``: ``best`` keeps only the best so far. A model
-    with value hyperparameters (:mod:`.values`) is saved as its plain-Keras copy."""
+    with value hyperparameters (:mod:`.values`) is saved as its plain-Keras copy. Returns
+    (saved, why not): a model Keras cannot pack is not saved, and the trial keeps its result;
+    the store's errors (a lost lease, an outage) are not caught here."""
     mode = ctx.info.get("save_models", SAVE_MODE)
     if mode == "none":
-        return False
+        return False, ""
     if mode == "best":
         best = ctx.best_loss()
         if best is not None and loss >= best:
-            return False
-    if _has_values(model):
-        model = values.plain_copy(model, optimizer, **COMPILE_ARGS)
-    ctx.attach(MODEL_ATTACHMENT, model_bytes(model))
+            return False, ""
+    try:
+        if _has_values(model):
+            model = values.plain_copy(model, optimizer, **COMPILE_ARGS)
+        packed = model_bytes(model)
+    except Exception as e:  # noqa: BLE001 - Keras raises many types; the result must survive
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        why = f"{type(e).__name__}: {first}"[:500]
+        logger.warning(
+            "tid %s: its model was not saved (%s); the result is kept. "
+            "Use --save-models none for models Keras cannot save",
+            ctx.tid,
+            why,
+        )
+        return False, why
+    ctx.attach(MODEL_ATTACHMENT, packed)
     if mode == "best":
         ctx.drop_superseded_models(MODEL_ATTACHMENT, worse_than=loss)
-    return True
+    return True, ""
 
 
 #: what every trial compiles with (the runner's loss and metrics)
@@ -414,9 +430,11 @@ def run_trial(
     val_loss, val_accuracy = history["val_loss"][-1], history["val_accuracy"][-1]
     loss = val_loss if settings["objective"] == "val_loss" else 1.0 - val_accuracy
     clock = time.perf_counter()
-    saved = reporter.verdict not in (Verdict.PRUNE, Verdict.PAUSE) and _save_model(
-        model, ctx, loss, params["optimizer"]
-    )
+    saved = False
+    if reporter.verdict not in (Verdict.PRUNE, Verdict.PAUSE):
+        saved, unsaved = _save_model(model, ctx, loss, params["optimizer"])
+        if unsaved:
+            result["model_save_error"] = unsaved
     timing["save_s"] = time.perf_counter() - clock
     result.update(
         loss=loss, status=STATUS_OK, val_loss=val_loss, val_accuracy=val_accuracy, model_saved=saved

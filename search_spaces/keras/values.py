@@ -20,6 +20,7 @@ Imports Keras: imported by :mod:`search_spaces.keras.training` and by ``build_mo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Mapping
@@ -219,6 +220,17 @@ def _plain_config(config: Any, rates: Mapping[str, float]) -> Any:
     return {k: _plain_config(v, rates) for k, v in config.items()}
 
 
+def _own_config() -> Any:
+    """Keras's safe mode off while a live model of this process is rebuilt from its own config:
+    a ``Lambda`` layer's function came from the space's code here, not from a file (saved files
+    are still loaded in safe mode)."""
+    try:
+        from keras.src.saving.serialization_lib import SafeModeScope
+    except ImportError:
+        return contextlib.nullcontext()
+    return SafeModeScope(False)
+
+
 def plain_copy(model: Any, optimizer: Mapping[str, Any], **compile_args: Any) -> Any:
     """A copy of ``model`` built of plain Keras: each :class:`Dropout` becomes
     ``keras.layers.Dropout`` at its current rate, the optimizer a plain one from ``optimizer``
@@ -226,7 +238,8 @@ def plain_copy(model: Any, optimizer: Mapping[str, Any], **compile_args: Any) ->
     rates = {
         layer.name: layer.current_rate() for layer in model.layers if isinstance(layer, Dropout)
     }
-    copy = type(model).from_config(_plain_config(model.get_config(), rates))
+    with _own_config():
+        copy = type(model).from_config(_plain_config(model.get_config(), rates))
     for target in copy.layers:
         if target.weights:
             target.set_weights(model.get_layer(target.name).get_weights())
