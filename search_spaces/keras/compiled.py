@@ -222,16 +222,36 @@ class Prepared:
 def build_lazily(build: Callable[[], Any]) -> Any | None:
     """``build()`` in a Keras ``StatelessScope``: the model's variables are made but not
     initialised (each keeps its initializer, whose seed was drawn as a real build draws it), so
-    a cache hit takes the initial values without creating a framework variable. None where the
-    build does something a stateless scope refuses, or leaves a variable initialised."""
+    a cache hit takes the initial values without creating a framework variable. None (build it
+    for real) where the build does something a stateless scope refuses, leaves a variable
+    initialised, or *sets* a variable (``set_weights``, ``load_weights``, ``adapt``: the scope
+    would record the update and drop it, and a hit would train from the initializers' values)."""
+    pending = _pending_variables()
+    before = len(pending) if pending is not None else 0
     try:
-        with keras.StatelessScope(initialize_variables=False):
+        with keras.StatelessScope(initialize_variables=False) as scope:
             model = build()
     except Exception:  # noqa: BLE001 - any refusal means: build it for real
+        return None
+    finally:
+        # Keras lists every deferred variable to initialise later; these never will be (a hit
+        # copies their values, a miss builds again): without this the list grows every trial
+        if pending is not None:
+            del pending[before:]
+    if scope.state_mapping or scope.losses:
         return None
     if not all(_deferred(v) for v in getattr(model, "variables", ())):
         return None
     return model
+
+
+def _pending_variables() -> list[Any] | None:
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:
+        return None
+    pending = global_state.get_global_attribute("uninitialized_variables")
+    return pending if isinstance(pending, list) else None
 
 
 def _deferred(variable: Any) -> bool:
@@ -261,14 +281,14 @@ def prepare(
     models: CompiledModels,
     reuse: bool = True,
     *,
-    rebuild: Callable[[], Any] | None = None,
+    rebuild: Callable[[bool], Any] | None = None,
     **fit: Any,
 ) -> Prepared:
     """The compiled model to train for a trial whose freshly built (uncompiled) model is
     ``fresh``: a cached one of the same architecture set to ``fresh``'s state, or ``fresh``
     itself compiled (and cached, when it has a key). A lazily built ``fresh``
-    (:func:`build_lazily`) that misses the cache is replaced by ``rebuild()``, a real build
-    with the same seed."""
+    (:func:`build_lazily`) that misses the cache is replaced by ``rebuild(never_reused)``, a
+    real build with the same seed (``never_reused``: the model has no key)."""
     structure = values.optimizer_structure(optimizer) if reuse and models.size else None
     key, reason = None, "reuse is off for this space"
     if not models.size:
@@ -281,7 +301,7 @@ def prepare(
             values.set_values(cached.optimizer, optimizer)
             return Prepared(cached, True, key, "")
     if rebuild is not None and any(_deferred(v) for v in fresh.variables):
-        fresh = rebuild()
+        fresh = rebuild(key is None)
     made = values.make_optimizer(optimizer) if key is not None else None
     if made is not None:
         compiled_optimizer = made[0]

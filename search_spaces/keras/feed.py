@@ -22,6 +22,7 @@ through ``fit`` with Keras's own shuffle, seeded with ``keras.utils.set_random_s
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +66,7 @@ def _arrays(pair: Any) -> bool:
     return (
         isinstance(pair, tuple)
         and len(pair) == 2
-        and all(isinstance(a, np.ndarray) for a in pair)
+        and all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in pair)
         and len(pair[0]) == len(pair[1]) > 0
     )
 
@@ -95,6 +96,23 @@ class _Kept:
     arrays: tuple[np.ndarray, np.ndarray]  #: held, so that their ids stay theirs
     dataset: Any
     order: Any = None  #: the training shuffle's seed variable ``[trial seed, epoch]``
+    sample: int = 0  #: :func:`_sample` of the arrays when the pipeline was made
+
+
+#: elements of each array a kept pipeline compares before every trial
+SAMPLED = 65_536
+
+
+def _sample(pair: tuple[np.ndarray, np.ndarray]) -> int:
+    """A checksum of up to :data:`SAMPLED` evenly spaced elements of each array (about 0.1 ms):
+    a loader that refills the same arrays with new data gets a new pipeline. An edit of a few
+    elements between the samples is not seen (a loader should return new arrays)."""
+    total = 0
+    for array in pair:
+        flat = array.reshape(-1)  # a view: only C-contiguous arrays are kept (_arrays)
+        step = max(1, flat.size // SAMPLED)
+        total = zlib.crc32(np.ascontiguousarray(flat[::step]).tobytes(), total)
+    return total
 
 
 _kept: dict[tuple[str, int, int, int], _Kept] = {}
@@ -103,12 +121,19 @@ _kept: dict[tuple[str, int, int, int], _Kept] = {}
 def _keep(kind: str, pair: tuple[np.ndarray, np.ndarray], batch: int, make: Any) -> _Kept:
     key = (kind, id(pair[0]), id(pair[1]), batch)
     kept = _kept.get(key)
+    sample = _sample(pair)
     # ``is``: an id may be reused once its array was freed
-    if kept is None or kept.arrays[0] is not pair[0] or kept.arrays[1] is not pair[1]:
+    if (
+        kept is None
+        or kept.arrays[0] is not pair[0]
+        or kept.arrays[1] is not pair[1]
+        or kept.sample != sample
+    ):
         if sum(1 for k in _kept if k[0] == kind) >= _KEPT:
             for k in [k for k in _kept if k[0] == kind]:
                 del _kept[k]
         kept = make()
+        kept.sample = sample
         _kept[key] = kept
     return kept
 
@@ -166,7 +191,15 @@ class Feed(keras.callbacks.Callback):
     begins (a model's first ``fit`` draws one batch to build its metrics and optimizer, on JAX
     a shuffle from NumPy; a reused model's does not)."""
 
-    def __init__(self, pair: Any, batch_size: int, seed: int, initial_epoch: int = 0) -> None:
+    def __init__(
+        self,
+        pair: Any,
+        batch_size: int,
+        seed: int,
+        initial_epoch: int = 0,
+        *,
+        tensorflow_seed: bool = False,
+    ) -> None:
         super().__init__()
         self.seed = seed
         self.initial_epoch = initial_epoch
@@ -178,6 +211,9 @@ class Feed(keras.callbacks.Callback):
             else None
         )
         self._pair = pair
+        #: seed TensorFlow's global RNG too: for data fed through Keras's own shuffle, and for
+        #: models that are never reused (a custom layer may draw from it)
+        self.tensorflow_seed = tensorflow_seed or self._kept is None
 
     @property
     def kept(self) -> bool:
@@ -191,7 +227,7 @@ class Feed(keras.callbacks.Callback):
         return {"x": x, "y": y, "batch_size": self.batch_size}
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-        seed_trial(self.seed + self.initial_epoch, tensorflow=not self.kept)
+        seed_trial(self.seed + self.initial_epoch, tensorflow=self.tensorflow_seed)
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if self._kept is not None:

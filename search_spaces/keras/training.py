@@ -292,12 +292,16 @@ def compiled_model(
     """Build ``params``' model with ``seed`` and return it compiled, or the cached compiled
     model of its architecture set to its state (:mod:`search_spaces.keras.compiled`)."""
 
-    def build() -> Any:
-        seed_trial(seed)  # a real build after a lazy one draws the same initial values
+    def build(never_reused: bool = False) -> Any:
+        # a real build after a lazy one draws the same initial values. TensorFlow's global
+        # seed too for a model that is never reused (a custom layer may draw from it); a
+        # reused model keeps TensorFlow's kernel cache (search_spaces/keras/feed.py)
+        seed_trial(seed, tensorflow=never_reused)
         return build_model(params, settings)
 
     models = cache()
-    lazy = build_lazily(build) if reuse and models.size else None
+    reusing = bool(reuse and models.size)
+    lazy = build_lazily(build) if reusing else None
     batch_sizes = (
         {
             "batch_size": int(params["batch_size"]),
@@ -307,7 +311,8 @@ def compiled_model(
         else {}  # one compiled model serves every batch size
     )
     return prepare(
-        lazy if lazy is not None else build(),
+        # a build the stateless scope refused is unusual: seeded as if never reused
+        lazy if lazy is not None else build(never_reused=True),
         params["optimizer"],
         {**COMPILE_ARGS, "steps_per_execution": steps_per_execution},
         models,
@@ -355,8 +360,14 @@ def run_trial(
     # an earlier attempt's checkpoint (killed, pre-empted, handed back): go on from there
     initial_epoch = resume(ctx, model, int(settings["epochs"]))
     # the data's order: the same whether reused or not, resumed or not
-    training = Feed(splits.train, int(params["batch_size"]), seed, initial_epoch)
-    seed_trial(seed, tensorflow=not training.kept)
+    training = Feed(
+        splits.train,
+        int(params["batch_size"]),
+        seed,
+        initial_epoch,
+        tensorflow_seed=prepared.key is None,  # never reused: seed TensorFlow's RNG too
+    )
+    seed_trial(seed, tensorflow=training.tensorflow_seed)
     started = time.perf_counter()
     try:
         fitted = model.fit(

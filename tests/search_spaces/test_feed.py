@@ -120,3 +120,95 @@ def test_a_build_that_a_stateless_scope_refuses_is_built_for_real() -> None:
 
     assert build_lazily(with_a_constant_variable) is None
     assert build_lazily(raising) is None
+
+
+# --- found by the attacker's review -------------------------------------------------------
+
+
+def test_a_build_that_sets_weights_is_built_for_real() -> None:
+    """``set_weights`` / ``load_weights`` / ``adapt`` inside a stateless scope are recorded and
+    dropped: such a build must not be taken lazily, or a hit trains from random weights."""
+
+    def with_set_weights() -> keras.Model:
+        model = _mlp()
+        model.layers[0].set_weights([np.full((6, 5), 0.5, "float32"), np.zeros(5, "float32")])
+        return model
+
+    assert build_lazily(with_set_weights) is None
+    assert build_lazily(_mlp) is not None
+
+
+def test_lazy_builds_leave_no_pending_variables_behind() -> None:
+    from keras.src.backend.common import global_state
+
+    build_lazily(_mlp)
+    before = len(global_state.get_global_attribute("uninitialized_variables") or [])
+    for _ in range(5):
+        assert build_lazily(_mlp) is not None
+    assert len(global_state.get_global_attribute("uninitialized_variables") or []) == before
+
+
+@tensorflow_only
+def test_arrays_refilled_in_place_get_a_new_pipeline() -> None:
+    pair = _pair(64)
+    old = _epoch(Feed(pair, 64, seed=1), 0)
+    pair[1][:] = 7  # the same array objects, new contents
+    assert _epoch(Feed(pair, 64, seed=1), 0) == [[7] * 64]
+    assert old != [[7] * 64]
+
+
+NOISY = r"""
+import json, tensorflow as tf, keras
+from search_spaces import get_space
+from search_spaces.keras.training import run_trial
+from search_spaces.mnist import mnist_data
+
+class Noisy(keras.layers.Layer):
+    def call(self, x):
+        return x + tf.random.normal(tf.shape(x), stddev=0.5)
+
+def build(params, settings):
+    return keras.Sequential(
+        [keras.Input((784,)), Noisy(), keras.layers.Dense(10, activation="softmax")])
+
+class Ctx:
+    tid, attempt, exp_key, info = 4, 0, "noisy", {"save_models": "none"}
+    settings = get_space("mnist_mlp").resolve_settings(
+        {"epochs": 1, "train_size": 256, "val_size": 128})
+    def report_epoch(self, metrics): return None
+    def should_stop(self): return False
+    def load_checkpoint(self, restore=None): return None
+    def save_checkpoint(self, epoch, data): pass
+
+params = {"optimizer": {"name": "adam", "learning_rate": 1e-3}, "batch_size": 32}
+result = run_trial(params, Ctx(), build_model=build, data=mnist_data)
+print(json.dumps([result["compiled"]["architecture"], result["history"]]))
+"""
+
+
+@tensorflow_only
+def test_a_model_that_is_never_reused_seeds_tensorflows_rng_too() -> None:
+    """A custom layer drawing from TensorFlow's global RNG (no op seed) gets no cache key; its
+    trial seeds TensorFlow as before, so the trial rerun in another process repeats its
+    losses."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, cli_env
+
+    env = {**cli_env(), "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", NOISY],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert runs[0][0] is None  # a custom layer: no key, never reused
+    assert runs[0][1] == runs[1][1]
