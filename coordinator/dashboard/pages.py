@@ -96,10 +96,13 @@ def _summarize(
 ) -> tuple[inspect.ExperimentSummary, dict[str, int]]:
     s = inspect.summarize(CachedOutcomes(cache), exp, [])  # type: ignore[arg-type]
     counts = {inspect.state_name(state): n for state, n in s.counts.items()}
-    pruned = sum(1 for e in cache.entries() if e.state == "pruned")
-    if pruned:  # DONE trials that were stopped early: their own chip
-        counts["done"] -= pruned
-        counts["pruned"] = pruned
+    stopped = [e for e in cache.entries() if e.state == "pruned"]
+    paused = sum(1 for e in stopped if rules.paused(e.outcome) is not None)
+    if stopped:  # DONE trials that were stopped early: their own chip
+        counts["done"] -= len(stopped)
+        counts["pruned"] = len(stopped) - paused
+    if paused:  # --promote: stopped at a rung with a checkpoint, may still be promoted
+        counts["paused"] = paused
     if s.malformed:  # as `status`: counted apart, in no state
         counts[inspect.MALFORMED] = s.malformed
     return s, counts

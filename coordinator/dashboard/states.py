@@ -30,6 +30,9 @@ STATE_STYLES: dict[str, StateStyle] = {
     "done": StateStyle("done", "#2ca02c"),
     # DONE, stopped early by the experiment's rule (``result.pruned``: see display_state)
     "pruned": StateStyle("pruned", "#ff7f0e"),
+    # a pruned trial paused at a rung (``--promote``): a count of the summary only; its points
+    # and curves are drawn as pruned
+    "paused": StateStyle("paused at a rung", "#f0a860"),
     "error": StateStyle("error", "#d62728"),
     "cancel": StateStyle("cancelled", "#9467bd"),
     # a document nobody can use (``problem``: see display_state): in no count, chart or rank

@@ -314,6 +314,22 @@ def test_pruned_trials_have_their_own_state_and_never_win(dash_store: TrialStore
     assert "median on val_loss (min)" in c.get("/").text
 
 
+def test_trials_paused_at_a_rung_have_their_own_count(dash_store: TrialStore) -> None:
+    """Issue 21: --promote pauses trials at a rung; the summary counts them apart from the
+    pruned ones (the CLI's status says "(N paused at a rung)"), its charts draw them as pruned."""
+    docs = [trial_doc(t, TrialState.DONE) for t in range(4)]
+    paused = {"epoch": 1, "rule": "asha", "paused": True}
+    docs[0]["result"] = {"status": "ok", "loss": 0.9, "pruned": paused}
+    docs[1]["result"] = {"status": "ok", "loss": 0.8, "pruned": {**paused, "paused": False}}
+    make_experiment(dash_store, docs, pruning={"rule": "asha", "metric": "val_loss"})
+    body = client(dash_store).get("/api/trials", params={"key": EXP, "since": 0}).json()
+    counts = body["summary"]["counts"]
+    assert (counts["done"], counts["pruned"], counts["paused"]) == (2, 1, 1)
+    assert {t["tid"]: t["state"] for t in body["trials"]}[0] == "pruned"
+    page = client(dash_store).get("/").text
+    assert 'data-state="paused"' in page and "paused at a rung 1" in page
+
+
 def test_view_trials_is_lean_and_incremental(dash_store: TrialStore) -> None:
     make_experiment(dash_store, [trial_doc(0, TrialState.ERROR), trial_doc(1, TrialState.NEW)])
     docs = {d["tid"]: d for d in dash_store.view_trials(EXP)}
