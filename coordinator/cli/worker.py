@@ -227,8 +227,9 @@ def _checkpoint_dir(path: str) -> None:
     it to the store of this process and its trial processes."""
     import logging
     import stat
+    from pathlib import Path
 
-    from coordinator.store.checkpoints import CHECKPOINT_DIR_ENV
+    from coordinator.store.checkpoints import CHECKPOINT_DIR_ENV, sweep_stale_temporaries
 
     path = os.path.abspath(os.path.expanduser(path))
     try:
@@ -244,3 +245,11 @@ def _checkpoint_dir(path: str) -> None:
             stat.S_IMODE(info.st_mode),
         )
     os.environ[CHECKPOINT_DIR_ENV] = path
+    swept = sweep_stale_temporaries(Path(path))
+    if swept:
+        logging.getLogger("worker.worker").info(
+            "--checkpoint-dir %s: deleted %d temporary checkpoint files left by workers killed "
+            "while writing (unchanged for over an hour)",
+            path,
+            swept,
+        )

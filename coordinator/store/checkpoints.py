@@ -343,6 +343,37 @@ def _put_file(directory: Path, lease: Lease, epoch: int, data: bytes, digest: st
     return name
 
 
+#: a temporary checkpoint file (``_put_file``) older than this lost its writer: swept
+STALE_TEMPORARY_S = 3600.0
+_TEMPORARY = re.compile(r"\.(" + _FILE_NAME.pattern + r")\.[0-9]{1,10}\.tmp")
+
+
+def sweep_stale_temporaries(directory: Path, older_than_s: float = STALE_TEMPORARY_S) -> int:
+    """Delete the temporary checkpoint files in ``directory`` that a worker killed while writing
+    left behind: only names :func:`_put_file` makes, only regular files (never a link's
+    target), only those unchanged for ``older_than_s`` (a write still going is never
+    touched). How many went; an unreadable directory sweeps nothing."""
+    import time
+
+    swept = 0
+    limit = time.time() - older_than_s
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not _TEMPORARY.fullmatch(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < limit:
+                os.unlink(entry.path)
+                swept += 1
+        except OSError:
+            continue  # gone already, or not ours to delete
+    return swept
+
+
 def _read_shared(name: Any, lease: Lease, size: int) -> bytes:
     """The ``size`` bytes of checkpoint file ``name`` of ``lease``'s trial in this process's
     shared directory; :class:`CheckpointRefused` for a name that is not one, another trial's

@@ -174,3 +174,29 @@ def test_a_directory_that_cannot_be_written_keeps_the_last_checkpoint(
     assert not (tmp_path / "unmounted").exists()
     monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(shared))
     assert store.load_checkpoint(lease).data == b"one"
+
+
+def test_temporaries_of_killed_writers_are_swept_and_nothing_else(shared: Path) -> None:
+    """A worker killed while writing leaves ``.<name>.<pid>.tmp``; the next worker started with
+    the directory deletes those unchanged for an hour, and nothing else: not a fresh one (a
+    write going on), not a checkpoint, not a link or another file."""
+    import time
+
+    from coordinator.store.checkpoints import sweep_stale_temporaries
+
+    name = "0123456789abcdef-1-2-fedcba9876543210.ckpt"
+    stale, fresh = shared / f".{name}.4242.tmp", shared / f".{name}.4343.tmp"
+    kept = [shared / name, shared / ".other.tmp", shared / f".{name}.4444.tmp.bak"]
+    outside = shared.parent / "outside.txt"
+    for path in [stale, fresh, *kept, outside]:
+        path.write_bytes(b"x")
+    linked = shared / f".{name}.4545.tmp"
+    linked.symlink_to(outside)
+    hour_ago = time.time() - 3700
+    for path in [stale, *kept, outside]:
+        os.utime(path, (hour_ago, hour_ago))
+    os.utime(linked, (hour_ago, hour_ago), follow_symlinks=False)
+    assert sweep_stale_temporaries(shared) == 1
+    assert not stale.exists() and fresh.exists() and all(p.exists() for p in kept)
+    assert linked.is_symlink() and outside.exists()
+    assert sweep_stale_temporaries(shared / "missing") == 0
