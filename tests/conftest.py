@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -46,6 +47,22 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERFLEET_")}
     env.update(PYTHONUNBUFFERED="1", **extra)
     return env
+
+
+def run_keras_script(code: str, backend: str = "tensorflow", timeout: float = 600) -> Any:
+    """Run ``code`` (a Python script printing one JSON line last) in a fresh interpreter with
+    ``KERAS_BACKEND=backend``; its last stdout line, decoded."""
+    env = {**cli_env(), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def modules_loaded_after(body: str, names: tuple[str, ...]) -> tuple[list[str], str]:

@@ -10,13 +10,10 @@ tests/worker/test_trial_phases.py).
 from __future__ import annotations
 
 import importlib.util
-import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, cli_env
+from tests.conftest import run_keras_script
 
 #: the cached trial, the freshly built one, and plain Keras constants: what must agree
 CHECK = r"""
@@ -76,17 +73,7 @@ PLAIN_RTOL = 1e-3
 
 
 def _run_check(backend: str) -> dict:
-    env = {**cli_env(), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run(
-        [sys.executable, "-c", CHECK],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_keras_script(CHECK, backend)
 
 
 def _assert_same_losses(check: dict, *, batch_is_shape: bool) -> None:

@@ -191,24 +191,8 @@ def test_a_model_that_is_never_reused_seeds_tensorflows_rng_too() -> None:
     """A custom layer drawing from TensorFlow's global RNG (no op seed) gets no cache key; its
     trial seeds TensorFlow as before, so the trial rerun in another process repeats its
     losses."""
-    import json
-    import subprocess
-    import sys
+    from tests.conftest import run_keras_script
 
-    from tests.conftest import ROOT, cli_env
-
-    env = {**cli_env(), "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    runs = []
-    for _ in range(2):
-        out = subprocess.run(
-            [sys.executable, "-c", NOISY],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=env,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs = [run_keras_script(NOISY, "tensorflow", timeout=300) for _ in range(2)]
     assert runs[0][0] is None  # a custom layer: no key, never reused
     assert runs[0][1] == runs[1][1]
