@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 
 import search_spaces.keras.values as values
 
@@ -154,10 +155,13 @@ def _renamed(config: Any, names: Mapping[str, str]) -> Any:
             elif key == "keras_history" and isinstance(item, list) and item:
                 out[key] = [names.get(item[0], item[0]), *item[1:]]
             elif key in ("input_layers", "output_layers") and isinstance(item, list):
-                out[key] = [
-                    [names.get(x[0], x[0]), *x[1:]] if isinstance(x, list) and x else x
-                    for x in item
-                ]
+                if item and isinstance(item[0], str):  # one input or output: [name, 0, 0]
+                    out[key] = [names.get(item[0], item[0]), *item[1:]]
+                else:
+                    out[key] = [
+                        [names.get(x[0], x[0]), *x[1:]] if isinstance(x, list) and x else x
+                        for x in item
+                    ]
             else:
                 out[key] = _renamed(item, names)
         return out
@@ -188,9 +192,31 @@ def _model_signature(model: Any) -> tuple[str | None, str]:
     for i, name in enumerate(_layer_names(config)):
         names.setdefault(name, f"#{i}")
     text = json.dumps(
-        [kind.__name__, _renamed(config, names)], sort_keys=True, default=repr, allow_nan=True
+        [kind.__name__, _renamed(config, names)],
+        sort_keys=True,
+        default=_in_key,
+        allow_nan=True,
     )
     return text, ""
+
+
+def _in_key(value: Any) -> Any:
+    """What a config value that JSON cannot hold contributes to the key: an array (NumPy or a
+    backend tensor, e.g. a ``Discretization``'s boundaries or a ``Constant`` initializer) by
+    its dtype, shape and a digest of all its bytes (``repr`` shortens arrays of over 1,000
+    numbers, so two different arrays would share a key); anything else by ``repr``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if not isinstance(value, np.ndarray) and hasattr(value, "shape") and hasattr(value, "dtype"):
+        try:
+            value = keras.ops.convert_to_numpy(value)
+        except Exception:  # noqa: BLE001 - not a tensor after all: its repr
+            return repr(value)
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        digest = hashlib.sha1(data.tobytes()).hexdigest()
+        return ["ndarray", str(data.dtype), list(data.shape), digest]
+    return repr(value)
 
 
 def architecture_key(
@@ -200,6 +226,10 @@ def architecture_key(
     ``fit``: what else the compiled functions depend on (batch sizes, steps per execution)."""
     if optimizer_structure is None:
         return None, "an optimizer or optimizer argument without a value rule (values.OPTIMIZERS)"
+    policy = str(getattr(getattr(model, "dtype_policy", None), "name", ""))
+    if policy.startswith("mixed"):
+        # compile wraps the optimizer in a LossScaleOptimizer, whose scale a reset must keep
+        return None, f"mixed precision ({policy}): its loss-scale optimizer is not reset"
     signature, reason = _model_signature(model)
     if signature is None:
         return None, reason

@@ -209,3 +209,59 @@ def test_saved_model_is_plain_keras_with_the_trained_state(tmp_path) -> None:
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert int(loaded.optimizer.iterations) == 2
     assert loaded.optimizer.momentum == pytest.approx(0.5)
+
+
+# --- found by the second attacker review ---------------------------------------------------
+
+
+def test_a_functional_model_with_one_input_has_one_key() -> None:
+    """Keras writes one input as a flat ``[name, 0, 0]``: its auto-generated name must not make
+    every build a new architecture."""
+    import keras
+
+    from search_spaces.keras.compiled import architecture_key
+
+    def functional() -> object:
+        inputs = keras.Input((8,))
+        return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(4)(inputs)))
+
+    structure = ("adam", (), ("momentum>0", False), ("weight_decay", False))
+    first, second = (architecture_key(functional(), structure)[0] for _ in range(2))
+    assert first is not None and first == second
+
+
+def test_arrays_in_a_config_are_keyed_by_all_their_numbers() -> None:
+    """``repr`` shortens arrays of over 1,000 numbers: a config value that is an array (Keras's
+    own layers write lists today; the key must not depend on that) is keyed by all its bytes."""
+    import json
+
+    import numpy as np
+
+    from search_spaces.keras.compiled import _in_key
+
+    def text(last: float) -> str:
+        bounds = np.linspace(0.0, 1.0, 1500)
+        bounds[-2] = last
+        return json.dumps({"bin_boundaries": bounds, "scale": np.float32(0.5)}, default=_in_key)
+
+    assert text(0.99) != text(0.98)
+    assert text(0.99) == text(0.99)
+    assert '"scale": 0.5' in text(0.99)
+
+
+def test_mixed_precision_models_are_never_reused() -> None:
+    """Under ``mixed_float16`` compile wraps the optimizer in a LossScaleOptimizer, whose loss
+    scale a reset must not zero: such models get no key (a hit crashed on its second trial)."""
+    import keras
+
+    from search_spaces.keras.compiled import architecture_key
+
+    structure = ("adam", (), ("momentum>0", False), ("weight_decay", False))
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    finally:
+        keras.config.set_dtype_policy(before)
+    key, reason = architecture_key(model, structure)
+    assert key is None and "mixed precision" in reason
