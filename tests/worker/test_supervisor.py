@@ -174,12 +174,20 @@ def test_a_child_that_cannot_be_started_stops_the_worker_in_one_line(
     lease = lease_for(store, "nofd", "whoami", {"sleep": 0.0})
     runner = ChildRunner(config)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    in_use = len(os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use, hard))  # the pipe needs two more
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+    fillers: list[int] = []
     try:
+        # fill every free number below the limit (earlier tests may have left holes), so the
+        # pipe the runner needs has none
+        with pytest.raises(OSError):
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
         with pytest.raises(HyperfleetError, match="cannot start a trial process .*Too many open"):
             runner.run(lease, {"pid": 7}, threading.Event())
     finally:
+        for fd in fillers:
+            os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         runner.close()
     assert runner._proc is None
