@@ -110,6 +110,33 @@ def test_cached_trial_gives_the_fresh_models_losses_jax() -> None:
     _assert_same_losses(_run_check("jax"), batch_is_shape=True)
 
 
+#: count the traces of the train and test steps of a new architecture's trial and of a reused one
+TRACES = CHECK.split("out = {}")[0] + r"""
+from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+traces = {"train": 0, "test": 0}
+for step in ("train", "test"):
+    original = getattr(TensorFlowTrainer, step + "_step")
+    def counted(self, data, _original=original, _step=step):
+        traces[_step] += 1
+        return _original(self, data)
+    setattr(TensorFlowTrainer, step + "_step", counted)
+seen = []
+for tid, p in enumerate((params("adam", 1e-3, 0.9, 0.2), params("adam", 3e-3, 0.8, 0.3))):
+    before = dict(traces)
+    r = trial(p, tid)
+    seen.append({"reused": r["reused"], **{k: traces[k] - before[k] for k in traces}})
+print(json.dumps(seen))
+"""
+
+
+def test_a_new_architecture_is_traced_once_and_a_reused_one_not_at_all() -> None:
+    """Keras on TensorFlow creates the optimizer's and metrics' variables inside the first
+    trace, and TensorFlow then traces the step again: the trial builds them first."""
+    new, reused = run_keras_script(TRACES, "tensorflow")
+    assert new == {"reused": False, "train": 1, "test": 1}
+    assert reused == {"reused": True, "train": 0, "test": 0}
+
+
 def test_the_key_leaves_values_out_and_keeps_shapes() -> None:
     from search_spaces.keras import values
     from search_spaces.keras.compiled import architecture_key
