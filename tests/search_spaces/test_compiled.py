@@ -111,7 +111,9 @@ def test_cached_trial_gives_the_fresh_models_losses_jax() -> None:
 
 
 #: count the traces of the train and test steps of a new architecture's trial and of a reused one
-TRACES = CHECK.split("out = {}")[0] + r"""
+TRACES = (
+    CHECK.split("out = {}")[0]
+    + r"""
 from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 traces = {"train": 0, "test": 0}
 for step in ("train", "test"):
@@ -127,6 +129,7 @@ for tid, p in enumerate((params("adam", 1e-3, 0.9, 0.2), params("adam", 3e-3, 0.
     seen.append({"reused": r["reused"], **{k: traces[k] - before[k] for k in traces}})
 print(json.dumps(seen))
 """
+)
 
 
 def test_a_new_architecture_is_traced_once_and_a_reused_one_not_at_all() -> None:
