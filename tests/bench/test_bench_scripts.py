@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,38 @@ def test_checkpoint_cost_runs_at_a_tiny_size() -> None:
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "of an epoch" in out.stdout and "without checkpoints" in out.stdout
+
+
+def _tta_run(system: str, finishes: list[tuple[float, float]]) -> dict:
+    """A recorded time_to_accuracy.py run: full trials of 2 epochs, one second each."""
+    trials = [
+        {
+            "epochs": [{"t": end - 1.0}, {"t": end}],
+            "complete": True,
+            "pruned": False,
+            "end": end,
+            "val_accuracy": acc,
+            "test_accuracy": acc - 0.01,
+        }
+        for end, acc in finishes
+    ]
+    return {"system": system, "clock": 0.0, "budget": 60.0, "trials": trials}
+
+
+def test_tta_margins_reanalyses_recorded_runs(tmp_path: Path) -> None:
+    """bench/tta_margins.py on a small recorded file: the standing target (best - 0.5 points)
+    and the strict one (the best itself) give different times, both printed."""
+    runs = [
+        _tta_run("hf-none", [(10.0, 0.970), (30.0, 0.980)]),
+        _tta_run("hf-asha-promote", [(5.0, 0.976), (12.0, 0.981)]),
+    ]
+    recorded = tmp_path / "tta.json"
+    recorded.write_text(json.dumps({"runs": runs}))
+    proc = _run(str(BENCH / "tta_margins.py"), str(recorded), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    standing = next(line for line in lines if "margin 0.005" in line)
+    strict = next(line for line in lines if "margin 0.000" in line)
+    # epoch length 1 s: hf-none reaches 0.975 at 30 s, promote at 5 s; 0.980 at 30 s and 12 s
+    assert "hf-none 30(1)" in standing and "hf-asha-promote 5(1)" in standing
+    assert "hf-none 30(1)" in strict and "hf-asha-promote 12(1)" in strict
