@@ -9,9 +9,10 @@ Two per-trial costs live here (measured in docs/benchmarks.md, "Compile once per
   weights, dropout masks) and leaves TensorFlow's global seed alone where nothing of the trial
   draws from it.
 - **The input pipeline.** ``fit`` on arrays converts them and traces a new ``tf.data`` pipeline
-  per call. :class:`Feed` keeps one per (arrays, batch size) per process: the training set
-  shuffled each epoch from ``[trial seed, epoch]`` (a stateless shuffle whose seed is a variable,
-  set by :class:`Feed`'s callback when the epoch begins), the validation set batched in order.
+  per call. :class:`Feed` keeps one per (arrays, batch size) per process, all over one copy of
+  the arrays: the training set shuffled each epoch from ``[trial seed, epoch]`` (a stateless
+  shuffle whose seed is a variable, set by :class:`Feed`'s callback when the epoch begins), the
+  validation set batched in order.
   So the order of the data is a function of the trial and the epoch alone: the same for a
   cached and a fresh model, and for a trial resumed at epoch k as for the uninterrupted one.
 
@@ -21,10 +22,12 @@ through ``fit`` with Keras's own shuffle, seeded with ``keras.utils.set_random_s
 
 from __future__ import annotations
 
+import functools
 import random
 import zlib
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -35,8 +38,11 @@ __all__ = ["Feed", "batch_is_shape", "seed_trial", "validation_batch", "validati
 #: validation runs at least this many images per call: fewer calls, the same loss up to float
 #: rounding of the sum (measured in docs/benchmarks.md)
 VALIDATION_BATCH = 1024
-#: kept pipelines per kind (training, validation): a worker trains one data set at a time
-_KEPT = 4
+#: arrays kept per kind (training, validation), each as one copy in TensorFlow's memory: a
+#: worker trains one data set at a time
+_KEPT_ARRAYS = 2
+#: pipelines kept per kept arrays, one per batch size (they share the arrays' copy)
+_KEPT_BATCHES = 16
 
 
 def validation_batch(batch_size: int) -> int:
@@ -93,10 +99,23 @@ def seed_trial(seed: int, *, tensorflow: bool = False) -> None:
 
 @dataclass
 class _Kept:
-    arrays: tuple[np.ndarray, np.ndarray]  #: held, so that their ids stay theirs
+    """What a trial is fed: a pipeline over a kept :class:`_Source`."""
+
+    arrays: tuple[np.ndarray, np.ndarray]
     dataset: Any
     order: Any = None  #: the training shuffle's seed variable ``[trial seed, epoch]``
-    sample: int = 0  #: :func:`_sample` of the arrays when the pipeline was made
+
+
+@dataclass
+class _Source:
+    """One pair of arrays as TensorFlow tensors (one copy), shared by the pipelines of every
+    batch size made over it."""
+
+    arrays: tuple[np.ndarray, np.ndarray]  #: held, so that their ids stay theirs
+    sample: int  #: :func:`_sample` of the arrays when the tensors were made
+    tensors: tuple[Any, Any] | None = None
+    order: Any = None
+    pipelines: dict[int, Any] = field(default_factory=dict)  #: batch size -> dataset, LRU last
 
 
 #: elements of each array a kept pipeline compares before every trial
@@ -115,37 +134,56 @@ def _sample(pair: tuple[np.ndarray, np.ndarray]) -> int:
     return total
 
 
-_kept: dict[tuple[str, int, int, int], _Kept] = {}
+#: (kind, id of x, id of y) -> its source, least recently used first
+_sources: OrderedDict[tuple[str, int, int], _Source] = OrderedDict()
 
 
-def _keep(kind: str, pair: tuple[np.ndarray, np.ndarray], batch: int, make: Any) -> _Kept:
-    key = (kind, id(pair[0]), id(pair[1]), batch)
-    kept = _kept.get(key)
+def _source(tf: Any, kind: str, pair: tuple[np.ndarray, np.ndarray]) -> _Source:
+    key = (kind, id(pair[0]), id(pair[1]))
+    source = _sources.get(key)
     sample = _sample(pair)
     # ``is``: an id may be reused once its array was freed
     if (
-        kept is None
-        or kept.arrays[0] is not pair[0]
-        or kept.arrays[1] is not pair[1]
-        or kept.sample != sample
+        source is None
+        or source.arrays[0] is not pair[0]
+        or source.arrays[1] is not pair[1]
+        or source.sample != sample
     ):
-        if sum(1 for k in _kept if k[0] == kind) >= _KEPT:
-            for k in [k for k in _kept if k[0] == kind]:
-                del _kept[k]
-        kept = make()
-        kept.sample = sample
-        _kept[key] = kept
-    return kept
+        _sources.pop(key, None)
+        while sum(1 for k in _sources if k[0] == kind) >= _KEPT_ARRAYS:
+            del _sources[next(k for k in _sources if k[0] == kind)]
+        with tf.device("/CPU:0"):
+            source = _Source(pair, sample, (tf.constant(pair[0]), tf.constant(pair[1])))
+        _sources[key] = source
+    _sources.move_to_end(key)
+    return source
 
 
-def _training_set(tf: Any, pair: tuple[np.ndarray, np.ndarray], batch: int) -> _Kept:
-    """``pair`` in batches of ``batch``, all of it each epoch, in the order a stateless shuffle
-    seeded with the variable ``order`` makes (the last batch is the remainder)."""
-    count = len(pair[1])
+def _keep(tf: Any, kind: str, pair: tuple[np.ndarray, np.ndarray], batch: int, make: Any) -> _Kept:
+    """The kept pipeline of ``pair`` in batches of ``batch``; ``make(source, batch)`` makes it
+    over the source's tensors when there is none."""
+    source = _source(tf, kind, pair)
+    dataset = source.pipelines.pop(batch, None)
+    if dataset is None:
+        dataset = make(source, batch)
+        while len(source.pipelines) >= _KEPT_BATCHES:
+            del source.pipelines[next(iter(source.pipelines))]
+    source.pipelines[batch] = dataset
+    return _Kept(source.arrays, dataset, source.order)
+
+
+def _training_set(tf: Any, source: _Source, batch: int) -> Any:
+    """The source in batches of ``batch``, all of it each epoch, in the order a stateless
+    shuffle seeded with the source's variable ``order`` makes (the last batch is the rest)."""
+    x, y = source.tensors  # type: ignore[misc]
+    count = len(source.arrays[1])
     full = count // batch
-    with tf.device("/CPU:0"):
-        order = tf.Variable([0, 0], dtype=tf.int64, trainable=False, name="hyperfleet_order")
-        x, y = tf.constant(pair[0]), tf.constant(pair[1])
+    if source.order is None:
+        with tf.device("/CPU:0"):
+            source.order = tf.Variable(
+                [0, 0], dtype=tf.int64, trainable=False, name="hyperfleet_order"
+            )
+    order = source.order
 
     def batches(_: Any) -> Any:
         indices = tf.random.experimental.stateless_shuffle(
@@ -164,13 +202,19 @@ def _training_set(tf: Any, pair: tuple[np.ndarray, np.ndarray], batch: int) -> _
     options = tf.data.Options()
     options.experimental_optimization.apply_default_optimizations = False  # as Keras does
     options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-    return _Kept(pair, dataset.with_options(options).prefetch(tf.data.AUTOTUNE), order)
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _validation_set(tf: Any, pair: tuple[np.ndarray, np.ndarray], batch: int) -> _Kept:
-    """The batches Keras makes from the arrays, in the same order: the same losses."""
+def _validation_set(tf: Any, source: _Source, batch: int) -> Any:
+    """The batches Keras makes from the arrays, in the same order: the same losses. Rows are
+    gathered from the source's tensors (``from_tensor_slices`` would hold another copy)."""
+    x, y = source.tensors  # type: ignore[misc]
     with tf.device("/CPU:0"):
-        return _Kept(pair, tf.data.Dataset.from_tensor_slices(pair).batch(batch))
+        return (
+            tf.data.Dataset.range(len(source.arrays[1]))
+            .batch(batch)
+            .map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
+        )
 
 
 def validation_kwargs(pair: Any, batch_size: int) -> dict[str, Any]:
@@ -180,7 +224,7 @@ def validation_kwargs(pair: Any, batch_size: int) -> dict[str, Any]:
     tf = _tensorflow()
     if tf is None or not _arrays(pair):
         return {"validation_data": pair, "validation_batch_size": batch}
-    kept = _keep("val", pair, batch, lambda: _validation_set(tf, pair, batch))
+    kept = _keep(tf, "val", pair, batch, functools.partial(_validation_set, tf))
     return {"validation_data": kept.dataset}
 
 
@@ -206,7 +250,7 @@ class Feed(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         tf = _tensorflow()
         self._kept = (
-            _keep("train", pair, self.batch_size, lambda: _training_set(tf, pair, self.batch_size))
+            _keep(tf, "train", pair, self.batch_size, functools.partial(_training_set, tf))
             if tf is not None and _arrays(pair)
             else None
         )

@@ -66,6 +66,30 @@ def test_one_pipeline_per_arrays_and_batch_other_data_goes_through_keras() -> No
 
 
 @tensorflow_only
+def test_every_batch_size_shares_one_copy_of_the_arrays_and_stays_kept() -> None:
+    """A pipeline per batch size, over one copy of the arrays in TensorFlow's memory (it was
+    a copy per batch size, and a fifth batch size dropped them all); orders are unchanged."""
+    from search_spaces.keras import feed
+
+    pair = _pair(96)
+    sizes = (8, 12, 16, 24, 32, 48)
+    first = {b: Feed(pair, b, seed=3).fit_kwargs()["x"] for b in sizes}
+    assert all(Feed(pair, b, seed=4).fit_kwargs()["x"] is first[b] for b in sizes)  # all kept
+    sources = [v for k, v in feed._sources.items() if k[0] == "train" and v.arrays[0] is pair[0]]
+    assert len(sources) == 1 and len(sources[0].pipelines) == len(sizes)
+    for b in sizes:
+        batches = _epoch(Feed(pair, b, seed=3), 2)
+        assert sorted(v for batch in batches for v in batch) == list(range(96))
+        assert [len(batch) for batch in batches] == [b] * (96 // b)
+    # other arrays take their own copy; an old one goes only past the bound
+    others = [_pair(96) for _ in range(feed._KEPT_ARRAYS)]
+    for other in others:
+        Feed(other, 8, seed=1)
+    assert not any(v.arrays[0] is pair[0] for v in feed._sources.values())
+    assert sum(1 for k in feed._sources if k[0] == "train") == feed._KEPT_ARRAYS
+
+
+@tensorflow_only
 def test_seeding_a_trial_leaves_tensorflows_global_seed_and_kernel_cache_alone() -> None:
     from tensorflow.python.eager import context
 
