@@ -288,10 +288,19 @@ def build_training_state(model: Any, train: tuple[Any, Any], batch_size: int) ->
     architecture's step was traced twice (measured: ~0.25 s of a 2-epoch ``mnist_mlp``
     trial on this machine's CPU, ``tests/search_spaces/test_compiled.py`` counts the traces).
     Keras's ``fit`` does this build itself on JAX and under a strategy; it is a private method
-    (``Trainer._symbolic_build``), so any failure here leaves the build to ``fit`` as before.
+    (``Trainer._symbolic_build``), so any failure here leaves the build to ``fit`` as before,
+    and so do models it could build wrongly: one with its own ``train_step`` (it may update
+    only some variables) and one with a layer still unbuilt (one only training calls).
     """
     build = getattr(model, "_symbolic_build", None)
     if build is None or keras.backend.backend() != "tensorflow":
+        return
+    if type(model).train_step is not keras.Model.train_step:
+        return  # its own train step may update some variables only: their slots, not all
+    layers = getattr(model, "_flatten_layers", None)
+    if layers is None or not all(layer.built for layer in layers()):
+        # a layer only training calls (built at the first train trace): the symbolic build
+        # runs inference, and an optimizer built before it would refuse its variables
         return
     try:
         sample = keras.tree.map_structure(lambda part: part[:batch_size], tuple(train))

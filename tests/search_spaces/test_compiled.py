@@ -140,6 +140,55 @@ def test_a_new_architecture_is_traced_once_and_a_reused_one_not_at_all() -> None
     assert reused == {"reused": True, "train": 0, "test": 0}
 
 
+#: a layer only training calls, and a model with its own train step (attacker review)
+UNUSUAL = (
+    CHECK.split("out = {}")[0]
+    + r"""
+import keras
+from keras import layers
+from search_spaces.keras.training import build_training_state
+
+class TrainOnlyBranch(layers.Layer):
+    def __init__(self, units, **kw):
+        super().__init__(**kw)
+        self.aux = layers.Dense(units)
+    def call(self, h, training=False):
+        return h + 0.1 * self.aux(h) if training else h
+
+def branchy(params, settings):
+    inp = keras.Input((784,))
+    h = TrainOnlyBranch(32)(layers.Dense(32, activation="relu")(inp))
+    return keras.Model(inp, layers.Dense(10, activation="softmax")(h))
+
+r = run_trial(params("adam", 1e-3, 0.9, 0.0), Ctx(1), build_model=branchy, data=mnist_data)
+
+class OwnStep(keras.Sequential):
+    def train_step(self, data):
+        return super().train_step(data)
+
+own = OwnStep([keras.Input((4,)), layers.Dense(3)])
+own.compile(optimizer="adam", loss="mse")
+build_training_state(own, (np.zeros((8, 4), "float32"), np.zeros((8, 3), "float32")), 4)
+plain = keras.Sequential([keras.Input((4,)), layers.Dense(3)])
+plain.compile(optimizer="adam", loss="mse")
+build_training_state(plain, (np.zeros((8, 4), "float32"), np.zeros((8, 3), "float32")), 4)
+print(json.dumps({"branchy": [r["status"], len(r["history"]["loss"])],
+                  "own_step_optimizer_built": own.optimizer.built,
+                  "plain_optimizer_built": plain.optimizer.built}))
+"""
+).replace("import json, sys", "import json, sys\nimport numpy as np")
+
+
+def test_models_the_early_build_could_break_are_left_to_fit() -> None:
+    """A layer that only training calls is built at the first train trace: an optimizer built
+    before it refused its variables (the trial failed). A model with its own train step may
+    update some variables only: Keras gives slots to those, so the build is left to it."""
+    out = run_keras_script(UNUSUAL, "tensorflow")
+    assert out["branchy"] == ["ok", 2]
+    assert out["own_step_optimizer_built"] is False
+    assert out["plain_optimizer_built"] is True
+
+
 def test_the_key_leaves_values_out_and_keeps_shapes() -> None:
     from search_spaces.keras import values
     from search_spaces.keras.compiled import architecture_key
