@@ -91,8 +91,9 @@ from coordinator.errors import ConfigError
     type=click.Path(file_okay=False),
     default=None,
     envvar="HYPERFLEET_COMPILE_CACHE",
-    help="JAX backend: persistent compilation cache folder, shared by the workers of a machine "
-    "[env: HYPERFLEET_COMPILE_CACHE]",
+    help="JAX backend: persistent compilation cache folder, shared by the workers of a machine; "
+    "'auto' (the default): on JAX, a folder per machine under ~/.cache/hyperfleet/jax; 'off': "
+    "none. A folder others own or can write to is refused [env: HYPERFLEET_COMPILE_CACHE]",
 )
 @click.option(
     "--checkpoint-every",
@@ -173,9 +174,7 @@ def worker(
 
     # before any framework is imported; [] is the CPU
     env_info = pin_devices(None if gpu is None else ",".join(gpu) or "none", threads)
-    if compile_cache:  # read by JAX in the trial process (inherits this environment)
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(compile_cache)
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    _compile_cache(compile_cache, env_info)
     if checkpoint_dir:  # read by the store, here and in the trial process
         _checkpoint_dir(checkpoint_dir)
     if heartbeat_s >= lease_s:
@@ -219,6 +218,22 @@ def worker(
         },
     )
     sys.exit(Worker(store, config).work())
+
+
+def _compile_cache(option: str | None, env_info: dict[str, object]) -> None:
+    """``--compile-cache``: point JAX in this process and its trial processes at a safe cache
+    folder (:mod:`worker.compile_cache`), or say in one line why there is none."""
+    import logging
+
+    from worker.compile_cache import apply, resolve
+
+    path, why_not = resolve(option, os.environ)
+    if why_not:
+        logging.getLogger("worker.worker").warning("%s", why_not)
+    if path is not None:
+        apply(path, os.environ)  # read by JAX in the trial process (inherits this environment)
+        env_info["jax_compile_cache"] = str(path)
+        logging.getLogger("worker.worker").info("JAX compilation cache: %s", path)
 
 
 def _checkpoint_dir(path: str) -> None:

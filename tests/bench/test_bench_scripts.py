@@ -25,6 +25,7 @@ WITH_HELP = [
     "gpu_bare_trial.py",
     "store_queries.py",
     "checkpoint_cost.py",
+    "jax_compile_cache.py",
 ]
 if importlib.util.find_spec("optuna") is not None:
     WITH_HELP.append("optuna_bench.py")
@@ -124,3 +125,28 @@ def test_tta_margins_reanalyses_recorded_runs(tmp_path: Path) -> None:
     # epoch length 1 s: hf-none reaches 0.975 at 30 s, promote at 5 s; 0.980 at 30 s and 12 s
     assert "hf-none 30(1)" in standing and "hf-asha-promote 5(1)" in standing
     assert "hf-none 30(1)" in strict and "hf-asha-promote 12(1)" in strict
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_jax_compile_cache_runs_at_a_tiny_size() -> None:
+    """bench/jax_compile_cache.py end to end: fresh JAX trial processes, one side sharing a
+    persistent cache folder, which they fill."""
+    proc = _run(
+        "bench/jax_compile_cache.py",
+        "--rounds",
+        "2",
+        "--architectures",
+        "1",
+        "--train-size",
+        "256",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    head = next(line for line in proc.stdout.splitlines() if line.startswith("mnist_mlp on JAX"))
+    assert int(head.split("; ")[-1].split()[0]) > 0, head  # files in the shared cache
+    assert any(line.strip().startswith("compile_s") for line in proc.stdout.splitlines())

@@ -84,7 +84,7 @@ def test_jax_backend_search(
         [("mnist_mlp", "jax", 2, (*TINY, "--set", "epochs=2"))],
         [("--exp-key", "jax", "--threads", "1")],
         tmp_path,
-        env=cli_env(KERAS_BACKEND="jax"),
+        env=cli_env(KERAS_BACKEND="jax", XDG_CACHE_HOME=str(tmp_path / "cache")),
     )
     assert done[0].returncode == 0, done[0].stderr
     docs = store.trials("jax")
@@ -94,6 +94,11 @@ def test_jax_backend_search(
         assert doc["result"]["backend"] == "jax" and doc["result"]["devices"] == ["CPU"]
         assert [e["epoch"] for e in doc["epochs"]] == [1, 2]
     assert any(d.get("_attachments") for d in docs)
+    # the persistent compilation cache is on by default on JAX: a folder per machine, 0700
+    (folder,) = (tmp_path / "cache" / "hyperfleet" / "jax").iterdir()
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert any(p.is_file() for p in folder.rglob("*")), "the trial's programs were cached"
+    assert {d["worker"]["jax_compile_cache"] for d in docs} == {str(folder)}
 
 
 def test_nan_loss_fails_the_trial_and_the_search_goes_on(
