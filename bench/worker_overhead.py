@@ -57,11 +57,20 @@ from hyperopt import hp  # noqa: E402 - after the path: this file is also a --sp
 from search_spaces.keras import keras_space  # noqa: E402
 from search_spaces.mnist import MNIST_SETTINGS, build_mlp, mnist_data  # noqa: E402
 
-#: worker options and environment per side
+#: worker options and environment per side. JAX's persistent compilation cache (on by default
+#: for JAX workers) is off on every side: programs left by an earlier run would make misses
+#: look cheap (bench/jax_compile_cache.py measures it)
+_NO_DISK_CACHE = {"HYPERFLEET_COMPILE_CACHE": "off"}
 SIDES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
-    "off": (("--no-warm", "--steps-per-execution", "1"), {"HYPERFLEET_MODEL_CACHE": "0"}),
-    "on": (("--warm", "--steps-per-execution", "32"), {"HYPERFLEET_MODEL_CACHE": "0"}),
-    "reuse": (("--warm", "--steps-per-execution", "32"), {}),
+    "off": (
+        ("--no-warm", "--steps-per-execution", "1"),
+        {"HYPERFLEET_MODEL_CACHE": "0", **_NO_DISK_CACHE},
+    ),
+    "on": (
+        ("--warm", "--steps-per-execution", "32"),
+        {"HYPERFLEET_MODEL_CACHE": "0", **_NO_DISK_CACHE},
+    ),
+    "reuse": (("--warm", "--steps-per-execution", "32"), dict(_NO_DISK_CACHE)),
 }
 
 
@@ -309,7 +318,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.model_cache is not None:
         levers, _ = SIDES["reuse"]
-        SIDES["reuse"] = (levers, {"HYPERFLEET_MODEL_CACHE": str(max(args.model_cache, 0))})
+        SIDES["reuse"] = (
+            levers,
+            {"HYPERFLEET_MODEL_CACHE": str(max(args.model_cache, 0)), **_NO_DISK_CACHE},
+        )
     if args.bare_server:
         bare_server(args.threads)
         return
