@@ -51,7 +51,17 @@ _TRAILING = (
     "failed_attempts",
 )
 _RESULT_SKIPPED = frozenset({"loss", "status", "history", "params"})
-_WORKER_FIELDS = ("id", "host", "pid", "gpu", "cuda_visible_devices", "threads")
+_WORKER_FIELDS = (
+    "id",
+    "host",
+    "pid",
+    "gpu",
+    "cuda_visible_devices",
+    "threads",
+    "save_models",
+    "steps_per_execution",
+    "jax_compile_cache",
+)
 
 
 # -- rows ------------------------------------------------------------------------------------------

@@ -88,12 +88,13 @@ from coordinator.errors import ConfigError
 )
 @click.option(
     "--compile-cache",
-    type=click.Path(file_okay=False),
+    type=str,  # not click.Path: a file named "off" must not turn the keyword into an error
     default=None,
     envvar="HYPERFLEET_COMPILE_CACHE",
     help="JAX backend: persistent compilation cache folder, shared by the workers of a machine; "
     "'auto' (the default): on JAX, a folder per machine under ~/.cache/hyperfleet/jax; 'off': "
-    "none. A folder others own or can write to is refused [env: HYPERFLEET_COMPILE_CACHE]",
+    "none. A folder others own or can write to (or one above it) is refused "
+    "[env: HYPERFLEET_COMPILE_CACHE]",
 )
 @click.option(
     "--checkpoint-every",
@@ -225,15 +226,24 @@ def _compile_cache(option: str | None, env_info: dict[str, object]) -> None:
     folder (:mod:`worker.compile_cache`), or say in one line why there is none."""
     import logging
 
-    from worker.compile_cache import apply, resolve
+    from worker.compile_cache import apply, keras_backend, resolve
 
+    logger = logging.getLogger("worker.worker")
     path, why_not = resolve(option, os.environ)
     if why_not:
-        logging.getLogger("worker.worker").warning("%s", why_not)
+        logger.warning("%s", why_not)
     if path is not None:
         apply(path, os.environ)  # read by JAX in the trial process (inherits this environment)
         env_info["jax_compile_cache"] = str(path)
-        logging.getLogger("worker.worker").info("JAX compilation cache: %s", path)
+        logger.info("JAX compilation cache: %s", path)
+    elif (
+        os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        and (option or "").strip().lower() in ("", "auto")
+        and keras_backend(os.environ) == "jax"
+    ):
+        preset = os.environ["JAX_COMPILATION_CACHE_DIR"]
+        env_info["jax_compile_cache"] = preset
+        logger.info("JAX compilation cache: %s (JAX_COMPILATION_CACHE_DIR, not checked)", preset)
 
 
 def _checkpoint_dir(path: str) -> None:

@@ -251,6 +251,8 @@ def test_export_csv_columns_and_rows(search, tmp_path: Path) -> None:
         "worker.host",
         "worker.gpu",
         "worker.cuda_visible_devices",
+        "worker.save_models",
+        "worker.jax_compile_cache",  # documented as exported (empty here: TensorFlow)
         "error.type",
     ):
         assert name in header, name
