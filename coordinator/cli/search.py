@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -138,6 +139,19 @@ def search(space_name: str, mongo: str, db: str, exp_key: str | None, **search_o
     _print_outcome(outcome)
 
 
+def _check_compile_cache(envs: list[dict[str, str]]) -> None:
+    """The workers' JAX compilation cache (``HYPERFLEET_COMPILE_CACHE``, default ``auto``),
+    checked once here so that a refusal shows on the console, not only in the workers' logs;
+    the workers are then told to compile without one."""
+    from worker.compile_cache import resolve
+
+    _, why_not = resolve(os.environ.get("HYPERFLEET_COMPILE_CACHE"), os.environ)
+    if why_not:
+        click.echo(f"warning: {why_not}", err=True)
+        for env in envs:
+            env["HYPERFLEET_COMPILE_CACHE"] = "off"
+
+
 @click.command()
 @click.argument("space_name", metavar="SPACE")
 @click.option(
@@ -200,6 +214,7 @@ def local(
     if not isolate:
         worker_args.append("--no-isolate")
     envs = local_worker_envs(workers, gpus, per_gpu, threads)
+    _check_compile_cache(envs)
     report: list[str] = []
 
     def after(store: TrialStoreBase, outcome: SearchOutcome) -> None:

@@ -216,3 +216,20 @@ def test_local_rerun_releases_its_dead_workers_trials_at_once(tmp_path: Path) ->
     assert "running trials of workers of an earlier run that are gone" in rerun.stderr
     assert re.search(r"experiment rerun: done 4 ", rerun.stdout), rerun.stdout
     assert time.monotonic() - started < 25  # not the 30 s lease of the dead workers
+
+
+def test_local_shows_a_refused_compile_cache_on_the_console(tmp_path: Path) -> None:
+    """A JAX cache folder others can write to is refused once, on the console (it was only in
+    the workers' log files), and the workers run without it."""
+    bad = tmp_path / "xdg" / "hyperfleet" / "jax"
+    bad.mkdir(parents=True)
+    bad.chmod(0o777)
+    args = ["local", "quadratic", "--workers", "1", "--max-evals", "2", "--exp-key", "cc"]
+    args += ["--set", "sleep=0", "--db-path", str(tmp_path / "db"), "--no-progress"]
+    env = cli_env(KERAS_BACKEND="jax", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    out = hyperfleet(*args, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "--compile-cache" in line]
+    assert len(warnings) == 1 and "writable by others" in warnings[0], out.stderr
+    logs = "".join(p.read_text() for p in tmp_path.glob("logs/*.log"))
+    assert "--compile-cache" not in logs  # the workers were told: off
