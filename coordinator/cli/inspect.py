@@ -67,7 +67,11 @@ def _print_summary(s: ins.ExperimentSummary) -> None:
 
     total = f"/{s.max_evals}" if s.max_evals else ""
     space = f"  space {shown(s.space, bare=True)}" if s.space else ""
-    click.echo(f"experiment {shown(s.exp_key, bare=True)}  [{shown(s.status, bare=True)}]{space}")
+    over = s.status == "done"
+    label = shown(s.status, bare=True)
+    if over and s.best_loss is None:
+        label += ", no trial succeeded"  # "[done]" alone read as a success
+    click.echo(f"experiment {shown(s.exp_key, bare=True)}  [{label}]{space}")
     malformed = f", malformed {s.malformed} (skipped)" if s.malformed else ""
     click.echo(f"  trials    {s.finished}{total} finished: " + _counts(s.counts) + malformed)
     if s.pruned:
@@ -81,7 +85,7 @@ def _print_summary(s: ins.ExperimentSummary) -> None:
         tid = shown(s.best_tid, bare=True)
         click.echo(f"  best      loss {s.best_loss:.6g} (trial {s.best_number}, tid {tid})")
     else:
-        click.echo("  best      - (no successful trial yet)")
+        click.echo(f"  best      - (no successful trial{'' if over else ' yet'})")
     rate = "-" if s.rate_per_min is None else f"{_rate(s.rate_per_min)} trials/min"
     eta = f", ETA {ins.fmt_duration(s.eta_s)}" if s.eta_s is not None else ""
     click.echo(f"  rate      {rate}{eta}")

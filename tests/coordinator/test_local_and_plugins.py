@@ -233,3 +233,31 @@ def test_local_shows_a_refused_compile_cache_on_the_console(tmp_path: Path) -> N
     assert len(warnings) == 1 and "writable by others" in warnings[0], out.stderr
     logs = "".join(p.read_text() for p in tmp_path.glob("logs/*.log"))
     assert "--compile-cache" not in logs  # the workers were told: off
+
+
+ALWAYS_FAILS = textwrap.dedent("""
+    from hyperopt import hp
+    from search_spaces import SearchSpace
+
+    def _objective(params, ctx):
+        raise ValueError("this objective always fails")
+
+    always_fails = SearchSpace(
+        "always_fails", lambda s: {"x": hp.uniform("x", 0, 1)}, _objective, (), "fails"
+    )
+""")
+
+
+def test_status_of_a_search_where_every_trial_failed_says_so(tmp_path: Path) -> None:
+    """``[done]`` alone read as a success when every trial had failed."""
+    spaces = tmp_path / "failing_spaces.py"
+    spaces.write_text(ALWAYS_FAILS)
+    args = ["local", "always_fails", "--spaces", str(spaces), "--workers", "1"]
+    args += ["--max-evals", "2", "--exp-key", "bad", "--db-path", str(tmp_path / "db")]
+    ran = hyperfleet(*args, "--no-progress", cwd=tmp_path, timeout=120)
+    assert ran.returncode != 0 or "no successful trial" in ran.stderr + ran.stdout, ran.stderr
+    with EmbeddedServer(tmp_path / "db") as srv:
+        out = hyperfleet("status", "--mongo", srv.uri, "--exp-key", "bad")
+    assert out.returncode == 0, out.stderr
+    assert "experiment bad  [done, no trial succeeded]" in out.stdout, out.stdout
+    assert "best      - (no successful trial)\n" in out.stdout, out.stdout
