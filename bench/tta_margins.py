@@ -1,7 +1,15 @@
-"""How ``bench/time_to_accuracy.py``'s verdict depends on its target: re-analyse recorded runs
-with the target at hf-none's median final best minus 0.5 (the benchmark's), 0.3, 0.2, 0.1 and 0
-points. Prints, per system, the median time to target in epoch lengths and (in brackets) how
-many seeds reached it. An analysis of the same runs, not a new measurement.
+"""How ``bench/time_to_accuracy.py``'s verdict depends on its target and on its yardstick:
+re-analyse recorded runs
+
+1. with the target at hf-none's median final best minus 0.5 (the benchmark's), 0.3, 0.2, 0.1
+   and 0 points: per system, the median time to target in its own epoch lengths and (in
+   brackets) how many seeds reached it;
+2. at the benchmark's target, in three units: seconds, the system's own median epoch (the
+   benchmark's unit: it corrects for load, but also rewards a system whose epochs are longer,
+   e.g. one that picks bigger models), and hf-none's median epoch of the same seed (one unit
+   for all); each also as a ratio to hf-none.
+
+An analysis of the same runs, not a new measurement.
 
     .venv/bin/python bench/tta_margins.py bench/results/tta-<time>.json ...
 """
@@ -43,6 +51,39 @@ def main(paths: list[str]) -> None:
                 reached = sum(p is not None for p in per)
                 cells.append(f"{system} {'-' if median is None else f'{median:.0f}'}({reached})")
             print(f"  margin {margin:.3f}, target {target:.4f}: " + ", ".join(cells))
+        _yardsticks(runs, statistics.median(base) - tta.TARGET_MARGIN)
+
+
+def _epoch_s(run: dict) -> float | None:
+    return tta.summarize_run(run, None)["epoch_s"]
+
+
+def _yardsticks(runs: list[dict], target: float) -> None:
+    """Time to the benchmark's target in seconds, own epochs and hf-none's epochs."""
+    none = {r.get("seed"): r for r in runs if r["system"] == "hf-none"}
+    rows: dict[str, tuple[float | None, float | None, float | None]] = {}
+    for system in dict.fromkeys(r["system"] for r in runs):
+        wall, own, common = [], [], []
+        for run in (r for r in runs if r["system"] == system):
+            summary = tta.summarize_run(run, target)
+            seconds = summary["time_to_target"]
+            base = none.get(run.get("seed"))
+            unit = _epoch_s(base) if base is not None else None
+            wall.append(seconds)
+            own.append(summary["norm_time_to_target"])
+            common.append(seconds / unit if seconds is not None and unit else None)
+        rows[system] = (tta._median(wall), tta._median(own), tta._median(common))
+    print(f"  at target {target:.4f}: seconds / own epochs / hf-none's epochs (x hf-none)")
+    ref = rows.get("hf-none")
+    for system, values in rows.items():
+        cells = []
+        for i, value in enumerate(values):
+            if value is None:
+                cells.append("-")
+                continue
+            ratio = ref[i] if ref is not None else None
+            cells.append(f"{value:.1f}" + (f" ({value / ratio:.2f}x)" if ratio else ""))
+        print(f"    {system:22s} " + " / ".join(cells))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,9 @@ def test_tta_margins_reanalyses_recorded_runs(tmp_path: Path) -> None:
     # epoch length 1 s: hf-none reaches 0.975 at 30 s, promote at 5 s; 0.980 at 30 s and 12 s
     assert "hf-none 30(1)" in standing and "hf-asha-promote 5(1)" in standing
     assert "hf-none 30(1)" in strict and "hf-asha-promote 12(1)" in strict
+    # the three yardsticks at the benchmark's target: seconds, own epochs, hf-none's epochs
+    (promote,) = [line for line in lines if line.strip().startswith("hf-asha-promote ")]
+    assert promote.split()[1:] == ["5.0", "(0.17x)", "/", "5.0", "(0.17x)", "/", "5.0", "(0.17x)"]
 
 
 @pytest.mark.slow
