@@ -231,6 +231,7 @@ class Checkpoints(StorePart):
             self._stop_paused(exp_key)
         for file_id in files:
             self._delete_file(file_id)
+        orphans = self._sweep_orphans(exp_key) if exp_key is not None and not trial_ids else 0
         if kept:
             logger.info(
                 "%d checkpoints stay linked, their files in the workers' shared directory: this "
@@ -238,7 +239,48 @@ class Checkpoints(StorePart):
                 kept,
                 CHECKPOINT_DIR_ENV,
             )
-        return len(files)
+        return len(files) + orphans
+
+    def _sweep_orphans(self, exp_key: str) -> int:
+        """Delete the checkpoint files of ``exp_key``'s ended trials that no link names: written
+        by a worker killed between the write and its link (the link comes second, so that no
+        link ever names a missing file). Only files of the attempts a trial had had when it was
+        seen ended: a later attempt's (a trial retried meanwhile) is never touched. Files in the
+        shared directory only where this process has it. How many went."""
+        ended = self._ended_attempts(exp_key)
+        if not ended:
+            return 0
+        swept = 0
+        for file_id in self._gridfs_orphans(exp_key, ended):
+            self._delete_gridfs(file_id)
+            swept += 1
+        directory = checkpoint_dir()
+        if directory is not None:
+            keys = {_trial_key(trial_id): attempt for trial_id, attempt in ended.items()}
+            swept += _sweep_shared_orphans(directory, keys)
+        return swept
+
+    @retrying
+    def _ended_attempts(self, exp_key: str) -> dict[Any, int]:
+        """``exp_key``'s ended trials without a checkpoint link: id -> attempt."""
+        cursor = self.jobs.find(
+            {"exp_key": exp_key, "state": {"$in": list(ENDED)}, "checkpoint": None},
+            projection={"attempt": 1},
+        )
+        return {doc["_id"]: doc.get("attempt", 0) for doc in cursor}
+
+    @retrying
+    def _gridfs_orphans(self, exp_key: str, ended: dict[Any, int]) -> list[Any]:
+        found = self.db["fs.files"].find(
+            {"kind": "checkpoint", "exp_key": exp_key}, projection={"trial": 1, "attempt": 1}
+        )
+        out = []
+        for file in found:
+            trial, attempt = file.get("trial"), file.get("attempt")
+            last = ended.get(trial) if isinstance(trial, ObjectId | str | int) else None
+            if _whole(attempt) and _whole(last) and attempt <= last:
+                out.append(file["_id"])
+        return out
 
     @retrying
     def _stop_paused(self, exp_key: str) -> None:
@@ -341,6 +383,34 @@ def _put_file(directory: Path, lease: Lease, epoch: int, data: bytes, digest: st
         )
         raise CheckpointNotSaved(f"checkpoint of epoch {epoch} not written: {e}") from e
     return name
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _sweep_shared_orphans(directory: Path, ended: dict[str, Any]) -> int:
+    """Delete the checkpoint files in ``directory`` of the trials ``ended`` names (trial key ->
+    its last attempt), of that attempt or earlier: only names :func:`_put_file` makes (a link
+    is deleted, never followed). How many went; an unreadable directory sweeps nothing."""
+    swept = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not _FILE_NAME.fullmatch(entry.name):
+            continue
+        key, attempt = entry.name.split("-")[:2]
+        last = ended.get(key)
+        if not _whole(last) or int(attempt) > last:
+            continue
+        try:
+            os.unlink(entry.path)
+            swept += 1
+        except OSError:
+            continue  # gone already, or not ours to delete
+    return swept
 
 
 #: a temporary checkpoint file (``_put_file``) older than this lost its writer: swept

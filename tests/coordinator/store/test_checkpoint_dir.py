@@ -176,6 +176,43 @@ def test_a_directory_that_cannot_be_written_keeps_the_last_checkpoint(
     assert store.load_checkpoint(lease).data == b"one"
 
 
+def test_the_sweep_deletes_files_a_killed_worker_never_linked(
+    store: TrialStore, shared: Path
+) -> None:
+    """A file renamed into place by a worker killed before it linked it: the search's sweep
+    deletes it once its trial ended; not a running trial's, not another experiment's, not a
+    later attempt's, not a symlink's target."""
+    import dataclasses
+    import hashlib
+
+    from coordinator.store.checkpoints import _put_file
+
+    def put(lease: Lease, epoch: int, data: bytes) -> str:  # the write, and no link: killed
+        return _put_file(shared, lease, epoch, data, hashlib.sha256(data).hexdigest())
+
+    queue_trials(store, 2)
+    queue_trials(store, 1, exp_key="other")
+    done, running = (store.reserve_trial("w", exp_key="exp") for _ in range(2))
+    elsewhere = store.reserve_trial("w", exp_key="other")
+    assert store.save_checkpoint(done, 1, b"linked")
+    orphan = put(done, 2, b"orphan")
+    kept = [
+        put(running, 1, b"running"),
+        put(elsewhere, 1, b"other experiment"),
+        put(dataclasses.replace(done, attempt=done.attempt + 1), 1, b"a later attempt"),
+    ]
+    outside = shared.parent / "outside.txt"
+    outside.write_text("not a checkpoint")
+    alias = orphan.replace("-2-", "-3-")
+    (shared / alias).symlink_to(outside)  # named like an orphan: the link goes, not its target
+    assert store.finish(done, {"loss": 1.0, "status": "ok"}, {})
+    assert store.drop_checkpoints(trial_ids=[done.id]) == 1
+    assert (shared / orphan).exists()
+    assert store.drop_checkpoints(exp_key="exp") == 2
+    assert sorted(p.name for p in shared.iterdir()) == sorted(kept)
+    assert outside.read_text() == "not a checkpoint"
+
+
 def test_temporaries_of_killed_writers_are_swept_and_nothing_else(shared: Path) -> None:
     """A worker killed while writing leaves ``.<name>.<pid>.tmp``; the next worker started with
     the directory deletes those unchanged for an hour, and nothing else: not a fresh one (a

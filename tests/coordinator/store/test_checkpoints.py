@@ -131,6 +131,37 @@ def test_the_sweep_of_an_experiment_removes_leftovers_of_ended_trials(store: Tri
     assert store.drop_checkpoints(exp_key="exp") == 1 and _checkpoint_files(store) == 0
 
 
+def test_the_sweep_deletes_files_a_killed_worker_never_linked(store: TrialStore) -> None:
+    """A worker killed between writing a checkpoint and linking it leaves a file no link names;
+    the search's sweep deletes it once the trial ended, and nothing else: not a running
+    trial's, not another experiment's, not one of an attempt after the trial was seen ended."""
+    import dataclasses
+    import hashlib
+
+    def put(lease: Lease, epoch: int, data: bytes) -> None:  # the write, and no link: killed
+        store.parts.checkpoints._put(lease, epoch, data, hashlib.sha256(data).hexdigest())
+
+    queue_trials(store, 2)
+    queue_trials(store, 1, exp_key="other")
+    done, running = (store.reserve_trial("w", exp_key="exp") for _ in range(2))
+    elsewhere = store.reserve_trial("w", exp_key="other")
+    assert store.save_checkpoint(done, 1, b"linked")
+    put(done, 2, b"orphan")
+    put(running, 1, b"running")
+    put(elsewhere, 1, b"other experiment")
+    put(dataclasses.replace(done, attempt=done.attempt + 1), 1, b"a later attempt")
+    assert store.finish(done, {"loss": 1.0, "status": "ok"}, {})
+    assert store.drop_checkpoints(trial_ids=[done.id]) == 1  # the worker: its linked one
+    assert _checkpoint_files(store) == 5 - 1
+    assert store.drop_checkpoints(exp_key="exp") == 1  # the search's end: the orphan
+    left = sorted(
+        (f["tid"], f["attempt"]) for f in store.db["fs.files"].find({"kind": "checkpoint"})
+    )
+    assert left == sorted(
+        [(running.tid, running.attempt), (elsewhere.tid, 1), (done.tid, done.attempt + 1)]
+    )
+
+
 def test_a_bad_epoch_is_refused_before_anything_is_written(store: TrialStore) -> None:
     queue_trials(store, 1)
     lease = store.reserve_trial("w", exp_key="exp")
