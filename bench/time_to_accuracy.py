@@ -649,6 +649,9 @@ def targets(summary: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="run seeds FIRST..FIRST+SEEDS-1 (default 0)"
+    )
     parser.add_argument("--budget", type=float, default=50.0, help="seconds per run")
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--train-size", type=int, default=5_000)
@@ -695,7 +698,7 @@ def drive(systems: list[str], args: argparse.Namespace) -> None:
     runs: list[dict[str, Any]] = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             shift = seed % len(systems)
             for system in systems[shift:] + systems[:shift]:  # a rotating order per seed
                 workdir = Path(tmp) / f"{system}-{seed}"
@@ -743,6 +746,7 @@ def drive(systems: list[str], args: argparse.Namespace) -> None:
     summary = analyse(runs)
     meta = {
         "seeds": args.seeds,
+        "first_seed": args.first_seed,
         "budget_s": args.budget,
         "epochs": args.epochs,
         "train_size": args.train_size,

@@ -67,7 +67,8 @@ class TrialContext(Protocol):
     def save_checkpoint(self, epoch: int, data: bytes) -> None:
         """Save ``data`` as this trial's state after ``epoch`` epochs (replacing the last one),
         for an attempt that takes the trial over after this one is lost (killed, pre-empted,
-        handed back). Raises ``TrialLost`` once the lease is gone."""
+        handed back). ``epoch``: a whole number from 0 to 999,999,999 (else ``ValueError``,
+        nothing written). Raises ``TrialLost`` once the lease is gone."""
         ...
 
 

@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 MAX_CHECKPOINT_BYTES = 2 * 2**30
 #: a shared directory for checkpoint files instead of GridFS (``worker --checkpoint-dir``)
 CHECKPOINT_DIR_ENV = "HYPERFLEET_CHECKPOINT_DIR"
+#: the largest epoch a checkpoint may have (its file name holds at most 9 digits)
+MAX_EPOCH = 999_999_999
 #: the only names a link may give a checkpoint file in that directory
 _FILE_NAME = re.compile(r"[0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,9}-[0-9a-f]{16}\.ckpt")
 
@@ -79,8 +81,11 @@ class Checkpoints(StorePart):
     """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
     def save_checkpoint(self, lease: Lease, epoch: int, data: bytes) -> bool:
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"a checkpoint's epoch must be a whole number >= 0, got {epoch!r}")
+        if not _whole(epoch) or not 0 <= epoch <= MAX_EPOCH:
+            raise ValueError(
+                f"a checkpoint's epoch must be a whole number from 0 to {MAX_EPOCH}, got "
+                f"{epoch!r:.40}"
+            )
         digest = hashlib.sha256(data).hexdigest()
         directory = checkpoint_dir()
         if directory is None:

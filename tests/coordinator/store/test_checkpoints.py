@@ -165,7 +165,7 @@ def test_the_sweep_deletes_files_a_killed_worker_never_linked(store: TrialStore)
 def test_a_bad_epoch_is_refused_before_anything_is_written(store: TrialStore) -> None:
     queue_trials(store, 1)
     lease = store.reserve_trial("w", exp_key="exp")
-    for epoch in (-1, 1.5, True, "2"):
+    for epoch in (-1, 1.5, True, "2", 10**9, 10**30):  # a file name holds 9 digits
         with pytest.raises(ValueError, match="whole number"):
             store.save_checkpoint(lease, epoch, b"x")  # type: ignore[arg-type]
     assert _checkpoint_files(store) == 0 and isinstance(lease.id, ObjectId)
