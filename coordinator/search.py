@@ -200,6 +200,43 @@ def _as_stored_today(existing: dict[str, Any]) -> dict[str, Any]:
     return existing
 
 
+#: the most differing fields a refused rerun names (a hostile document may hold thousands)
+_DIFFERENCES_SHOWN = 8
+
+
+def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, str]:
+    """What ``stored`` (from the database) and ``wanted`` hold differently, as two texts: a
+    field of a document field (settings, pruning) by its own name (``settings.epochs=3``),
+    so a long document does not hide what differs; ``("", "")`` when nothing does."""
+    pairs: list[tuple[str, Any, Any]] = []
+    for key, value in wanted.items():
+        old = stored.get(key)
+        if old == value:
+            continue
+        if isinstance(old, dict) and isinstance(value, dict):
+            for sub in sorted({*old, *value}, key=str):
+                if old.get(sub, _MISSING) != value.get(sub, _MISSING):
+                    pairs.append(
+                        (f"{key}.{sub!s:.60}", old.get(sub, _MISSING), value.get(sub, _MISSING))
+                    )
+        else:
+            pairs.append((key, old, value))
+    more = len(pairs) - _DIFFERENCES_SHOWN
+    pairs = pairs[:_DIFFERENCES_SHOWN]
+    was = ", ".join(f"{name}={_shown_value(old)}" for name, old, _ in pairs)
+    now = ", ".join(f"{name}={_shown_value(new)}" for name, _, new in pairs)
+    if more > 0:
+        was, now = f"{was} (and {more} more)", f"{now} (and {more} more)"
+    return was, now
+
+
+_MISSING = object()
+
+
+def _shown_value(value: Any) -> str:
+    return "(none)" if value is _MISSING else shown(value)
+
+
 def _started_doc(
     existing: dict[str, Any] | None, wanted: dict[str, Any], config: SearchConfig
 ) -> dict[str, Any]:
@@ -207,10 +244,8 @@ def _started_doc(
     :class:`ExperimentMismatch` if ``existing`` holds another search (unless ``force``)."""
     if existing is not None:
         before = _as_stored_today(existing)
-        differs = [k for k, v in wanted.items() if before.get(k) != v]
-        if differs:
-            was = ", ".join(f"{k}={shown(before.get(k))}" for k in differs)  # from the database
-            now = ", ".join(f"{k}={wanted[k]!r}" for k in differs)
+        was, now = _differences(before, wanted)
+        if was:
             if not config.force:
                 raise ExperimentMismatch(
                     f"exp key {config.exp_key!r} already holds a search with {was}; this run "

@@ -91,5 +91,31 @@ def test_force_says_what_it_mixes(store: TrialStore, caplog: pytest.LogCaptureFi
     assert not caplog.records
     prepare_experiment(store, dataclasses.replace(other, force=True))
     (line,) = [r.getMessage() for r in caplog.records if "--force" in r.getMessage()]
-    assert "'bound': 10.0" in line and "'bound': 2.0" in line
+    assert "settings.bound=10.0" in line and "settings.bound=2.0" in line
     assert store.get_experiment("e")["settings"]["bound"] == 2.0
+
+
+def test_a_refused_rerun_names_each_differing_field_whole(store: TrialStore) -> None:
+    """A refused rerun showed the stored settings as one text cut at 200 characters, so a
+    long settings document hid the field that differed. Now each differing field of it is
+    named with its two values, and a hostile document's thousands of fields stay bounded."""
+
+    from coordinator.errors import ExperimentMismatch
+
+    prepare_experiment(store, _config())
+    long_text = "x" * 500
+    store.experiments.update_one(
+        {"_id": "e"}, {"$set": {"settings.comment": long_text, "settings.bound": 3.0}}
+    )
+    with pytest.raises(ExperimentMismatch) as refused:
+        prepare_experiment(store, _config())
+    text = str(refused.value)
+    assert "settings.bound=3.0" in text and "settings.bound=10.0" in text, text
+    assert "settings.comment=(none)" in text and "settings.comment='xxx" in text, text
+    assert len(text) < 1_000, len(text)
+
+    junk = {f"k{i}": i for i in range(5_000)}
+    store.experiments.update_one({"_id": "e"}, {"$set": {"settings": junk, "pruning": junk}})
+    with pytest.raises(ExperimentMismatch, match="more") as refused:
+        prepare_experiment(store, _config())
+    assert len(str(refused.value)) < 2_000, len(str(refused.value))
