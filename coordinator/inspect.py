@@ -45,6 +45,7 @@ _TRAILING_PREFIXES = ("worker.", "error.")
 _TRAILING = (
     "epochs",
     "duration_s",
+    "segments_duration_s",
     "book_time",
     "ended",
     "attempt",
@@ -158,6 +159,8 @@ def trial_row(doc: Mapping[str, Any], params: Mapping[str, Any] | None = None) -
     if typed(doc.get("promotions"), int):
         row["promotions"] = doc["promotions"]  # --promote: times resumed from a rung
     row["duration_s"] = number(doc.get("duration_s"))
+    if number(doc.get("segments_duration_s")) is not None:  # --promote: earlier segments
+        row["segments_duration_s"] = number(doc.get("segments_duration_s"))
     row.update(flatten(_mapping(doc.get("timing")), "timing"))  # phases (docs/schema.md)
     row["book_time"] = when(doc.get("book_time"))
     row["ended"] = when(doc.get("ended"))

@@ -54,5 +54,9 @@ def test_keras_trials_pause_at_a_rung_and_resume_when_promoted(
         assert epochs == list(range(1, len(epochs) + 1)), epochs
         assert doc["resumed_from_epoch"] == history[-1]["paused_at_epoch"]
         assert doc["result"]["resumed_from_epoch"] == history[-1]["paused_at_epoch"]
+        # the earlier segments' seconds: duration_s is the last segment's alone
+        seconds = [h["duration_s"] for h in history]
+        assert all(s > 0 for s in seconds) and doc["duration_s"] > 0, seconds
+        assert doc["segments_duration_s"] == pytest.approx(sum(seconds), abs=1e-5)
     assert all(d.get("checkpoint") is None for d in trials)
     assert db["fs.files"].count_documents({"kind": "checkpoint"}) == 0

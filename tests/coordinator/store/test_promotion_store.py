@@ -99,3 +99,28 @@ def test_a_paused_trial_with_an_unusable_rung_is_never_promoted(store: TrialStor
     ]  # fmt: skip
     assert promoter.step(docs) == [] and promoter.step(docs) == []
     assert caplog.text.count("unusable rung record") == 4  # once each, not per step
+
+
+def test_a_promoted_trial_keeps_the_seconds_of_its_earlier_segments(store: TrialStore) -> None:
+    """A promoted trial's ``duration_s`` is its last segment's; the earlier segments' seconds
+    are summed in ``segments_duration_s`` and each is in its attempt history entry (the last
+    note left a promoted trial's time covering its last segment only). Junk counts nothing."""
+    queue_trials(store, 1)
+    for rung, seconds in enumerate((2.0, 3.5, "abc")):
+        lease = store.reserve_trial("w", exp_key="exp")
+        key = rung_key("exp", 0, rung, lease.tid)
+        store.record_rung(
+            {"_id": key, "exp_key": "exp", "bracket": 0, "rung": rung, "tid": lease.tid,
+             "value": 1.0, "decision": "pause"}
+        )  # fmt: skip
+        assert store.save_checkpoint(lease, rung + 1, b"state")
+        pruned = {"epoch": rung + 1, "rung": rung, "bracket": 0, "paused": True, "value": 1.0}
+        result = {"loss": 1.0, "status": "ok", "pruned": pruned}
+        assert store.finish(lease, result, {"duration_s": seconds})
+        assert store.promote_paused(lease.id, key, "promoted")
+    lease = store.reserve_trial("w", exp_key="exp")
+    assert store.finish(lease, {"loss": 0.5, "status": "ok"}, {"duration_s": 4.0})
+    doc = store.get_trial("exp", lease.tid)
+    assert doc["segments_duration_s"] == 5.5 and doc["duration_s"] == 4.0
+    paused = [e for e in doc["attempt_history"] if e["outcome"] == "paused"]
+    assert [e["duration_s"] for e in paused] == [2.0, 3.5, None]
