@@ -562,6 +562,33 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"target": target, "systems": table}
 
 
+#: what results files pooled by ``--analyse`` must share
+POOLED_SETTINGS = ("budget_s", "epochs", "train_size", "val_size", "workers", "cpus")
+
+
+def pooled(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The runs of the results files ``paths`` as one list, each tagged with its file
+    (``source``), and their common settings; ValueError if the settings differ."""
+    runs: list[dict[str, Any]] = []
+    metas = []
+    for i, path in enumerate(paths):
+        data = json.loads(Path(path).read_text())
+        metas.append(data["meta"])
+        runs += [{**run, "source": i} for run in data["runs"]]
+    for name in POOLED_SETTINGS:
+        values = {json.dumps(meta.get(name)) for meta in metas}
+        if len(values) > 1:
+            raise ValueError(f"the files differ in {name} ({', '.join(sorted(values))})")
+    if len(metas) == 1:
+        return runs, metas[0]
+    meta = {name: metas[0].get(name) for name in POOLED_SETTINGS}
+    meta["pooled"] = [
+        {"started": m.get("started"), "seeds": m.get("seeds"), "first_seed": m.get("first_seed", 0)}
+        for m in metas
+    ]
+    return runs, meta
+
+
 def _fmt(value: Any, kind: str) -> str:
     if value is None:
         return "not reached"
@@ -662,7 +689,11 @@ def main() -> None:
         help=f"comma-separated, of: {', '.join(SYSTEMS)} (default: all but ray-asha)",
     )
     parser.add_argument(
-        "--analyse", metavar="JSON", help="only print the table of an earlier run's results file"
+        "--analyse",
+        metavar="JSON",
+        nargs="+",
+        help="only print the table of earlier runs' results files (several: their runs pooled, "
+        "e.g. one run of seeds 0-4 and one of --first-seed 5; their settings must match)",
     )
     parser.add_argument("--run", dest="system", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -673,8 +704,11 @@ def main() -> None:
         run_one(args)
         return
     if args.analyse:
-        data = json.loads(Path(args.analyse).read_text())
-        print(markdown(analyse(data["runs"]), data["meta"]))
+        try:
+            runs, meta = pooled(args.analyse)
+        except ValueError as e:
+            parser.error(str(e))
+        print(markdown(analyse(runs), meta))
         return
     systems = [s for s in args.systems.split(",") if s]
     unknown = set(systems) - set(SYSTEMS)

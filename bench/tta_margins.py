@@ -9,9 +9,10 @@ re-analyse recorded runs
    e.g. one that picks bigger models), and hf-none's median epoch of the same seed (one unit
    for all); each also as a ratio to hf-none.
 
-An analysis of the same runs, not a new measurement.
+An analysis of the same runs, not a new measurement. With ``--pool`` the files' runs are
+analysed as one (e.g. seeds 0-4 of one run and 5-14 of a ``--first-seed 5`` run).
 
-    .venv/bin/python bench/tta_margins.py bench/results/tta-<time>.json ...
+    .venv/bin/python bench/tta_margins.py [--pool] bench/results/tta-<time>.json ...
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import time_to_accuracy as tta  # noqa: E402
 MARGINS = (0.005, 0.003, 0.002, 0.001, 0.0)
 
 
-def main(paths: list[str]) -> None:
-    for path in paths:
+def main(paths: list[str], pool: bool = False) -> None:
+    groups = [(" + ".join(paths), tta.pooled(paths)[0])] if pool else []
+    for path in [] if pool else paths:
         loaded = json.loads(Path(path).read_text())
-        runs = loaded["runs"] if isinstance(loaded, dict) else loaded
+        groups.append((path, loaded["runs"] if isinstance(loaded, dict) else loaded))
+    for path, runs in groups:
         base = [tta.summarize_run(r, None)["best"] for r in runs if r["system"] == "hf-none"]
         base = [b for b in base if b is not None]
         if not base:
@@ -60,14 +63,14 @@ def _epoch_s(run: dict) -> float | None:
 
 def _yardsticks(runs: list[dict], target: float) -> None:
     """Time to the benchmark's target in seconds, own epochs and hf-none's epochs."""
-    none = {r.get("seed"): r for r in runs if r["system"] == "hf-none"}
+    none = {(r.get("source"), r.get("seed")): r for r in runs if r["system"] == "hf-none"}
     rows: dict[str, tuple[float | None, float | None, float | None]] = {}
     for system in dict.fromkeys(r["system"] for r in runs):
         wall, own, common = [], [], []
         for run in (r for r in runs if r["system"] == system):
             summary = tta.summarize_run(run, target)
             seconds = summary["time_to_target"]
-            base = none.get(run.get("seed"))
+            base = none.get((run.get("source"), run.get("seed")))
             unit = _epoch_s(base) if base is not None else None
             wall.append(seconds)
             own.append(summary["norm_time_to_target"])
@@ -87,6 +90,12 @@ def _yardsticks(runs: list[dict], target: float) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: tta_margins.py bench/results/tta-<time>.json ...")
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    pool = "--pool" in args
+    args = [a for a in args if a != "--pool"]
+    if not args:
+        sys.exit("usage: tta_margins.py [--pool] bench/results/tta-<time>.json ...")
+    try:
+        main(args, pool)
+    except ValueError as e:  # pooled files of other settings
+        sys.exit(f"tta_margins.py: {e}")
