@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -394,28 +394,37 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _sweep_shared_orphans(directory: Path, ended: dict[str, Any]) -> int:
-    """Delete the checkpoint files in ``directory`` of the trials ``ended`` names (trial key ->
-    its last attempt), of that attempt or earlier: only names :func:`_put_file` makes (a link
-    is deleted, never followed). How many went; an unreadable directory sweeps nothing."""
+def _delete_entries(directory: Path, doomed: Callable[[os.DirEntry[str]], bool]) -> int:
+    """Delete the entries of ``directory`` that ``doomed`` picks (a link is deleted, never
+    followed); how many went. An unreadable directory deletes nothing."""
     swept = 0
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return 0
     for entry in entries:
-        if not _FILE_NAME.fullmatch(entry.name):
-            continue
-        key, attempt = entry.name.split("-")[:2]
-        last = ended.get(key)
-        if not _whole(last) or int(attempt) > last:
-            continue
         try:
-            os.unlink(entry.path)
-            swept += 1
+            if doomed(entry):
+                os.unlink(entry.path)
+                swept += 1
         except OSError:
             continue  # gone already, or not ours to delete
     return swept
+
+
+def _sweep_shared_orphans(directory: Path, ended: dict[str, Any]) -> int:
+    """Delete the checkpoint files in ``directory`` of the trials ``ended`` names (trial key ->
+    its last attempt), of that attempt or earlier: only names :func:`_put_file` makes. How
+    many went."""
+
+    def orphan(entry: os.DirEntry[str]) -> bool:
+        if not _FILE_NAME.fullmatch(entry.name):
+            return False
+        key, attempt = entry.name.split("-")[:2]
+        last = ended.get(key)
+        return _whole(last) and int(attempt) <= last
+
+    return _delete_entries(directory, orphan)
 
 
 #: a temporary checkpoint file (``_put_file``) older than this lost its writer: swept
@@ -430,23 +439,15 @@ def sweep_stale_temporaries(directory: Path, older_than_s: float = STALE_TEMPORA
     touched). How many went; an unreadable directory sweeps nothing."""
     import time
 
-    swept = 0
     limit = time.time() - older_than_s
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return 0
-    for entry in entries:
+
+    def stale(entry: os.DirEntry[str]) -> bool:
         if not _TEMPORARY.fullmatch(entry.name):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(info.st_mode) and info.st_mtime < limit:
-                os.unlink(entry.path)
-                swept += 1
-        except OSError:
-            continue  # gone already, or not ours to delete
-    return swept
+            return False
+        info = entry.stat(follow_symlinks=False)
+        return stat.S_ISREG(info.st_mode) and info.st_mtime < limit
+
+    return _delete_entries(directory, stale)
 
 
 def _read_shared(name: Any, lease: Lease, size: int) -> bytes:
