@@ -324,6 +324,10 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
             "duration": ins.fmt_duration(ins.number(doc.get("duration_s")))
             if ins.number(doc.get("duration_s")) is not None
             else None,
+            # --promote: the segments before the last pause (duration is the last one's)
+            "earlier segments": ins.fmt_duration(ins.number(doc.get("segments_duration_s")))
+            if ins.number(doc.get("segments_duration_s")) is not None
+            else None,
             **_named(doc.get("timing")),  # the phases (docs/schema.md)
             "running for": ins.fmt_duration(running_s) if running_s is not None else None,
             "last heartbeat": ins.when(doc.get("refresh_time")),

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pymongo
+import pytest
 
 from coordinator.server import EmbeddedServer
 from coordinator.states import TrialState
@@ -78,7 +79,12 @@ def test_paused_trials_are_promoted_and_resume_after_their_rung(
         paused_at = history[-1]["paused_at_epoch"]
         assert doc["resumed_from_epoch"] == paused_at and max(epochs) > paused_at
         assert doc.get("attempts", 0) == 0  # a promotion is no failed attempt
+        # the seconds of the segments before the last one are kept beside its duration_s
+        earlier = sum(h["duration_s"] for h in history)
+        assert earlier > 0 and doc["segments_duration_s"] == pytest.approx(earlier, abs=1e-5)
     assert len(trained) < 14 * EPOCHS  # paused trials trained less
+    shown = hyperfleet("show", *common, "--exp-key", key, str(next(iter(promoted))))
+    assert "earlier segments" in shown.stdout, shown.stdout
 
     # every decision is in the rung records, and each promotion follows ASHA's rule
     records = list(db.rungs.find({"exp_key": key}))
