@@ -322,6 +322,11 @@ def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
             ("reserved", when(doc.get("book_time"))),
             ("ended", when(doc.get("ended"))),
             ("duration", age(doc.get("duration_s"))),
+            *(  # --promote: the segments before the last pause (duration is the last one's)
+                [("earlier segments", age(doc["segments_duration_s"]))]
+                if inspect.number(doc.get("segments_duration_s")) is not None
+                else []
+            ),
             ("last heartbeat", when(doc.get("refresh_time"))),
             ("lease expires", when(doc.get("lease_expires"))),
             ("space", doc.get("space")),

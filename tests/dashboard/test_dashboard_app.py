@@ -330,6 +330,19 @@ def test_trials_paused_at_a_rung_have_their_own_count(dash_store: TrialStore) ->
     assert 'data-state="paused"' in page and "paused at a rung 1" in page
 
 
+def test_a_promoted_trials_page_shows_its_earlier_segments(dash_store: TrialStore) -> None:
+    """A promoted trial's duration is its last segment's; the page also shows the earlier
+    segments' seconds (``segments_duration_s``), and no such line for other trials or junk."""
+    docs = [trial_doc(t, TrialState.DONE) for t in range(3)]
+    docs[0].update(duration_s=4.0, segments_duration_s=12.5)
+    docs[2].update(segments_duration_s="junk")
+    make_experiment(dash_store, docs)
+    c = client(dash_store)
+    pages = [c.get("/trial", params={"key": EXP, "tid": tid}).text for tid in range(3)]
+    assert "<b>earlier segments</b> 12 s" in pages[0], pages[0][:3000]
+    assert "earlier segments" not in pages[1] and "earlier segments" not in pages[2]
+
+
 def test_view_trials_is_lean_and_incremental(dash_store: TrialStore) -> None:
     make_experiment(dash_store, [trial_doc(0, TrialState.ERROR), trial_doc(1, TrialState.NEW)])
     docs = {d["tid"]: d for d in dash_store.view_trials(EXP)}
