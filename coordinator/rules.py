@@ -63,6 +63,28 @@ def paused(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
+def seconds(value: Any) -> float | None:
+    """``value`` as seconds if a finite number >= 0, else ``None`` (a document read back may
+    hold junk)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if number and math.isfinite(value) and value >= 0 else None
+
+
+def earlier_segments_s(doc: Mapping[str, Any]) -> float | None:
+    """The seconds a trial promoted from rungs (``--promote``) ran before the segment now
+    ending: the ``duration_s`` of each ``paused`` entry of its attempt history, summed (junk
+    counts nothing); ``None`` for a trial never paused."""
+    history = doc.get("attempt_history")
+    entries = [
+        entry
+        for entry in (history if isinstance(history, list) else [])
+        if isinstance(entry, Mapping) and entry.get("outcome") == "paused"
+    ]
+    if not entries:
+        return None
+    return round(sum(seconds(entry.get("duration_s")) or 0.0 for entry in entries), 6)
+
+
 def ranked(items: Iterable[T], doc: Callable[[T], Mapping[str, Any]] | None = None) -> list[T]:
     """The ranking rule, the one order every reader shows trials in (``best``, ``search``,
     ``top``, ``export``'s ``rank``, the plots and the dashboard's charts): the successful

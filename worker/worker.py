@@ -415,6 +415,9 @@ class Worker:
             "duration_s": round(outcome.duration_s, 6),
             **outcome.fields,
         }
+        earlier = rules.earlier_segments_s(lease.doc)  # --promote: duration_s is this segment's
+        if earlier is not None:
+            fields["segments_duration_s"] = earlier
         if outcome.lost:
             logger.warning("tid %s: %s", lease.tid, outcome.lost_reason)
             return

@@ -90,12 +90,11 @@ class RungRecords(StorePart):
             "result.pruned.paused": True,
             "checkpoint": {"$type": "object"},
         }
-        projection = {"attempt": 1, "owner": 1, "result": 1, "duration_s": 1, _SEGMENTS: 1}
+        projection = {"attempt": 1, "owner": 1, "result": 1, "duration_s": 1}
         doc = self.jobs.find_one(paused, projection=projection)
         if doc is None:
             return False
         pruned = doc["result"]["pruned"]
-        ran = _seconds(doc.get("duration_s"))
         entry = {
             "attempt": doc.get("attempt"),
             "owner": doc.get("owner"),
@@ -105,7 +104,7 @@ class RungRecords(StorePart):
             "rung": pruned.get("rung"),
             "value": pruned.get("value"),
             "checkpoint_epoch": pruned.get("epoch"),
-            "duration_s": ran,
+            "duration_s": rules.seconds(doc.get("duration_s")),  # the paused segment's
             "at": utcnow(),
         }
         promoted = self.jobs.update_one(
@@ -117,8 +116,6 @@ class RungRecords(StorePart):
                     "lease_expires": None,
                     "result": {"status": "new"},
                     "paused_result": doc["result"],  # what a cancel before it runs restores
-                    # the segments run so far: duration_s is the next segment's alone
-                    _SEGMENTS: round((_seconds(doc.get(_SEGMENTS)) or 0.0) + (ran or 0.0), 6),
                 },
                 "$push": {"attempt_history": entry},
                 "$inc": {"version": 1, "promotions": 1},
@@ -153,13 +150,3 @@ class RungRecords(StorePart):
                     curve[int(epoch.get("epoch", i))] = float(value)
             curves[doc["tid"]] = curve
         return curves
-
-
-#: a promoted trial's seconds in its earlier segments (``duration_s`` is the last one's)
-_SEGMENTS = "segments_duration_s"
-
-
-def _seconds(value: Any) -> float | None:
-    """``value`` as seconds if a finite number >= 0 (a document read back may hold junk)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    return float(value) if number and math.isfinite(value) and value >= 0 else None

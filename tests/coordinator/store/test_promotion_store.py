@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from coordinator import rules
 from coordinator.pruning.base import PruningConfig, rung_key
 from coordinator.pruning.promotion import Promoter
 from coordinator.states import TrialState
@@ -101,26 +102,50 @@ def test_a_paused_trial_with_an_unusable_rung_is_never_promoted(store: TrialStor
     assert caplog.text.count("unusable rung record") == 4  # once each, not per step
 
 
+def _pause(store: TrialStore, lease: Lease, rung: int, seconds: object) -> str:
+    """End ``lease``'s segment paused at ``rung`` after ``seconds``, as a worker does."""
+    key = rung_key("exp", 0, rung, lease.tid)
+    store.record_rung(
+        {"_id": key, "exp_key": "exp", "bracket": 0, "rung": rung, "tid": lease.tid,
+         "value": 1.0, "decision": "pause"}
+    )  # fmt: skip
+    assert store.save_checkpoint(lease, rung + 1, b"state")
+    pruned = {"epoch": rung + 1, "rung": rung, "bracket": 0, "paused": True, "value": 1.0}
+    fields: dict = {"duration_s": seconds}
+    if (earlier := rules.earlier_segments_s(lease.doc)) is not None:
+        fields["segments_duration_s"] = earlier
+    assert store.finish(lease, {"loss": 1.0, "status": "ok", "pruned": pruned}, fields)
+    return key
+
+
 def test_a_promoted_trial_keeps_the_seconds_of_its_earlier_segments(store: TrialStore) -> None:
-    """A promoted trial's ``duration_s`` is its last segment's; the earlier segments' seconds
-    are summed in ``segments_duration_s`` and each is in its attempt history entry (the last
-    note left a promoted trial's time covering its last segment only). Junk counts nothing."""
+    """A promoted trial's ``duration_s`` is its last segment's; each promotion keeps the paused
+    segment's in its attempt history entry, and the segments before the last one add up in
+    ``segments_duration_s`` (the last note left a promoted trial's time covering its last
+    segment only). Junk counts nothing."""
     queue_trials(store, 1)
     for rung, seconds in enumerate((2.0, 3.5, "abc")):
         lease = store.reserve_trial("w", exp_key="exp")
-        key = rung_key("exp", 0, rung, lease.tid)
-        store.record_rung(
-            {"_id": key, "exp_key": "exp", "bracket": 0, "rung": rung, "tid": lease.tid,
-             "value": 1.0, "decision": "pause"}
-        )  # fmt: skip
-        assert store.save_checkpoint(lease, rung + 1, b"state")
-        pruned = {"epoch": rung + 1, "rung": rung, "bracket": 0, "paused": True, "value": 1.0}
-        result = {"loss": 1.0, "status": "ok", "pruned": pruned}
-        assert store.finish(lease, result, {"duration_s": seconds})
-        assert store.promote_paused(lease.id, key, "promoted")
+        assert store.promote_paused(lease.id, _pause(store, lease, rung, seconds), "promoted")
     lease = store.reserve_trial("w", exp_key="exp")
-    assert store.finish(lease, {"loss": 0.5, "status": "ok"}, {"duration_s": 4.0})
-    doc = store.get_trial("exp", lease.tid)
-    assert doc["segments_duration_s"] == 5.5 and doc["duration_s"] == 4.0
-    paused = [e for e in doc["attempt_history"] if e["outcome"] == "paused"]
+    assert rules.earlier_segments_s(lease.doc) == 5.5
+    paused = [e for e in lease.doc["attempt_history"] if e["outcome"] == "paused"]
     assert [e["duration_s"] for e in paused] == [2.0, 3.5, None]
+
+
+def test_a_promotion_never_counts_a_segment_twice(store: TrialStore) -> None:
+    """Attacker review: the first version added the paused segment's seconds to
+    ``segments_duration_s`` at the promotion while ``duration_s`` still held them, so a
+    promoted trial cancelled before it started (or lost until it failed) counted that segment
+    twice. ``duration_s + segments_duration_s`` is the time of the segments that ended."""
+    queue_trials(store, 1)
+    lease = store.reserve_trial("w", exp_key="exp")
+    assert store.promote_paused(lease.id, _pause(store, lease, 0, 2.0), "promoted")
+    lease = store.reserve_trial("w", exp_key="exp")
+    assert store.promote_paused(lease.id, _pause(store, lease, 1, 3.0), "promoted")
+    doc = store.get_trial("exp", lease.tid)  # promoted, waiting: two segments ran
+    assert doc["duration_s"] + doc["segments_duration_s"] == 5.0
+    store.cancel_queued("exp")  # the cancel gives it back its paused result
+    doc = store.get_trial("exp", lease.tid)
+    assert doc["state"] == TrialState.DONE
+    assert doc["duration_s"] + doc["segments_duration_s"] == 5.0
