@@ -250,7 +250,8 @@ def trial_problem(
     The one rule for every reader: workers never reserve such a document (one of hyperfleet's
     own is marked ERROR with this reason, anything else is left alone), the coordinator's view of
     a search skips it, inspection shows it as "malformed". Usable means hyperopt's job protocol
-    with the types hyperopt and hyperfleet rely on: an integer ``state`` that names a state,
+    with the types hyperopt and hyperfleet rely on: an ``_id`` that is no document or array,
+    an integer ``state`` that names a state,
     a ``tid`` (an integer, or a string as hyperopt allows), a ``misc`` with that ``tid`` and
     ``idxs``/``vals`` of equal lists, a ``result`` dict with a string ``status`` (and a numeric
     ``loss`` where it has one, always with ``"ok"``), a string or missing ``exp_key``,
@@ -269,6 +270,8 @@ def trial_problem(
     error = doc.get("error")
     if isinstance(error, Mapping) and error.get("type") == MALFORMED:
         return str(error.get("message") or "marked unusable")
+    if isinstance(doc.get("_id"), Mapping | list):  # not a key any reader can index by
+        return f"_id is a {type(doc.get('_id')).__name__}, not an ObjectId"
     exp_key = doc.get("exp_key")
     if exp_key is not None and not isinstance(exp_key, str):
         return f"exp_key is {type(exp_key).__name__}, not a string"

@@ -217,7 +217,11 @@ def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> tuple[str, s
             for sub in sorted({*old, *value}, key=str):
                 if old.get(sub, _MISSING) != value.get(sub, _MISSING):
                     pairs.append(
-                        (f"{key}.{sub!s:.60}", old.get(sub, _MISSING), value.get(sub, _MISSING))
+                        (
+                            f"{key}.{shown(str(sub), 60, bare=True)}",
+                            old.get(sub, _MISSING),
+                            value.get(sub, _MISSING),
+                        )
                     )
         else:
             pairs.append((key, old, value))

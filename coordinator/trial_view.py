@@ -80,6 +80,7 @@ class TrialView:
         self._labels: frozenset[str] | None = None
         #: documents refused (by ``_id``): logged once; queued/running ones await quarantine
         self._refused: dict[DocId, str] = {}
+        self._unkeyed_warned = False  #: a job with a sub-document _id was skipped
         self._to_quarantine: dict[DocId, tuple[Doc, str]] = {}
         self.reset()
 
@@ -131,6 +132,16 @@ class TrialView:
             mtime = doc.get("mtime")
             if isinstance(mtime, dt.datetime) and mtime <= horizon:
                 self._watermark = mtime if self._watermark is None else max(self._watermark, mtime)
+            if not _hashable(doc.get("_id")):  # a sub-document or array _id: junk
+                if not self._unkeyed_warned:
+                    logger.warning(
+                        "search %r: skipping job documents whose _id is a %s, not an ObjectId "
+                        "(written by something else than hyperfleet or hyperopt)",
+                        self.exp_key,
+                        type(doc.get("_id")).__name__,
+                    )
+                    self._unkeyed_warned = True
+                continue
             old = self.docs.get(doc["_id"])
             if old is not None:
                 if old.get("version") == doc.get("version") and old.get("mtime") == mtime:
@@ -230,3 +241,11 @@ class TrialView:
             if state in TrialState._value2member_map_:
                 counts[TrialState(state)] = n
         return counts
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True

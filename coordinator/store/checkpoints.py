@@ -43,6 +43,7 @@ import pymongo.errors
 from bson import ObjectId
 
 from coordinator.errors import CheckpointNotSaved, CheckpointRefused
+from coordinator.shown import shown
 from coordinator.states import TrialState
 from coordinator.store.base import Checkpoint, DocId, Lease
 from coordinator.store.connection import retrying
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 MAX_CHECKPOINT_BYTES = 2 * 2**30
 #: a shared directory for checkpoint files instead of GridFS (``worker --checkpoint-dir``)
 CHECKPOINT_DIR_ENV = "HYPERFLEET_CHECKPOINT_DIR"
-#: the largest epoch a checkpoint may have (its file name holds at most 9 digits)
+#: the largest epoch (and attempt) a checkpoint may have: its file name holds at most 9 digits
 MAX_EPOCH = 999_999_999
 #: the only names a link may give a checkpoint file in that directory
 _FILE_NAME = re.compile(r"[0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,9}-[0-9a-f]{16}\.ckpt")
@@ -86,6 +87,15 @@ class Checkpoints(StorePart):
                 f"a checkpoint's epoch must be a whole number from 0 to {MAX_EPOCH}, got "
                 f"{epoch!r:.40}"
             )
+        if not _whole(lease.attempt) or not 0 <= lease.attempt <= MAX_EPOCH:
+            # only a junk document gets such an attempt number; a file name cannot hold it
+            logger.warning(
+                "tid %s: checkpoint of epoch %s not saved: attempt %s is out of range",
+                lease.tid,
+                epoch,
+                shown(lease.attempt),
+            )
+            raise CheckpointNotSaved(f"attempt {shown(lease.attempt)} is out of range")
         digest = hashlib.sha256(data).hexdigest()
         directory = checkpoint_dir()
         if directory is None:
@@ -267,12 +277,14 @@ class Checkpoints(StorePart):
 
     @retrying
     def _ended_attempts(self, exp_key: str) -> dict[Any, int]:
-        """``exp_key``'s ended trials without a checkpoint link: id -> attempt."""
+        """``exp_key``'s ended trials without a checkpoint link: id -> attempt. Trials have
+        ObjectId ids; a junk document with another id (a string spelling some other trial's
+        ObjectId would share its files' names) is left out."""
         cursor = self.jobs.find(
             {"exp_key": exp_key, "state": {"$in": list(ENDED)}, "checkpoint": None},
             projection={"attempt": 1},
         )
-        return {doc["_id"]: doc.get("attempt", 0) for doc in cursor}
+        return {doc["_id"]: doc.get("attempt", 0) for doc in cursor if _real_id(doc["_id"])}
 
     @retrying
     def _gridfs_orphans(self, exp_key: str, ended: dict[Any, int]) -> list[Any]:
@@ -282,7 +294,7 @@ class Checkpoints(StorePart):
         out = []
         for file in found:
             trial, attempt = file.get("trial"), file.get("attempt")
-            last = ended.get(trial) if isinstance(trial, ObjectId | str | int) else None
+            last = ended.get(trial) if isinstance(trial, ObjectId) else None
             if _whole(attempt) and _whole(last) and attempt <= last:
                 out.append(file["_id"])
         return out
@@ -388,6 +400,10 @@ def _put_file(directory: Path, lease: Lease, epoch: int, data: bytes, digest: st
         )
         raise CheckpointNotSaved(f"checkpoint of epoch {epoch} not written: {e}") from e
     return name
+
+
+def _real_id(value: Any) -> bool:
+    return isinstance(value, ObjectId)
 
 
 def _whole(value: Any) -> bool:

@@ -114,6 +114,8 @@ def test_search_finishes_with_malformed_documents_in_its_experiment(
         queued_doc(1001, key, tid=DROP),
         queued_doc(1002, key, space=DROP),
         queued_doc(1003, key, state="2", result={"status": "ok", "loss": -1e9}),
+        # a sub-document _id (attacker review): the coordinator's view crashed on it
+        {**queued_doc(1004, key), "_id": {"not": "an ObjectId"}, "state": TrialState.DONE},
     ]
     insert_raw_documents(store, junk)
     log = tmp_path / "w.log"

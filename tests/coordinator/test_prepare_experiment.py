@@ -114,6 +114,15 @@ def test_a_refused_rerun_names_each_differing_field_whole(store: TrialStore) -> 
     assert "settings.comment=(none)" in text and "settings.comment='xxx" in text, text
     assert len(text) < 1_000, len(text)
 
+    # a field name from the database is escaped: it cannot forge a line or colour a terminal
+    store.experiments.update_one(
+        {"_id": "e"}, {"$set": {"settings": {"evil\nERROR: x\x1b[31m": 1}}}
+    )
+    with pytest.raises(ExperimentMismatch) as refused:
+        prepare_experiment(store, _config())
+    assert "\n" not in str(refused.value) and "\x1b" not in str(refused.value), refused.value
+    assert "settings.evil\\nERROR" in str(refused.value), refused.value
+
     junk = {f"k{i}": i for i in range(5_000)}
     store.experiments.update_one({"_id": "e"}, {"$set": {"settings": junk, "pruning": junk}})
     with pytest.raises(ExperimentMismatch, match="more") as refused:

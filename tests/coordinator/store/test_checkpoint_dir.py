@@ -213,6 +213,40 @@ def test_the_sweep_deletes_files_a_killed_worker_never_linked(
     assert outside.read_text() == "not a checkpoint"
 
 
+def test_junk_trial_ids_and_attempts_delete_nothing_and_leak_nothing(
+    store: TrialStore, shared: Path
+) -> None:
+    """Attacker review: a junk ended job of this experiment whose ``_id`` is the *string* of
+    another experiment's running trial's ObjectId made the sweep delete that trial's file; a
+    sub-document ``_id`` crashed the search's end; an attempt number of 10 digits made every
+    save write a file no link could name (never read back, never deleted)."""
+    import bson
+
+    queue_trials(store, 1, exp_key="victim")
+    victim = store.reserve_trial("w", exp_key="victim")
+    assert store.save_checkpoint(victim, 1, b"victim's state")
+    junk = [
+        {"_id": str(victim.id), "exp_key": "exp", "state": int(TrialState.CANCEL),
+         "attempt": 10**9},
+        {"_id": {"a": 1}, "exp_key": "exp", "state": int(TrialState.DONE)},
+        {"_id": bson.ObjectId(), "exp_key": "exp", "state": int(TrialState.DONE), "attempt": "x"},
+    ]  # fmt: skip
+    store.jobs.insert_many(junk)
+    assert store.drop_checkpoints(exp_key="exp") == 0
+    assert store.load_checkpoint(victim).data == b"victim's state"
+
+    queue_trials(store, 1)
+    lease = store.reserve_trial("w", exp_key="exp")
+    store.jobs.update_one({"_id": lease.id}, {"$set": {"attempt": 10**9}})
+    import dataclasses
+
+    lease = dataclasses.replace(lease, attempt=10**9)
+    before = sorted(shared.iterdir())
+    with pytest.raises(CheckpointNotSaved, match="out of range"):
+        store.save_checkpoint(lease, 1, b"state")
+    assert sorted(shared.iterdir()) == before
+
+
 def test_temporaries_of_killed_writers_are_swept_and_nothing_else(shared: Path) -> None:
     """A worker killed while writing leaves ``.<name>.<pid>.tmp``; the next worker started with
     the directory deletes those unchanged for an hour, and nothing else: not a fresh one (a
