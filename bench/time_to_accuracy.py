@@ -571,10 +571,21 @@ def pooled(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     (``source``), and their common settings; ValueError if the settings differ."""
     runs: list[dict[str, Any]] = []
     metas = []
+    seen: dict[tuple[Any, Any], str] = {}
     for i, path in enumerate(paths):
         data = json.loads(Path(path).read_text())
-        metas.append(data["meta"])
-        runs += [{**run, "source": i} for run in data["runs"]]
+        if isinstance(data, list):  # the first runs' files: runs only
+            data = {"runs": data}
+        metas.append(data.get("meta") or {})
+        for run in data["runs"]:
+            pair = (run.get("system"), run.get("seed"))
+            if len(paths) > 1 and pair in seen:  # one seed counted twice
+                raise ValueError(
+                    f"{pair[0]} seed {pair[1]} is in {seen[pair]} and {path}: pool runs of "
+                    "other seeds (time_to_accuracy.py --first-seed)"
+                )
+            seen[pair] = path
+            runs.append({**run, "source": i})
     for name in POOLED_SETTINGS:
         values = {json.dumps(meta.get(name)) for meta in metas}
         if len(values) > 1:

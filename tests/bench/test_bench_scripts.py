@@ -132,15 +132,15 @@ def test_tta_margins_reanalyses_recorded_runs(tmp_path: Path) -> None:
 
 def test_recorded_runs_pool_across_files_of_the_same_settings(tmp_path: Path) -> None:
     """Seeds 0-4 of one run and 5-14 of a ``--first-seed 5`` run analysed as one: runs of both
-    files count (and each file's hf-none is the yardstick of its own seeds, which repeat);
-    files of other settings are refused in one line."""
+    files count (each file's hf-none is the yardstick of its own seeds); files of other
+    settings, or that hold the same seed of a system twice, are refused in one line."""
     meta = {"budget_s": 60, "epochs": 9, "train_size": 20000, "val_size": 1000, "workers": 2}
     one = [_tta_run("hf-none", [(10.0, 0.970)]), _tta_run("hf-asha-promote", [(5.0, 0.976)])]
     two = [_tta_run("hf-none", [(30.0, 0.980)]), _tta_run("hf-asha-promote", [(6.0, 0.981)])]
     paths = []
     for i, runs in enumerate((one, two)):
         for run in runs:
-            run["seed"] = 0  # the same seed number in both files
+            run["seed"] = i
         paths.append(tmp_path / f"{i}.json")
         paths[-1].write_text(json.dumps({"meta": {**meta, "started": str(i)}, "runs": runs}))
     proc = _run(str(BENCH / "tta_margins.py"), "--pool", *map(str, paths), timeout=120)
@@ -152,9 +152,12 @@ def test_recorded_runs_pool_across_files_of_the_same_settings(tmp_path: Path) ->
     assert table.returncode == 0 and "| hf-asha-promote |" in table.stdout, table.stderr
     assert '"pooled"' in table.stdout and "2/2" in table.stdout
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({"meta": {**meta, "epochs": 27}, "runs": one}))
+    later = [{**run, "seed": 9} for run in one]
+    other.write_text(json.dumps({"meta": {**meta, "epochs": 27}, "runs": later}))
     refused = _run(str(BENCH / "time_to_accuracy.py"), "--analyse", str(paths[0]), str(other))
     assert refused.returncode == 2 and "the files differ in epochs" in refused.stderr
+    twice = _run(str(BENCH / "tta_margins.py"), "--pool", str(paths[0]), str(paths[0]))
+    assert twice.returncode == 1 and "hf-none seed 0 is in" in twice.stderr, twice.stderr
 
 
 @pytest.mark.slow
