@@ -360,6 +360,9 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
             )
             if h.get(key) is not None
         )
+        ran = ins.number(h.get("duration_s"))  # --promote: a paused segment's seconds
+        if ran is not None:
+            progress = ", ".join(filter(None, (progress, f"ran {ran:.3f} s")))
         click.echo(
             f"    attempt {attempt} by {owner}: {outcome} "
             f"({shown(h.get('reason'), LONG_CHARS, bare=True)}) at {ins.fmt_value(h.get('at'))}"

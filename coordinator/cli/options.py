@@ -321,14 +321,14 @@ def pruning_options() -> Decorator:
             "--prune-min-epochs",
             type=Int64(min=1),
             default=None,
-            help=f"asha/hyperband: epochs before the first rung [default: "
-            f"{defaults.PRUNE_MIN_EPOCHS}]",
+            help=f"asha/hyperband: the first rung's epoch [default: {defaults.PRUNE_MIN_EPOCHS}]",
         ),
         click.option(
             "--prune-max-epochs",
             type=Int64(min=1),
             default=None,
-            help="hyperband: the largest budget [default: the space's epochs setting]",
+            help="a trial's last epoch (every rule); hyperband: the largest budget, which sets "
+            "its brackets [default: the space's epochs setting]",
         ),
         click.option(
             "--promote",

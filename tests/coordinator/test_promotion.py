@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,7 @@ def test_paused_trials_are_promoted_and_resume_after_their_rung(
     assert len(trained) < 14 * EPOCHS  # paused trials trained less
     shown = hyperfleet("show", *common, "--exp-key", key, str(next(iter(promoted))))
     assert "earlier segments" in shown.stdout, shown.stdout
+    assert re.search(r"paused .*ran \d+\.\d{3} s", shown.stdout), shown.stdout
 
     # every decision is in the rung records, and each promotion follows ASHA's rule
     records = list(db.rungs.find({"exp_key": key}))
