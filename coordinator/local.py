@@ -40,6 +40,8 @@ class LocalConfig:
     log_dir: Path | None = None
     #: called with the store and the outcome before the embedded server stops
     after: Callable[[TrialStoreBase, SearchOutcome], None] | None = None
+    #: called once the experiment is accepted (a refused rerun never gets there)
+    on_start: Callable[[], None] | None = None
 
 
 def local_worker_envs(
@@ -108,6 +110,8 @@ class LocalRun:
             store = connect(self.server.uri, self.config.db)
             coordinator = Coordinator(store, self.config.search)
             coordinator.prepare()  # a rerun with other settings is refused before any worker
+            if self.config.on_start is not None:
+                self.config.on_start()
             self._store = store
             release_dead_workers(store, self.config.search.exp_key)
             self._start_workers()

@@ -224,6 +224,15 @@ def local(
             lines = report_best(store, key, save_model=save_model, evaluate=evaluate)
             report.extend(line for line in lines if not line.startswith("best "))
 
+    def announce() -> None:  # once the experiment is accepted: a refusal is the only line
+        where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
+        click.echo(
+            f"experiment {key}: {counted(len(envs), 'worker')} ({where}, "
+            f"{counted(int(envs[0]['HYPERFLEET_THREADS']), 'thread')} each), results in "
+            f"{Path(db_path).resolve()}",
+            err=True,
+        )
+
     run = LocalRun(
         LocalConfig(
             search=config,
@@ -232,14 +241,8 @@ def local(
             worker_args=worker_args,
             worker_envs=envs,
             after=after,
+            on_start=announce,
         )
-    )
-    where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
-    click.echo(
-        f"experiment {key}: {counted(len(envs), 'worker')} ({where}, "
-        f"{counted(int(envs[0]['HYPERFLEET_THREADS']), 'thread')} each), results in "
-        f"{Path(db_path).resolve()}",
-        err=True,
     )
 
     from coordinator.local import Terminated

@@ -185,6 +185,8 @@ def test_local_refuses_other_settings_before_starting_workers(tmp_path: Path) ->
     again = hyperfleet(*args, "--set", "bound=2", cwd=tmp_path, timeout=120)
     assert again.returncode == 1 and "already holds a search with" in again.stderr
     assert "started 1 worker" not in again.stderr, again.stderr
+    # new-user review: "experiment mm: 1 worker ..." came first and read as a start
+    assert "experiment mm:" in first.stderr and "experiment mm:" not in again.stderr
 
 
 def test_local_rerun_releases_its_dead_workers_trials_at_once(tmp_path: Path) -> None:
