@@ -66,8 +66,7 @@ def paused(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def seconds(value: Any) -> float | None:
     """``value`` as seconds if a finite number >= 0, else ``None`` (a document read back may
     hold junk)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    return float(value) if number and math.isfinite(value) and value >= 0 else None
+    return float(value) if _is_number(value) and math.isfinite(value) and value >= 0 else None
 
 
 def earlier_segments_s(doc: Mapping[str, Any]) -> float | None:

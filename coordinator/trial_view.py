@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from coordinator import rules
@@ -132,7 +133,7 @@ class TrialView:
             mtime = doc.get("mtime")
             if isinstance(mtime, dt.datetime) and mtime <= horizon:
                 self._watermark = mtime if self._watermark is None else max(self._watermark, mtime)
-            if not _hashable(doc.get("_id")):  # a sub-document or array _id: junk
+            if isinstance(doc.get("_id"), Mapping | list):  # junk no reader can key by
                 if not self._unkeyed_warned:
                     logger.warning(
                         "search %r: skipping job documents whose _id is a %s, not an ObjectId "
@@ -241,11 +242,3 @@ class TrialView:
             if state in TrialState._value2member_map_:
                 counts[TrialState(state)] = n
         return counts
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True

@@ -42,6 +42,7 @@ import gridfs.errors
 import pymongo.errors
 from bson import ObjectId
 
+from coordinator import rules
 from coordinator.errors import CheckpointNotSaved, CheckpointRefused
 from coordinator.shown import shown
 from coordinator.states import TrialState
@@ -82,12 +83,12 @@ class Checkpoints(StorePart):
     """Part of :class:`~coordinator.store.mongo.TrialStore`; see :mod:`coordinator.store.base`."""
 
     def save_checkpoint(self, lease: Lease, epoch: int, data: bytes) -> bool:
-        if not _whole(epoch) or not 0 <= epoch <= MAX_EPOCH:
+        if not rules.is_int(epoch) or not 0 <= epoch <= MAX_EPOCH:
             raise ValueError(
                 f"a checkpoint's epoch must be a whole number from 0 to {MAX_EPOCH}, got "
                 f"{epoch!r:.40}"
             )
-        if not _whole(lease.attempt) or not 0 <= lease.attempt <= MAX_EPOCH:
+        if not rules.is_int(lease.attempt) or not 0 <= lease.attempt <= MAX_EPOCH:
             # only a junk document gets such an attempt number; a file name cannot hold it
             logger.warning(
                 "tid %s: checkpoint of epoch %s not saved: attempt %s is out of range",
@@ -284,7 +285,9 @@ class Checkpoints(StorePart):
             {"exp_key": exp_key, "state": {"$in": list(ENDED)}, "checkpoint": None},
             projection={"attempt": 1},
         )
-        return {doc["_id"]: doc.get("attempt", 0) for doc in cursor if _real_id(doc["_id"])}
+        return {
+            doc["_id"]: doc.get("attempt", 0) for doc in cursor if isinstance(doc["_id"], ObjectId)
+        }
 
     @retrying
     def _gridfs_orphans(self, exp_key: str, ended: dict[Any, int]) -> list[Any]:
@@ -295,7 +298,7 @@ class Checkpoints(StorePart):
         for file in found:
             trial, attempt = file.get("trial"), file.get("attempt")
             last = ended.get(trial) if isinstance(trial, ObjectId) else None
-            if _whole(attempt) and _whole(last) and attempt <= last:
+            if rules.is_int(attempt) and rules.is_int(last) and attempt <= last:
                 out.append(file["_id"])
         return out
 
@@ -402,14 +405,6 @@ def _put_file(directory: Path, lease: Lease, epoch: int, data: bytes, digest: st
     return name
 
 
-def _real_id(value: Any) -> bool:
-    return isinstance(value, ObjectId)
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _delete_entries(directory: Path, doomed: Callable[[os.DirEntry[str]], bool]) -> int:
     """Delete the entries of ``directory`` that ``doomed`` picks (a link is deleted, never
     followed); how many went. An unreadable directory deletes nothing."""
@@ -438,7 +433,7 @@ def _sweep_shared_orphans(directory: Path, ended: dict[str, Any]) -> int:
             return False
         key, attempt = entry.name.split("-")[:2]
         last = ended.get(key)
-        return _whole(last) and int(attempt) <= last
+        return rules.is_int(last) and int(attempt) <= last
 
     return _delete_entries(directory, orphan)
 
