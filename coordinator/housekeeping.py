@@ -3,7 +3,8 @@
 Every ``tick_s`` the search loop (:mod:`coordinator.loop`) calls :meth:`Housekeeping.tick`, which
 reaps the trials of dead workers, quarantines the search's own documents that cannot be used,
 notices cancellation, sizes the queue to the live workers and adapts the poll interval to how
-fast trials finish. Workers reap too (:mod:`worker.worker`), so a search whose driver is gone
+fast trials finish; every ``CHECKPOINT_SWEEP_S`` it deletes the checkpoint files that killed
+workers left behind. Workers reap too (:mod:`worker.worker`), so a search whose driver is gone
 still gets its trials back. It talks to the store contract and reads the loop's
 :class:`~coordinator.trial_view.TrialView`; it calls nothing back.
 """
@@ -38,6 +39,8 @@ MIN_QUEUE = 2
 #: dispatch latency doubled)
 FAST_TRIAL_S = 0.25
 FAST_QUEUE_PER_WORKER = 8
+#: seconds between two sweeps of the checkpoint files that killed workers left behind
+CHECKPOINT_SWEEP_S = 600.0
 
 
 def continue_stream(rstate: np.random.Generator, *position: int) -> np.random.Generator:
@@ -70,6 +73,7 @@ class Housekeeping:
         queue_len: int | None = None,
         min_queue: int = MIN_QUEUE,
         max_attempts: int | None = None,
+        checkpoint_sweep_s: float = CHECKPOINT_SWEEP_S,
     ) -> None:
         self.store = store
         self.exp_key = exp_key
@@ -84,6 +88,9 @@ class Housekeeping:
         #: whether ``hyperfleet cancel`` was run for the experiment
         self.cancelled = False
         self._last_rate_check: tuple[float, int] | None = None
+        #: how often the checkpoint files of ended trials that their workers left are deleted
+        self.checkpoint_sweep_s = checkpoint_sweep_s
+        self._last_sweep = time.monotonic()
 
     def tick(self, view: TrialView) -> dict[TrialState, int]:
         """Reap, quarantine, cancel, size the queue, adapt the poll; returns the counts."""
@@ -100,7 +107,26 @@ class Housekeeping:
             per_worker = FAST_QUEUE_PER_WORKER if fast else QUEUE_PER_WORKER
             self.max_queue = max(self.min_queue, per_worker * len(live))
         self._adapt_poll(rate)
+        self._sweep_checkpoints()
         return counts
+
+    def _sweep_checkpoints(self) -> None:
+        """Every ``checkpoint_sweep_s``: the checkpoints of ended trials whose worker died
+        before it deleted them, and files a killed worker wrote but never linked (the search's
+        end sweeps once more, paused trials included). A long search on pre-empted workers
+        would otherwise keep them, model-sized, until it ends."""
+        now = time.monotonic()
+        if self.exp_key is None or now - self._last_sweep < self.checkpoint_sweep_s:
+            return
+        self._last_sweep = now
+        dropped = self.store.drop_checkpoints(exp_key=self.exp_key, search_ended=False)
+        if dropped:
+            logger.info(
+                "search %r: deleted %d checkpoint files of ended trials that their workers "
+                "left (killed before they could delete them)",
+                self.exp_key,
+                dropped,
+            )
 
     def _finish_rate(self, counts: dict[TrialState, int]) -> float:
         """Trials finished per second since the previous tick (0 at the first)."""

@@ -511,9 +511,15 @@ class TrialStoreBase(abc.ABC):
 
     @abc.abstractmethod
     def drop_checkpoints(
-        self, *, trial_ids: Iterable[DocId] = (), exp_key: str | None = None
+        self,
+        *,
+        trial_ids: Iterable[DocId] = (),
+        exp_key: str | None = None,
+        search_ended: bool = True,
     ) -> int:
         """Delete the checkpoints of ended trials (DONE, ERROR, CANCEL) among ``trial_ids``, or
-        of experiment ``exp_key``; returns how many went. Never touches a NEW or RUNNING trial;
-        by ``trial_ids``, never one paused at a rung (``--promote``: its checkpoint is what a
-        promotion resumes; the experiment's sweep at the search's end takes it)."""
+        of experiment ``exp_key`` together with the files of its ended trials that no link
+        names (a worker killed between writing one and linking it); returns how many went.
+        Never touches a NEW or RUNNING trial; never one paused at a rung (``--promote``: its
+        checkpoint is what a promotion resumes) but by ``exp_key`` with ``search_ended``: the
+        search's end stops its paused trials for good and takes theirs too."""

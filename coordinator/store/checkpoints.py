@@ -240,15 +240,21 @@ class Checkpoints(StorePart):
         return updated.matched_count == 1
 
     def drop_checkpoints(
-        self, *, trial_ids: Iterable[DocId] = (), exp_key: str | None = None
+        self,
+        *,
+        trial_ids: Iterable[DocId] = (),
+        exp_key: str | None = None,
+        search_ended: bool = True,
     ) -> int:
-        files, kept = self._unlink_ended(list(trial_ids), exp_key)
-        if exp_key is not None and not trial_ids:
+        ids = list(trial_ids)
+        sweep = exp_key is not None and not ids
+        files, kept = self._unlink_ended(ids, exp_key, keep_paused=bool(ids) or not search_ended)
+        if sweep and search_ended:
             self._stop_paused(exp_key)
         for file_id in files:
             self._delete_file(file_id)
-        orphans = self._sweep_orphans(exp_key) if exp_key is not None and not trial_ids else 0
-        if kept:
+        orphans = self._sweep_orphans(exp_key) if sweep else 0
+        if kept and search_ended:
             logger.info(
                 "%d checkpoints stay linked, their files in the workers' shared directory: this "
                 "process has no $%s; set it to the workers' --checkpoint-dir to delete them",
@@ -263,14 +269,17 @@ class Checkpoints(StorePart):
         link ever names a missing file). Only files of the attempts a trial had had when it was
         seen ended: a later attempt's (a trial retried meanwhile) is never touched. Files in the
         shared directory only where this process has it. How many went."""
+        files = self._gridfs_checkpoints(exp_key)
+        directory = checkpoint_dir()
+        if not files and directory is None:
+            return 0  # nothing to sweep: no read of the experiment's trials
         ended = self._ended_attempts(exp_key)
         if not ended:
             return 0
         swept = 0
-        for file_id in self._gridfs_orphans(exp_key, ended):
+        for file_id in _orphans(files, ended):
             self._delete_gridfs(file_id)
             swept += 1
-        directory = checkpoint_dir()
         if directory is not None:
             keys = {_trial_key(trial_id): attempt for trial_id, attempt in ended.items()}
             swept += _sweep_shared_orphans(directory, keys)
@@ -290,17 +299,12 @@ class Checkpoints(StorePart):
         }
 
     @retrying
-    def _gridfs_orphans(self, exp_key: str, ended: dict[Any, int]) -> list[Any]:
+    def _gridfs_checkpoints(self, exp_key: str) -> list[dict[str, Any]]:
+        """``exp_key``'s checkpoint files in GridFS: their ids, trials and attempts."""
         found = self.db["fs.files"].find(
             {"kind": "checkpoint", "exp_key": exp_key}, projection={"trial": 1, "attempt": 1}
         )
-        out = []
-        for file in found:
-            trial, attempt = file.get("trial"), file.get("attempt")
-            last = ended.get(trial) if isinstance(trial, ObjectId) else None
-            if rules.is_int(attempt) and rules.is_int(last) and attempt <= last:
-                out.append(file["_id"])
-        return out
+        return list(found)
 
     @retrying
     def _stop_paused(self, exp_key: str) -> None:
@@ -317,17 +321,21 @@ class Checkpoints(StorePart):
         )
 
     @retrying
-    def _unlink_ended(self, trial_ids: list[DocId], exp_key: str | None) -> tuple[list[Any], int]:
-        """Unlink the checkpoints of ended trials; the files to delete, and how many links
+    def _unlink_ended(
+        self, trial_ids: list[DocId], exp_key: str | None, *, keep_paused: bool
+    ) -> tuple[list[Any], int]:
+        """Unlink the checkpoints of ended trials (but those paused at a rung where
+        ``keep_paused``: a promotion resumes from it); the files to delete, and how many links
         were left because their file is in a shared directory this process does not have."""
         query: dict[str, Any] = {"state": {"$in": list(ENDED)}, "checkpoint": {"$ne": None}}
-        if trial_ids:  # a worker's ended trials: one paused at a rung keeps it for promotion
+        if trial_ids:
             query["_id"] = {"$in": trial_ids}
-            query["result.pruned.paused"] = {"$ne": True}
         elif exp_key is not None:
             query["exp_key"] = exp_key
         else:
             return [], 0
+        if keep_paused:
+            query["result.pruned.paused"] = {"$ne": True}
         files, kept = [], 0
         here = checkpoint_dir() is not None
         for doc in self.jobs.find(query, projection={"checkpoint": 1}):
@@ -335,8 +343,11 @@ class Checkpoints(StorePart):
             if isinstance(link, dict) and "file" in link and not here:
                 kept += 1  # deletable only where the directory is: the link stays
                 continue
+            still = {"_id": doc["_id"], "state": {"$in": list(ENDED)}, "checkpoint": link}
+            if keep_paused:
+                still["result.pruned.paused"] = {"$ne": True}
             unlinked = self.jobs.update_one(
-                {"_id": doc["_id"], "state": {"$in": list(ENDED)}, "checkpoint": link},
+                still,
                 {"$set": {"checkpoint": None}, "$currentDate": {"mtime": True}},
             )
             if unlinked.matched_count == 1 and _file_of(link, doc["_id"]) is not None:
@@ -421,6 +432,18 @@ def _delete_entries(directory: Path, doomed: Callable[[os.DirEntry[str]], bool])
         except OSError:
             continue  # gone already, or not ours to delete
     return swept
+
+
+def _orphans(files: list[dict[str, Any]], ended: dict[Any, int]) -> list[Any]:
+    """The ids of the GridFS checkpoint ``files`` of the trials ``ended`` names (trial id ->
+    its last attempt), of that attempt or earlier."""
+    out = []
+    for file in files:
+        trial, attempt = file.get("trial"), file.get("attempt")
+        last = ended.get(trial) if isinstance(trial, ObjectId) else None
+        if rules.is_int(attempt) and rules.is_int(last) and attempt <= last:
+            out.append(file["_id"])
+    return out
 
 
 def _sweep_shared_orphans(directory: Path, ended: dict[str, Any]) -> int:

@@ -75,6 +75,44 @@ def test_the_search_end_stops_what_is_still_paused(store: TrialStore) -> None:
     assert not store.promote_paused(lease.id, key, "a rerun")  # never promoted later
 
 
+def test_the_sweep_while_the_search_runs_keeps_paused_trials_checkpoints(
+    store: TrialStore, caplog
+) -> None:
+    """A long search on pre-empted workers: every ``checkpoint_sweep_s`` the housekeeping
+    deletes what killed workers left (an ended trial's linked checkpoint, a file never linked),
+    and nothing a promotion or a running trial needs."""
+    import hashlib
+
+    from coordinator.housekeeping import Housekeeping
+    from coordinator.trial_view import TrialView
+
+    queue_trials(store, 3)
+    paused, died, running = (store.reserve_trial("w", exp_key="exp") for _ in range(3))
+    _paused(store, paused, 1.0)
+    assert store.save_checkpoint(died, 2, b"linked")  # its worker died after the finish:
+    assert store.finish(died, {"loss": 2.0, "status": "ok"}, {})  # the link stays
+    data = b"never linked"  # and an earlier attempt's file: written, then killed
+    store.parts.checkpoints._put(died, 1, data, hashlib.sha256(data).hexdigest())
+    assert store.save_checkpoint(running, 1, b"running")
+    housekeeping = Housekeeping(store, "exp", checkpoint_sweep_s=3600)
+    view = TrialView(store, "exp", None)
+    housekeeping.tick(view)
+    files = store.db["fs.files"]
+    assert files.count_documents({"kind": "checkpoint"}) == 4  # not yet: once an hour here
+
+    housekeeping.checkpoint_sweep_s = 0
+    with caplog.at_level(logging.INFO, logger="coordinator.housekeeping"):
+        housekeeping.tick(view)
+    assert "deleted 2 checkpoint files of ended trials" in caplog.text
+    assert sorted(f["tid"] for f in files.find({"kind": "checkpoint"})) == sorted(
+        [paused.tid, running.tid]
+    )
+    doc = store.get_trial("exp", paused.tid)
+    assert doc["checkpoint"] is not None and doc["result"]["pruned"]["paused"] is True
+    assert store.get_trial("exp", died.tid)["checkpoint"] is None
+    assert store.load_checkpoint(running).data == b"running"
+
+
 def test_junk_rung_records_compete_with_nobody(store: TrialStore) -> None:
     for tid, value in [(1, 0.5), (2, "abc"), (None, 0.1), (True, 0.2), (3, float("inf"))]:
         store.rungs.insert_one({"exp_key": "exp", "bracket": 0, "rung": 0, "tid": tid,
