@@ -7,7 +7,8 @@ re-analyse recorded runs
 2. at the benchmark's target, in three units: seconds, the system's own median epoch (the
    benchmark's unit: it corrects for load, but also rewards a system whose epochs are longer,
    e.g. one that picks bigger models), and hf-none's median epoch of the same seed (one unit
-   for all); each also as a ratio to hf-none.
+   for all); each also as a ratio to hf-none, with a 90 % bootstrap interval of that ratio
+   over the seeds (how far the verdict could move with other seeds).
 
 An analysis of the same runs, not a new measurement. With ``--pool`` the files' runs are
 analysed as one (e.g. seeds 0-4 of one run and 5-14 of a ``--first-seed 5`` run).
@@ -18,6 +19,8 @@ analysed as one (e.g. seeds 0-4 of one run and 5-14 of a ``--first-seed 5`` run)
 from __future__ import annotations
 
 import json
+import math
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -61,32 +64,68 @@ def _epoch_s(run: dict) -> float | None:
     return tta.summarize_run(run, None)["epoch_s"]
 
 
+Times = tuple[float | None, float | None, float | None]  #: seconds, own epochs, hf-none's epochs
+
+
 def _yardsticks(runs: list[dict], target: float) -> None:
-    """Time to the benchmark's target in seconds, own epochs and hf-none's epochs."""
+    """Time to the benchmark's target in seconds, own epochs and hf-none's epochs; for each
+    system a bootstrap interval of its ratio to hf-none over the seeds."""
     none = {(r.get("source"), r.get("seed")): r for r in runs if r["system"] == "hf-none"}
-    rows: dict[str, tuple[float | None, float | None, float | None]] = {}
-    for system in dict.fromkeys(r["system"] for r in runs):
-        wall, own, common = [], [], []
-        for run in (r for r in runs if r["system"] == system):
-            summary = tta.summarize_run(run, target)
-            seconds = summary["time_to_target"]
-            base = none.get((run.get("source"), run.get("seed")))
-            unit = _epoch_s(base) if base is not None else None
-            wall.append(seconds)
-            own.append(summary["norm_time_to_target"])
-            common.append(seconds / unit if seconds is not None and unit else None)
-        rows[system] = (tta._median(wall), tta._median(own), tta._median(common))
+    per_seed: dict[str, dict[tuple, Times]] = {}
+    for run in runs:
+        summary = tta.summarize_run(run, target)
+        seconds = summary["time_to_target"]
+        base = none.get((run.get("source"), run.get("seed")))
+        unit = _epoch_s(base) if base is not None else None
+        common = seconds / unit if seconds is not None and unit else None
+        per_seed.setdefault(run["system"], {})[(run.get("source"), run.get("seed"))] = (
+            seconds,
+            summary["norm_time_to_target"],
+            common,
+        )
     print(f"  at target {target:.4f}: seconds / own epochs / hf-none's epochs (x hf-none)")
-    ref = rows.get("hf-none")
-    for system, values in rows.items():
+    ref = per_seed.get("hf-none", {})
+    ref_medians = [tta._median([t[i] for t in ref.values()]) for i in range(3)]
+    for system, seeds in per_seed.items():
         cells = []
-        for i, value in enumerate(values):
+        for i in range(3):
+            value = tta._median([t[i] for t in seeds.values()])
             if value is None:
                 cells.append("-")
                 continue
-            ratio = ref[i] if ref is not None else None
+            ratio = ref_medians[i]
             cells.append(f"{value:.1f}" + (f" ({value / ratio:.2f}x)" if ratio else ""))
         print(f"    {system:22s} " + " / ".join(cells))
+        pairs = {seed: (times, ref[seed]) for seed, times in seeds.items() if seed in ref}
+        if system != "hf-none" and len(pairs) >= 3:
+            spans = [_interval([(s[i], n[i]) for s, n in pairs.values()]) for i in range(3)]
+            shown = ["-" if span is None else f"{span[0]:.2f}-{span[1]:.2f}" for span in spans]
+            print(f"    {'':22s} 90 % interval of the ratio: " + " / ".join(shown))
+
+
+#: resamples of the seeds for :func:`_interval`
+RESAMPLES = 2000
+
+
+def _interval(pairs: list[tuple[float | None, float | None]]) -> tuple[float, float] | None:
+    """A 90 % bootstrap interval of median(system) / median(hf-none): the seeds resampled with
+    replacement (each seed's pair of runs together), ``RESAMPLES`` times, with a fixed seed so
+    that the same files print the same interval. ``None`` (target not reached) is slower than
+    any time; a resample where hf-none's median is ``None`` has no ratio, and fewer than half
+    of them with one gives no interval."""
+    rng = random.Random(0)
+    ratios = []
+    for _ in range(RESAMPLES):
+        sample = [rng.choice(pairs) for _ in pairs]
+        system = tta._median([s for s, _ in sample])
+        none = tta._median([n for _, n in sample])
+        if none is None or none <= 0:
+            continue
+        ratios.append(math.inf if system is None else system / none)
+    if len(ratios) < RESAMPLES // 2:
+        return None
+    ratios.sort()
+    return ratios[int(0.05 * len(ratios))], ratios[int(0.95 * len(ratios)) - 1]
 
 
 if __name__ == "__main__":

@@ -130,6 +130,28 @@ def test_tta_margins_reanalyses_recorded_runs(tmp_path: Path) -> None:
     assert promote.split()[1:] == ["5.0", "(0.17x)", "/", "5.0", "(0.17x)", "/", "5.0", "(0.17x)"]
 
 
+def test_tta_margins_gives_an_interval_of_each_ratio_over_the_seeds(tmp_path: Path) -> None:
+    """Three seeds where promotion ASHA always takes a fifth of no pruning's time: every
+    resample of the seeds gives 0.2, so the interval is 0.20-0.20; one seed where it never
+    reaches the target widens it to infinity (it counts as slower than any time)."""
+    runs = []
+    for seed, (none_s, promote_s) in enumerate([(10.0, 2.0), (20.0, 4.0), (30.0, 6.0)]):
+        for system, end in (("hf-none", none_s), ("hf-asha-promote", promote_s)):
+            runs.append({**_tta_run(system, [(end, 0.98)]), "seed": seed})
+    recorded = tmp_path / "tta.json"
+    recorded.write_text(json.dumps({"runs": runs}))
+    proc = _run(str(BENCH / "tta_margins.py"), str(recorded), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (interval,) = [line for line in proc.stdout.splitlines() if "interval" in line]
+    assert interval.split(": ")[1] == "0.20-0.20 / 0.20-0.20 / 0.20-0.20", interval
+    runs.append({**_tta_run("hf-none", [(10.0, 0.98)]), "seed": 3})
+    runs.append({**_tta_run("hf-asha-promote", [(5.0, 0.90)]), "seed": 3})  # never reached
+    recorded.write_text(json.dumps({"runs": runs}))
+    proc = _run(str(BENCH / "tta_margins.py"), str(recorded), timeout=120)
+    (interval,) = [line for line in proc.stdout.splitlines() if "interval" in line]
+    assert interval.split(": ")[1].split(" / ")[0].endswith("-inf"), interval
+
+
 def test_recorded_runs_pool_across_files_of_the_same_settings(tmp_path: Path) -> None:
     """Seeds 0-4 of one run and 5-14 of a ``--first-seed 5`` run analysed as one: runs of both
     files count (each file's hf-none is the yardstick of its own seeds); files of other
