@@ -107,18 +107,20 @@ class Checkpoints(StorePart):
         try:
             old = self._link(lease, epoch, file_id, len(data), digest, seen)
         except BaseException:
-            self._delete_file(file_id)  # an outage past the budget: the new file is unlinked
+            self._delete_file(file_id, lease.id)  # an outage past the budget: it is unlinked
             raise
         if old is None:  # the lease is lost: the new file is nobody's
-            self._delete_file(file_id)
+            self._delete_file(file_id, lease.id)
             return False
-        if old != file_id and self._delete_file(old) is False:
-            logger.warning(
-                "tid %s: its previous checkpoint file %s stays in a shared directory this "
-                "worker does not have (give every worker the same --checkpoint-dir)",
-                lease.tid,
-                old,
-            )
+        if old != file_id:
+            self._delete_file(old, lease.id)
+            if isinstance(old, str) and checkpoint_dir() is None:
+                logger.warning(
+                    "tid %s: its previous checkpoint file %s stays in a shared directory this "
+                    "worker does not have (give every worker the same --checkpoint-dir)",
+                    lease.tid,
+                    old,
+                )
         return True
 
     @retrying
@@ -248,12 +250,16 @@ class Checkpoints(StorePart):
     ) -> int:
         ids = list(trial_ids)
         sweep = exp_key is not None and not ids
+        gridfs_files: list[dict[str, Any]] = []
+        if sweep:
+            gridfs_files = self._gridfs_checkpoints(exp_key)
+            if not search_ended and not gridfs_files and not _has_shared_files():
+                return 0  # while it runs, an experiment without checkpoints costs one query
         files, kept = self._unlink_ended(ids, exp_key, keep_paused=bool(ids) or not search_ended)
         if sweep and search_ended:
             self._stop_paused(exp_key)
-        for file_id in files:
-            self._delete_file(file_id)
-        orphans = self._sweep_orphans(exp_key) if sweep else 0
+        deleted = sum(self._delete_file(file_id, trial_id) for file_id, trial_id in files)
+        orphans = self._sweep_orphans(exp_key, gridfs_files) if sweep else 0
         if kept and search_ended:
             logger.info(
                 "%d checkpoints stay linked, their files in the workers' shared directory: this "
@@ -261,39 +267,45 @@ class Checkpoints(StorePart):
                 kept,
                 CHECKPOINT_DIR_ENV,
             )
-        return len(files) + orphans
+        return deleted + orphans
 
-    def _sweep_orphans(self, exp_key: str) -> int:
+    def _sweep_orphans(self, exp_key: str, files: list[dict[str, Any]]) -> int:
         """Delete the checkpoint files of ``exp_key``'s ended trials that no link names: written
         by a worker killed between the write and its link (the link comes second, so that no
         link ever names a missing file). Only files of the attempts a trial had had when it was
-        seen ended: a later attempt's (a trial retried meanwhile) is never touched. Files in the
-        shared directory only where this process has it. How many went."""
-        files = self._gridfs_checkpoints(exp_key)
-        directory = checkpoint_dir()
+        seen ended: a later attempt's (a trial retried meanwhile) is never touched. ``files``:
+        the experiment's GridFS checkpoint files, listed before its trials were read. Files in
+        the shared directory only where this process has it. How many went."""
+        directory = checkpoint_dir() if _has_shared_files() else None
         if not files and directory is None:
             return 0  # nothing to sweep: no read of the experiment's trials
-        ended = self._ended_attempts(exp_key)
+        # with GridFS only, just the trials those files name are read
+        named = None if directory is not None else list({f.get("trial") for f in files})
+        ended = self._ended_attempts(exp_key, named)
         if not ended:
             return 0
         swept = 0
-        for file_id in _orphans(files, ended):
-            self._delete_gridfs(file_id)
-            swept += 1
+        for file_id, trial_id in _orphans(files, ended):
+            swept += self._delete_gridfs(file_id, trial_id)
         if directory is not None:
             keys = {_trial_key(trial_id): attempt for trial_id, attempt in ended.items()}
             swept += _sweep_shared_orphans(directory, keys)
         return swept
 
     @retrying
-    def _ended_attempts(self, exp_key: str) -> dict[Any, int]:
-        """``exp_key``'s ended trials without a checkpoint link: id -> attempt. Trials have
-        ObjectId ids; a junk document with another id (a string spelling some other trial's
-        ObjectId would share its files' names) is left out."""
-        cursor = self.jobs.find(
-            {"exp_key": exp_key, "state": {"$in": list(ENDED)}, "checkpoint": None},
-            projection={"attempt": 1},
-        )
+    def _ended_attempts(self, exp_key: str, among: list[Any] | None) -> dict[Any, int]:
+        """``exp_key``'s ended trials without a checkpoint link (only those ``among`` names,
+        unless ``None``): id -> attempt. Trials have ObjectId ids; a junk document with another
+        id (a string spelling some other trial's ObjectId would share its files' names) is
+        left out."""
+        query: dict[str, Any] = {
+            "exp_key": exp_key,
+            "state": {"$in": list(ENDED)},
+            "checkpoint": None,
+        }
+        if among is not None:
+            query["_id"] = {"$in": [i for i in among if isinstance(i, ObjectId)]}
+        cursor = self.jobs.find(query, projection={"attempt": 1})
         return {
             doc["_id"]: doc.get("attempt", 0) for doc in cursor if isinstance(doc["_id"], ObjectId)
         }
@@ -336,38 +348,52 @@ class Checkpoints(StorePart):
             return [], 0
         if keep_paused:
             query["result.pruned.paused"] = {"$ne": True}
-        files, kept = [], 0
+        files: list[tuple[Any, Any]] = []
+        kept = 0
         here = checkpoint_dir() is not None
         for doc in self.jobs.find(query, projection={"checkpoint": 1}):
             link = doc.get("checkpoint")
             if isinstance(link, dict) and "file" in link and not here:
                 kept += 1  # deletable only where the directory is: the link stays
                 continue
-            still = {"_id": doc["_id"], "state": {"$in": list(ENDED)}, "checkpoint": link}
+            # $eq: a link stored as {"$op": ...} is a value here, never an operator
+            still = {"_id": doc["_id"], "state": {"$in": list(ENDED)}, "checkpoint": {"$eq": link}}
             if keep_paused:
                 still["result.pruned.paused"] = {"$ne": True}
-            unlinked = self.jobs.update_one(
-                still,
-                {"$set": {"checkpoint": None}, "$currentDate": {"mtime": True}},
-            )
-            if unlinked.matched_count == 1 and _file_of(link, doc["_id"]) is not None:
-                files.append(_file_of(link, doc["_id"]))
+            try:
+                unlinked = self.jobs.update_one(
+                    still, {"$set": {"checkpoint": None}, "$currentDate": {"mtime": True}}
+                )
+            except pymongo.errors.WriteError as e:  # a junk document: the others go on
+                logger.warning(
+                    "trial %s: its checkpoint link cannot be removed (%s); left as it is",
+                    shown(doc["_id"]),
+                    shown(str(e)),
+                )
+                continue
+            file_id = _file_of(link, doc["_id"])
+            if unlinked.matched_count == 1 and file_id is not None:
+                files.append((file_id, doc["_id"]))
         return files, kept
 
-    def _delete_file(self, file_id: Any) -> bool:
-        """Delete a checkpoint file; ``False`` for one in a shared directory this process
-        does not have."""
+    def _delete_file(self, file_id: Any, trial_id: Any) -> bool:
+        """Delete trial ``trial_id``'s checkpoint file ``file_id``; whether it went (``False``
+        also for one in a shared directory this process does not have)."""
         if isinstance(file_id, str):
             return _delete_shared(file_id)
-        self._delete_gridfs(file_id)
-        return True
+        return self._delete_gridfs(file_id, trial_id)
 
     @retrying
-    def _delete_gridfs(self, file_id: Any) -> None:
-        try:
-            self.gfs.delete(file_id)
-        except gridfs.errors.NoFile:
-            logger.debug("checkpoint file %s already deleted", file_id)
+    def _delete_gridfs(self, file_id: Any, trial_id: Any) -> bool:
+        """Delete GridFS file ``file_id`` if it is a checkpoint of trial ``trial_id`` (a copied
+        or hostile link naming another trial's file, or a model, only loses its link); whether
+        it was there to delete. GridFS's own delete checks no owner and does not say."""
+        files = self.db["fs.files"]
+        owned = {"_id": file_id, "kind": "checkpoint", "trial": trial_id}
+        gone = files.delete_one(owned).deleted_count == 1
+        if gone or files.count_documents({"_id": file_id}, limit=1) == 0:
+            self.db["fs.chunks"].delete_many({"files_id": file_id})  # a retry's too
+        return gone
 
 
 # -- the shared directory (``--checkpoint-dir``) ------------------------------------------------
@@ -379,8 +405,8 @@ def _file_of(link: Any, trial_id: Any) -> Any | None:
     trial's file must not get it deleted); ``None`` for none."""
     if not isinstance(link, dict):
         return None
-    if "file_id" in link:
-        return link["file_id"]
+    if "file_id" in link:  # an ObjectId only: a name would reach the shared directory
+        return link["file_id"] if isinstance(link["file_id"], ObjectId) else None
     name = link.get("file")
     if isinstance(name, str) and _FILE_NAME.fullmatch(name):
         return name if name.startswith(_trial_key(trial_id) + "-") else None
@@ -434,16 +460,29 @@ def _delete_entries(directory: Path, doomed: Callable[[os.DirEntry[str]], bool])
     return swept
 
 
-def _orphans(files: list[dict[str, Any]], ended: dict[Any, int]) -> list[Any]:
-    """The ids of the GridFS checkpoint ``files`` of the trials ``ended`` names (trial id ->
+def _orphans(files: list[dict[str, Any]], ended: dict[Any, int]) -> list[tuple[Any, Any]]:
+    """The GridFS checkpoint ``files`` (id, trial) of the trials ``ended`` names (trial id ->
     its last attempt), of that attempt or earlier."""
     out = []
     for file in files:
         trial, attempt = file.get("trial"), file.get("attempt")
         last = ended.get(trial) if isinstance(trial, ObjectId) else None
         if rules.is_int(attempt) and rules.is_int(last) and attempt <= last:
-            out.append(file["_id"])
+            out.append((file["_id"], trial))
     return out
+
+
+def _has_shared_files() -> bool:
+    """Whether this process has the shared directory and any checkpoint-named entry is in it
+    (a temporary file is not)."""
+    directory = checkpoint_dir()
+    if directory is None:
+        return False
+    try:
+        with os.scandir(directory) as entries:
+            return any(_FILE_NAME.fullmatch(entry.name) for entry in entries)
+    except OSError:
+        return False
 
 
 def _sweep_shared_orphans(directory: Path, ended: dict[str, Any]) -> int:
@@ -526,13 +565,15 @@ def _read_shared(name: Any, lease: Lease, size: int) -> bytes:
 
 def _delete_shared(name: str) -> bool:
     """Delete checkpoint file ``name`` (a well-formed name only) from this process's shared
-    directory; ``False`` when this process has none (the file stays)."""
+    directory; whether it went (``False`` when this process has none: the file stays)."""
     directory = checkpoint_dir()
-    if directory is None:
+    if directory is None or not _FILE_NAME.fullmatch(name):
         return False
-    if _FILE_NAME.fullmatch(name):
-        try:
-            (directory / name).unlink(missing_ok=True)
-        except OSError as e:
-            logger.warning("checkpoint file %s not deleted: %s", directory / name, e.strerror or e)
+    try:
+        (directory / name).unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        logger.warning("checkpoint file %s not deleted: %s", directory / name, e.strerror or e)
+        return False
     return True

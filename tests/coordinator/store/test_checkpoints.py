@@ -162,6 +162,55 @@ def test_the_sweep_deletes_files_a_killed_worker_never_linked(store: TrialStore)
     )
 
 
+def test_a_link_deletes_only_a_checkpoint_of_its_own_trial(store: TrialStore) -> None:
+    """Attacker review: documents copied (a warm start) from a running experiment with their
+    checkpoint links, a junk link stored as an operator, and a GridFS id that is a file name.
+    Every sweep unlinks them and deletes nothing of another trial's, and none crashes it
+    (the operator link made the update fail with "unknown operator", out of the search loop)."""
+    queue_trials(store, 2, exp_key="src")
+    running, paused = (store.reserve_trial("w", exp_key="src") for _ in range(2))
+    assert store.save_checkpoint(running, 3, b"running at 3")
+    assert store.save_checkpoint(paused, 1, b"paused at 1")
+    queue_trials(store, 1)
+    own = store.reserve_trial("w", exp_key="exp")
+    assert store.save_checkpoint(own, 2, b"own")
+    assert store.finish(own, {"loss": 1.0, "status": "ok"}, {})  # its worker died here
+    for lease in (running, paused):
+        doc = store.jobs.find_one({"_id": lease.id})
+        doc.pop("_id")
+        doc.update(exp_key="exp", tid=doc["tid"] + 100, state=int(TrialState.DONE))
+        store.jobs.insert_one(doc)
+    for i, link in enumerate([{"$foo": 1}, {"file_id": "0" * 16 + "-1-1-" + "0" * 16 + ".ckpt"}]):
+        store.jobs.insert_one({"exp_key": "exp", "tid": 200 + i, "state": int(TrialState.DONE),
+                               "checkpoint": link})  # fmt: skip
+    assert store.drop_checkpoints(exp_key="exp", search_ended=False) == 1  # own's only
+    assert store.drop_checkpoints(exp_key="exp") == 0
+    assert store.load_checkpoint(running).data == b"running at 3"
+    assert store.load_checkpoint(paused).data == b"paused at 1"
+    # every link of exp's ended trials is gone, the junk ones too: only their files stay
+    assert store.jobs.count_documents({"exp_key": "exp", "checkpoint": {"$ne": None}}) == 0
+
+
+def test_the_sweep_while_a_search_runs_reads_no_trial_without_checkpoints(
+    server, store: TrialStore
+) -> None:
+    """An experiment that saves no checkpoint pays one query per sweep, not a read of its
+    trials (with ended trials that hold no link, as every trial of such a search)."""
+    import pymongo
+
+    queue_trials(store, 3)
+    for lease in [store.reserve_trial("w", exp_key="exp") for _ in range(3)]:
+        assert store.finish(lease, {"loss": 1.0, "status": "ok"}, {})
+
+    def queries() -> int:
+        with pymongo.MongoClient(server.uri) as client:
+            return int(client.admin.command("serverStatus")["opcounters"]["query"])
+
+    before = queries()
+    assert store.drop_checkpoints(exp_key="exp", search_ended=False) == 0
+    assert queries() - before == 1  # the files of the experiment, and nothing else
+
+
 def test_a_bad_epoch_is_refused_before_anything_is_written(store: TrialStore) -> None:
     queue_trials(store, 1)
     lease = store.reserve_trial("w", exp_key="exp")
