@@ -22,7 +22,9 @@ the caller starts the trial fresh — never a crash, never another trial's model
 When an attempt starts from a checkpoint of epoch *k* (or from scratch, *k* = 0), the per-epoch
 records of the epochs it will train again are dropped (:meth:`Checkpoints.resume_at`), so the
 learning curve continues without duplicates. Ended trials keep no checkpoint
-(:meth:`Checkpoints.drop_checkpoints`).
+(:meth:`Checkpoints.drop_checkpoints`: the worker, and the search's sweeps of what killed workers
+left). A link only ever deletes a checkpoint file of its own trial (a GridFS file's ``trial``, a
+shared file's trial key): a copied or hostile document's link is removed, the file it names kept.
 """
 
 from __future__ import annotations
