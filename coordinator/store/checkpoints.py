@@ -260,8 +260,22 @@ class Checkpoints(StorePart):
         files, kept = self._unlink_ended(ids, exp_key, keep_paused=bool(ids) or not search_ended)
         if sweep and search_ended:
             self._stop_paused(exp_key)
-        deleted = sum(self._delete_file(file_id, trial_id) for file_id, trial_id in files)
-        orphans = self._sweep_orphans(exp_key, gridfs_files) if sweep else 0
+        deleted = missing = 0
+        for file_id, trial_id in files:
+            went = self._delete_file(file_id, trial_id)
+            deleted += went
+            missing += not went and isinstance(file_id, str) and checkpoint_dir() is not None
+        if missing:
+            logger.warning(
+                "%d linked checkpoint files were not in %s ($%s): if that is not the workers' "
+                "--checkpoint-dir, their files stay there; delete them by hand",
+                missing,
+                checkpoint_dir(),
+                CHECKPOINT_DIR_ENV,
+            )
+        done = {file_id for file_id, _ in files}  # listed, and deleted through their link
+        left = [f for f in gridfs_files if f.get("_id") not in done]
+        orphans = self._sweep_orphans(exp_key, left) if sweep else 0
         if kept and search_ended:
             logger.info(
                 "%d checkpoints stay linked, their files in the workers' shared directory: this "
@@ -282,7 +296,11 @@ class Checkpoints(StorePart):
         if not files and directory is None:
             return 0  # nothing to sweep: no read of the experiment's trials
         # with GridFS only, just the trials those files name are read
-        named = None if directory is not None else list({f.get("trial") for f in files})
+        named = None
+        if directory is None:
+            named = list({f["trial"] for f in files if isinstance(f.get("trial"), ObjectId)})
+            if not named:
+                return 0
         ended = self._ended_attempts(exp_key, named)
         if not ended:
             return 0
@@ -306,7 +324,7 @@ class Checkpoints(StorePart):
             "checkpoint": None,
         }
         if among is not None:
-            query["_id"] = {"$in": [i for i in among if isinstance(i, ObjectId)]}
+            query["_id"] = {"$in": among}
         cursor = self.jobs.find(query, projection={"attempt": 1})
         return {
             doc["_id"]: doc.get("attempt", 0) for doc in cursor if isinstance(doc["_id"], ObjectId)
@@ -359,7 +377,12 @@ class Checkpoints(StorePart):
                 kept += 1  # deletable only where the directory is: the link stays
                 continue
             # $eq: a link stored as {"$op": ...} is a value here, never an operator
-            still = {"_id": doc["_id"], "state": {"$in": list(ENDED)}, "checkpoint": {"$eq": link}}
+            # ($eq on _id too: an embedded server may take a stored regex _id as a pattern)
+            still = {
+                "_id": {"$eq": doc["_id"]},
+                "state": {"$in": list(ENDED)},
+                "checkpoint": {"$eq": link},
+            }
             if keep_paused:
                 still["result.pruned.paused"] = {"$ne": True}
             try:
@@ -391,10 +414,11 @@ class Checkpoints(StorePart):
         or hostile link naming another trial's file, or a model, only loses its link); whether
         it was there to delete. GridFS's own delete checks no owner and does not say."""
         files = self.db["fs.files"]
-        owned = {"_id": file_id, "kind": "checkpoint", "trial": trial_id}
+        # $eq: ids are values, never patterns, whatever a junk document stored
+        owned = {"_id": {"$eq": file_id}, "kind": "checkpoint", "trial": {"$eq": trial_id}}
         gone = files.delete_one(owned).deleted_count == 1
-        if gone or files.count_documents({"_id": file_id}, limit=1) == 0:
-            self.db["fs.chunks"].delete_many({"files_id": file_id})  # a retry's too
+        if gone or files.count_documents({"_id": {"$eq": file_id}}, limit=1) == 0:
+            self.db["fs.chunks"].delete_many({"files_id": {"$eq": file_id}})  # a retry's too
         return gone
 
 

@@ -3,8 +3,11 @@ when read back, and gone once the trial has ended."""
 
 from __future__ import annotations
 
+import contextlib
+
+import pymongo.errors
 import pytest
-from bson import ObjectId
+from bson import ObjectId, Regex
 
 from coordinator.errors import CheckpointRefused
 from coordinator.states import AttemptOutcome, TrialState
@@ -183,6 +186,15 @@ def test_a_link_deletes_only_a_checkpoint_of_its_own_trial(store: TrialStore) ->
     for i, link in enumerate([{"$foo": 1}, {"file_id": "0" * 16 + "-1-1-" + "0" * 16 + ".ckpt"}]):
         store.jobs.insert_one({"exp_key": "exp", "tid": 200 + i, "state": int(TrialState.DONE),
                                "checkpoint": link})  # fmt: skip
+    # a junk document whose _id is a regex (SecantusDB stores one) naming the running file
+    link = store.jobs.find_one({"_id": running.id})["checkpoint"]
+    with contextlib.suppress(pymongo.errors.PyMongoError):  # a real MongoDB refuses one
+        store.jobs.insert_one(
+            {"_id": Regex(".*"), "exp_key": "exp", "state": 3, "checkpoint": link}
+        )
+    for trial in ([1, 2], {"a": 1}, Regex("x")):  # junk files of the experiment: unhashable
+        store.db["fs.files"].insert_one({"kind": "checkpoint", "exp_key": "exp", "trial": trial,
+                                         "attempt": 0, "length": 0, "chunkSize": 1})  # fmt: skip
     assert store.drop_checkpoints(exp_key="exp", search_ended=False) == 1  # own's only
     assert store.drop_checkpoints(exp_key="exp") == 0
     assert store.load_checkpoint(running).data == b"running at 3"
