@@ -32,17 +32,37 @@ import time_to_accuracy as tta  # noqa: E402
 MARGINS = (0.005, 0.003, 0.002, 0.001, 0.0)
 
 
-def main(paths: list[str], pool: bool = False) -> None:
-    groups = [(" + ".join(paths), tta.pooled(paths)[0])] if pool else []
-    for path in [] if pool else paths:
+def _runs(path: str) -> list[dict]:
+    """The runs of results file ``path``; ValueError naming the file if it is not one."""
+    try:
         loaded = json.loads(Path(path).read_text())
-        groups.append((path, loaded["runs"] if isinstance(loaded, dict) else loaded))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from e
+    runs = loaded.get("runs") if isinstance(loaded, dict) else loaded
+    if not isinstance(runs, list) or not all(
+        isinstance(r, dict)
+        and isinstance(r.get("system"), str)
+        and isinstance(r.get("trials"), list)
+        for r in runs
+    ):
+        raise ValueError(f"{path}: not a results file of bench/time_to_accuracy.py (no runs)")
+    return runs
+
+
+def main(paths: list[str], pool: bool = False) -> int:
+    """Print the analysis of each file (or of all of them pooled); how many were analysed."""
+    loaded = [(path, _runs(path)) for path in paths]  # each file checked before any output
+    groups = [(" + ".join(paths), tta.pooled(paths)[0])] if pool else loaded
+    analysed = 0
     for path, runs in groups:
         base = [tta.summarize_run(r, None)["best"] for r in runs if r["system"] == "hf-none"]
         base = [b for b in base if b is not None]
         if not base:
             print(f"{path}: no hf-none run to set a target from")
             continue
+        analysed += 1
         print(f"{path}: hf-none final bests {sorted(round(b, 4) for b in base)}")
         for margin in MARGINS:
             target = statistics.median(base) - margin
@@ -58,6 +78,7 @@ def main(paths: list[str], pool: bool = False) -> None:
                 cells.append(f"{system} {'-' if median is None else f'{median:.0f}'}({reached})")
             print(f"  margin {margin:.3f}, target {target:.4f}: " + ", ".join(cells))
         _yardsticks(runs, statistics.median(base) - tta.TARGET_MARGIN)
+    return analysed
 
 
 def _epoch_s(run: dict) -> float | None:
@@ -128,13 +149,24 @@ def _interval(pairs: list[tuple[float | None, float | None]]) -> tuple[float, fl
     return ratios[int(0.05 * len(ratios))], ratios[int(0.95 * len(ratios)) - 1]
 
 
+USAGE = "usage: tta_margins.py [--pool] bench/results/tta-<time>.json ..."
+
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if {"-h", "--help"} & set(args):
+        print(USAGE + "\n\n" + (__doc__ or ""))
+        sys.exit(0)
     pool = "--pool" in args
     args = [a for a in args if a != "--pool"]
     if not args:
-        sys.exit("usage: tta_margins.py [--pool] bench/results/tta-<time>.json ...")
+        sys.exit(USAGE)
     try:
-        main(args, pool)
-    except ValueError as e:  # pooled files of other settings
+        analysed = main(args, pool)
+    except ValueError as e:  # a file that is not a results file; pooled files of other settings
         sys.exit(f"tta_margins.py: {e}")
+    except (KeyError, TypeError) as e:  # a results file with a damaged run
+        sys.exit(
+            f"tta_margins.py: a run in {', '.join(args)} lacks a field or has a wrong one ({e!r})"
+        )
+    if not analysed:
+        sys.exit("tta_margins.py: nothing to analyse: each file needs hf-none runs (the yardstick)")

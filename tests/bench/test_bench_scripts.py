@@ -152,6 +152,23 @@ def test_tta_margins_gives_an_interval_of_each_ratio_over_the_seeds(tmp_path: Pa
     assert interval.split(": ")[1].split(" / ")[0].endswith("-inf"), interval
 
 
+def test_tta_margins_refuses_what_is_not_a_results_file_in_one_line(tmp_path: Path) -> None:
+    """New-user review: a missing path, a folder, an empty object or a file without hf-none
+    runs gave tracebacks or a success exit; each is now one line naming the file, exit 1."""
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "none.json").write_text(json.dumps({"runs": [_tta_run("hf-median", [])]}))
+    cases = {
+        str(tmp_path / "missing.json"): "cannot be read",
+        str(tmp_path): "cannot be read",
+        str(tmp_path / "empty.json"): "not a results file",
+        str(tmp_path / "none.json"): "nothing to analyse",
+    }
+    for path, reason in cases.items():
+        proc = _run(str(BENCH / "tta_margins.py"), path, timeout=120)
+        assert proc.returncode == 1 and reason in proc.stderr, (path, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
 def test_recorded_runs_pool_across_files_of_the_same_settings(tmp_path: Path) -> None:
     """Seeds 0-4 of one run and 5-14 of a ``--first-seed 5`` run analysed as one: runs of both
     files count (each file's hf-none is the yardstick of its own seeds); files of other
