@@ -274,7 +274,9 @@ class Checkpoints(StorePart):
                 CHECKPOINT_DIR_ENV,
             )
         done = {file_id for file_id, _ in files}  # listed, and deleted through their link
-        left = [f for f in gridfs_files if f.get("_id") not in done]
+        left = [
+            f for f in gridfs_files if not (isinstance(f["_id"], ObjectId) and f["_id"] in done)
+        ]
         orphans = self._sweep_orphans(exp_key, left) if sweep else 0
         if kept and search_ended:
             logger.info(

@@ -192,6 +192,7 @@ def test_a_link_deletes_only_a_checkpoint_of_its_own_trial(store: TrialStore) ->
         store.jobs.insert_one(
             {"_id": Regex(".*"), "exp_key": "exp", "state": 3, "checkpoint": link}
         )
+    store.db["fs.files"].insert_one({"_id": {"a": 1}, "kind": "checkpoint", "exp_key": "exp"})
     for trial in ([1, 2], {"a": 1}, Regex("x")):  # junk files of the experiment: unhashable
         store.db["fs.files"].insert_one({"kind": "checkpoint", "exp_key": "exp", "trial": trial,
                                          "attempt": 0, "length": 0, "chunkSize": 1})  # fmt: skip
