@@ -253,31 +253,33 @@ class Checkpoints(StorePart):
         ids = list(trial_ids)
         sweep = exp_key is not None and not ids
         gridfs_files: list[dict[str, Any]] = []
+        shared = sweep and _has_shared_files()  # the directory is listed once per sweep here
         if sweep:
             gridfs_files = self._gridfs_checkpoints(exp_key)
-            if not search_ended and not gridfs_files and not _has_shared_files():
+            if not search_ended and not gridfs_files and not shared:
                 return 0  # while it runs, an experiment without checkpoints costs one query
         files, kept = self._unlink_ended(ids, exp_key, keep_paused=bool(ids) or not search_ended)
         if sweep and search_ended:
             self._stop_paused(exp_key)
+        directory = checkpoint_dir()
         deleted = missing = 0
         for file_id, trial_id in files:
             went = self._delete_file(file_id, trial_id)
             deleted += went
-            missing += not went and isinstance(file_id, str) and checkpoint_dir() is not None
+            missing += not went and isinstance(file_id, str) and directory is not None
         if missing:
             logger.warning(
                 "%d linked checkpoint files were not in %s ($%s): if that is not the workers' "
                 "--checkpoint-dir, their files stay there; delete them by hand",
                 missing,
-                checkpoint_dir(),
+                directory,
                 CHECKPOINT_DIR_ENV,
             )
         done = {file_id for file_id, _ in files}  # listed, and deleted through their link
         left = [
             f for f in gridfs_files if not (isinstance(f["_id"], ObjectId) and f["_id"] in done)
         ]
-        orphans = self._sweep_orphans(exp_key, left) if sweep else 0
+        orphans = self._sweep_orphans(exp_key, left, directory if shared else None) if sweep else 0
         if kept and search_ended:
             logger.info(
                 "%d checkpoints stay linked, their files in the workers' shared directory: this "
@@ -287,14 +289,16 @@ class Checkpoints(StorePart):
             )
         return deleted + orphans
 
-    def _sweep_orphans(self, exp_key: str, files: list[dict[str, Any]]) -> int:
+    def _sweep_orphans(
+        self, exp_key: str, files: list[dict[str, Any]], directory: Path | None
+    ) -> int:
         """Delete the checkpoint files of ``exp_key``'s ended trials that no link names: written
         by a worker killed between the write and its link (the link comes second, so that no
         link ever names a missing file). Only files of the attempts a trial had had when it was
         seen ended: a later attempt's (a trial retried meanwhile) is never touched. ``files``:
-        the experiment's GridFS checkpoint files, listed before its trials were read. Files in
-        the shared directory only where this process has it. How many went."""
-        directory = checkpoint_dir() if _has_shared_files() else None
+        the experiment's GridFS checkpoint files, listed before its trials were read;
+        ``directory``: this process's shared directory if it holds checkpoint files. How many
+        went."""
         if not files and directory is None:
             return 0  # nothing to sweep: no read of the experiment's trials
         # with GridFS only, just the trials those files name are read
