@@ -22,6 +22,8 @@ SUITE_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PY=${PYTHON:-.venv/bin/python}
 
 die() { echo "test-image.sh: $*" >&2; exit 1; }
+last_line() { grep -v '^[[:space:]]*$' "$1" | grep -v -i 'deprecated\|legacy builder\|buildx' | tail -n 1; }
+free_space() { df -h --output=avail "$CACHE" /var/tmp 2>/dev/null | tail -n +2 | tr -s ' \n' ' ' | sed 's/^ //;s/ $//'; }
 mkdir -p "$CACHE"
 
 # 1. rootfs tarball
@@ -63,12 +65,21 @@ rootfs_key=$(stat -c %Y "$ROOTFS_TAR")
 want="$rootfs_key-$key"
 have=$(docker image inspect --format '{{ index .Config.Labels "hyperfleet.ci.key" }}' "$BASE" 2>/dev/null || true)
 if [ "$have" != "$want" ]; then
-    docker import "$ROOTFS_TAR" "$BASE-rootfs" >/dev/null
+    docker import "$ROOTFS_TAR" "$BASE-rootfs" >"$CACHE/docker-import.log" 2>&1 \
+        || die "docker import of $ROOTFS_TAR failed: $(last_line "$CACHE/docker-import.log") (free: $(free_space))"
     ctx=$(mktemp -d /var/tmp/hyperfleet-ctx.XXXXXX)
     trap 'rm -rf "$ctx"' EXIT
     ln "$WHEELS"/*.whl "$ctx"/ 2>/dev/null || cp "$WHEELS"/*.whl "$ctx"/
     printf 'FROM %s\nCOPY *.whl /wheels/\nLABEL hyperfleet.ci.key=%s\nCMD ["python3"]\n' \
         "$BASE-rootfs" "$want" >"$ctx/Dockerfile"
-    DOCKER_BUILDKIT=0 docker build -q -t "$BASE" "$ctx" >/dev/null || die "docker build of $BASE failed"
+    # the engine's own words go to a log and the last of them into the error line; one retry,
+    # since a failed build here has been seen once and could not be repeated (CI of stop 30)
+    build_log=$CACHE/docker-build.log
+    if ! DOCKER_BUILDKIT=0 docker build -q -t "$BASE" "$ctx" >"$build_log" 2>&1; then
+        echo "test-image.sh: docker build of $BASE failed ($(last_line "$build_log")); retrying once" >&2
+        sleep 5
+        DOCKER_BUILDKIT=0 docker build -q -t "$BASE" "$ctx" >>"$build_log" 2>&1 \
+            || die "docker build of $BASE failed twice: $(last_line "$build_log") (free: $(free_space)); see $build_log"
+    fi
 fi
 echo "$BASE"
