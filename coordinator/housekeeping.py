@@ -4,7 +4,8 @@ Every ``tick_s`` the search loop (:mod:`coordinator.loop`) calls :meth:`Housekee
 reaps the trials of dead workers, quarantines the search's own documents that cannot be used,
 notices cancellation, sizes the queue to the live workers and adapts the poll interval to how
 fast trials finish; every ``CHECKPOINT_SWEEP_S`` it deletes the checkpoint files that killed
-workers left behind. Workers reap too (:mod:`worker.worker`), so a search whose driver is gone
+workers left behind, and the GridFS chunks of uploads that a killed writer never finished.
+Workers reap too (:mod:`worker.worker`), so a search whose driver is gone
 still gets its trials back. It talks to the store contract and reads the loop's
 :class:`~coordinator.trial_view.TrialView`; it calls nothing back.
 """
@@ -74,6 +75,7 @@ class Housekeeping:
         min_queue: int = MIN_QUEUE,
         max_attempts: int | None = None,
         checkpoint_sweep_s: float = CHECKPOINT_SWEEP_S,
+        orphan_chunk_age_s: float = defaults.ORPHAN_CHUNK_AGE_S,
     ) -> None:
         self.store = store
         self.exp_key = exp_key
@@ -90,6 +92,8 @@ class Housekeeping:
         self._last_rate_check: tuple[float, int] | None = None
         #: how often the checkpoint files of ended trials that their workers left are deleted
         self.checkpoint_sweep_s = checkpoint_sweep_s
+        #: the age past which chunks without a file document are a killed writer's
+        self.orphan_chunk_age_s = orphan_chunk_age_s
         self._last_sweep = time.monotonic()
 
     def tick(self, view: TrialView) -> dict[TrialState, int]:
@@ -126,6 +130,15 @@ class Housekeeping:
                 "left (killed before they could delete them)",
                 self.exp_key,
                 dropped,
+            )
+        # database-wide (chunks name no experiment), so every coordinator may do it: idempotent
+        halves = self.store.drop_orphan_chunks(min_age_s=self.orphan_chunk_age_s)
+        if halves:
+            logger.info(
+                "deleted the GridFS chunks of %d uploads that never finished (a writer killed "
+                "mid-upload, over %.0f h ago)",
+                halves,
+                self.orphan_chunk_age_s / 3600,
             )
 
     def _finish_rate(self, counts: dict[TrialState, int]) -> float:

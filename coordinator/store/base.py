@@ -523,3 +523,11 @@ class TrialStoreBase(abc.ABC):
         Never touches a NEW or RUNNING trial; never one paused at a rung (``--promote``: its
         checkpoint is what a promotion resumes) but by ``exp_key`` with ``search_ended``: the
         search's end stops its paused trials for good and takes theirs too."""
+
+    @abc.abstractmethod
+    def drop_orphan_chunks(self, *, min_age_s: float) -> int:
+        """Delete GridFS chunks that no file document owns and whose upload began more than
+        ``min_age_s`` ago on the database's clock: what a writer SIGKILLed in the middle of an
+        upload leaves (GridFS writes a file's document after its chunks). Each call looks only
+        at files begun since the previous call's horizon (the first, at all); returns how many
+        files' chunks went."""

@@ -30,6 +30,7 @@ shared file's trial key): a copied or hostile document's link is removed, the fi
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -317,6 +318,56 @@ class Checkpoints(StorePart):
             keys = {_trial_key(trial_id): attempt for trial_id, attempt in ended.items()}
             swept += _sweep_shared_orphans(directory, keys)
         return swept
+
+    #: files begun before this id were checked by an earlier call (None: none yet)
+    _chunks_checked_to: ObjectId | None = None
+
+    def drop_orphan_chunks(self, *, min_age_s: float) -> int:
+        horizon = ObjectId.from_datetime(
+            self.mongo.server_clock() - dt.timedelta(seconds=max(0.0, min_age_s))
+        )
+        since = self._chunks_checked_to
+        if since is not None and horizon <= since:
+            return 0  # the database's clock went back: nothing new is old enough yet
+        orphans = self._orphan_chunk_files(since, horizon)
+        went = self._delete_chunks(orphans) if orphans else 0
+        self._chunks_checked_to = horizon  # only once every file up to it was looked at
+        return went
+
+    @retrying
+    def _orphan_chunk_files(self, since: ObjectId | None, horizon: ObjectId) -> list[ObjectId]:
+        """The ids of files begun in ``[since, horizon)`` that have chunks but no file
+        document. A file's first chunk (``n`` 0) stands for it: the index GridFS keeps on
+        ``(files_id, n)`` answers the range, and chunks' data is never read."""
+        window: dict[str, Any] = {"$lt": horizon}
+        if since is not None:
+            window["$gte"] = since
+        firsts = self.db["fs.chunks"].find(
+            {"files_id": window, "n": 0}, projection={"files_id": 1, "_id": 0}
+        )
+        # ObjectIds only: the range cannot match another type on MongoDB; a junk chunk's
+        # files_id that an embedded server lets through is no upload of ours
+        begun = {c["files_id"] for c in firsts if isinstance(c.get("files_id"), ObjectId)}
+        if not begun:
+            return []
+        documented = self.db["fs.files"].find(
+            {"_id": {"$in": sorted(begun)}}, projection={"_id": 1}
+        )
+        return sorted(begun - {d["_id"] for d in documented})
+
+    @retrying
+    def _delete_chunks(self, orphans: list[ObjectId]) -> int:
+        """Delete the chunks of ``orphans``, checking again that no file document appeared
+        meanwhile (an upload cannot finish this late, but a hand-made document may); how many
+        files' chunks went."""
+        documented = {
+            d["_id"]
+            for d in self.db["fs.files"].find({"_id": {"$in": orphans}}, projection={"_id": 1})
+        }
+        gone = [file_id for file_id in orphans if file_id not in documented]
+        if gone:
+            self.db["fs.chunks"].delete_many({"files_id": {"$in": gone}})
+        return len(gone)
 
     @retrying
     def _ended_attempts(self, exp_key: str, among: list[Any] | None) -> dict[Any, int]:

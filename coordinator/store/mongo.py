@@ -127,7 +127,13 @@ CONTRACT_PARTS: dict[str, tuple[str, ...]] = {
         "settle_pause",
         "finished_curves",
     ),
-    "checkpoints": ("save_checkpoint", "load_checkpoint", "resume_at", "drop_checkpoints"),
+    "checkpoints": (
+        "save_checkpoint",
+        "load_checkpoint",
+        "resume_at",
+        "drop_checkpoints",
+        "drop_orphan_chunks",
+    ),
 }
 
 
