@@ -398,15 +398,26 @@ class Checkpoints(StorePart):
     @retrying
     def _stop_paused(self, exp_key: str) -> None:
         """The search's end: trials still paused at a rung (``--promote``), their checkpoints
-        gone, are stopped for good (``result.pruned.paused`` false): never promoted later."""
+        gone, are stopped for good (``result.pruned.paused`` false): never promoted later. The
+        rung records that paused them say ``prune`` from then on, with why."""
+        paused = {
+            "exp_key": exp_key,
+            "state": int(TrialState.DONE),
+            "result.pruned.paused": True,
+            "checkpoint": None,
+        }
+        tids = [
+            doc["tid"]
+            for doc in self.jobs.find(paused, projection={"tid": 1})
+            if rules.is_int(doc.get("tid"))
+        ]
+        if tids:  # the records first: a retry after a lost reply finds the trials again
+            self.db["rungs"].update_many(
+                {"exp_key": exp_key, "tid": {"$in": tids}, "decision": "pause"},
+                {"$set": {"decision": "prune", "why": "still paused when the search ended"}},
+            )
         self.jobs.update_many(
-            {
-                "exp_key": exp_key,
-                "state": int(TrialState.DONE),
-                "result.pruned.paused": True,
-                "checkpoint": None,
-            },
-            {"$set": {"result.pruned.paused": False}, "$currentDate": {"mtime": True}},
+            paused, {"$set": {"result.pruned.paused": False}, "$currentDate": {"mtime": True}}
         )
 
     @retrying

@@ -68,11 +68,17 @@ def test_the_search_end_stops_what_is_still_paused(store: TrialStore) -> None:
     queue_trials(store, 1)
     lease = store.reserve_trial("w", exp_key="exp")
     key = _paused(store, lease, 1.0)
+    other = rung_key("other", 0, 0, lease.tid)  # another experiment's trial of the same tid
+    store.record_rung({"_id": other, "exp_key": "other", "tid": lease.tid, "decision": "pause"})
     assert store.drop_checkpoints(trial_ids=[lease.id]) == 0  # a worker keeps it
     assert store.drop_checkpoints(exp_key="exp") == 1  # the search's end does not
     doc = store.get_trial("exp", lease.tid)
     assert doc["checkpoint"] is None and doc["result"]["pruned"]["paused"] is False
+    record = store.rungs.find_one({"_id": key})  # the record says what became of it
+    assert (record["decision"], record["why"]) == ("prune", "still paused when the search ended")
+    assert store.rungs.find_one({"_id": other})["decision"] == "pause"
     assert not store.promote_paused(lease.id, key, "a rerun")  # never promoted later
+    assert store.rungs.find_one({"_id": key})["decision"] == "prune"  # nor its record
 
 
 def test_the_sweep_while_the_search_runs_keeps_paused_trials_checkpoints(
