@@ -39,6 +39,16 @@ SUMMARY_MAX_AGE_S = 5.0
 TIMELINE_MAX_PER_WORKER = 300
 
 
+def _ran(entry: Mapping[str, Any]) -> str:
+    """An attempt history entry's seconds: a paused segment's ``duration_s``, else ``ran_s``
+    (claim to last heartbeat of an attempt handed back or lost: "≥ ..."), else a dash."""
+    if inspect.number(entry.get("duration_s")) is not None:
+        return age(entry["duration_s"])
+    if inspect.number(entry.get("ran_s")) is not None:
+        return "≥ " + age(entry["ran_s"])
+    return "—"
+
+
 def age(seconds: float | None) -> str:
     """``0.2 s``, ``42 s``, ``3.5 min``, ``2.1 h``, or an em dash: tenths below 10 s (as the
     CLI's :func:`coordinator.inspect.fmt_duration`), so a 0.2 s trial never reads ``0 s``."""
@@ -347,6 +357,7 @@ def trial(doc: Mapping[str, Any], exp_key: str) -> dict[str, Any]:
                 "reason": a.get("reason"),
                 "started": when(a.get("started")),
                 "at": when(a.get("at")),
+                "ran": _ran(a),
             }
             for a in inspect.typed(doc.get("attempt_history"), list) or []
             if isinstance(a, Mapping)

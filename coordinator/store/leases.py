@@ -15,6 +15,7 @@ read of the documents says which writes took effect (:func:`_took_effect`).
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -278,7 +279,8 @@ class LeaseWrites(StorePart):
     def _with_progress(self, lease: Lease) -> Lease:
         """``lease`` with what its attempt did so far (resume point, checkpoint, epochs) read
         fresh, for the attempt history (a worker's lease holds the document as claimed)."""
-        doc = self.jobs.find_one(lease.fence, projection=dict.fromkeys(_PROGRESS, 1))
+        fields = (*_PROGRESS, "book_time", "refresh_time")  # the database's, for ``ran_s``
+        doc = self.jobs.find_one(lease.fence, projection=dict.fromkeys(fields, 1))
         return lease if doc is None else Lease.from_doc({**lease.doc, **doc})
 
     @retrying
@@ -411,6 +413,9 @@ def _release_write(
         "at": utcnow(),
     }
     entry.update(_progress(lease))
+    ran = _ran_s(lease.doc)
+    if ran is not None:
+        entry["ran_s"] = ran
     update: dict[str, Any] = {
         "$push": {"attempt_history": entry},
         "$set": {"attempts": attempts, "lease_expires": None},
@@ -449,5 +454,22 @@ def _progress(lease: Lease) -> dict[str, Any]:
     return found
 
 
+def _ran_s(doc: dict[str, Any]) -> float | None:
+    """Seconds from an attempt's claim (``book_time``) to its last heartbeat
+    (``refresh_time``), both on the database's clock: it ran at least that long, at most one
+    heartbeat more. ``None`` where either is not a date, or they are out of order (a held
+    trial's claim as the worker computed it, a hand edit)."""
+    booked, refreshed = doc.get("book_time"), doc.get("refresh_time")
+    if not isinstance(booked, dt.datetime) or not isinstance(refreshed, dt.datetime):
+        return None
+    if (booked.tzinfo is None) != (refreshed.tzinfo is None):
+        return None
+    seconds = (refreshed - booked).total_seconds()
+    return round(seconds, 3) if seconds >= 0 else None
+
+
 def _release_op(lease: Lease, reason: str) -> pymongo.UpdateOne:
+    """A claimed, never started trial handed back (its lease holds the claim as computed
+    here, not read back: no ``ran_s``)."""
+    lease = Lease.from_doc({**lease.doc, "refresh_time": None})
     return pymongo.UpdateOne(lease.fence, _release_write(lease, AttemptOutcome.REQUEUED, reason)[0])

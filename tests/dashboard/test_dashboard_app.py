@@ -343,6 +343,21 @@ def test_a_promoted_trials_page_shows_its_earlier_segments(dash_store: TrialStor
     assert "earlier segments" not in pages[1] and "earlier segments" not in pages[2]
 
 
+def test_the_attempts_table_says_how_long_each_attempt_ran(dash_store: TrialStore) -> None:
+    """A paused segment's ``duration_s``; a lost or handed-back attempt's ``ran_s`` (claim to
+    last heartbeat: "at least"); a dash for neither, or junk."""
+    doc = trial_doc(0, TrialState.DONE)
+    doc["attempt_history"] = [
+        {"attempt": 1, "owner": "w1", "outcome": "paused", "duration_s": 3.0},
+        {"attempt": 2, "owner": "w2", "outcome": "lost", "ran_s": 42.0},
+        {"attempt": 3, "owner": "w3", "outcome": "requeued", "ran_s": "junk"},
+    ]
+    make_experiment(dash_store, [doc])
+    page = client(dash_store).get("/trial", params={"key": EXP, "tid": 0}).text
+    cells = re.findall(r"<td>([^<]*)</td></tr>", page)
+    assert cells[-3:] == ["3.0 s", "≥ 42 s", "—"], cells
+
+
 def test_view_trials_is_lean_and_incremental(dash_store: TrialStore) -> None:
     make_experiment(dash_store, [trial_doc(0, TrialState.ERROR), trial_doc(1, TrialState.NEW)])
     docs = {d["tid"]: d for d in dash_store.view_trials(EXP)}

@@ -76,6 +76,9 @@ def test_a_trial_taken_over_resumes_from_its_checkpoint(server, db_name, tmp_pat
     resumed = done["resumed_from_epoch"]
     assert re.search(rf"resumed from epoch\s+{resumed}\n", out.stdout), out.stdout
     assert f"checkpoint at epoch {resumed}" in out.stdout  # the attempt's line
+    # how long the lost attempt ran, to its last heartbeat: it reached epoch 2 of 0.4 s each
+    assert history[0]["ran_s"] >= 0.5, history
+    assert re.search(r"ran at least \d+ s", out.stdout), out.stdout
     assert done["attempt"] == 2
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.states import TrialState
+from coordinator.states import AttemptOutcome, TrialState
 from coordinator.store import TrialStore, connect
 from tests.conftest import DROP, queue_trials, queued_doc
 from tests.raw_store import insert_raw_documents
@@ -44,6 +44,43 @@ def test_reap_counts_lost_attempts_to_error(store: TrialStore) -> None:
     doc = store.get_trial("exp", lease.tid)
     assert doc["error"]["message"].startswith("worker lost 2 times")
     assert store.reserve_trial("w", exp_key="exp") is None
+
+
+def test_an_attempt_handed_back_says_how_long_it_ran_at_least(store: TrialStore) -> None:
+    """``ran_s``: from the claim to the last heartbeat, on the database's clock, for an attempt
+    the reaper takes back and for one its worker hands back; none for a held trial that never
+    started, nor where the times are junk."""
+    queue_trials(store, 5)
+    start = time.perf_counter()
+    lost = store.reserve_trial("dead", exp_key="exp", lease_s=1.0)
+    time.sleep(0.6)
+    assert store.heartbeat(lost, 0.5)  # its last sign of life, >= 0.6 s after the claim
+    alive = time.perf_counter() - start
+    time.sleep(1.0)
+    assert store.reap_expired("exp") == [lost.tid]
+    entry = store.get_trial("exp", lost.tid)["attempt_history"][-1]
+    # not the 1.6 s until the reap: up to the heartbeat (dates on the server have ms)
+    assert entry["outcome"] == "lost" and 0.59 <= entry["ran_s"] <= alive + 0.01, (entry, alive)
+
+    start = time.perf_counter()
+    handed = store.reserve_trial("w", exp_key="exp")
+    time.sleep(0.3)
+    assert store.heartbeat(handed, 30)
+    alive = time.perf_counter() - start
+    assert store.release(handed, AttemptOutcome.REQUEUED, "SIGTERM") is TrialState.NEW
+    entry = store.get_trial("exp", handed.tid)["attempt_history"][-1]
+    assert 0.29 <= entry["ran_s"] <= alive + 0.01, (entry, alive)
+
+    reserved = store.reserve_trials("w", 2, exp_key="exp")
+    assert len(reserved.leases) == 2
+    assert store.release_held(reserved.leases[1:], "never started") == 1
+    held = reserved.leases[1]
+    assert "ran_s" not in store.get_trial("exp", held.tid)["attempt_history"][-1]
+
+    junk = store.reserve_trial("w", exp_key="exp")
+    store.jobs.update_one({"_id": junk.id}, {"$set": {"refresh_time": "yesterday"}})
+    assert store.release(junk, AttemptOutcome.LOST, "killed") is TrialState.NEW
+    assert "ran_s" not in store.get_trial("exp", junk.tid)["attempt_history"][-1]
 
 
 def test_reap_from_many_threads_releases_each_trial_once(store: TrialStore) -> None:
