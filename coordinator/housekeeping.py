@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from coordinator import defaults
+from coordinator.errors import counted
 from coordinator.states import FINISHED_STATES, TrialState
 from coordinator.store import TrialStoreBase
 from coordinator.trial_view import TrialView
@@ -75,7 +76,7 @@ class Housekeeping:
         min_queue: int = MIN_QUEUE,
         max_attempts: int | None = None,
         checkpoint_sweep_s: float = CHECKPOINT_SWEEP_S,
-        orphan_chunk_age_s: float = defaults.ORPHAN_CHUNK_AGE_S,
+        orphan_chunk_age_s: float | None = None,
     ) -> None:
         self.store = store
         self.exp_key = exp_key
@@ -92,7 +93,8 @@ class Housekeeping:
         self._last_rate_check: tuple[float, int] | None = None
         #: how often the checkpoint files of ended trials that their workers left are deleted
         self.checkpoint_sweep_s = checkpoint_sweep_s
-        #: the age past which chunks without a file document are a killed writer's
+        #: the age past which chunks without a file document are a killed writer's (``None``:
+        #: ``$HYPERFLEET_ORPHAN_CHUNK_AGE_S`` or the default, as the store reads it)
         self.orphan_chunk_age_s = orphan_chunk_age_s
         self._last_sweep = time.monotonic()
 
@@ -132,13 +134,11 @@ class Housekeeping:
                 dropped,
             )
         # database-wide (chunks name no experiment), so every coordinator may do it: idempotent
-        halves = self.store.drop_orphan_chunks(min_age_s=self.orphan_chunk_age_s)
-        if halves:
+        unfinished = self.store.drop_orphan_chunks(min_age_s=self.orphan_chunk_age_s)
+        if unfinished:
             logger.info(
-                "deleted the GridFS chunks of %d uploads that never finished (a writer killed "
-                "mid-upload, over %.0f h ago)",
-                halves,
-                self.orphan_chunk_age_s / 3600,
+                "deleted the GridFS chunks of %s that never finished (a writer killed mid-upload)",
+                counted(unfinished, "upload"),
             )
 
     def _finish_rate(self, counts: dict[TrialState, int]) -> float:

@@ -429,3 +429,9 @@ class Coordinator:
         dropped = self.store.drop_checkpoints(exp_key=self.config.exp_key)
         if dropped:
             logger.info("search %r: deleted %d left-over checkpoints", self.config.exp_key, dropped)
+        unfinished = self.store.drop_orphan_chunks()  # database-wide, old enough ones only
+        if unfinished:
+            logger.info(
+                "deleted the GridFS chunks of %s that never finished (a writer killed mid-upload)",
+                counted(unfinished, "upload"),
+            )

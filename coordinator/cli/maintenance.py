@@ -14,13 +14,17 @@ from coordinator.states import TrialState
 @exp_key_option("only this experiment [default: all]")
 @max_attempts_option("used for experiments that do not record their own")
 def reap(mongo: str, db: str, exp_key: str | None, max_attempts: int) -> None:
-    """Requeue trials whose worker stopped heartbeating (safe to run any time, anywhere)."""
+    """Requeue trials whose worker stopped heartbeating, and delete the GridFS chunks of uploads
+    a killed writer never finished (safe to run any time, anywhere)."""
     from coordinator.store import connect
 
     store = connect(mongo, db)
     tids = store.reap_expired(exp_key, max_attempts=max_attempts)
     listed = f": {', '.join(map(str, tids))}" if tids else ""
     click.echo(f"reaped {counted(len(tids), 'trial')}{listed}")
+    unfinished = store.drop_orphan_chunks()  # the database's: chunks name no experiment
+    if unfinished:
+        click.echo(f"deleted the GridFS chunks of {counted(unfinished, 'upload')} never finished")
     # plain fmin makes trials but no experiment document: both must be missing for a typo
     unknown = exp_key is not None and not tids and store.get_experiment(exp_key) is None
     if unknown and not store.count(exp_key, list(TrialState)):

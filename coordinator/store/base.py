@@ -525,9 +525,11 @@ class TrialStoreBase(abc.ABC):
         search's end stops its paused trials for good and takes theirs too."""
 
     @abc.abstractmethod
-    def drop_orphan_chunks(self, *, min_age_s: float) -> int:
-        """Delete GridFS chunks that no file document owns and whose upload began more than
-        ``min_age_s`` ago on the database's clock: what a writer SIGKILLed in the middle of an
-        upload leaves (GridFS writes a file's document after its chunks). Each call looks only
-        at files begun since the previous call's horizon (the first, at all); returns how many
-        files' chunks went."""
+    def drop_orphan_chunks(self, *, min_age_s: float | None = None) -> int:
+        """Delete GridFS chunks that no file document owns and whose file id (stamped by the
+        writer's clock when its upload began) is more than ``min_age_s`` older than the
+        database's clock (``None``: ``$HYPERFLEET_ORPHAN_CHUNK_AGE_S``, else
+        :data:`~coordinator.defaults.ORPHAN_CHUNK_AGE_S`): what a writer killed in the middle
+        of an upload leaves (GridFS writes a file's document after its chunks). Each call of
+        one store looks only at files begun since its previous call's horizon (the first, at
+        all); returns how many files' chunks went."""

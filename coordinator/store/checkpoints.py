@@ -45,14 +45,15 @@ import gridfs.errors
 import pymongo.errors
 from bson import ObjectId
 
-from coordinator import rules
+from coordinator import defaults, rules
 from coordinator.errors import CheckpointNotSaved, CheckpointRefused
+from coordinator.pruning.base import rung_key
 from coordinator.shown import shown
 from coordinator.states import TrialState
 from coordinator.store.base import Checkpoint, DocId, Lease
-from coordinator.store.connection import retrying
+from coordinator.store.connection import env_seconds, retrying
 from coordinator.store.encoding import utcnow
-from coordinator.store.handles import StorePart
+from coordinator.store.handles import MongoHandles, StorePart
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ MAX_CHECKPOINT_BYTES = 2 * 2**30
 CHECKPOINT_DIR_ENV = "HYPERFLEET_CHECKPOINT_DIR"
 #: the largest epoch (and attempt) a checkpoint may have: its file name holds at most 9 digits
 MAX_EPOCH = 999_999_999
+#: overrides :data:`~coordinator.defaults.ORPHAN_CHUNK_AGE_S` (every process that sweeps reads it)
+ORPHAN_AGE_ENV = "HYPERFLEET_ORPHAN_CHUNK_AGE_S"
+#: the least it may be set to
+MIN_ORPHAN_AGE_S = 600.0
 #: the only names a link may give a checkpoint file in that directory
 _FILE_NAME = re.compile(r"[0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,9}-[0-9a-f]{16}\.ckpt")
 
@@ -319,13 +324,22 @@ class Checkpoints(StorePart):
             swept += _sweep_shared_orphans(directory, keys)
         return swept
 
-    #: files begun before this id were checked by an earlier call (None: none yet)
-    _chunks_checked_to: ObjectId | None = None
-
-    def drop_orphan_chunks(self, *, min_age_s: float) -> int:
-        horizon = ObjectId.from_datetime(
-            self.mongo.server_clock() - dt.timedelta(seconds=max(0.0, min_age_s))
+    def __init__(self, mongo: MongoHandles) -> None:
+        super().__init__(mongo)
+        #: how old an upload without a file document must be to count as abandoned
+        self._orphan_age_s = env_seconds(
+            ORPHAN_AGE_ENV,
+            defaults.ORPHAN_CHUNK_AGE_S,
+            lambda v: v >= MIN_ORPHAN_AGE_S,
+            f"a number of seconds of at least {MIN_ORPHAN_AGE_S:.0f} (an upload still going "
+            "must never look abandoned)",
         )
+        #: files begun before this id were checked by an earlier call (None: none yet)
+        self._chunks_checked_to: ObjectId | None = None
+
+    def drop_orphan_chunks(self, *, min_age_s: float | None = None) -> int:
+        age = self._orphan_age_s if min_age_s is None else max(0.0, min_age_s)
+        horizon = ObjectId.from_datetime(self.mongo.server_clock() - dt.timedelta(seconds=age))
         since = self._chunks_checked_to
         if since is not None and horizon <= since:
             return 0  # the database's clock went back: nothing new is old enough yet
@@ -399,21 +413,20 @@ class Checkpoints(StorePart):
     def _stop_paused(self, exp_key: str) -> None:
         """The search's end: trials still paused at a rung (``--promote``), their checkpoints
         gone, are stopped for good (``result.pruned.paused`` false): never promoted later. The
-        rung records that paused them say ``prune`` from then on, with why."""
+        rung record that paused each (the one at its ``result.pruned`` bracket and rung) says
+        ``prune`` from then on, with why: also one a promotion cut short left ``promoted``."""
         paused = {
             "exp_key": exp_key,
             "state": int(TrialState.DONE),
             "result.pruned.paused": True,
             "checkpoint": None,
         }
-        tids = [
-            doc["tid"]
-            for doc in self.jobs.find(paused, projection={"tid": 1})
-            if rules.is_int(doc.get("tid"))
-        ]
-        if tids:  # the records first: a retry after a lost reply finds the trials again
+        projection = {"tid": 1, "result.pruned.bracket": 1, "result.pruned.rung": 1}
+        found = self.jobs.find(paused, projection=projection)
+        keys = [key for doc in found if (key := _pausing_record(exp_key, doc)) is not None]
+        if keys:  # the records first: a retry after a lost reply finds the trials again
             self.db["rungs"].update_many(
-                {"exp_key": exp_key, "tid": {"$in": tids}, "decision": "pause"},
+                {"_id": {"$in": keys}, "decision": {"$in": ["pause", "promoted"]}},
                 {"$set": {"decision": "prune", "why": "still paused when the search ended"}},
             )
         self.jobs.update_many(
@@ -488,6 +501,19 @@ class Checkpoints(StorePart):
         if gone or files.count_documents({"_id": {"$eq": file_id}}, limit=1) == 0:
             self.db["fs.chunks"].delete_many({"files_id": {"$eq": file_id}})  # a retry's too
         return gone
+
+
+def _pausing_record(exp_key: str, doc: dict[str, Any]) -> str | None:
+    """The key of the rung record that paused trial ``doc`` (its ``result.pruned`` bracket and
+    rung); ``None`` for a junk one."""
+    result = doc.get("result")
+    pruned = result.get("pruned") if isinstance(result, dict) else None
+    if not isinstance(pruned, dict):
+        return None
+    tid, bracket, rung = doc.get("tid"), pruned.get("bracket"), pruned.get("rung")
+    if not all(rules.is_int(v) for v in (tid, bracket, rung)):
+        return None
+    return rung_key(exp_key, bracket, rung, tid)
 
 
 # -- the shared directory (``--checkpoint-dir``) ------------------------------------------------

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import gridfs
@@ -18,8 +19,12 @@ import pytest
 from bson import ObjectId
 
 from coordinator.housekeeping import Housekeeping
+from coordinator.search import Coordinator, SearchConfig
+from coordinator.states import TrialState
 from coordinator.store import TrialStore
 from coordinator.trial_view import TrialView
+from search_spaces import get_space
+from tests.conftest import cli_env, hyperfleet
 
 # a worker's checkpoint upload begun at the file id given, killed once chunks reached the server
 # (pymongo 4.20 sends them in batches of 48 MB: a smaller upload killed leaves nothing)
@@ -104,5 +109,67 @@ def test_the_search_s_housekeeping_sweeps_them(
     housekeeping = Housekeeping(store, "exp", checkpoint_sweep_s=0, orphan_chunk_age_s=60)
     with caplog.at_level(logging.INFO, logger="coordinator.housekeeping"):
         housekeeping.tick(TrialView(store, "exp", None))
-    assert "deleted the GridFS chunks of 1 uploads that never finished" in caplog.text
+    assert "deleted the GridFS chunks of 1 upload that never finished" in caplog.text
     assert _chunks(store, killed) == 0
+
+
+def _old_orphan(store: TrialStore) -> ObjectId:
+    """Chunks of an upload begun 7 hours ago that never got its file document."""
+    file_id = _begun(7 * 3600)
+    store.db["fs.chunks"].insert_one({"files_id": file_id, "n": 0, "data": b"left"})
+    return file_id
+
+
+def test_the_search_s_end_and_reap_sweep_them_too(server, store: TrialStore) -> None:
+    """A search shorter than the 10-minute sweep still sweeps once at its end, and `hyperfleet
+    reap` sweeps by hand (new-user review: neither did)."""
+    orphan = _old_orphan(store)
+    space = get_space("quadratic")
+    config = SearchConfig(
+        space=space, settings=space.resolve_settings({}), exp_key="short", max_evals=2
+    )
+    coordinator = Coordinator(store, config)
+    thread = threading.Thread(target=coordinator.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while thread.is_alive() and time.monotonic() < deadline:  # a worker, by hand
+        lease = store.reserve_trial("hand", exp_key="short")
+        if lease is None:
+            time.sleep(0.05)
+            continue
+        assert store.finish(lease, {"loss": 1.0, "status": "ok"}, {})
+    thread.join(10)
+    assert not thread.is_alive() and store.count("short", [TrialState.DONE]) == 2
+    assert _chunks(store, orphan) == 0
+
+    orphan = _old_orphan(store)
+    young = _begun(60)
+    store.db["fs.chunks"].insert_one({"files_id": young, "n": 0, "data": b"going"})
+    uri = ("--mongo", server.uri, "--db", store.db.name)
+    out = hyperfleet("reap", *uri)
+    assert out.returncode == 0, out.stderr
+    assert "deleted the GridFS chunks of 1 upload never finished" in out.stdout, out.stdout
+    assert _chunks(store, orphan) == 0 and _chunks(store, young) == 1
+    again = hyperfleet("reap", *uri)
+    assert again.stdout == "reaped 0 trials\n", again.stdout  # nothing more to say
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "nan", "59"])
+def test_a_bad_age_setting_is_one_line_before_anything_is_done(server, store, value) -> None:
+    orphan = _old_orphan(store)
+    out = hyperfleet(
+        "reap", "--mongo", server.uri, "--db", store.db.name,
+        env=cli_env(HYPERFLEET_ORPHAN_CHUNK_AGE_S=value),
+    )  # fmt: skip
+    assert out.returncode != 0 and "reaped" not in out.stdout
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "HYPERFLEET_ORPHAN_CHUNK_AGE_S" in lines[0], out.stderr
+    assert "at least 600" in lines[0]
+    assert _chunks(store, orphan) == 1
+
+
+def test_the_age_setting_is_read(server, store: TrialStore) -> None:
+    orphan = _old_orphan(store)  # 7 h old: kept when the age is 8 h
+    env = cli_env(HYPERFLEET_ORPHAN_CHUNK_AGE_S=str(8 * 3600))
+    out = hyperfleet("reap", "--mongo", server.uri, "--db", store.db.name, env=env)
+    assert out.returncode == 0 and _chunks(store, orphan) == 1, out.stderr

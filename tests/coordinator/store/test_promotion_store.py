@@ -81,6 +81,32 @@ def test_the_search_end_stops_what_is_still_paused(store: TrialStore) -> None:
     assert store.rungs.find_one({"_id": key})["decision"] == "prune"  # nor its record
 
 
+def test_the_search_end_settles_the_record_of_a_promotion_cut_short(store: TrialStore) -> None:
+    """A promotion cut short between its two writes leaves the trial paused under a
+    ``promoted`` record; the end stops the trial and its record says so (review: it stayed
+    ``promoted``). An earlier rung's ``promoted`` record of a trial paused again is kept."""
+    queue_trials(store, 2)
+    cut, again = (store.reserve_trial("w", exp_key="exp") for _ in range(2))
+    key = _paused(store, cut, 1.0)
+    store.rungs.update_one({"_id": key}, {"$set": {"decision": "promoted"}})  # then it died
+    earlier = rung_key("exp", 0, 0, again.tid)  # promoted from rung 0, paused at rung 1
+    store.record_rung({"_id": earlier, "exp_key": "exp", "tid": again.tid, "decision": "promoted"})
+    later = rung_key("exp", 0, 1, again.tid)
+    store.record_rung({"_id": later, "exp_key": "exp", "tid": again.tid, "decision": "pause"})
+    assert store.save_checkpoint(again, 3, b"state at epoch 3")
+    pruned = {"epoch": 3, "rule": "asha", "value": 0.5, "bracket": 0, "rung": 1, "paused": True}
+    assert store.finish(again, {"loss": 0.5, "status": "ok", "pruned": pruned}, {})
+    store.jobs.insert_one(  # junk beside them: a paused result without a usable rung
+        {"exp_key": "exp", "tid": 99, "state": int(TrialState.DONE), "checkpoint": None,
+         "result": {"pruned": {"paused": True, "rung": "x", "bracket": 0}}}
+    )  # fmt: skip
+
+    store.drop_checkpoints(exp_key="exp")
+    decisions = {k: store.rungs.find_one({"_id": k})["decision"] for k in (key, earlier, later)}
+    assert decisions == {key: "prune", earlier: "promoted", later: "prune"}
+    assert not store.jobs.count_documents({"exp_key": "exp", "result.pruned.paused": True})
+
+
 def test_the_sweep_while_the_search_runs_keeps_paused_trials_checkpoints(
     store: TrialStore, caplog
 ) -> None:
