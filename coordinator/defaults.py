@@ -23,9 +23,10 @@ COORDINATOR_LEASE_S = 30.0
 #: worker, a hand edit) is requeued this long after its ``book_time``/``refresh_time``
 #: ($HYPERFLEET_UNLEASED_GRACE_S): longer than such a writer's trials take, or it reaps live ones
 UNLEASED_GRACE_S = 3600.0
-#: how old (database clock) a GridFS upload without a file document must be before the
-#: coordinator's sweep deletes its chunks as a killed writer's: an upload still going has no
-#: file document either (GridFS writes it after the chunks), so this must exceed any upload
+#: seconds (database clock) after a sweep first saw a GridFS upload without its file document
+#: before a sweep deletes its chunks as a killed writer's ($HYPERFLEET_ORPHAN_CHUNK_AGE_S): an
+#: upload still going has no file document either (GridFS writes it after the chunks), so this
+#: must exceed any upload (coordinator/store/uploads.py)
 ORPHAN_CHUNK_AGE_S = 6 * 3600.0
 #: attempts (lost or crashed workers) before a trial is marked ERROR (``--max-attempts``)
 MAX_ATTEMPTS = 3

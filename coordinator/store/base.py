@@ -526,10 +526,9 @@ class TrialStoreBase(abc.ABC):
 
     @abc.abstractmethod
     def drop_orphan_chunks(self, *, min_age_s: float | None = None) -> int:
-        """Delete GridFS chunks that no file document owns and whose file id (stamped by the
-        writer's clock when its upload began) is more than ``min_age_s`` older than the
-        database's clock (``None``: ``$HYPERFLEET_ORPHAN_CHUNK_AGE_S``, else
-        :data:`~coordinator.defaults.ORPHAN_CHUNK_AGE_S`): what a writer killed in the middle
-        of an upload leaves (GridFS writes a file's document after its chunks). Each call of
-        one store looks only at files begun since its previous call's horizon (the first, at
-        all); returns how many files' chunks went."""
+        """Sweep GridFS uploads that never finished (:mod:`coordinator.store.uploads`): note
+        the file ids that have chunks and no ``fs.files`` document (with the database's time
+        first seen), and delete the chunks of those noted over ``min_age_s`` ago (``None``:
+        ``$HYPERFLEET_ORPHAN_CHUNK_AGE_S``, else :data:`~coordinator.defaults.ORPHAN_CHUNK_AGE_S`)
+        that still have none: what a writer killed in the middle of an upload leaves (GridFS
+        writes a file's document after its chunks). Returns how many files' chunks went."""

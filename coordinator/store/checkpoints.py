@@ -30,7 +30,6 @@ shared file's trial key): a copied or hostile document's link is removed, the fi
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import logging
 import os
@@ -45,15 +44,15 @@ import gridfs.errors
 import pymongo.errors
 from bson import ObjectId
 
-from coordinator import defaults, rules
+from coordinator import rules
 from coordinator.errors import CheckpointNotSaved, CheckpointRefused
 from coordinator.pruning.base import rung_key
 from coordinator.shown import shown
 from coordinator.states import TrialState
 from coordinator.store.base import Checkpoint, DocId, Lease
-from coordinator.store.connection import env_seconds, retrying
+from coordinator.store.connection import retrying
 from coordinator.store.encoding import utcnow
-from coordinator.store.handles import MongoHandles, StorePart
+from coordinator.store.handles import StorePart
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +62,6 @@ MAX_CHECKPOINT_BYTES = 2 * 2**30
 CHECKPOINT_DIR_ENV = "HYPERFLEET_CHECKPOINT_DIR"
 #: the largest epoch (and attempt) a checkpoint may have: its file name holds at most 9 digits
 MAX_EPOCH = 999_999_999
-#: overrides :data:`~coordinator.defaults.ORPHAN_CHUNK_AGE_S` (every process that sweeps reads it)
-ORPHAN_AGE_ENV = "HYPERFLEET_ORPHAN_CHUNK_AGE_S"
-#: the least it may be set to
-MIN_ORPHAN_AGE_S = 600.0
 #: the only names a link may give a checkpoint file in that directory
 _FILE_NAME = re.compile(r"[0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,9}-[0-9a-f]{16}\.ckpt")
 
@@ -323,65 +318,6 @@ class Checkpoints(StorePart):
             keys = {_trial_key(trial_id): attempt for trial_id, attempt in ended.items()}
             swept += _sweep_shared_orphans(directory, keys)
         return swept
-
-    def __init__(self, mongo: MongoHandles) -> None:
-        super().__init__(mongo)
-        #: how old an upload without a file document must be to count as abandoned
-        self._orphan_age_s = env_seconds(
-            ORPHAN_AGE_ENV,
-            defaults.ORPHAN_CHUNK_AGE_S,
-            lambda v: v >= MIN_ORPHAN_AGE_S,
-            f"a number of seconds of at least {MIN_ORPHAN_AGE_S:.0f} (an upload still going "
-            "must never look abandoned)",
-        )
-        #: files begun before this id were checked by an earlier call (None: none yet)
-        self._chunks_checked_to: ObjectId | None = None
-
-    def drop_orphan_chunks(self, *, min_age_s: float | None = None) -> int:
-        age = self._orphan_age_s if min_age_s is None else max(0.0, min_age_s)
-        horizon = ObjectId.from_datetime(self.mongo.server_clock() - dt.timedelta(seconds=age))
-        since = self._chunks_checked_to
-        if since is not None and horizon <= since:
-            return 0  # the database's clock went back: nothing new is old enough yet
-        orphans = self._orphan_chunk_files(since, horizon)
-        went = self._delete_chunks(orphans) if orphans else 0
-        self._chunks_checked_to = horizon  # only once every file up to it was looked at
-        return went
-
-    @retrying
-    def _orphan_chunk_files(self, since: ObjectId | None, horizon: ObjectId) -> list[ObjectId]:
-        """The ids of files begun in ``[since, horizon)`` that have chunks but no file
-        document. A file's first chunk (``n`` 0) stands for it: the index GridFS keeps on
-        ``(files_id, n)`` answers the range, and chunks' data is never read."""
-        window: dict[str, Any] = {"$lt": horizon}
-        if since is not None:
-            window["$gte"] = since
-        firsts = self.db["fs.chunks"].find(
-            {"files_id": window, "n": 0}, projection={"files_id": 1, "_id": 0}
-        )
-        # ObjectIds only: the range cannot match another type on MongoDB; a junk chunk's
-        # files_id that an embedded server lets through is no upload of ours
-        begun = {c["files_id"] for c in firsts if isinstance(c.get("files_id"), ObjectId)}
-        if not begun:
-            return []
-        documented = self.db["fs.files"].find(
-            {"_id": {"$in": sorted(begun)}}, projection={"_id": 1}
-        )
-        return sorted(begun - {d["_id"] for d in documented})
-
-    @retrying
-    def _delete_chunks(self, orphans: list[ObjectId]) -> int:
-        """Delete the chunks of ``orphans``, checking again that no file document appeared
-        meanwhile (an upload cannot finish this late, but a hand-made document may); how many
-        files' chunks went."""
-        documented = {
-            d["_id"]
-            for d in self.db["fs.files"].find({"_id": {"$in": orphans}}, projection={"_id": 1})
-        }
-        gone = [file_id for file_id in orphans if file_id not in documented]
-        if gone:
-            self.db["fs.chunks"].delete_many({"files_id": {"$in": gone}})
-        return len(gone)
 
     @retrying
     def _ended_attempts(self, exp_key: str, among: list[Any] | None) -> dict[Any, int]:

@@ -43,6 +43,7 @@ from coordinator.store.reads import TrialReads
 from coordinator.store.reaping import Reaping
 from coordinator.store.registry import WorkerRegistry
 from coordinator.store.rungs import RungRecords
+from coordinator.store.uploads import UnfinishedUploads
 from coordinator.store.views import TrialViews
 
 
@@ -62,6 +63,7 @@ class StoreParts:
     files: Attachments
     rungs: RungRecords
     checkpoints: Checkpoints
+    uploads: UnfinishedUploads
 
 
 #: which part serves each method of the contract (:class:`TrialStoreBase`); the store's
@@ -127,13 +129,8 @@ CONTRACT_PARTS: dict[str, tuple[str, ...]] = {
         "settle_pause",
         "finished_curves",
     ),
-    "checkpoints": (
-        "save_checkpoint",
-        "load_checkpoint",
-        "resume_at",
-        "drop_checkpoints",
-        "drop_orphan_chunks",
-    ),
+    "checkpoints": ("save_checkpoint", "load_checkpoint", "resume_at", "drop_checkpoints"),
+    "uploads": ("drop_orphan_chunks",),
 }
 
 
@@ -197,6 +194,7 @@ class TrialStore(TrialStoreBase):
             files=Attachments(mongo),
             rungs=RungRecords(mongo),
             checkpoints=Checkpoints(mongo),
+            uploads=UnfinishedUploads(mongo),
         )
 
     @property
