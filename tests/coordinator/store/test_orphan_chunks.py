@@ -101,6 +101,44 @@ def test_a_killed_upload_s_chunks_go_once_seen_long_enough(server, store: TrialS
     assert _chunks(store, finished) == 1 and _noted(store) == set()
 
 
+def test_an_upload_still_sending_chunks_is_never_deleted(store: TrialStore) -> None:
+    """Review: the age counted from the first sighting, so an upload slower than the age lost
+    its chunks while it was still writing them. It counts from the last change now."""
+    slow = ObjectId()
+    chunks = store.db["fs.chunks"]
+    chunks.insert_one({"files_id": slow, "n": 0, "data": b"a"})
+    assert store.drop_orphan_chunks(min_age_s=3600) == 0  # noted with 1 chunk
+    for n in (1, 2):  # a chunk more before every sweep: never due
+        time.sleep(0.3)
+        chunks.insert_one({"files_id": slow, "n": n, "data": b"b"})
+        assert store.drop_orphan_chunks(min_age_s=0.2) == 0
+    assert _chunks(store, slow) == 3
+    time.sleep(0.3)  # then it stops: its writer was killed
+    assert store.drop_orphan_chunks(min_age_s=0.2) == 1 and _chunks(store, slow) == 0
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        {"first_seen": dt.datetime(2000, 1, 1)},  # no change recorded
+        {"changed": "long ago", "chunks": 1},
+        {"changed": dt.datetime(2999, 1, 1), "chunks": 1},  # in the future: never due
+        {"changed": dt.datetime(2000, 1, 1), "chunks": 7},  # another count than now
+    ],
+)
+def test_a_planted_or_junk_note_does_not_decide(store: TrialStore, planted: dict) -> None:
+    """A note copied from elsewhere or hand-made starts the clock again (from the database's
+    now) instead of deleting a live upload, or keeping an orphan forever."""
+    live = ObjectId()
+    store.db["fs.chunks"].insert_one({"files_id": live, "n": 0, "data": b"a"})
+    store.db["orphan_uploads"].insert_one({"_id": live, **planted})
+    assert store.drop_orphan_chunks(min_age_s=3600) == 0 and _chunks(store, live) == 1
+    note = store.db["orphan_uploads"].find_one({"_id": live})
+    assert note["chunks"] == 1 and note["changed"] > store.server_time() - dt.timedelta(hours=1)
+    time.sleep(0.3)
+    assert store.drop_orphan_chunks(min_age_s=0.2) == 1  # then it goes like any other
+
+
 def test_chunks_left_without_their_first_are_found_too(store: TrialStore) -> None:
     """A delete cut short removes a file's first chunks first: the rest is an upload of nobody
     (review: the sweep looked only at chunks ``n`` 0)."""
@@ -174,11 +212,13 @@ def test_the_search_s_housekeeping_sweeps_them(
 
 
 def _old_orphan(store: TrialStore) -> ObjectId:
-    """Chunks of an upload that never got its file document, as a sweep 7 hours ago noted."""
+    """Chunks of an upload that never got its file document, as a sweep noted them 7 hours
+    ago (one chunk, unchanged since)."""
     file_id = ObjectId()
     store.db["fs.chunks"].insert_one({"files_id": file_id, "n": 0, "data": b"left"})
     seen = store.server_time() - dt.timedelta(hours=7)
-    store.db["orphan_uploads"].insert_one({"_id": file_id, "first_seen": seen})
+    note = {"_id": file_id, "first_seen": seen, "changed": seen, "chunks": 1}
+    store.db["orphan_uploads"].insert_one(note)
     return file_id
 
 
