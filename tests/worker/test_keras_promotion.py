@@ -44,9 +44,12 @@ def test_keras_trials_pause_at_a_rung_and_resume_when_promoted(
     promoted = [d for d in trials if d.get("promotions")]
     # with --checkpoint-every 5 no epoch of a 3-epoch trial is checkpointed but the paused one:
     # every pause was taken (none fell back to "prune" for want of a checkpoint)
-    decisions = [r["decision"] for r in db.rungs.find({"exp_key": key})]
-    assert {"pause", "promoted"} & set(decisions), (decisions, log[-3000:])
-    assert db.rungs.count_documents({"exp_key": key, "why": {"$exists": True}}) == 0
+    # (the search's end turns the records of trials still paused into "prune" with that why)
+    ended = "still paused when the search ended"
+    records = list(db.rungs.find({"exp_key": key}))
+    taken = [r for r in records if r["decision"] in ("pause", "promoted") or r.get("why") == ended]
+    assert taken, ([(r["decision"], r.get("why")) for r in records], log[-3000:])
+    assert all(r.get("why") in (None, ended) for r in records), records
     assert "with no checkpoint of it" not in log and "paused at epoch" in log, log[-3000:]
     for doc in promoted:
         history = [h for h in doc["attempt_history"] if h["outcome"] == "paused"]
