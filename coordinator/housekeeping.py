@@ -57,6 +57,17 @@ def continue_stream(rstate: np.random.Generator, *position: int) -> np.random.Ge
     return np.random.default_rng([int(rstate.integers(2**63 - 1)), *position])
 
 
+def drop_unfinished_uploads(store: TrialStoreBase, min_age_s: float | None = None) -> None:
+    """Sweep the GridFS uploads a killed writer never finished, and say how many went.
+    Database-wide (chunks name no experiment), so every coordinator may do it: idempotent."""
+    unfinished = store.drop_orphan_chunks(min_age_s=min_age_s)
+    if unfinished:
+        logger.info(
+            "deleted the GridFS chunks of %s that never finished (a writer killed mid-upload)",
+            counted(unfinished, "upload"),
+        )
+
+
 class Housekeeping:
     """One search's housekeeping (see the module docstring).
 
@@ -133,13 +144,7 @@ class Housekeeping:
                 self.exp_key,
                 dropped,
             )
-        # database-wide (chunks name no experiment), so every coordinator may do it: idempotent
-        unfinished = self.store.drop_orphan_chunks(min_age_s=self.orphan_chunk_age_s)
-        if unfinished:
-            logger.info(
-                "deleted the GridFS chunks of %s that never finished (a writer killed mid-upload)",
-                counted(unfinished, "upload"),
-            )
+        drop_unfinished_uploads(self.store, self.orphan_chunk_age_s)
 
     def _finish_rate(self, counts: dict[TrialState, int]) -> float:
         """Trials finished per second since the previous tick (0 at the first)."""

@@ -27,7 +27,13 @@ from hyperopt import anneal, base, rand, tpe
 from coordinator import defaults, fleet_tpe, rules
 from coordinator.errors import ConfigError, ExperimentMismatch, HyperfleetError, counted
 from coordinator.experiment_lease import CoordinatorLease, Holder, check_holder
-from coordinator.housekeeping import POLL_S, TICK_S, Housekeeping, continue_stream
+from coordinator.housekeeping import (
+    POLL_S,
+    TICK_S,
+    Housekeeping,
+    continue_stream,
+    drop_unfinished_uploads,
+)
 from coordinator.loop import OnTick, SearchLoop
 from coordinator.progress import SearchProgress
 from coordinator.pruning import PruningConfig
@@ -429,9 +435,4 @@ class Coordinator:
         dropped = self.store.drop_checkpoints(exp_key=self.config.exp_key)
         if dropped:
             logger.info("search %r: deleted %d left-over checkpoints", self.config.exp_key, dropped)
-        unfinished = self.store.drop_orphan_chunks()  # database-wide, old enough ones only
-        if unfinished:
-            logger.info(
-                "deleted the GridFS chunks of %s that never finished (a writer killed mid-upload)",
-                counted(unfinished, "upload"),
-            )
+        drop_unfinished_uploads(self.store)

@@ -152,14 +152,16 @@ class UnfinishedUploads(StorePart):
         return counts
 
     @retrying
-    def _note(self, file_ids: list[ObjectId]) -> None:
+    def _note(self, file_ids: list[ObjectId], counts: dict[ObjectId, int] | None = None) -> None:
         """Note ``file_ids`` as seen without a document with their chunk counts: ``changed``
         becomes the database's time wherever the count differs from the one noted (an upload
         still going), or the note is new or junk (not a date, or in the future). Idempotent:
-        a retry or another sweeper that counts the same changes nothing."""
+        a retry or another sweeper that counts the same changes nothing. ``counts``: already
+        counted (else counted here)."""
         if not file_ids:
             return
-        counts = self._chunk_counts(file_ids)
+        if counts is None:
+            counts = self._chunk_counts(file_ids)
         now = self.mongo.server_time()
         self.notes.bulk_write(
             [
@@ -192,7 +194,7 @@ class UnfinishedUploads(StorePart):
         moved = [i for i in ids if i not in documented and counts[i] and counts[i] != due[i]]
         gone = [i for i in ids if i not in documented and counts[i] and i not in moved]
         if moved:  # still being written: its clock starts again
-            self._note(moved)
+            self._note(moved, counts)
         if gone:
             self.db["fs.chunks"].delete_many({"files_id": {"$in": gone}})
             late = self.db["fs.files"].find({"_id": {"$in": gone}}, projection={"_id": 1})
