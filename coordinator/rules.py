@@ -69,6 +69,17 @@ def seconds(value: Any) -> float | None:
     return float(value) if _is_number(value) and math.isfinite(value) and value >= 0 else None
 
 
+#: the longest an attempt's ``ran_s`` may say it ran (longer: junk dates, not a run)
+MAX_RAN_S = 366 * 86400.0
+
+
+def ran_seconds(value: Any) -> float | None:
+    """An attempt's ``ran_s`` if it is seconds a run can have (0 to :data:`MAX_RAN_S`), else
+    ``None``."""
+    ran = seconds(value)
+    return ran if ran is not None and ran <= MAX_RAN_S else None
+
+
 def earlier_segments_s(doc: Mapping[str, Any]) -> float | None:
     """The seconds a trial promoted from rungs (``--promote``) ran before the segment now
     ending: the ``duration_s`` of each ``paused`` entry of its attempt history, summed (junk

@@ -363,9 +363,9 @@ def show(mongo: str, db: str, exp_key: str, tid_text: str, spaces: tuple[str, ..
         ran = ins.number(h.get("duration_s"))  # --promote: a paused segment's seconds
         if ran is not None:
             progress = ", ".join(filter(None, (progress, f"ran {ran:.3f} s")))
-        least = ins.number(h.get("ran_s"))  # a handed-back attempt: claim to last heartbeat
-        if least is not None and ran is None:
-            progress = ", ".join(filter(None, (progress, f"ran at least {least:.0f} s")))
+        least = rules.ran_seconds(h.get("ran_s"))  # handed back: claim to last heartbeat
+        if least is not None and ran is None:  # whole seconds, rounded down: a lower bound
+            progress = ", ".join(filter(None, (progress, f"ran at least {int(least)} s")))
         click.echo(
             f"    attempt {attempt} by {owner}: {outcome} "
             f"({shown(h.get('reason'), LONG_CHARS, bare=True)}) at {ins.fmt_value(h.get('at'))}"

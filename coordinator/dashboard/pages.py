@@ -44,7 +44,7 @@ def _ran(entry: Mapping[str, Any]) -> str:
     (claim to last heartbeat of an attempt handed back or lost: "≥ ..."), else a dash."""
     if inspect.number(entry.get("duration_s")) is not None:
         return age(entry["duration_s"])
-    if inspect.number(entry.get("ran_s")) is not None:
+    if rules.ran_seconds(entry.get("ran_s")) is not None:
         return "≥ " + age(entry["ran_s"])
     return "—"
 

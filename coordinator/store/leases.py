@@ -457,15 +457,18 @@ def _progress(lease: Lease) -> dict[str, Any]:
 def _ran_s(doc: dict[str, Any]) -> float | None:
     """Seconds from an attempt's claim (``book_time``) to its last heartbeat
     (``refresh_time``), both on the database's clock: it ran at least that long, at most one
-    heartbeat more. ``None`` where either is not a date, or they are out of order (a held
-    trial's claim as the worker computed it, a hand edit)."""
+    heartbeat more. ``None`` for a held trial (claimed behind another, never started), and
+    where either is not a date, they are out of order (a held trial's claim as the worker
+    computed it, a hand edit) or further apart than a run can be."""
+    if doc.get("held") is True:
+        return None
     booked, refreshed = doc.get("book_time"), doc.get("refresh_time")
     if not isinstance(booked, dt.datetime) or not isinstance(refreshed, dt.datetime):
         return None
     if (booked.tzinfo is None) != (refreshed.tzinfo is None):
         return None
-    seconds = (refreshed - booked).total_seconds()
-    return round(seconds, 3) if seconds >= 0 else None
+    ran = rules.ran_seconds((refreshed - booked).total_seconds())
+    return None if ran is None else round(ran, 3)
 
 
 def _release_op(lease: Lease, reason: str) -> pymongo.UpdateOne:

@@ -351,11 +351,12 @@ def test_the_attempts_table_says_how_long_each_attempt_ran(dash_store: TrialStor
         {"attempt": 1, "owner": "w1", "outcome": "paused", "duration_s": 3.0},
         {"attempt": 2, "owner": "w2", "outcome": "lost", "ran_s": 42.0},
         {"attempt": 3, "owner": "w3", "outcome": "requeued", "ran_s": "junk"},
+        *({"attempt": 4, "outcome": "lost", "ran_s": v} for v in (float("nan"), -5.0, 1e300)),
     ]
     make_experiment(dash_store, [doc])
     page = client(dash_store).get("/trial", params={"key": EXP, "tid": 0}).text
     cells = re.findall(r"<td>([^<]*)</td></tr>", page)
-    assert cells[-3:] == ["3.0 s", "≥ 42 s", "—"], cells
+    assert cells[-6:] == ["3.0 s", "≥ 42 s", "—", "—", "—", "—"], cells
 
 
 def test_view_trials_is_lean_and_incremental(dash_store: TrialStore) -> None:

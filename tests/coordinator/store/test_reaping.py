@@ -82,6 +82,22 @@ def test_an_attempt_handed_back_says_how_long_it_ran_at_least(store: TrialStore)
     assert store.release(junk, AttemptOutcome.LOST, "killed") is TrialState.NEW
     assert "ran_s" not in store.get_trial("exp", junk.tid)["attempt_history"][-1]
 
+    absurd = store.reserve_trial("w", exp_key="exp")  # a book_time of 1970: no run that long
+    store.jobs.update_one({"_id": absurd.id}, {"$set": {"book_time": dt.datetime(1970, 1, 1)}})
+    assert store.release(absurd, AttemptOutcome.LOST, "killed") is TrialState.NEW
+    assert "ran_s" not in store.get_trial("exp", absurd.tid)["attempt_history"][-1]
+
+    # review: a held trial the reaper takes back (its worker died) never started either
+    store.drop_database()
+    queue_trials(store, 4)
+    dead = store.reserve_trials("dead", 3, exp_key="exp", lease_s=0.5)
+    assert len(dead.leases) >= 2
+    time.sleep(0.8)
+    assert len(store.reap_expired("exp")) == len(dead.leases)
+    for lease in dead.leases:
+        entry = store.get_trial("exp", lease.tid)["attempt_history"][-1]
+        assert ("ran_s" in entry) is (lease is dead.leases[0]), entry
+
 
 def test_reap_from_many_threads_releases_each_trial_once(store: TrialStore) -> None:
     queue_trials(store, 10)
