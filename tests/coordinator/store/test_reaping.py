@@ -79,12 +79,14 @@ def test_an_attempt_handed_back_says_how_long_it_ran_at_least(store: TrialStore)
 
     junk = store.reserve_trial("w", exp_key="exp")
     store.jobs.update_one({"_id": junk.id}, {"$set": {"refresh_time": "yesterday"}})
-    assert store.release(junk, AttemptOutcome.LOST, "killed") is TrialState.NEW
+    # which trial comes back is the store's choice: the same one may have been lost before,
+    # so the attempt limit is lifted here (CI of stop 31 got tid 2 a third time and ERROR)
+    assert store.release(junk, AttemptOutcome.LOST, "killed", max_attempts=100) is TrialState.NEW
     assert "ran_s" not in store.get_trial("exp", junk.tid)["attempt_history"][-1]
 
     absurd = store.reserve_trial("w", exp_key="exp")  # a book_time of 1970: no run that long
     store.jobs.update_one({"_id": absurd.id}, {"$set": {"book_time": dt.datetime(1970, 1, 1)}})
-    assert store.release(absurd, AttemptOutcome.LOST, "killed") is TrialState.NEW
+    assert store.release(absurd, AttemptOutcome.LOST, "killed", max_attempts=100) is TrialState.NEW
     assert "ran_s" not in store.get_trial("exp", absurd.tid)["attempt_history"][-1]
 
     # review: a held trial the reaper takes back (its worker died) never started either
