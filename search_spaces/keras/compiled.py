@@ -16,6 +16,16 @@ plain ``Sequential`` or functional model, a layer or any object in its config fr
 an optimizer argument :data:`search_spaces.keras.values.OPTIMIZERS` does not list. ``reason``
 says which.
 
+**Widths are values too, on TensorFlow without XLA.** A model made only of ``Dense``,
+``Dropout``, ``Activation`` and input layers (Sequential or functional) is keyed without its
+layers' ``units``: its cached model's weights and optimizer slots are TensorFlow variables of
+unknown shape (:func:`settle`), so one traced train and test step serves every width of that
+depth, activation and optimizer, and a hit assigns the trial's differently shaped initial values
+(:func:`_take_state`). A trial from such a model gives the same losses, bit for bit, as a fresh
+build of the same width (the test checks it); the saved model is built from the trial's own
+config (:func:`trial_config`). XLA (JAX, TensorFlow on a GPU) compiles per shape: there, widths
+stay part of the key.
+
 The cache holds :data:`DEFAULT_SIZE` models (``HYPERFLEET_MODEL_CACHE``: 0 turns reuse off),
 least recently used first out.
 """
@@ -44,6 +54,8 @@ __all__ = [
     "build_lazily",
     "cache",
     "prepare",
+    "settle",
+    "trial_config",
     "trial_seed",
 ]
 
@@ -51,6 +63,10 @@ DEFAULT_SIZE = 8
 SIZE_ENV = "HYPERFLEET_MODEL_CACHE"
 #: layers from Keras that run code their config does not describe
 _OPAQUE_LAYERS = ("Lambda", "TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper")
+#: the layers of a model whose widths may vary under one traced step (their ops take any width)
+_WIDTH_FREE_LAYERS = ("InputLayer", "Dense", "Dropout", "Activation")
+#: where a cached model keeps what :func:`settle` made shape-free
+_FREE = "_hyperfleet_shape_free"
 
 
 class CompiledModels:
@@ -170,6 +186,48 @@ def _renamed(config: Any, names: Mapping[str, str]) -> Any:
     return config
 
 
+def _widths_free(model: Any, layers: list[Any]) -> bool:
+    """Whether ``model``'s widths can be left out of its key: TensorFlow without XLA (a traced
+    function takes tensors of any shape), only the layers of :data:`_WIDTH_FREE_LAYERS`, a
+    ``Dense`` without LoRA or quantization."""
+    from search_spaces.keras.feed import batch_is_shape
+
+    if keras.backend.backend() != "tensorflow" or batch_is_shape():
+        return False
+    for layer in layers:
+        name = type(layer).__name__
+        if name not in _WIDTH_FREE_LAYERS or not (
+            type(layer) is values.Dropout or type(layer).__module__.startswith("keras.")
+        ):
+            return False
+        if name == "Dense" and (
+            getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None)
+        ):
+            return False
+    return True
+
+
+def _without_widths(config: Any) -> Any:
+    """``config`` without what a width changes: ``Dense`` units, layers' build shapes and the
+    shapes of functional models' connecting tensors (the input layers keep theirs)."""
+    if isinstance(config, Mapping):
+        out = {}
+        for key, item in config.items():
+            if key == "build_config":
+                continue
+            if key == "config" and isinstance(item, Mapping):
+                kind = config.get("class_name")
+                if kind == "Dense":
+                    item = {k: v for k, v in item.items() if k != "units"}
+                elif kind == "__keras_tensor__":
+                    item = {k: v for k, v in item.items() if k != "shape"}
+            out[key] = _without_widths(item)
+        return out
+    if isinstance(config, (list, tuple)):
+        return [_without_widths(item) for item in config]
+    return config
+
+
 def _model_signature(model: Any) -> tuple[str | None, str]:
     kind = type(model)
     plain = kind.__name__ in ("Sequential", "Functional") and kind.__module__.startswith("keras.")
@@ -191,8 +249,11 @@ def _model_signature(model: Any) -> tuple[str | None, str]:
     names = {model.name: "#model"}
     for i, name in enumerate(_layer_names(config)):
         names.setdefault(name, f"#{i}")
+    shape = "widths free" if _widths_free(model, layers) else "shapes fixed"
+    if shape == "widths free":
+        config = _without_widths(config)
     text = json.dumps(
-        [kind.__name__, _renamed(config, names)],
+        [kind.__name__, shape, _renamed(config, names)],
         sort_keys=True,
         default=_in_key,
         allow_nan=True,
@@ -247,6 +308,15 @@ class Prepared:
     reused: bool
     key: str | None
     reason: str  #: why there is no key ("" when there is one)
+    #: the trial's own model (lazily built) when ``model`` is a cached widths-free one: its
+    #: config is the trial's (``model``'s says the widths of the trial that compiled it)
+    own: Any = None
+    #: a widths-free key's new model, cached by :func:`settle` once its training state is built
+    unsettled: bool = False
+
+    @property
+    def widths_free(self) -> bool:
+        return self.key is not None and (self.unsettled or hasattr(self.model, _FREE))
 
 
 def build_lazily(build: Callable[[], Any]) -> Any | None:
@@ -293,15 +363,112 @@ def _deferred(variable: Any) -> bool:
 def _take_state(target: Any, source: Any) -> bool:
     """Copy every variable of ``source`` (weights, dropout rates, seed states) into ``target``
     (a lazily built ``source``: its variables' initial values); False (nothing copied) if they
-    do not line up."""
+    do not line up. A shape-free variable of ``target`` (:func:`settle`) takes any shape of its
+    rank, and its optimizer slots are given the same shape."""
+    free = getattr(target, _FREE, None)
+    shape_free = free.variables if free is not None else set()
     pairs = list(zip(target.variables, source.variables, strict=False))
     if len(target.variables) != len(source.variables) or any(
-        tuple(t.shape) != tuple(s.shape) or t.dtype != s.dtype for t, s in pairs
+        t.dtype != s.dtype
+        or len(t.shape) != len(s.shape)
+        or (tuple(t.shape) != tuple(s.shape) and id(t) not in shape_free)
+        for t, s in pairs
     ):
         return False
     for t, s in pairs:
+        if tuple(t.shape) != tuple(s.shape):
+            t._shape = tuple(s.shape)  # its TensorFlow variable has no fixed shape
         t.assign(s._initializer(s.shape, dtype=s.dtype) if _deferred(s) else s)
+    if free is not None:
+        for slot, reference in free.slots:
+            slot._shape = tuple(reference.shape)  # set_values zeroes it at that shape
     return True
+
+
+@dataclass
+class _ShapeFree:
+    """What :func:`settle` made shape-free: variable ids, and (slot, its variable) pairs."""
+
+    variables: set[int]
+    slots: list[tuple[Any, Any]]
+
+
+def _slots(model: Any) -> list[tuple[Any, Any]] | None:
+    """The optimizer's slots paired with the trainable variable each belongs to (the lists of
+    the optimizer's attributes that line up with ``model.trainable_variables``); None when a
+    variable of the optimizer with a shape is in no such list (its shape could not follow)."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not optimizer.built:
+        return None
+    trainable = list(model.trainable_variables)
+    pairs: list[tuple[Any, Any]] = []
+    for item in vars(optimizer).values():
+        if (
+            isinstance(item, list)
+            and trainable
+            and len(item) == len(trainable)
+            and all(isinstance(slot, keras.Variable) for slot in item)
+            and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(item, trainable, strict=True))
+        ):
+            pairs.extend(zip(item, trainable, strict=True))
+    paired = {id(slot) for slot, _ in pairs}
+    if any(len(v.shape) and id(v) not in paired for v in optimizer.variables):
+        return None
+    return pairs
+
+
+def settle(prepared: Prepared, models: CompiledModels) -> None:
+    """Cache a new model of a widths-free key once its optimizer and metrics are built (before
+    ``fit`` traces its step): its weights and optimizer slots become TensorFlow variables of
+    unknown shape, so the step traced for it serves every width. A model whose state does not
+    allow it (an optimizer not built yet, a variable other than a weight or a slot with a
+    shape) trains as built and is not cached."""
+    if not prepared.unsettled:
+        return
+    prepared.unsettled = False
+    model = prepared.model
+    slots = _slots(model)
+    others = [
+        v
+        for v in model.non_trainable_variables
+        if len(v.shape) and not v.path.endswith("seed_generator_state")
+    ]
+    if slots is None or others or getattr(model, "train_function", None) is not None:
+        prepared.reason = "its training state could not be made shape-free (not cached)"
+        return
+    import tensorflow as tf
+
+    free = [*model.trainable_variables, *(slot for slot, _ in slots)]
+    for variable in free:
+        old = variable._value
+        variable._value = tf.Variable(
+            old.read_value(),
+            shape=tf.TensorShape([None] * old.shape.rank),
+            trainable=old.trainable,
+            dtype=old.dtype,
+            name=old.name.split(":")[0],
+        )
+    optimizer = model.optimizer
+    # the optimizer finds a variable's slots by its TensorFlow variable's id: the new ones'
+    optimizer._trainable_variables_indices = {
+        optimizer._var_key(v): i for i, v in enumerate(optimizer._trainable_variables)
+    }
+    setattr(model, _FREE, _ShapeFree({id(v) for v in free}, slots))
+    models.put(prepared.key, model)
+
+
+def trial_config(prepared: Prepared) -> Any:
+    """The config of the model the trial trained: its own (the widths it drew) with the cached
+    model's layer names, so the cached model's weights and optimizer state map onto it by
+    name; None where the cached model's own config is the trial's."""
+    own = prepared.own
+    if own is None:
+        return None
+    model = prepared.model
+    config, cached = own.get_config(), model.get_config()
+    names = {own.name: model.name}
+    names.update(zip(_layer_names(config), _layer_names(cached), strict=False))
+    return _renamed(config, names)
 
 
 def prepare(
@@ -329,7 +496,8 @@ def prepare(
         cached = models.take(key)
         if cached is not None and _take_state(cached, fresh):
             values.set_values(cached.optimizer, optimizer)
-            return Prepared(cached, True, key, "")
+            own = fresh if hasattr(cached, _FREE) else None
+            return Prepared(cached, True, key, "", own=own)
     if rebuild is not None and any(_deferred(v) for v in fresh.variables):
         fresh = rebuild(key is None)
     made = values.make_optimizer(optimizer) if key is not None else None
@@ -339,6 +507,7 @@ def prepare(
         kwargs = {k: v for k, v in optimizer.items() if k != "name"}
         compiled_optimizer = type(keras.optimizers.get(optimizer["name"]))(**kwargs)
     fresh.compile(optimizer=compiled_optimizer, **compile_args)
-    if key is not None:
+    unsettled = key is not None and _widths_free(fresh, _layers(fresh))
+    if key is not None and not unsettled:
         models.put(key, fresh)
-    return Prepared(fresh, False, key, reason)
+    return Prepared(fresh, False, key, reason, unsettled=unsettled)

@@ -36,7 +36,15 @@ from coordinator.defaults import MODEL_ATTACHMENT, SAVE_MODE
 from coordinator.states import Verdict
 from search_spaces.base import TrialContext
 from search_spaces.keras.checkpoint import CheckpointEvery, resume
-from search_spaces.keras.compiled import Prepared, build_lazily, cache, prepare, trial_seed
+from search_spaces.keras.compiled import (
+    Prepared,
+    build_lazily,
+    cache,
+    prepare,
+    settle,
+    trial_config,
+    trial_seed,
+)
 from search_spaces.keras.feed import (
     Feed,
     batch_is_shape,
@@ -237,10 +245,16 @@ def _divergence(history: Mapping[str, list[float]]) -> str | None:
 
 
 def _save_model(
-    model: Any, ctx: TrialContext, loss: float, optimizer: Mapping[str, Any]
+    model: Any,
+    ctx: TrialContext,
+    loss: float,
+    optimizer: Mapping[str, Any],
+    config: Any = None,
 ) -> tuple[bool, str]:
     """Attach the model per ``--save-models``: ``best`` keeps only the best so far. A model
-    with value hyperparameters (:mod:`.values`) is saved as its plain-Keras copy. Returns
+    with value hyperparameters (:mod:`.values`), or one whose architecture is ``config`` (a
+    cached widths-free model trained at the trial's widths), is saved as its plain-Keras copy.
+    Returns
     (saved, why not): a model Keras cannot pack is not saved, and the trial keeps its result;
     the store's errors (a lost lease, an outage) are not caught here."""
     mode = ctx.info.get("save_models", SAVE_MODE)
@@ -251,8 +265,8 @@ def _save_model(
         if best is not None and loss >= best:
             return False, ""
     try:
-        if _has_values(model):
-            model = values.plain_copy(model, optimizer, **COMPILE_ARGS)
+        if config is not None or _has_values(model):
+            model = values.plain_copy(model, optimizer, config=config, **COMPILE_ARGS)
         packed = model_bytes(model)
     except Exception as e:  # noqa: BLE001 - Keras raises many types; the result must survive
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -398,6 +412,7 @@ def run_trial(
     )
     clock = time.perf_counter()
     build_training_state(model, splits.train, int(params["batch_size"]))
+    settle(prepared, cache())
     build_s += time.perf_counter() - clock
     seed_trial(seed, tensorflow=training.tensorflow_seed)
     started = time.perf_counter()
@@ -454,6 +469,7 @@ def run_trial(
             "reused": prepared.reused,
             "architecture": prepared.key,
             "cache_size": len(cache()),
+            "widths_free": prepared.widths_free,
             **({"why_not": prepared.reason} if prepared.reason else {}),
         },
         "backend": keras.backend.backend(),
@@ -475,7 +491,9 @@ def run_trial(
     clock = time.perf_counter()
     saved = False
     if reporter.verdict not in (Verdict.PRUNE, Verdict.PAUSE):
-        saved, unsaved = _save_model(model, ctx, loss, params["optimizer"])
+        saved, unsaved = _save_model(
+            model, ctx, loss, params["optimizer"], trial_config(prepared)
+        )
         if unsaved:
             result["model_save_error"] = unsaved
     timing["save_s"] = time.perf_counter() - clock
@@ -493,11 +511,13 @@ def warm_up(
     pass, so the framework's first-use costs (thread pools, kernels, the first trace) and the
     dataset are paid before any trial is reserved."""
     spe = int(os.environ.get("HYPERFLEET_STEPS_PER_EXECUTION") or WORKER_STEPS_PER_EXECUTION)
-    model = compiled_model(build_model, params, settings, seed=1, steps_per_execution=spe).model
+    prepared = compiled_model(build_model, params, settings, seed=1, steps_per_execution=spe)
+    model = prepared.model
     splits = data(tuple(model.input_shape[1:]), settings)
     batch = int(params["batch_size"])
     training = Feed(splits.train, batch, seed=1)
     build_training_state(model, splits.train, batch)
+    settle(prepared, cache())
     model.fit(
         # one step of the data as trials get it: the same input pipeline, the same traced step
         **training.fit_kwargs(),

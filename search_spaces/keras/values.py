@@ -231,15 +231,21 @@ def _own_config() -> Any:
     return SafeModeScope(False)
 
 
-def plain_copy(model: Any, optimizer: Mapping[str, Any], **compile_args: Any) -> Any:
+def plain_copy(
+    model: Any, optimizer: Mapping[str, Any], *, config: Any = None, **compile_args: Any
+) -> Any:
     """A copy of ``model`` built of plain Keras: each :class:`Dropout` becomes
     ``keras.layers.Dropout`` at its current rate, the optimizer a plain one from ``optimizer``
-    (the spec) with the trained step and slots. Weights are copied. This is what gets saved."""
+    (the spec) with the trained step and slots. Weights are copied. This is what gets saved.
+    ``config``: the architecture to build where ``model``'s own config is not the trial's (a
+    cached widths-free model: :func:`search_spaces.keras.compiled.trial_config`)."""
     rates = {
         layer.name: layer.current_rate() for layer in model.layers if isinstance(layer, Dropout)
     }
     with _own_config():
-        copy = type(model).from_config(_plain_config(model.get_config(), rates))
+        copy = type(model).from_config(
+            _plain_config(model.get_config() if config is None else config, rates)
+        )
     for target in copy.layers:
         if target.weights:
             target.set_weights(model.get_layer(target.name).get_weights())

@@ -190,7 +190,10 @@ def test_models_the_early_build_could_break_are_left_to_fit() -> None:
 
 
 def test_the_key_leaves_values_out_and_keeps_shapes() -> None:
+    import keras
+
     from search_spaces.keras import values
+    from search_spaces.keras.feed import batch_is_shape
     from search_spaces.keras.compiled import architecture_key
     from search_spaces.mnist import build_mlp
 
@@ -203,7 +206,8 @@ def test_the_key_leaves_values_out_and_keeps_shapes() -> None:
     base = key(32, 0.2)
     assert base is not None
     assert key(32, 0.4, beta_1=0.8) == base  # values: the dropout rate, Adam's numbers
-    assert key(64, 0.2) != base  # shapes
+    # widths: values on TensorFlow without XLA (a shape-free step), shapes where XLA compiles
+    assert (key(64, 0.2) == base) is (keras.backend.backend() == "tensorflow" and not batch_is_shape())
     assert key(32, 0.0) != base  # no dropout layer at all
     assert key(32, 0.2, "tanh") != base
     assert key(32, 0.2, amsgrad=True) != base  # the optimizer's structure
@@ -344,3 +348,63 @@ def test_mixed_precision_models_are_never_reused() -> None:
         keras.config.set_dtype_policy(before)
     key, reason = architecture_key(model, structure)
     assert key is None and "mixed precision" in reason
+
+
+# --- widths are values on TensorFlow without XLA -------------------------------------------
+
+#: trials of one depth, activation and optimizer at other widths: one traced step for all
+WIDTHS = (
+    CHECK.split("out = {}")[0]
+    .replace('{"save_models": "none"}', '{"save_models": "all"}')
+    .replace("def attach(self, name, data): pass", "def attach(self, name, data): SAVED.append(data)")
+    + r"""
+import io, tempfile, zipfile, numpy as np, keras
+SAVED = []
+from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+traces = {"train": 0}
+original = TensorFlowTrainer.train_step
+def counted(self, data):
+    traces["train"] += 1
+    return original(self, data)
+TensorFlowTrainer.train_step = counted
+
+def wide(units, lr, dropout):
+    p = params("adam", lr, 0.9, dropout)
+    p["layers"] = [{"units": u, "dropout": dropout} for u in units]
+    return p
+
+def saved_units():
+    with tempfile.NamedTemporaryFile(suffix=".keras") as f:
+        f.write(SAVED[-1]); f.flush()
+        m = keras.saving.load_model(f.name)
+    return [l.units for l in m.layers if hasattr(l, "units")], [w.shape for w in m.get_weights()]
+
+cache().clear()
+first = trial(wide((32, 64), 1e-3, 0.2), 1)
+before = traces["train"]
+cached = trial(wide((128, 16), 3e-3, 0.3), 2)
+cached_traces = traces["train"] - before
+cached_saved = saved_units()
+back = trial(wide((32, 64), 2e-3, 0.1), 3)
+deeper = trial(wide((32, 64, 32), 1e-3, 0.2), 4)
+cache().clear()
+fresh = trial(wide((128, 16), 3e-3, 0.3), 2)
+print(json.dumps({"first": first, "cached": cached, "fresh": fresh, "back": back,
+                  "deeper": deeper, "cached_traces": cached_traces,
+                  "saved": [cached_saved[0], [list(s) for s in cached_saved[1]]]}))
+"""
+)
+
+
+def test_other_widths_reuse_one_traced_step_with_the_fresh_builds_losses() -> None:
+    """On TensorFlow without XLA a cached model's weights and slots have no fixed shape: a
+    trial at other widths (same depth, activation, optimizer) trains the cached model without
+    a new trace, bit for bit as a fresh build of its widths, and saves a model of its widths."""
+    out = run_keras_script(WIDTHS, "tensorflow")
+    first, cached, fresh, back, deeper = (out[k] for k in ("first", "cached", "fresh", "back", "deeper"))
+    assert not first["reused"] and cached["reused"] and back["reused"]
+    assert out["cached_traces"] == 0
+    assert first["key"] == cached["key"] == fresh["key"] != deeper["key"]
+    assert not deeper["reused"]
+    assert cached["history"] == fresh["history"]  # bit for bit
+    assert out["saved"] == [[128, 16, 10], [[784, 128], [128], [128, 16], [16], [16, 10], [10]]]
