@@ -188,12 +188,15 @@ def _renamed(config: Any, names: Mapping[str, str]) -> Any:
 
 def _widths_free(model: Any, layers: list[Any]) -> bool:
     """Whether ``model``'s widths can be left out of its key: TensorFlow without XLA (a traced
-    function takes tensors of any shape), only the layers of :data:`_WIDTH_FREE_LAYERS`, a
-    ``Dense`` without LoRA or quantization."""
+    function takes tensors of any shape), inputs of (batch, features), only the layers of
+    :data:`_WIDTH_FREE_LAYERS`, a ``Dense`` without LoRA or quantization."""
     from search_spaces.keras.feed import batch_is_shape
 
     if keras.backend.backend() != "tensorflow" or batch_is_shape():
         return False
+    inputs = getattr(model, "inputs", None) or []
+    if not inputs or any(len(tensor.shape) != 2 for tensor in inputs):
+        return False  # a Dense on a sequence or an image multiplies in more than 2 dims
     for layer in layers:
         name = type(layer).__name__
         if name not in _WIDTH_FREE_LAYERS or not (
@@ -408,6 +411,7 @@ def _slots(model: Any) -> list[tuple[Any, Any]] | None:
             and trainable
             and len(item) == len(trainable)
             and all(isinstance(slot, keras.Variable) for slot in item)
+            and not any(a is b for a, b in zip(item, trainable, strict=True))  # not slots
             and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(item, trainable, strict=True))
         ):
             pairs.extend(zip(item, trainable, strict=True))

@@ -491,9 +491,7 @@ def run_trial(
     clock = time.perf_counter()
     saved = False
     if reporter.verdict not in (Verdict.PRUNE, Verdict.PAUSE):
-        saved, unsaved = _save_model(
-            model, ctx, loss, params["optimizer"], trial_config(prepared)
-        )
+        saved, unsaved = _save_model(model, ctx, loss, params["optimizer"], trial_config(prepared))
         if unsaved:
             result["model_save_error"] = unsaved
     timing["save_s"] = time.perf_counter() - clock

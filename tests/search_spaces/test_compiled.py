@@ -193,8 +193,8 @@ def test_the_key_leaves_values_out_and_keeps_shapes() -> None:
     import keras
 
     from search_spaces.keras import values
-    from search_spaces.keras.feed import batch_is_shape
     from search_spaces.keras.compiled import architecture_key
+    from search_spaces.keras.feed import batch_is_shape
     from search_spaces.mnist import build_mlp
 
     def key(units: int, dropout: float, activation: str = "relu", **opt: object) -> str | None:
@@ -207,7 +207,8 @@ def test_the_key_leaves_values_out_and_keeps_shapes() -> None:
     assert base is not None
     assert key(32, 0.4, beta_1=0.8) == base  # values: the dropout rate, Adam's numbers
     # widths: values on TensorFlow without XLA (a shape-free step), shapes where XLA compiles
-    assert (key(64, 0.2) == base) is (keras.backend.backend() == "tensorflow" and not batch_is_shape())
+    widths_free = keras.backend.backend() == "tensorflow" and not batch_is_shape()
+    assert (key(64, 0.2) == base) is widths_free
     assert key(32, 0.0) != base  # no dropout layer at all
     assert key(32, 0.2, "tanh") != base
     assert key(32, 0.2, amsgrad=True) != base  # the optimizer's structure
@@ -356,9 +357,9 @@ def test_mixed_precision_models_are_never_reused() -> None:
 WIDTHS = (
     CHECK.split("out = {}")[0]
     .replace('{"save_models": "none"}', '{"save_models": "all"}')
-    .replace("def attach(self, name, data): pass", "def attach(self, name, data): SAVED.append(data)")
+    .replace("attach(self, name, data): pass", "attach(self, name, data): SAVED.append(data)")
     + r"""
-import io, tempfile, zipfile, numpy as np, keras
+import tempfile, keras
 SAVED = []
 from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 traces = {"train": 0}
@@ -388,10 +389,34 @@ cached_saved = saved_units()
 back = trial(wide((32, 64), 2e-3, 0.1), 3)
 deeper = trial(wide((32, 64, 32), 1e-3, 0.2), 4)
 cache().clear()
+CKPT, RESUME = [], []
+class Checkpoint:
+    def __init__(self, epoch, data): self.epoch, self.data = epoch, data
+def load_checkpoint(self, restore=None):
+    from coordinator.errors import CheckpointRefused
+    for checkpoint in RESUME:
+        try:
+            restore(checkpoint)
+        except CheckpointRefused:
+            return None
+        return checkpoint
+    return None
+Ctx.load_checkpoint = load_checkpoint
+Ctx.save_checkpoint = lambda self, epoch, data: CKPT.append(Checkpoint(epoch, data))
 fresh = trial(wide((128, 16), 3e-3, 0.3), 2)
+fresh_checkpoint = CKPT[-1]
+trial(wide((32, 64), 1e-3, 0.2), 9)  # the cached model now has other widths
+RESUME.append(fresh_checkpoint)  # trial 2 comes back: it resumes at its widths
+resumed = run_trial(wide((128, 16), 3e-3, 0.3), Ctx(2), build_model=build_mlp, data=mnist_data)
+# trial 3's model is 32/64 wide: trial 2's checkpoint is refused, it starts afresh
+foreign = run_trial(wide((32, 64), 2e-3, 0.1), Ctx(3), build_model=build_mlp, data=mnist_data)
 print(json.dumps({"first": first, "cached": cached, "fresh": fresh, "back": back,
                   "deeper": deeper, "cached_traces": cached_traces,
-                  "saved": [cached_saved[0], [list(s) for s in cached_saved[1]]]}))
+                  "saved": [cached_saved[0], [list(s) for s in cached_saved[1]]],
+                  "resumed": [resumed["compiled"]["reused"], resumed["resumed_from_epoch"],
+                              resumed["history"]["loss"]],
+                  "foreign": [foreign["resumed_from_epoch"], len(foreign["history"]["loss"])],
+                  "widths_free": resumed["compiled"]["widths_free"]}))
 """
 )
 
@@ -401,10 +426,50 @@ def test_other_widths_reuse_one_traced_step_with_the_fresh_builds_losses() -> No
     trial at other widths (same depth, activation, optimizer) trains the cached model without
     a new trace, bit for bit as a fresh build of its widths, and saves a model of its widths."""
     out = run_keras_script(WIDTHS, "tensorflow")
-    first, cached, fresh, back, deeper = (out[k] for k in ("first", "cached", "fresh", "back", "deeper"))
+    first, cached, fresh = out["first"], out["cached"], out["fresh"]
+    back, deeper = out["back"], out["deeper"]
     assert not first["reused"] and cached["reused"] and back["reused"]
     assert out["cached_traces"] == 0
     assert first["key"] == cached["key"] == fresh["key"] != deeper["key"]
     assert not deeper["reused"]
     assert cached["history"] == fresh["history"]  # bit for bit
     assert out["saved"] == [[128, 16, 10], [[784, 128], [128], [128, 16], [16], [16, 10], [10]]]
+    # a checkpoint restores into the cached model at the trial's widths, and goes on exactly
+    assert out["resumed"] == [True, 1, fresh["history"]["loss"][1:]]
+    assert out["widths_free"] is True
+    assert out["foreign"] == [0, 2]  # another width's checkpoint: refused, trained afresh
+
+
+def test_only_dense_models_on_flat_inputs_leave_their_widths_out() -> None:
+    """Widths leave the key only where one traced step can take any width: Dense, Dropout
+    and Activation layers on (batch, features) inputs, TensorFlow without XLA."""
+    import keras
+
+    from search_spaces.keras.compiled import architecture_key
+    from search_spaces.keras.feed import batch_is_shape
+
+    if keras.backend.backend() != "tensorflow" or batch_is_shape():
+        pytest.skip("widths are shape where XLA compiles (JAX, TensorFlow with a GPU)")
+    structure = ("adam", (), ("momentum>0", False), ("weight_decay", False))
+
+    def key(model: object) -> str | None:
+        return architecture_key(model, structure)[0]
+
+    def functional(units: int) -> object:
+        inputs = keras.Input((8,))
+        hidden = keras.layers.Activation("relu")(keras.layers.Dense(units)(inputs))
+        return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dropout(0.1)(hidden)))
+
+    def sequence(units: int) -> object:  # a Dense on (batch, steps, features)
+        return keras.Sequential([keras.Input((5, 8)), keras.layers.Dense(units)])
+
+    def normalised(units: int) -> object:  # another layer: its shapes follow the width
+        return keras.Sequential(
+            [keras.Input((8,)), keras.layers.Dense(units), keras.layers.LayerNormalization()]
+        )
+
+    assert key(functional(4)) == key(functional(64)) is not None
+    assert key(sequence(4)) != key(sequence(64))
+    assert key(normalised(4)) != key(normalised(64))
+    deeper = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(3)])
+    assert key(deeper) != key(keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)]))
