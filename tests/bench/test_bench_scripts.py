@@ -26,6 +26,7 @@ WITH_HELP = [
     "store_queries.py",
     "checkpoint_cost.py",
     "jax_compile_cache.py",
+    "shape_free_step.py",
 ]
 if importlib.util.find_spec("optuna") is not None:
     WITH_HELP.append("optuna_bench.py")
@@ -90,6 +91,18 @@ def test_checkpoint_cost_runs_at_a_tiny_size() -> None:
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "of an epoch" in out.stdout and "without checkpoints" in out.stdout
+
+
+def test_shape_free_step_runs_at_a_tiny_size() -> None:
+    """bench/shape_free_step.py end to end: both kinds of step train and are timed."""
+    out = _run(
+        "bench/shape_free_step.py",
+        *("--repeats", "1", "--train-size", "256", "--epochs", "2"),
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if ", batch " in line]
+    assert len(rows) == 4 and all(float(row.split()[-1]) > 0 for row in rows), out.stdout
 
 
 def _tta_run(system: str, finishes: list[tuple[float, float]]) -> dict:
