@@ -461,18 +461,20 @@ def settle(prepared: Prepared, models: CompiledModels) -> None:
     models.put(prepared.key, model)
 
 
-def trial_config(prepared: Prepared) -> Any:
-    """The config of the model the trial trained: its own (the widths it drew) with the cached
-    model's layer names, so the cached model's weights and optimizer state map onto it by
-    name; None where the cached model's own config is the trial's."""
+def trial_config(prepared: Prepared) -> tuple[Any, dict[str, str]] | None:
+    """The architecture the trial trained where the cached model's config is not it (a cached
+    widths-free model says the widths of the trial that compiled it): the trial's own config
+    (its widths, its names) and which of the cached model's layers each of its layers is
+    (``{own name: cached name}``, by position); None where the cached model's config is the
+    trial's."""
     own = prepared.own
     if own is None:
         return None
     model = prepared.model
-    config, cached = own.get_config(), model.get_config()
+    config = own.get_config()
     names = {own.name: model.name}
-    names.update(zip(_layer_names(config), _layer_names(cached), strict=False))
-    return _renamed(config, names)
+    names.update(zip(_layer_names(config), _layer_names(model.get_config()), strict=False))
+    return config, names
 
 
 def prepare(

@@ -249,11 +249,12 @@ def _save_model(
     ctx: TrialContext,
     loss: float,
     optimizer: Mapping[str, Any],
-    config: Any = None,
+    architecture: tuple[Any, Mapping[str, str]] | None = None,
 ) -> tuple[bool, str]:
     """Attach the model per ``--save-models``: ``best`` keeps only the best so far. A model
-    with value hyperparameters (:mod:`.values`), or one whose architecture is ``config`` (a
-    cached widths-free model trained at the trial's widths), is saved as its plain-Keras copy.
+    with value hyperparameters (:mod:`.values`), or one whose trial's architecture is
+    ``architecture`` (a cached widths-free model: :func:`.compiled.trial_config`), is saved as
+    its plain-Keras copy.
     Returns
     (saved, why not): a model Keras cannot pack is not saved, and the trial keeps its result;
     the store's errors (a lost lease, an outage) are not caught here."""
@@ -265,8 +266,8 @@ def _save_model(
         if best is not None and loss >= best:
             return False, ""
     try:
-        if config is not None or _has_values(model):
-            model = values.plain_copy(model, optimizer, config=config, **COMPILE_ARGS)
+        if architecture is not None or _has_values(model):
+            model = values.plain_copy(model, optimizer, architecture=architecture, **COMPILE_ARGS)
         packed = model_bytes(model)
     except Exception as e:  # noqa: BLE001 - Keras raises many types; the result must survive
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""

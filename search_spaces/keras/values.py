@@ -232,23 +232,30 @@ def _own_config() -> Any:
 
 
 def plain_copy(
-    model: Any, optimizer: Mapping[str, Any], *, config: Any = None, **compile_args: Any
+    model: Any,
+    optimizer: Mapping[str, Any],
+    *,
+    architecture: tuple[Any, Mapping[str, str]] | None = None,
+    **compile_args: Any,
 ) -> Any:
     """A copy of ``model`` built of plain Keras: each :class:`Dropout` becomes
     ``keras.layers.Dropout`` at its current rate, the optimizer a plain one from ``optimizer``
     (the spec) with the trained step and slots. Weights are copied. This is what gets saved.
-    ``config``: the architecture to build where ``model``'s own config is not the trial's (a
-    cached widths-free model: :func:`search_spaces.keras.compiled.trial_config`)."""
+    ``architecture``: (config, {its layer names: ``model``'s}) where ``model``'s own config is
+    not the trial's (a cached widths-free model:
+    :func:`search_spaces.keras.compiled.trial_config`): the copy is built from that config,
+    with its names, and takes the state of ``model``'s corresponding layers."""
+    config, names = architecture if architecture is not None else (model.get_config(), {})
     rates = {
         layer.name: layer.current_rate() for layer in model.layers if isinstance(layer, Dropout)
     }
+    rates.update({own: rates[cached] for own, cached in names.items() if cached in rates})
     with _own_config():
-        copy = type(model).from_config(
-            _plain_config(model.get_config() if config is None else config, rates)
-        )
+        copy = type(model).from_config(_plain_config(config, rates))
     for target in copy.layers:
         if target.weights:
-            target.set_weights(model.get_layer(target.name).get_weights())
+            source = model.get_layer(names.get(target.name, target.name))
+            target.set_weights(source.get_weights())
     kwargs = {k: v for k, v in optimizer.items() if k != "name"}
     plain = type(keras.optimizers.get(str(optimizer["name"]).lower()))(**kwargs)
     copy.compile(optimizer=plain, **compile_args)
@@ -256,8 +263,24 @@ def plain_copy(
     if trained is not None and trained.built:
         plain.build(copy.trainable_variables)
         by_path = {v.path.split("/", 1)[-1]: v for v in trained.variables}
+        # a slot's name starts with its variable's path: the copy's path -> ``model``'s
+        prefixes: dict[str, str] = {}
+        mine_all, theirs_all = copy.trainable_variables, model.trainable_variables
+        if names and len(mine_all) == len(theirs_all):
+            for mine, theirs in zip(mine_all, theirs_all, strict=True):
+                prefixes[mine.path.replace("/", "_")] = theirs.path.replace("/", "_")
         for variable in plain.variables:
-            source = by_path.get(variable.path.split("/", 1)[-1])
+            key = _slot_source(variable.path.split("/", 1)[-1], prefixes)
+            source = by_path.get(key)
             if source is not None and tuple(source.shape) == tuple(variable.shape):
                 variable.assign(source)
     return copy
+
+
+def _slot_source(key: str, prefixes: Mapping[str, str]) -> str:
+    """``key`` (an optimizer variable's name) with the longest variable path it starts with
+    replaced by the corresponding path of the source model."""
+    for mine in sorted(prefixes, key=len, reverse=True):
+        if key.startswith(mine + "_"):
+            return prefixes[mine] + key[len(mine) :]
+    return key

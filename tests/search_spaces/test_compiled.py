@@ -410,7 +410,28 @@ RESUME.append(fresh_checkpoint)  # trial 2 comes back: it resumes at its widths
 resumed = run_trial(wide((128, 16), 3e-3, 0.3), Ctx(2), build_model=build_mlp, data=mnist_data)
 # trial 3's model is 32/64 wide: trial 2's checkpoint is refused, it starts afresh
 foreign = run_trial(wide((32, 64), 2e-3, 0.1), Ctx(3), build_model=build_mlp, data=mnist_data)
+def named(p, settings):  # names that say the widths: the saved model keeps the trial's
+    from search_spaces.keras.values import Dropout
+    units = [layer["units"] for layer in p["layers"]]
+    layers = [keras.Input(shape=(784,))]
+    for i, u in enumerate(units):
+        layers.append(keras.layers.Dense(u, activation="relu", name=f"hidden_{u}_{i}"))
+        layers.append(Dropout(0.1, name=f"drop_{u}_{i}"))
+    layers.append(keras.layers.Dense(10, activation="softmax", name="out"))
+    return keras.Sequential(layers, name="mlp_" + "x".join(map(str, units)))
+RESUME.clear()
+cache().clear()
+run_trial(wide((32, 64), 1e-3, 0.2), Ctx(20), build_model=named, data=mnist_data)
+named_run = run_trial(wide((128, 16), 3e-3, 0.3), Ctx(21), build_model=named, data=mnist_data)
+with tempfile.NamedTemporaryFile(suffix=".keras") as f:
+    f.write(SAVED[-1]); f.flush()
+    loaded = keras.saving.load_model(f.name)
+slots = [v for v in loaded.optimizer.variables if len(v.shape) > 0]
+named_saved = [named_run["compiled"]["reused"], loaded.name, [l.name for l in loaded.layers],
+               int(loaded.optimizer.iterations), len(slots),
+               min(float(abs(keras.ops.convert_to_numpy(v)).max()) for v in slots)]
 print(json.dumps({"first": first, "cached": cached, "fresh": fresh, "back": back,
+                  "named": named_saved,
                   "deeper": deeper, "cached_traces": cached_traces,
                   "saved": [cached_saved[0], [list(s) for s in cached_saved[1]]],
                   "resumed": [resumed["compiled"]["reused"], resumed["resumed_from_epoch"],
@@ -438,6 +459,11 @@ def test_other_widths_reuse_one_traced_step_with_the_fresh_builds_losses() -> No
     assert out["resumed"] == [True, 1, fresh["history"]["loss"][1:]]
     assert out["widths_free"] is True
     assert out["foreign"] == [0, 2]  # another width's checkpoint: refused, trained afresh
+    # review: the saved model has the trial's names (not the cached model's) and the trained
+    # optimizer state (8 steps x 2 epochs; Adam: 2 slots of 6 variables, none left at zero)
+    reused, name, layers, steps, slots, smallest = out["named"]
+    assert reused and name == "mlp_128x16" and steps == 16 and slots == 12 and smallest > 0
+    assert layers == ["hidden_128_0", "drop_128_0", "hidden_16_1", "drop_16_1", "out"]
 
 
 def test_only_dense_models_on_flat_inputs_leave_their_widths_out() -> None:
