@@ -701,11 +701,14 @@ _UNIX_TIMES = (1e9, 1e10)
 
 def fmt_field(key: str, value: Any, width: int = 200) -> str:
     """A result field for a person: a Unix time (``eval_time``, a ``*_time`` number) as an ISO
-    date (UTC), a ``*_s`` number of seconds as a duration, anything else as :func:`fmt_value`."""
+    date (UTC), a ``*_s`` number of seconds as a duration (milliseconds below 1 s: a reused
+    compile's 0.016 s is not ``0.0 s``), anything else as :func:`fmt_value`."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         if key.endswith("_time") and _UNIX_TIMES[0] <= value < _UNIX_TIMES[1]:
             moment = dt.datetime.fromtimestamp(value, dt.UTC).replace(tzinfo=None)
             return moment.isoformat(sep=" ", timespec="seconds") + " UTC"
+        if key.endswith("_s") and 0 <= value < 0.9995:
+            return f"{value * 1000:.0f} ms"
         if key.endswith("_s") and value >= 0:
             return fmt_duration(value)
     return fmt_value(value, width)

@@ -44,7 +44,8 @@ def test_times_read_as_times_and_durations_as_durations() -> None:
     from coordinator.inspect import fmt_duration, fmt_field
 
     assert fmt_field("eval_time", 1796554403.79) == "2026-12-06 10:53:23 UTC"  # was 1.79654e+09
-    assert fmt_field("duration_s", 0.214) == "0.2 s"
+    assert fmt_field("duration_s", 0.214) == "214 ms"  # new-user review: 0.016 s read 0.0 s
+    assert fmt_field("compile_s", 0.0163) == "16 ms" and fmt_field("fit_s", 1.25) == "1.2 s"
     assert fmt_field("loss", 0.25) == "0.25"
     assert fmt_field("warm_time", 12.5) == "12.5"  # not a date: too small for a Unix time
     assert [fmt_duration(s) for s in (0.2, 9.4, 42.4, 185, 7300)] == [
