@@ -254,10 +254,9 @@ def _save_model(
     """Attach the model per ``--save-models``: ``best`` keeps only the best so far. A model
     with value hyperparameters (:mod:`.values`), or one whose trial's architecture is
     ``architecture`` (a cached widths-free model: :func:`.compiled.trial_config`), is saved as
-    its plain-Keras copy.
-    Returns
-    (saved, why not): a model Keras cannot pack is not saved, and the trial keeps its result;
-    the store's errors (a lost lease, an outage) are not caught here."""
+    its plain-Keras copy. Returns (saved, why not): a model Keras cannot pack is not saved, and
+    the trial keeps its result; the store's errors (a lost lease, an outage) are not caught
+    here."""
     mode = ctx.info.get("save_models", SAVE_MODE)
     if mode == "none":
         return False, ""
