@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import zlib
 from collections import OrderedDict
@@ -58,6 +59,8 @@ __all__ = [
     "trial_config",
     "trial_seed",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 8
 SIZE_ENV = "HYPERFLEET_MODEL_CACHE"
@@ -110,7 +113,19 @@ def cache() -> CompiledModels:
     global _cache
     if _cache is None:
         raw = os.environ.get(SIZE_ENV, "").strip()
-        _cache = CompiledModels(int(raw) if raw else DEFAULT_SIZE)
+        size = DEFAULT_SIZE
+        if raw:
+            try:
+                size = int(raw)
+            except ValueError:
+                # a bad setting must not fail every trial: one line, and the default
+                logger.warning(
+                    "%s=%r is not a whole number of models; using %d (0 turns reuse off)",
+                    SIZE_ENV,
+                    raw[:40],
+                    DEFAULT_SIZE,
+                )
+        _cache = CompiledModels(size)
     return _cache
 
 

@@ -257,6 +257,24 @@ def test_unknown_cases_are_built_afresh() -> None:
     assert values.make_optimizer({"name": "adam", "learning_rate": 1e-3, "use_ema": True}) is None
 
 
+def test_a_bad_cache_size_setting_is_one_warning_and_the_default(monkeypatch, caplog) -> None:
+    """``HYPERFLEET_MODEL_CACHE=abc`` failed every trial of the worker (a ValueError in each);
+    now one warning and the default size."""
+    from search_spaces.keras import compiled
+
+    monkeypatch.setattr(compiled, "_cache", None)
+    monkeypatch.setenv(compiled.SIZE_ENV, "abc")
+    with caplog.at_level("WARNING", logger=compiled.__name__):
+        assert compiled.cache().size == compiled.DEFAULT_SIZE
+    assert [r.getMessage() for r in caplog.records] == [
+        "HYPERFLEET_MODEL_CACHE='abc' is not a whole number of models; using 8 (0 turns reuse off)"
+    ]
+    monkeypatch.setattr(compiled, "_cache", None)
+    monkeypatch.setenv(compiled.SIZE_ENV, "-3")
+    assert compiled.cache().size == 0  # below zero: off, as 0
+    monkeypatch.setattr(compiled, "_cache", None)
+
+
 def test_cache_is_bounded_least_recently_used_out() -> None:
     from search_spaces.keras.compiled import CompiledModels
 
