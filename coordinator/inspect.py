@@ -433,7 +433,10 @@ def pruned_text(doc: Mapping[str, Any]) -> str:
     text = f"{verb} at epoch {record.get('epoch')} by {record.get('rule')}"
     if record.get("metric") is not None:
         text += f": {record['metric']} {fmt_value(record.get('value'))}"
-        text += f", threshold {fmt_value(record.get('threshold'))}"
+        if record.get("threshold") is None and verb == "paused":
+            text += " (its rung holds too few values to rank yet)"  # --promote, fewer than η
+        else:
+            text += f", threshold {fmt_value(record.get('threshold'))}"
     return text
 
 

@@ -201,13 +201,14 @@ class SearchLoop:
     def _promote(self, force: bool = False) -> bool:
         """Once per housekeeping tick, promote the paused trials that rank in their rung's
         best 1/η now; they are NEW again (read back at once, so the loop is not over while
-        one waits for a worker)."""
+        one waits for a worker). ``force``: the loop would end otherwise (nothing to queue,
+        nothing queued or running), so a rung of fewer than η values promotes its best."""
         if self.promoter is None or self.stopped is not None:  # a timeout, a cancel...: no
             return False  # more work, promotions included
         if not force and self._promoted_at == self._last_tick:  # once per tick: it reads
             return False  # each rung that has paused trials
         self._promoted_at = self._last_tick
-        if not self.promoter.step(self.trials.trials):
+        if not self.promoter.step(self.trials.trials, final=force):
             return False
         self.trials.refresh()
         return True

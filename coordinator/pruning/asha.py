@@ -3,13 +3,17 @@
 
 Rung ``k`` is at epoch ``min_epochs · η^(rate + k)``. A trial reaching a rung records its value
 there and goes on only if it is among the best ``1/η`` of every value recorded at that rung so
-far (itself included; while fewer than ``η`` values exist, only the best goes on). Nothing waits
-for a rung to fill, so workers never idle; the cost is that early trials face few competitors.
+far (itself included; while fewer than ``η`` values exist, only the best goes on: a trial
+stopped then could never come back). Nothing waits for a rung to fill, so workers never idle;
+the cost is that early trials face few competitors.
 
 With ``--promote`` (``PruningConfig.promote``) a trial below the cut *pauses* instead of
 stopping: its checkpoint is kept, and the coordinator promotes it (resumes it from there) once
 it ranks among the rung's best ``1/η`` (:mod:`coordinator.pruning.promotion`), as ASHA's
-promotions do. A NaN value stops the trial for good: it competes with nobody.
+promotions do. There the best ``1/η`` is taken literally, as in Li et al.'s algorithm: while a
+rung holds fewer than ``η`` values nobody goes on (``strict``), since a paused trial loses
+nothing by waiting; the search's end promotes the best of such a rung (the rung will get no
+more values). A NaN value stops the trial for good: it competes with nobody.
 """
 
 from __future__ import annotations
@@ -34,12 +38,20 @@ def rung_epoch(config: PruningConfig, rate: int, rung: int) -> int:
 
 
 def promotable(
-    value: float, competing: list[float], reduction_factor: int, direction: str
-) -> tuple[bool, float]:
+    value: float,
+    competing: list[float],
+    reduction_factor: int,
+    direction: str,
+    *,
+    strict: bool = False,
+) -> tuple[bool, float | None]:
     """Whether ``value`` is among the best ``1/η`` of ``competing`` (which includes it), and
-    the value it had to reach. Ties go on."""
+    the value it had to reach (``None`` when nothing could). Ties go on. While fewer than
+    ``η`` values compete, only the best goes on; with ``strict`` (promotions) none does."""
     index = len(competing) // reduction_factor - 1
     if index == -1:
+        if strict:
+            return False, None
         index = 0  # fewer than η values: only the best goes on
     ordered = sorted(competing)
     if direction == "max":
@@ -115,8 +127,12 @@ class SuccessiveHalving:
         return stored_decision(self.log.record_rung(record), decision)
 
 
-def _judge_value(value: float, others: list[float], config: PruningConfig) -> tuple[bool, float]:
-    keep, threshold = promotable(value, [*others, value], config.reduction_factor, config.direction)
+def _judge_value(
+    value: float, others: list[float], config: PruningConfig
+) -> tuple[bool, float | None]:
+    keep, threshold = promotable(
+        value, [*others, value], config.reduction_factor, config.direction, strict=config.promote
+    )
     return not keep, threshold
 
 

@@ -7,7 +7,10 @@ the best ``1/η`` of its rung (more trials reached the rung since, enough of the
 promoted: NEW again, reserved before fresh trials (it has a checkpoint) and resumed after the
 rung's epoch, its learning curve continuing. This is ASHA's promotion rule (Li et al., MLSys
 2020); a trial already in the best ``1/η`` when it reaches the rung is promoted at once (it
-never pauses), and Hyperband runs the same rule in each of its brackets.
+never pauses), and Hyperband runs the same rule in each of its brackets. As in the paper, a
+rung of fewer than ``η`` values promotes nobody; once the search has nothing more to queue and
+nothing runs (``final``), such a rung can get no more values, so its best is promoted: a
+search of few trials still trains its best one to the end.
 
 Everything lives in the database (rung records, trial documents, checkpoints): a coordinator
 or worker that dies loses no paused trial, and the next coordinator goes on promoting. A
@@ -39,9 +42,10 @@ class Promoter:
         self.exp_key = exp_key
         self._warned: set[Any] = set()  #: paused trials whose record is unusable, said once
 
-    def step(self, docs: Iterable[dict[str, Any]]) -> list[int]:
+    def step(self, docs: Iterable[dict[str, Any]], *, final: bool = False) -> list[int]:
         """Promote the paused trials among ``docs`` that rank in their rung's best ``1/η``
-        now; the tids promoted."""
+        now; the tids promoted. ``final``: no trial will reach a rung any more, so a rung of
+        fewer than ``η`` values promotes its best."""
         groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
         for doc in docs:
             pruned = rules.paused(doc)
@@ -65,7 +69,8 @@ class Promoter:
             values = self.store.rung_values(self.exp_key, bracket, rung)
             competing = list(values.values())
             for doc in paused:
-                if self._promote(doc, bracket, rung, values.get(doc["tid"]), competing):
+                value = values.get(doc["tid"])
+                if self._promote(doc, bracket, rung, value, competing, strict=not final):
                     promoted.append(doc["tid"])
         return promoted
 
@@ -76,12 +81,16 @@ class Promoter:
         rung: int,
         value: float | None,
         competing: list[float],
+        *,
+        strict: bool,
     ) -> bool:
         config = self.config
         if value is None:  # no value at its rung (NaN, or a record another writer removed)
             return False
-        keep, cut = promotable(value, competing, config.reduction_factor, config.direction)
-        if not keep:
+        keep, cut = promotable(
+            value, competing, config.reduction_factor, config.direction, strict=strict
+        )
+        if not keep or cut is None:
             return False
         epoch = doc["result"]["pruned"].get("epoch")
         where = f"rung {rung}" + (f" of bracket {bracket}" if config.rule == "hyperband" else "")

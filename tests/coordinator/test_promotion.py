@@ -108,6 +108,42 @@ def test_paused_trials_are_promoted_and_resume_after_their_rung(
     assert f"promoted  {len(promoted)} trial" in status.stdout, status.stdout
 
 
+def test_a_search_of_fewer_trials_than_eta_still_trains_its_best_to_the_end(
+    server: EmbeddedServer, db_name: str, tmp_path: Path
+) -> None:
+    """As in Li et al.'s ASHA, a rung of fewer than η values promotes nobody while the search
+    may still queue trials; at its end such a rung promotes its best, so two trials with η = 3
+    end with the better one trained through every epoch and the other paused, then stopped."""
+    key = "promote-two"
+    log = tmp_path / "epochs.log"
+    common = ["--mongo", server.uri, "--db", db_name]
+    worker = start_worker(
+        server.uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60"
+    )
+    try:
+        search = hyperfleet(
+            "search", "rungs", *common, "--exp-key", key, "--spaces", SPACES,
+            "--max-evals", "2", "--set", f"epochs={EPOCHS}", "--set", f"log={log}",
+            "--set", "by_tid=true", "--prune", "asha", "--promote",
+            "--prune-reduction", str(ETA), "--algo", "rand", "--seed", "7", "--no-progress",
+            timeout=300,
+        )  # fmt: skip
+    finally:
+        stop_all([worker])
+    assert search.returncode == 0, search.stderr
+    db = pymongo.MongoClient(server.uri)[db_name]
+    best, other = sorted(db.jobs.find({"exp_key": key}), key=lambda d: d["tid"])
+    assert [e["epoch"] for e in best["epochs"]] == list(range(1, EPOCHS + 1)), best["epochs"]
+    assert not best["result"].get("pruned") and best.get("promotions", 0) >= 1
+    # both paused at epoch 1 (fewer than η values there: nobody ranked), the better promoted
+    first = db.rungs.find_one({"exp_key": key, "tid": best["tid"], "rung": 0})
+    assert first["decision"] == "promoted" and first["threshold"] is None, first
+    assert [e["epoch"] for e in other["epochs"]] == [1]
+    assert other["result"]["pruned"]["epoch"] == 1
+    trained = [line for line in log.read_text().split("\n") if line]
+    assert len(trained) == len(set(trained)) == EPOCHS + 1  # no epoch twice
+
+
 def test_paused_trials_are_shown_as_paused(server: EmbeddedServer, db_name: str) -> None:
     """While the search runs, ``status``, ``top`` and ``show`` say which trials are paused."""
     store = connect(server.uri, db_name)
@@ -119,6 +155,8 @@ def test_paused_trials_are_shown_as_paused(server: EmbeddedServer, db_name: str)
     common = ["--mongo", server.uri, "--db", db_name, "--exp-key", "exp"]
     show = hyperfleet("show", *common, str(paused.tid))
     assert "paused at epoch 1 by asha" in show.stdout.splitlines()[0], show.stdout
+    # paused with no threshold: fewer than η values at its rung (--promote ranks nobody then)
+    assert "its rung holds too few values to rank yet" in show.stdout, show.stdout
     top = hyperfleet("top", *common, "-n", "5")
     assert "paused" in top.stdout.splitlines()[0], top.stdout
     status = hyperfleet("status", *common).stdout

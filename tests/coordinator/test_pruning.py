@@ -79,6 +79,17 @@ def test_promotion_keeps_the_best_third_and_ties() -> None:
     assert promotable(0.9, [0.1, 0.2, 0.3, 0.9, 0.95, 0.97], 3, "max") == (False, 0.95)
 
 
+def test_strict_promotion_waits_for_eta_values() -> None:
+    """``--promote`` (Li et al.'s ASHA): the best 1/η of fewer than η values is nobody; from η
+    values on, the same cut as the stopping rule."""
+    assert promotable(0.5, [0.5], 3, "min", strict=True) == (False, None)
+    assert promotable(0.1, [0.5, 0.1], 3, "min", strict=True) == (False, None)
+    assert promotable(0.1, [0.5, 0.1, 0.7], 3, "min", strict=True) == (True, 0.1)
+    assert promotable(0.5, [0.5, 0.1, 0.7], 3, "min", strict=True) == (False, 0.1)
+    assert promotable(0.95, [0.1, 0.9, 0.95, 0.97], 2, "max", strict=True) == (True, 0.95)
+    assert promotable(0.9, [0.1, 0.9, 0.95, 0.97], 2, "max", strict=True) == (False, 0.95)
+
+
 def test_median_compares_the_best_so_far() -> None:
     assert best_so_far([0.9, 0.5, 0.7], "min") == 0.5
     assert best_so_far([math.nan, 0.2], "max") == 0.2
