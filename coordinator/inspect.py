@@ -434,7 +434,7 @@ def pruned_text(doc: Mapping[str, Any]) -> str:
     if record.get("metric") is not None:
         text += f": {record['metric']} {fmt_value(record.get('value'))}"
         if record.get("threshold") is None and verb == "paused":
-            text += " (its rung holds too few values to rank yet)"  # --promote, fewer than η
+            text += " (too few values at its rung to rank it when it paused)"  # < η values
         else:
             text += f", threshold {fmt_value(record.get('threshold'))}"
     return text

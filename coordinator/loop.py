@@ -203,8 +203,8 @@ class SearchLoop:
         best 1/η now; they are NEW again (read back at once, so the loop is not over while
         one waits for a worker). ``force``: the loop would end otherwise (nothing to queue,
         nothing queued or running), so a rung of fewer than η values promotes its best."""
-        if self.promoter is None or self.stopped is not None:  # a timeout, a cancel...: no
-            return False  # more work, promotions included
+        if self.promoter is None or not self._may_promote(force):
+            return False
         if not force and self._promoted_at == self._last_tick:  # once per tick: it reads
             return False  # each rung that has paused trials
         self._promoted_at = self._last_tick
@@ -212,6 +212,23 @@ class SearchLoop:
             return False
         self.trials.refresh()
         return True
+
+    def _may_promote(self, final: bool) -> bool:
+        """Promotions stop with the queueing (a timeout, a loss threshold, an early stop, a
+        cancel: no more work), but for two cases. A search whose algorithm has nothing more to
+        suggest ends as one that queued all its trials. A search stopped before any trial
+        trained through every epoch (with ``--promote`` the first trials at a rung pause until
+        η have reached it) still promotes when it would end (not after a cancel), so it does
+        not end with nothing trained through; once one is, it ends."""
+        if self.stopped is None or self.stopped == "exhausted":
+            return True
+        if not final or self.cancelled:
+            return False
+        return not any(
+            rules.is_ok_trial(d) and rules.pruned(d) is None
+            for d in self.trials.trials
+            if d.get("state") == int(TrialState.DONE)
+        )
 
     def _enqueue(self) -> None:
         """Fill the queue up to the housekeeping's length: ask the algorithm for the missing

@@ -94,10 +94,17 @@ class Promoter:
             return False
         epoch = doc["result"]["pruned"].get("epoch")
         where = f"rung {rung}" + (f" of bracket {bracket}" if config.rule == "hyperband" else "")
-        reason = (
-            f"promoted at {where} (epoch {epoch}): {config.metric} {value:.4g} is within "
-            f"the best 1/{config.reduction_factor} of {len(competing)} (cut {cut:.4g})"
-        )
+        if len(competing) < config.reduction_factor:  # only at the search's end (not strict)
+            reason = (
+                f"promoted at {where} (epoch {epoch}) as the search ends: {config.metric} "
+                f"{value:.4g} is the best of the {len(competing)} values there (fewer than "
+                f"η = {config.reduction_factor}, and no more will come)"
+            )
+        else:
+            reason = (
+                f"promoted at {where} (epoch {epoch}): {config.metric} {value:.4g} is within "
+                f"the best 1/{config.reduction_factor} of {len(competing)} (cut {cut:.4g})"
+            )
         key = rung_key(self.exp_key, bracket, rung, doc["tid"])
         if not self.store.promote_paused(doc["_id"], key, reason):
             return False

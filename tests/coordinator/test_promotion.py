@@ -91,11 +91,15 @@ def test_paused_trials_are_promoted_and_resume_after_their_rung(
     # every decision is in the rung records, and each promotion follows ASHA's rule
     records = list(db.rungs.find({"exp_key": key}))
     decisions = collections.Counter(r["decision"] for r in records)
-    assert decisions["promoted"] == len(promoted) and decisions["continue"] > 0, decisions
+    # (a trial may be promoted at several rungs: one record and one history entry each)
+    assert decisions["promoted"] == sum(map(len, promoted.values())), decisions
+    assert decisions["continue"] > 0, decisions
     for tid, history in promoted.items():  # each with the inputs of its decision
-        assert f"is within the best 1/{ETA} of" in history[-1]["reason"], history
-        record = db.rungs.find_one({"exp_key": key, "tid": tid, "decision": "promoted"})
-        assert record is not None and record["rung"] == history[-1]["rung"]
+        for entry in history:  # ranked in a full rung, or the best of a rung left short at the end
+            ranked = f"is within the best 1/{ETA} of" in entry["reason"]
+            assert ranked or "as the search ends" in entry["reason"], entry
+            record = db.rungs.find_one({"exp_key": key, "tid": tid, "rung": entry["rung"]})
+            assert record is not None and record["decision"] == "promoted", record
 
     # what was still paused at the end is stopped for good, its checkpoint deleted
     ended = [r for r in records if r.get("why") == "still paused when the search ended"]
@@ -142,6 +146,40 @@ def test_a_search_of_fewer_trials_than_eta_still_trains_its_best_to_the_end(
     assert other["result"]["pruned"]["epoch"] == 1
     trained = [line for line in log.read_text().split("\n") if line]
     assert len(trained) == len(set(trained)) == EPOCHS + 1  # no epoch twice
+    reasons = [h["reason"] for h in best["attempt_history"] if h["outcome"] == "paused"]
+    assert reasons and all("as the search ends" in r for r in reasons), reasons
+
+
+def test_a_search_stopped_before_any_trial_trained_through_still_trains_its_best(
+    server: EmbeddedServer, db_name: str, tmp_path: Path
+) -> None:
+    """A ``--timeout`` stops the queueing and, with it, the promotions; but one that hits
+    while every trial is still paused at a rung of fewer than η values (nothing trained
+    through yet) promotes their best as the search ends, so it never ends with nothing
+    trained through. A cancel does not (tested in the store tests: the end stops them)."""
+    key = "promote-timeout"
+    common = ["--mongo", server.uri, "--db", db_name]
+    worker = start_worker(
+        server.uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60"
+    )
+    try:
+        search = hyperfleet(
+            "search", "rungs", *common, "--exp-key", key, "--spaces", SPACES,
+            "--max-evals", "40", "--set", f"epochs={EPOCHS}", "--set", "sleep=0.3",
+            "--set", f"log={tmp_path / 'epochs.log'}",
+            "--set", "by_tid=true", "--prune", "asha", "--promote", "--timeout", "0.5",
+            "--prune-reduction", str(ETA), "--algo", "rand", "--seed", "7", "--no-progress",
+            timeout=300,
+        )  # fmt: skip
+    finally:
+        stop_all([worker])
+    assert search.returncode == 0, search.stderr
+    db = pymongo.MongoClient(server.uri)[db_name]
+    trials = list(db.jobs.find({"exp_key": key}))
+    assert 1 <= len(trials) < 40 and all(d["state"] == TrialState.DONE for d in trials)
+    through = [d for d in trials if not d["result"].get("pruned")]
+    assert len(through) == 1, [(d["tid"], d["result"]) for d in trials]
+    assert [e["epoch"] for e in through[0]["epochs"]] == list(range(1, EPOCHS + 1))
 
 
 def test_paused_trials_are_shown_as_paused(server: EmbeddedServer, db_name: str) -> None:
@@ -156,7 +194,7 @@ def test_paused_trials_are_shown_as_paused(server: EmbeddedServer, db_name: str)
     show = hyperfleet("show", *common, str(paused.tid))
     assert "paused at epoch 1 by asha" in show.stdout.splitlines()[0], show.stdout
     # paused with no threshold: fewer than η values at its rung (--promote ranks nobody then)
-    assert "its rung holds too few values to rank yet" in show.stdout, show.stdout
+    assert "too few values at its rung to rank it when it paused" in show.stdout, show.stdout
     top = hyperfleet("top", *common, "-n", "5")
     assert "paused" in top.stdout.splitlines()[0], top.stdout
     status = hyperfleet("status", *common).stdout
