@@ -14,7 +14,8 @@ seed by seed in a rotating order, so the load of other processes on the machine 
 * ``hf-none``, ``hf-median``, ``hf-asha``, ``hf-hyperband``: ``hyperfleet local`` (embedded
   server, 2 workers, TPE) with ``--prune`` none/median/asha/hyperband, default rule parameters;
 * ``hf-asha-promote``, ``hf-hyperband-promote``: the same with ``--promote`` (a trial below a
-  rung's cut pauses with its checkpoint and is resumed when promoted);
+  rung's cut pauses with its checkpoint and is resumed when promoted); ``hf-asha-promote-wait``
+  adds ``--promote-wait`` (a rung of fewer than η values promotes nobody);
 * ``optuna-hyperband``, ``optuna-median``: Optuna's TPESampler with HyperbandPruner
   (min_resource 1, max_resource = epochs, reduction 3) or MedianPruner (5 start-up trials),
   2 processes sharing one SQLite study; like hyperfleet, a trial's last epoch is not pruned;
@@ -57,6 +58,7 @@ SYSTEMS = (
     "hf-asha",
     "hf-hyperband",
     "hf-asha-promote",
+    "hf-asha-promote-wait",
     "hf-hyperband-promote",
     "optuna-hyperband",
     "optuna-median",
@@ -133,7 +135,10 @@ def run_hyperfleet(rule: str, seed: int, workdir: Path, args: argparse.Namespace
         seed=seed,
         timeout_s=args.budget + 120,
         pruning=resolve_pruning(
-            rule.removesuffix("-promote"), settings, promote=rule.endswith("-promote")
+            rule.split("-")[0],
+            settings,
+            promote="-promote" in rule,
+            promote_wait=rule.endswith("-promote-wait"),
         ),
     )
     trials: list[dict] = []

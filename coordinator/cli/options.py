@@ -269,6 +269,7 @@ PRUNE_OPTIONS = {
     "prune_min_epochs": "min_epochs",
     "prune_max_epochs": "max_epochs",
     "promote": "promote",
+    "promote_wait": "promote_wait",
 }
 
 
@@ -337,6 +338,14 @@ def pruning_options() -> Decorator:
             help="asha/hyperband: pause a trial below a rung's cut (checkpointed) instead of "
             "stopping it, and resume it when it ranks in the rung's best 1/N later "
             "(ASHA's promotions; see docs/pruning.md)",
+        ),
+        click.option(
+            "--promote-wait",
+            is_flag=True,
+            default=None,
+            help="with --promote: a rung that fewer than N trials reached lets nobody go on "
+            "until N have (Li et al.'s rule; the search's end promotes its best) [default: its "
+            "best goes on, which trains the first trials through sooner]",
         ),
     )
 

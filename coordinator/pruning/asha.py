@@ -10,10 +10,11 @@ the cost is that early trials face few competitors.
 With ``--promote`` (``PruningConfig.promote``) a trial below the cut *pauses* instead of
 stopping: its checkpoint is kept, and the coordinator promotes it (resumes it from there) once
 it ranks among the rung's best ``1/η`` (:mod:`coordinator.pruning.promotion`), as ASHA's
-promotions do. There the best ``1/η`` is taken literally, as in Li et al.'s algorithm: while a
-rung holds fewer than ``η`` values nobody goes on (``strict``), since a paused trial loses
-nothing by waiting; the search's end promotes the best of such a rung (the rung will get no
-more values). A NaN value stops the trial for good: it competes with nobody.
+promotions do. With ``--promote-wait`` (``promote_wait``) the best ``1/η`` is taken literally,
+as in Li et al.'s algorithm: while a rung holds fewer than ``η`` values nobody goes on
+(``strict``), since a paused trial loses nothing by waiting; the search's end promotes the best
+of such a rung (the rung will get no more values). A NaN value stops the trial for good: it
+competes with nobody.
 """
 
 from __future__ import annotations
@@ -131,7 +132,11 @@ def _judge_value(
     value: float, others: list[float], config: PruningConfig
 ) -> tuple[bool, float | None]:
     keep, threshold = promotable(
-        value, [*others, value], config.reduction_factor, config.direction, strict=config.promote
+        value,
+        [*others, value],
+        config.reduction_factor,
+        config.direction,
+        strict=config.promote and config.promote_wait,
     )
     return not keep, threshold
 

@@ -39,6 +39,9 @@ class PruningConfig:
     #: of stopping, and is resumed when it ranks in the rung's best 1/η later
     #: (:mod:`coordinator.pruning.promotion`)
     promote: bool = False
+    #: with ``promote``: a rung of fewer than η values promotes nobody (Li et al.'s rule) instead
+    #: of letting its best go on (``--promote-wait``)
+    promote_wait: bool = False
 
     def to_doc(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,11 +73,14 @@ def resolve_pruning(
     min_epochs: int | None = None,
     max_epochs: int | None = None,
     promote: bool | None = False,
+    promote_wait: bool | None = False,
 ) -> PruningConfig | None:
     """The :class:`PruningConfig` that ``--prune RULE`` and its options ask for, with defaults
     from the space's ``settings``: the metric the loss comes from (a Keras space's ``objective``
     ``val_loss`` -> ``val_loss``/min, ``val_error`` -> ``val_accuracy``/max; else ``loss``/min)
     and Hyperband's ``max_epochs`` from ``epochs``. Bad values raise :class:`ConfigError`."""
+    if promote_wait and not promote:
+        raise ConfigError("--promote-wait needs --promote (and --prune asha or hyperband)")
     if rule in (None, "none"):
         if promote:
             raise ConfigError("--promote needs --prune asha or --prune hyperband")
@@ -105,6 +111,7 @@ def resolve_pruning(
         min_epochs=defaults.PRUNE_MIN_EPOCHS if min_epochs is None else min_epochs,
         max_epochs=max_epochs if max_epochs is not None else epochs,
         promote=bool(promote),
+        promote_wait=bool(promote_wait),
     )
     if promote and rule not in PROMOTING_RULES:
         raise ConfigError(

@@ -7,10 +7,11 @@ the best ``1/η`` of its rung (more trials reached the rung since, enough of the
 promoted: NEW again, reserved before fresh trials (it has a checkpoint) and resumed after the
 rung's epoch, its learning curve continuing. This is ASHA's promotion rule (Li et al., MLSys
 2020); a trial already in the best ``1/η`` when it reaches the rung is promoted at once (it
-never pauses), and Hyperband runs the same rule in each of its brackets. As in the paper, a
-rung of fewer than ``η`` values promotes nobody; once the search has nothing more to queue and
-nothing runs (``final``), such a rung can get no more values, so its best is promoted: a
-search of few trials still trains its best one to the end.
+never pauses), and Hyperband runs the same rule in each of its brackets. At a rung of fewer
+than ``η`` values the best goes on (the first trials train through soonest); with
+``--promote-wait``, as in the paper, nobody does until ``η`` have reached it, and once the
+search has nothing more to queue and nothing runs (``final``) such a rung can get no more
+values, so its best is promoted: a search of few trials still trains its best one to the end.
 
 Everything lives in the database (rung records, trial documents, checkpoints): a coordinator
 or worker that dies loses no paused trial, and the next coordinator goes on promoting. A
@@ -70,7 +71,7 @@ class Promoter:
             competing = list(values.values())
             for doc in paused:
                 value = values.get(doc["tid"])
-                if self._promote(doc, bracket, rung, value, competing, strict=not final):
+                if self._promote(doc, bracket, rung, value, competing, final=final):
                     promoted.append(doc["tid"])
         return promoted
 
@@ -82,11 +83,12 @@ class Promoter:
         value: float | None,
         competing: list[float],
         *,
-        strict: bool,
+        final: bool,
     ) -> bool:
         config = self.config
         if value is None:  # no value at its rung (NaN, or a record another writer removed)
             return False
+        strict = config.promote_wait and not final
         keep, cut = promotable(
             value, competing, config.reduction_factor, config.direction, strict=strict
         )
@@ -94,11 +96,12 @@ class Promoter:
             return False
         epoch = doc["result"]["pruned"].get("epoch")
         where = f"rung {rung}" + (f" of bracket {bracket}" if config.rule == "hyperband" else "")
-        if len(competing) < config.reduction_factor:  # only at the search's end (not strict)
+        if len(competing) < config.reduction_factor:  # the best of fewer than η goes on
+            ends = " as the search ends" if config.promote_wait else ""
             reason = (
-                f"promoted at {where} (epoch {epoch}) as the search ends: {config.metric} "
-                f"{value:.4g} is the best of the {len(competing)} values there (fewer than "
-                f"η = {config.reduction_factor}, and no more will come)"
+                f"promoted at {where} (epoch {epoch}){ends}: {config.metric} {value:.4g} is "
+                f"the best of the {len(competing)} values there (fewer than "
+                f"η = {config.reduction_factor})"
             )
         else:
             reason = (

@@ -115,9 +115,10 @@ def test_paused_trials_are_promoted_and_resume_after_their_rung(
 def test_a_search_of_fewer_trials_than_eta_still_trains_its_best_to_the_end(
     server: EmbeddedServer, db_name: str, tmp_path: Path
 ) -> None:
-    """As in Li et al.'s ASHA, a rung of fewer than η values promotes nobody while the search
-    may still queue trials; at its end such a rung promotes its best, so two trials with η = 3
-    end with the better one trained through every epoch and the other paused, then stopped."""
+    """With ``--promote-wait``, as in Li et al.'s ASHA, a rung of fewer than η values promotes
+    nobody while the search may still queue trials; at its end such a rung promotes its best,
+    so two trials with η = 3 end with the better one trained through every epoch and the other
+    paused, then stopped."""
     key = "promote-two"
     log = tmp_path / "epochs.log"
     common = ["--mongo", server.uri, "--db", db_name]
@@ -128,7 +129,7 @@ def test_a_search_of_fewer_trials_than_eta_still_trains_its_best_to_the_end(
         search = hyperfleet(
             "search", "rungs", *common, "--exp-key", key, "--spaces", SPACES,
             "--max-evals", "2", "--set", f"epochs={EPOCHS}", "--set", f"log={log}",
-            "--set", "by_tid=true", "--prune", "asha", "--promote",
+            "--set", "by_tid=true", "--prune", "asha", "--promote", "--promote-wait",
             "--prune-reduction", str(ETA), "--algo", "rand", "--seed", "7", "--no-progress",
             timeout=300,
         )  # fmt: skip
@@ -153,10 +154,10 @@ def test_a_search_of_fewer_trials_than_eta_still_trains_its_best_to_the_end(
 def test_a_search_stopped_before_any_trial_trained_through_still_trains_its_best(
     server: EmbeddedServer, db_name: str, tmp_path: Path
 ) -> None:
-    """A ``--timeout`` stops the queueing and, with it, the promotions; but one that hits
-    while every trial is still paused at a rung of fewer than η values (nothing trained
-    through yet) promotes their best as the search ends, so it never ends with nothing
-    trained through. A cancel does not (tested in the store tests: the end stops them)."""
+    """``--promote-wait``: a ``--timeout`` stops the queueing and, with it, the promotions; but
+    one that hits while every trial is still paused at a rung of fewer than η values (nothing
+    trained through yet) promotes their best as the search ends, so it never ends with
+    nothing trained through. A cancel does not (tested in the store tests: the end stops them)."""
     key = "promote-timeout"
     common = ["--mongo", server.uri, "--db", db_name]
     worker = start_worker(
@@ -167,7 +168,8 @@ def test_a_search_stopped_before_any_trial_trained_through_still_trains_its_best
             "search", "rungs", *common, "--exp-key", key, "--spaces", SPACES,
             "--max-evals", "40", "--set", f"epochs={EPOCHS}", "--set", "sleep=0.3",
             "--set", f"log={tmp_path / 'epochs.log'}",
-            "--set", "by_tid=true", "--prune", "asha", "--promote", "--timeout", "0.5",
+            "--set", "by_tid=true", "--prune", "asha", "--promote", "--promote-wait",
+            "--timeout", "0.5",
             "--prune-reduction", str(ETA), "--algo", "rand", "--seed", "7", "--no-progress",
             timeout=300,
         )  # fmt: skip
