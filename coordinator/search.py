@@ -12,6 +12,7 @@ suggestions.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -200,10 +201,23 @@ def _cancelled_since(before: dict[str, Any] | None, now: dict[str, Any]) -> bool
 
 def _as_stored_today(existing: dict[str, Any]) -> dict[str, Any]:
     """``existing`` as this version would store it: experiments stored before the fleet-aware TPE
-    say ``algo: "tpe"`` with no ``liar`` and ran hyperopt's own TPE (``--algo tpe-hyperopt``)."""
+    say ``algo: "tpe"`` with no ``liar`` and ran hyperopt's own TPE (``--algo tpe-hyperopt``);
+    a rule stored before a field of :class:`PruningConfig` existed (``promote_wait``) ran as
+    that field's default."""
     if existing.get("algo") == "tpe" and "liar" not in existing:
-        return {**existing, "algo": "tpe-hyperopt", "liar": None}
+        existing = {**existing, "algo": "tpe-hyperopt", "liar": None}
+    pruning = existing.get("pruning")
+    if isinstance(pruning, dict) and pruning.get("rule") not in (None, "none"):
+        existing = {**existing, "pruning": {**_PRUNING_DEFAULTS, **pruning}}
     return existing
+
+
+#: the fields of :class:`PruningConfig` that have a default, with it
+_PRUNING_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(PruningConfig)
+    if f.default is not dataclasses.MISSING
+}
 
 
 #: the most differing fields a refused rerun names (a hostile document may hold thousands)

@@ -128,3 +128,24 @@ def test_a_refused_rerun_names_each_differing_field_whole(store: TrialStore) -> 
     with pytest.raises(ExperimentMismatch, match="more") as refused:
         prepare_experiment(store, _config())
     assert len(str(refused.value)) < 2_000, len(str(refused.value))
+
+
+def test_a_rule_stored_before_promote_wait_existed_resumes(store: TrialStore) -> None:
+    """An experiment whose stored rule lacks a field added since (``promote_wait``) ran as its
+    default: a rerun with the same options resumes it, one asking for the field is refused."""
+    import dataclasses
+
+    from coordinator.errors import ExperimentMismatch
+    from coordinator.pruning import resolve_pruning
+
+    config = _config()
+    rule = resolve_pruning("asha", config.settings, promote=True)
+    config = dataclasses.replace(config, pruning=rule)
+    prepare_experiment(store, config)
+    old = store.get_experiment("e")
+    del old["pruning"]["promote_wait"]  # what the version before --promote-wait wrote
+    assert store.replace_experiment(old, version=old.get("version"))
+    assert prepare_experiment(store, config)["resumed"]
+    waiting = dataclasses.replace(config, pruning=dataclasses.replace(rule, promote_wait=True))
+    with pytest.raises(ExperimentMismatch, match="pruning.promote_wait=False"):
+        prepare_experiment(store, waiting)
