@@ -235,3 +235,19 @@ def test_jax_compile_cache_runs_at_a_tiny_size() -> None:
     head = next(line for line in proc.stdout.splitlines() if line.startswith("mnist_mlp on JAX"))
     assert int(head.split("; ")[-1].split()[0]) > 0, head  # files in the shared cache
     assert any(line.strip().startswith("compile_s") for line in proc.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_runs_for_real_at_a_tiny_size() -> None:
+    """A smoke run of the benchmark itself (real workers, real Keras, a few seconds per
+    system): no pruning and strict promotion ASHA (``--promote-wait``) end with a table row
+    each. It writes one more results file under bench/results (ignored by git)."""
+    proc = _run(
+        str(BENCH / "time_to_accuracy.py"), "--seeds", "1", "--budget", "4", "--epochs", "2",
+        "--train-size", "500", "--val-size", "200", "--systems", "hf-none,hf-asha-promote-wait",
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| hf-")]
+    assert sorted(r.split("|")[1].strip() for r in rows) == ["hf-asha-promote-wait", "hf-none"]
+    assert "hf-asha-promote-wait seed 0:" in proc.stdout + proc.stderr
