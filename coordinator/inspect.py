@@ -429,14 +429,17 @@ def pruned_text(doc: Mapping[str, Any]) -> str:
     record = rules.pruned(doc)
     if record is None:
         return ""
-    verb = "paused" if record.get("paused") is True else "pruned"
+    paused = record.get("paused")  # True: paused now; False: paused until the search ended
+    verb = "paused" if paused is True else "pruned"
     text = f"{verb} at epoch {record.get('epoch')} by {record.get('rule')}"
     if record.get("metric") is not None:
         text += f": {record['metric']} {fmt_value(record.get('value'))}"
-        if record.get("threshold") is None and verb == "paused":
+        if record.get("threshold") is None and isinstance(paused, bool):
             text += " (too few values at its rung to rank it when it paused)"  # < η values
         else:
             text += f", threshold {fmt_value(record.get('threshold'))}"
+    if paused is False:
+        text += "; still paused when the search ended"
     return text
 
 

@@ -343,9 +343,10 @@ def pruning_options() -> Decorator:
             "--promote-wait",
             is_flag=True,
             default=None,
-            help="with --promote: a rung that fewer than N trials reached lets nobody go on "
-            "until N have (Li et al.'s rule; the search's end promotes its best) [default: its "
-            "best goes on, which trains the first trials through sooner]",
+            help="with --promote: a rung that fewer than N trials reached (N: "
+            "--prune-reduction) lets nobody go on until N have (Li et al.'s rule; the search's "
+            "end promotes its best) [default: its best goes on, which trains the first trials "
+            "through sooner]",
         ),
     )
 

@@ -145,6 +145,9 @@ def test_a_search_of_fewer_trials_than_eta_still_trains_its_best_to_the_end(
     assert first["decision"] == "promoted" and first["threshold"] is None, first
     assert [e["epoch"] for e in other["epochs"]] == [1]
     assert other["result"]["pruned"]["epoch"] == 1
+    shown = hyperfleet("show", *common, "--exp-key", key, str(other["tid"])).stdout
+    assert "too few values at its rung to rank it" in shown, shown
+    assert "still paused when the search ended" in shown, shown
     trained = [line for line in log.read_text().split("\n") if line]
     assert len(trained) == len(set(trained)) == EPOCHS + 1  # no epoch twice
     reasons = [h["reason"] for h in best["attempt_history"] if h["outcome"] == "paused"]
