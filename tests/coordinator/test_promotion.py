@@ -34,6 +34,26 @@ EPOCHS = 9
 ETA = 3
 
 
+def _promote_search(
+    server: EmbeddedServer, db_name: str, key: str, log: Path, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """``search rungs`` with ASHA promotions (η = ETA, ``by_tid``: each trial worse than those
+    before it) against one real worker; ``options`` add to or override the defaults."""
+    worker = start_worker(
+        server.uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60"
+    )
+    try:
+        return hyperfleet(
+            "search", "rungs", "--mongo", server.uri, "--db", db_name, "--exp-key", key,
+            "--spaces", SPACES, "--set", f"epochs={EPOCHS}", "--set", f"log={log}",
+            "--set", "by_tid=true", "--prune", "asha", "--promote",
+            "--prune-reduction", str(ETA), "--algo", "rand", "--seed", "7", "--no-progress",
+            *options, timeout=300,
+        )  # fmt: skip
+    finally:
+        stop_all([worker])
+
+
 def test_paused_trials_are_promoted_and_resume_after_their_rung(
     server: EmbeddedServer, db_name: str, tmp_path: Path
 ) -> None:
@@ -43,20 +63,7 @@ def test_paused_trials_are_promoted_and_resume_after_their_rung(
     key = "promote"
     log = tmp_path / "epochs.log"
     common = ["--mongo", server.uri, "--db", db_name]
-    worker = start_worker(
-        server.uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60"
-    )
-    try:
-        search = hyperfleet(
-            "search", "rungs", *common, "--exp-key", key, "--spaces", SPACES,
-            "--max-evals", "14", "--set", f"epochs={EPOCHS}", "--set", f"log={log}",
-            "--set", "by_tid=true",
-            "--prune", "asha", "--promote", "--prune-reduction", str(ETA),
-            "--algo", "rand", "--seed", "7", "--no-progress",
-            timeout=300,
-        )  # fmt: skip
-    finally:
-        stop_all([worker])
+    search = _promote_search(server, db_name, key, log, "--max-evals", "14")
     assert search.returncode == 0, search.stderr
 
     db = pymongo.MongoClient(server.uri)[db_name]
@@ -122,19 +129,7 @@ def test_a_search_of_fewer_trials_than_eta_still_trains_its_best_to_the_end(
     key = "promote-two"
     log = tmp_path / "epochs.log"
     common = ["--mongo", server.uri, "--db", db_name]
-    worker = start_worker(
-        server.uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60"
-    )
-    try:
-        search = hyperfleet(
-            "search", "rungs", *common, "--exp-key", key, "--spaces", SPACES,
-            "--max-evals", "2", "--set", f"epochs={EPOCHS}", "--set", f"log={log}",
-            "--set", "by_tid=true", "--prune", "asha", "--promote", "--promote-wait",
-            "--prune-reduction", str(ETA), "--algo", "rand", "--seed", "7", "--no-progress",
-            timeout=300,
-        )  # fmt: skip
-    finally:
-        stop_all([worker])
+    search = _promote_search(server, db_name, key, log, "--max-evals", "2", "--promote-wait")
     assert search.returncode == 0, search.stderr
     db = pymongo.MongoClient(server.uri)[db_name]
     best, other = sorted(db.jobs.find({"exp_key": key}), key=lambda d: d["tid"])
@@ -162,22 +157,10 @@ def test_a_search_stopped_before_any_trial_trained_through_still_trains_its_best
     trained through yet) promotes their best as the search ends, so it never ends with
     nothing trained through. A cancel does not (tested in the store tests: the end stops them)."""
     key = "promote-timeout"
-    common = ["--mongo", server.uri, "--db", db_name]
-    worker = start_worker(
-        server.uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60"
-    )
-    try:
-        search = hyperfleet(
-            "search", "rungs", *common, "--exp-key", key, "--spaces", SPACES,
-            "--max-evals", "40", "--set", f"epochs={EPOCHS}", "--set", "sleep=0.3",
-            "--set", f"log={tmp_path / 'epochs.log'}",
-            "--set", "by_tid=true", "--prune", "asha", "--promote", "--promote-wait",
-            "--timeout", "0.5",
-            "--prune-reduction", str(ETA), "--algo", "rand", "--seed", "7", "--no-progress",
-            timeout=300,
-        )  # fmt: skip
-    finally:
-        stop_all([worker])
+    search = _promote_search(
+        server, db_name, key, tmp_path / "epochs.log", "--max-evals", "40", "--set",
+        "sleep=0.3", "--promote-wait", "--timeout", "0.5",
+    )  # fmt: skip
     assert search.returncode == 0, search.stderr
     db = pymongo.MongoClient(server.uri)[db_name]
     trials = list(db.jobs.find({"exp_key": key}))
