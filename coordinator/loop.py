@@ -202,7 +202,8 @@ class SearchLoop:
         """Once per housekeeping tick, promote the paused trials that rank in their rung's
         best 1/η now; they are NEW again (read back at once, so the loop is not over while
         one waits for a worker). ``force``: the loop would end otherwise (nothing to queue,
-        nothing queued or running), so a rung of fewer than η values promotes its best."""
+        nothing queued or running), so with ``--promote-wait`` a rung of fewer than η values
+        promotes its best."""
         if self.promoter is None or not self._may_promote(force):
             return False
         if not force and self._promoted_at == self._last_tick:  # once per tick: it reads
@@ -217,9 +218,9 @@ class SearchLoop:
         """Promotions stop with the queueing (a timeout, a loss threshold, an early stop, a
         cancel: no more work), but for two cases. A search whose algorithm has nothing more to
         suggest ends as one that queued all its trials. A search stopped before any trial
-        trained through every epoch (with ``--promote`` the first trials at a rung pause until
-        η have reached it) still promotes when it would end (not after a cancel), so it does
-        not end with nothing trained through; once one is, it ends."""
+        trained through every epoch (with ``--promote-wait`` the first trials at a rung pause
+        until η have reached it) still promotes when it would end (not after a cancel), so it
+        does not end with nothing trained through; once one is, it ends."""
         if self.stopped is None or self.stopped == "exhausted":
             return True
         if not final or self.cancelled:

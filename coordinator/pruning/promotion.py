@@ -45,8 +45,8 @@ class Promoter:
 
     def step(self, docs: Iterable[dict[str, Any]], *, final: bool = False) -> list[int]:
         """Promote the paused trials among ``docs`` that rank in their rung's best ``1/η``
-        now; the tids promoted. ``final``: no trial will reach a rung any more, so a rung of
-        fewer than ``η`` values promotes its best."""
+        now; the tids promoted. ``final``: no trial will reach a rung any more, so with
+        ``--promote-wait`` too a rung of fewer than ``η`` values promotes its best."""
         groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
         for doc in docs:
             pruned = rules.paused(doc)
