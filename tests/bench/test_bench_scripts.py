@@ -27,6 +27,7 @@ WITH_HELP = [
     "checkpoint_cost.py",
     "jax_compile_cache.py",
     "shape_free_step.py",
+    "tta_replay.py",
 ]
 if importlib.util.find_spec("optuna") is not None:
     WITH_HELP.append("optuna_bench.py")
@@ -251,3 +252,64 @@ def test_time_to_accuracy_runs_for_real_at_a_tiny_size() -> None:
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| hf-")]
     assert sorted(r.split("|")[1].strip() for r in rows) == ["hf-asha-promote-wait", "hf-none"]
     assert "hf-asha-promote-wait seed 0:" in proc.stdout + proc.stderr
+
+
+def _replay(rule: str, pool: list[list[float]], target: float, seed: int = 0) -> float | None:
+    sys.path.insert(0, str(BENCH))
+    import tta_replay
+
+    return tta_replay.Replay(
+        __import__("random").Random(seed), pool, target, len(pool[0]), rule=rule
+    ).run()
+
+
+def test_tta_replay_runs_each_rule_as_written() -> None:
+    """One curve (3 epochs, rung at epoch 1, target reached at the end): no pruning and the
+    default rule train the first trial straight through (3 epoch lengths); ``--promote-wait``
+    pauses the first two at the rung (fewer than η values), the third makes three and the first
+    (tied best, oldest) is promoted, resumes after epoch 1 and ends at 2 + 2 = 4."""
+    pool = [[0.90, 0.95, 0.99]]
+    assert _replay("none", pool, 0.98) == 3.0
+    assert _replay("asha", pool, 0.98) == 3.0
+    assert _replay("asha-wait", pool, 0.98) == 4.0
+    assert _replay("none", pool, 0.995) is None  # never reached: None, not a time
+
+
+def test_tta_replay_shows_promotions_paying_where_the_first_rung_predicts() -> None:
+    """One config in ten is good and its first epoch says so: no pruning trains ~10 trials of
+    9 epochs to find it, ASHA one epoch of each (the others pause at the first rung)."""
+    import statistics
+
+    pool = [[0.95, *[0.97] * 7, 0.99]] + [[0.90, *[0.95] * 7, 0.96]] * 9
+    times = {
+        rule: [_replay(rule, pool, 0.98, seed) for seed in range(300)] for rule in ("none", "asha")
+    }
+    none, asha = (statistics.median(t for t in times[r] if t is not None) for r in times)
+    assert asha < 0.6 * none, (asha, none)
+
+
+def test_tta_replay_prints_its_table_and_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
+    good = [{"epoch": e, "t": float(e), "val_accuracy": 0.95 + 0.004 * e} for e in (1, 2, 3)]
+    bad = [{"epoch": e, "t": float(e), "val_accuracy": 0.90 + 0.004 * e} for e in (1, 2, 3)]
+    trials = [
+        {"epochs": epochs, "complete": True, "pruned": False, "end": 3.0, "val_accuracy": acc}
+        for epochs, acc in [(good, 0.962), (bad, 0.912), (bad, 0.912)]
+    ]
+    runs = [
+        {"system": "hf-none", "seed": s, "clock": 0.0, "budget": 60.0, "trials": trials}
+        for s in range(2)
+    ]
+    recorded = tmp_path / "tta.json"
+    recorded.write_text(json.dumps({"meta": {"epochs": 3}, "runs": runs}))
+    proc = _run(str(BENCH / "tta_replay.py"), str(recorded), "--replays", "50", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "6 curves of hf-none (3 epochs)" in proc.stdout
+    assert "| 95.70 % (−0.5) |" in proc.stdout, proc.stdout  # 0.962 - 0.005
+    for args, reason in [
+        ([str(tmp_path / "missing.json")], "No such file"),
+        ([str(recorded), "--system", "hf-median"], "no fully trained hf-median trials"),
+        ([str(recorded), "--eta", "1"], "--eta"),
+    ]:
+        proc = _run(str(BENCH / "tta_replay.py"), *args, timeout=120)
+        assert proc.returncode == 2 and reason in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr

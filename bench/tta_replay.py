@@ -1,0 +1,246 @@
+"""What any ASHA could reach on ``bench/time_to_accuracy.py``'s workload: replay its recorded
+learning curves through an ideal no-pruning search and an ideal ASHA with promotions.
+
+The curves are those of the trials a system trained through every epoch in recorded runs
+(``hf-none`` by default: with no pruning every trial's whole curve is known). Each replay
+draws a sequence of them at random (random search: hyperopt's TPE suggests at random for its
+first 20 trials, which is where the benchmark's target is reached) and runs it through
+
+* ``none``: 2 workers, each trains the next trial through all its epochs;
+* ``asha`` / ``asha-wait``: hyperfleet's promotion ASHA with the default rule or
+  ``--promote-wait`` (rungs at epochs ``min · η^k``; a trial reaching a rung goes on if it is
+  in the best ``1/η`` of the values recorded there, the best of fewer than ``η`` too unless
+  ``-wait``; otherwise it pauses; a worker that comes free resumes the paused trial that now
+  ranks in its rung's best ``1/η``, highest rung first, before it starts a new one).
+
+It is ideal: an epoch costs one unit of time whatever the trial, and starting, pausing and
+resuming cost ``--overhead`` units (default 0). The time to target is when a trial that
+trained through every epoch first ends at or above the target (the benchmark's rule), in epoch
+lengths of wall time, with the benchmark's target (hf-none's median final best minus 0.5 points)
+and stricter ones. The ratio asha / none of the median times is what no implementation of these
+rules beats on these curves: an upper bound on what promotions can gain here.
+
+    .venv/bin/python bench/tta_replay.py bench/results/tta-<time>.json [--replays 2000]
+        [--system hf-none] [--eta 3] [--min-epochs 1] [--overhead 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import time_to_accuracy as tta  # noqa: E402
+
+MARGINS = (0.005, 0.003, 0.002, 0.001)
+WORKERS = tta.WORKERS
+HORIZON = 2000.0  #: a replay that has not reached the target by then never does
+
+
+def curves(runs: list[dict], system: str, epochs: int) -> list[list[float]]:
+    """The validation accuracies, epoch by epoch, of ``system``'s fully trained trials."""
+    out = []
+    for run in runs:
+        if run.get("system") != system:
+            continue
+        for trial in run.get("trials") or []:
+            accs = [e.get("val_accuracy") for e in trial.get("epochs") or []]
+            if (
+                trial.get("complete")
+                and len(accs) == epochs
+                and all(isinstance(a, (int, float)) for a in accs)
+            ):
+                out.append([float(a) for a in accs])
+    return out
+
+
+@dataclass
+class Replay:
+    """One search over a drawn sequence of curves; :meth:`run` returns the time to target."""
+
+    draw: random.Random
+    pool: list[list[float]]
+    target: float
+    epochs: int
+    eta: int = 3
+    min_epochs: int = 1
+    overhead: float = 0.0
+    rule: str = "none"  #: none, asha or asha-wait
+    rungs: dict[int, dict[int, float]] = field(default_factory=dict)
+    paused: dict[int, set[int]] = field(default_factory=dict)
+    trials: list[list[float]] = field(default_factory=list)
+
+    def rung_epochs(self) -> list[int]:
+        out, at = [], self.min_epochs
+        while at < self.epochs:
+            out.append(at)
+            at *= self.eta
+        return out
+
+    def goes_on(self, rung: int, tid: int) -> bool:
+        values = self.rungs[rung]
+        ranked = sorted(values, key=lambda t: -values[t])
+        keep = len(values) // self.eta
+        if keep == 0:
+            keep = 0 if self.rule == "asha-wait" else 1
+        return tid in ranked[:keep]
+
+    def next_stop(self, tid: int, after: int) -> int:
+        """The epoch where trial ``tid``, trained through ``after``, next stops to be judged."""
+        if self.rule == "none":
+            return self.epochs
+        return next((e for e in self.rung_epochs() if e > after), self.epochs)
+
+    def next_job(self) -> tuple[int, int]:
+        """(tid, epoch it resumes after): a promotion if one is due, else a new trial."""
+        if self.rule != "none":
+            for rung in sorted(self.paused, reverse=True):
+                for tid in sorted(self.paused[rung]):
+                    if self.goes_on(rung, tid):
+                        self.paused[rung].discard(tid)
+                        return tid, self.rung_epochs()[rung]
+        self.trials.append(self.draw.choice(self.pool))
+        return len(self.trials) - 1, 0
+
+    def run(self) -> float | None:
+        events: list[tuple[float, int, int, int]] = []  # (time, worker, tid, epoch reached)
+        for worker in range(WORKERS):
+            tid, after = self.next_job()
+            stop = self.next_stop(tid, after)
+            heapq.heappush(events, (self.overhead + stop - after, worker, tid, stop))
+        rung_of = {e: k for k, e in enumerate(self.rung_epochs())}
+        while events:
+            now, worker, tid, epoch = heapq.heappop(events)
+            judged = tid
+            if now > HORIZON:
+                return None
+            curve = self.trials[tid]
+            if epoch == self.epochs:
+                if curve[-1] >= self.target:
+                    return now
+                tid, after = self.next_job()
+            else:
+                rung = rung_of[epoch]
+                self.rungs.setdefault(rung, {})[tid] = curve[epoch - 1]
+                if self.goes_on(rung, tid):
+                    after = epoch  # on to the next rung without a pause
+                else:
+                    self.paused.setdefault(rung, set()).add(tid)
+                    tid, after = self.next_job()
+            stop = self.next_stop(tid, after)
+            start = 0.0 if tid == judged and after == epoch else self.overhead
+            heapq.heappush(events, (now + start + stop - after, worker, tid, stop))
+        return None
+
+
+def replay(
+    pool: list[list[float]],
+    target: float,
+    epochs: int,
+    *,
+    rule: str,
+    replays: int,
+    seed: int,
+    eta: int,
+    min_epochs: int,
+    overhead: float,
+) -> list[float | None]:
+    return [
+        Replay(
+            random.Random(f"{seed}/{i}"),
+            pool,
+            target,
+            epochs,
+            eta=eta,
+            min_epochs=min_epochs,
+            overhead=overhead,
+            rule=rule,
+        ).run()
+        for i in range(replays)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", help="bench/results/tta-<time>.json (pooled)")
+    parser.add_argument("--system", default="hf-none", help="whose curves [hf-none]")
+    parser.add_argument("--replays", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eta", type=int, default=3)
+    parser.add_argument("--min-epochs", type=int, default=1)
+    parser.add_argument("--overhead", type=float, default=0.0, help="epochs per start/resume")
+    args = parser.parse_args(argv)
+    if args.replays < 1 or args.eta < 2 or args.min_epochs < 1 or args.overhead < 0:
+        parser.error("--replays and --min-epochs must be ≥ 1, --eta ≥ 2, --overhead ≥ 0")
+    try:
+        runs, meta = tta.pooled(args.results)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"tta_replay: {e}", file=sys.stderr)
+        return 2
+    epochs = int(meta.get("epochs") or 9)
+    pool = curves(runs, args.system, epochs)
+    if not pool:
+        print(
+            f"tta_replay: no fully trained {args.system} trials of {epochs} epochs in "
+            f"{', '.join(args.results)}",
+            file=sys.stderr,
+        )
+        return 2
+    finals = [tta.summarize_run(r, None)["best"] for r in runs if r["system"] == "hf-none"]
+    finals = [b for b in finals if b is not None]
+    if not finals:
+        print("tta_replay: no hf-none runs: nothing sets the target", file=sys.stderr)
+        return 2
+    base = statistics.median(finals)
+    print(
+        f"{len(pool)} curves of {args.system} ({epochs} epochs), {args.replays} replays, "
+        f"η = {args.eta}, rungs from epoch {args.min_epochs}, {args.overhead:g} epochs per "
+        f"start or resume; times in epoch lengths of wall time, {WORKERS} workers"
+    )
+    print()
+    print("| target | none | asha | asha-wait | asha / none | asha-wait / none |")
+    print("|---|---|---|---|---|---|")
+    for margin in MARGINS:
+        target = base - margin
+        times = {
+            rule: replay(
+                pool,
+                target,
+                epochs,
+                rule=rule,
+                replays=args.replays,
+                seed=args.seed,
+                eta=args.eta,
+                min_epochs=args.min_epochs,
+                overhead=args.overhead,
+            )
+            for rule in ("none", "asha", "asha-wait")
+        }
+        medians = {rule: tta._median(values) for rule, values in times.items()}
+
+        def cell(rule: str, medians: dict = medians, times: dict = times) -> str:
+            reached = sum(v is not None for v in times[rule]) / len(times[rule])
+            value = medians[rule]
+            shown = "never" if value is None else f"{value:.1f}"
+            return f"{shown} ({100 * reached:.0f} %)"
+
+        def ratio(rule: str, medians: dict = medians) -> str:
+            if medians[rule] is None or not medians["none"]:
+                return "–"
+            return f"{medians[rule] / medians['none']:.2f}×"
+
+        print(
+            f"| {100 * target:.2f} % (−{100 * margin:.1f}) | {cell('none')} | {cell('asha')} "
+            f"| {cell('asha-wait')} | {ratio('asha')} | {ratio('asha-wait')} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
