@@ -13,8 +13,9 @@ first 20 trials, which is where the benchmark's target is reached) and runs it t
   ``-wait``; otherwise it pauses; a worker that comes free resumes the paused trial that now
   ranks in its rung's best ``1/η``, highest rung first, before it starts a new one).
 
-It is ideal: an epoch costs one unit of time whatever the trial, and starting, pausing and
-resuming cost ``--overhead`` units (default 0). The time to target is when a trial that
+It is ideal: an epoch costs one unit of time whatever the trial (``--timed``: its recorded
+seconds, in the pool's median epochs; the good models are often the slower ones), and starting,
+pausing and resuming cost ``--overhead`` units (default 0). The time to target is when a trial that
 trained through every epoch first ends at or above the target (the benchmark's rule), in epoch
 lengths of wall time, with the benchmark's target (hf-none's median final best minus 0.5 points)
 and stricter ones. The ratio asha / none of the median times is what no implementation of these
@@ -43,8 +44,12 @@ WORKERS = tta.WORKERS
 HORIZON = 2000.0  #: a replay that has not reached the target by then never does
 
 
-def curves(runs: list[dict], system: str, epochs: int) -> list[list[float]]:
-    """The validation accuracies, epoch by epoch, of ``system``'s fully trained trials."""
+Curve = tuple[list[float], float]  #: validation accuracy epoch by epoch, seconds per epoch
+
+
+def curves(runs: list[dict], system: str, epochs: int) -> list[Curve]:
+    """The validation accuracies, epoch by epoch, of ``system``'s fully trained trials, and
+    each one's median epoch (seconds between its epochs' ends)."""
     out = []
     for run in runs:
         if run.get("system") != system:
@@ -56,7 +61,9 @@ def curves(runs: list[dict], system: str, epochs: int) -> list[list[float]]:
                 and len(accs) == epochs
                 and all(isinstance(a, (int, float)) for a in accs)
             ):
-                out.append([float(a) for a in accs])
+                times = [e.get("t") or 0.0 for e in trial["epochs"]]
+                steps = [b - a for a, b in zip(times, times[1:], strict=False)] or [1.0]
+                out.append(([float(a) for a in accs], statistics.median(steps)))
     return out
 
 
@@ -65,16 +72,23 @@ class Replay:
     """One search over a drawn sequence of curves; :meth:`run` returns the time to target."""
 
     draw: random.Random
-    pool: list[list[float]]
+    pool: list[Curve]
     target: float
     epochs: int
     eta: int = 3
     min_epochs: int = 1
     overhead: float = 0.0
     rule: str = "none"  #: none, asha or asha-wait
+    epoch_s: float | None = None  #: timed: an epoch of a trial costs its seconds / this
     rungs: dict[int, dict[int, float]] = field(default_factory=dict)
     paused: dict[int, set[int]] = field(default_factory=dict)
-    trials: list[list[float]] = field(default_factory=list)
+    trials: list[Curve] = field(default_factory=list)
+
+    def cost(self, tid: int, epochs: int) -> float:
+        """What training ``epochs`` epochs of trial ``tid`` takes, in epoch lengths."""
+        if self.epoch_s is None:
+            return float(epochs)
+        return epochs * self.trials[tid][1] / self.epoch_s
 
     def rung_epochs(self) -> list[int]:
         out, at = [], self.min_epochs
@@ -113,14 +127,16 @@ class Replay:
         for worker in range(WORKERS):
             tid, after = self.next_job()
             stop = self.next_stop(tid, after)
-            heapq.heappush(events, (self.overhead + stop - after, worker, tid, stop))
+            heapq.heappush(
+                events, (self.overhead + self.cost(tid, stop - after), worker, tid, stop)
+            )
         rung_of = {e: k for k, e in enumerate(self.rung_epochs())}
         while events:
             now, worker, tid, epoch = heapq.heappop(events)
             judged = tid
             if now > HORIZON:
                 return None
-            curve = self.trials[tid]
+            curve = self.trials[tid][0]
             if epoch == self.epochs:
                 if curve[-1] >= self.target:
                     return now
@@ -135,16 +151,17 @@ class Replay:
                     tid, after = self.next_job()
             stop = self.next_stop(tid, after)
             start = 0.0 if tid == judged and after == epoch else self.overhead
-            heapq.heappush(events, (now + start + stop - after, worker, tid, stop))
+            heapq.heappush(events, (now + start + self.cost(tid, stop - after), worker, tid, stop))
         return None
 
 
 def replay(
-    pool: list[list[float]],
+    pool: list[Curve],
     target: float,
     epochs: int,
     *,
     rule: str,
+    timed: bool,
     replays: int,
     seed: int,
     eta: int,
@@ -161,6 +178,7 @@ def replay(
             min_epochs=min_epochs,
             overhead=overhead,
             rule=rule,
+            epoch_s=statistics.median(s for _, s in pool) if timed else None,
         ).run()
         for i in range(replays)
     ]
@@ -175,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eta", type=int, default=3)
     parser.add_argument("--min-epochs", type=int, default=1)
     parser.add_argument("--overhead", type=float, default=0.0, help="epochs per start/resume")
+    parser.add_argument(
+        "--timed",
+        action="store_true",
+        help="an epoch of a trial lasts its recorded seconds (in the pool's median epochs), "
+        "not one unit: good models are often the slower ones",
+    )
     args = parser.parse_args(argv)
     if args.replays < 1 or args.eta < 2 or args.min_epochs < 1 or args.overhead < 0:
         parser.error("--replays and --min-epochs must be ≥ 1, --eta ≥ 2, --overhead ≥ 0")
@@ -201,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(pool)} curves of {args.system} ({epochs} epochs), {args.replays} replays, "
         f"η = {args.eta}, rungs from epoch {args.min_epochs}, {args.overhead:g} epochs per "
-        f"start or resume; times in epoch lengths of wall time, {WORKERS} workers"
+        f"start or resume; times in {'the pool' if args.timed else 'unit'} epoch lengths of wall "
+        f"time ({'each trial its own recorded epoch' if args.timed else 'every epoch alike'}), "
+        f"{WORKERS} workers"
     )
     print()
     print("| target | none | asha | asha-wait | asha / none | asha-wait / none |")
@@ -219,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                 eta=args.eta,
                 min_epochs=args.min_epochs,
                 overhead=args.overhead,
+                timed=args.timed,
             )
             for rule in ("none", "asha", "asha-wait")
         }

@@ -103,6 +103,10 @@ class SearchLoop:
         self.lease = lease
         #: why queueing stopped early ("cancelled", "timeout", ...), or None
         self.stopped: str | None = None
+        #: what stopped it, in words ("timeout of 60 s reached"), or None
+        self.stop_detail: str | None = None
+        #: paused trials promoted after a stop, so that one trains through (``_may_promote``)
+        self.promoted_past_stop = False
         self.queued = 0  #: trials this run inserted
         self._to_queue = 0
         self._started = 0.0
@@ -211,6 +215,8 @@ class SearchLoop:
         self._promoted_at = self._last_tick
         if not self.promoter.step(self.trials.trials, final=force):
             return False
+        if self.stopped not in (None, "exhausted"):
+            self.promoted_past_stop = True
         self.trials.refresh()
         return True
 
@@ -287,8 +293,14 @@ class SearchLoop:
         if self.view.exp_key is not None:
             self.housekeeping.store.cancel_queued(self.view.exp_key)
 
+    @property
+    def cut_short(self) -> bool:
+        """Whether a stop other than a cancel left trials of ``max_evals`` unqueued."""
+        return self.stopped is not None and not self.cancelled and self._room() > 0
+
     def _stop(self, reason: str, detail: str) -> None:
         self.stopped = reason
+        self.stop_detail = detail
         if reason == "cancelled":
             logger.warning("search %r cancelled: %s", self.view.exp_key, detail)
         else:

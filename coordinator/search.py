@@ -130,6 +130,9 @@ class SearchOutcome:
     no_success: str | None = None
     #: the best trial's number within the experiment (:func:`rules.trial_number`)
     best_number: int | None = None
+    #: why the queueing stopped before ``max_evals`` (a timeout, a loss threshold, an
+    #: early-stop function, nothing more to suggest), in words; None: it did not, or a cancel
+    stopped_early: str | None = None
 
     @property
     def best_loss(self) -> float | None:
@@ -390,6 +393,7 @@ class Coordinator:
             best=best,
             seconds=time.monotonic() - started,
             cancelled=loop.cancelled,
+            stopped_early=_stopped_early(loop),
             no_success=why,
             best_number=None
             if best is None
@@ -450,3 +454,13 @@ class Coordinator:
         if dropped:
             logger.info("search %r: deleted %d left-over checkpoints", self.config.exp_key, dropped)
         drop_unfinished_uploads(self.store)
+
+
+def _stopped_early(loop: SearchLoop) -> str | None:
+    """What stopped ``loop``'s queueing, for the summary line (a cancel says so itself)."""
+    if not loop.cut_short:
+        return None
+    detail = loop.stop_detail or str(loop.stopped)
+    if loop.promoted_past_stop:  # see SearchLoop._may_promote
+        detail += "; paused trials were promoted past it until one trained through"
+    return detail

@@ -94,6 +94,7 @@ def _print_outcome(outcome: SearchOutcome) -> None:
     click.echo(
         f"experiment {outcome.exp_key}: {counts or 'no trials'} in {outcome.seconds:.1f} s"
         + (" (cancelled)" if outcome.cancelled else "")
+        + (f" (stopped early: {outcome.stopped_early})" if outcome.stopped_early else "")
     )
     if outcome.best is None:
         raise click.ClickException(

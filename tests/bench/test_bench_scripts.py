@@ -254,12 +254,15 @@ def test_time_to_accuracy_runs_for_real_at_a_tiny_size() -> None:
     assert "hf-asha-promote-wait seed 0:" in proc.stdout + proc.stderr
 
 
-def _replay(rule: str, pool: list[list[float]], target: float, seed: int = 0) -> float | None:
+def _replay(
+    rule: str, pool: list[list[float]], target: float, seed: int = 0, **kw: float
+) -> float | None:
     sys.path.insert(0, str(BENCH))
     import tta_replay
 
+    curves = [(accs, 1.0) for accs in pool]
     return tta_replay.Replay(
-        __import__("random").Random(seed), pool, target, len(pool[0]), rule=rule
+        __import__("random").Random(seed), curves, target, len(pool[0]), rule=rule, **kw
     ).run()
 
 
@@ -273,6 +276,12 @@ def test_tta_replay_runs_each_rule_as_written() -> None:
     assert _replay("asha", pool, 0.98) == 3.0
     assert _replay("asha-wait", pool, 0.98) == 4.0
     assert _replay("none", pool, 0.995) is None  # never reached: None, not a time
+    # a start or resume of 0.5 epoch lengths: 0.5 + 3, and for the strict rule 2.5 (two
+    # starts, the second trial's epoch) + 0.5 + 2 (the resume and two epochs)
+    assert _replay("none", pool, 0.98, overhead=0.5) == 3.5
+    assert _replay("asha-wait", pool, 0.98, overhead=0.5) == 5.5
+    # timed, an epoch of this curve (1 s) is half the pool's median (2 s): half the time
+    assert _replay("none", pool, 0.98, epoch_s=2.0) == 1.5
 
 
 def test_tta_replay_shows_promotions_paying_where_the_first_rung_predicts() -> None:

@@ -132,7 +132,28 @@ def test_exp_key_from_the_environment(server, db_name: str) -> None:
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("experiment env-q: done 4 "), out.stdout
+        assert "stopped early" not in out.stdout  # all its trials were queued
         assert worker.wait(30) == 0, "the worker should serve env-q only and leave when it is over"
+    finally:
+        stop_all([worker])
+
+
+def test_a_search_cut_short_says_what_cut_it(server, db_name: str) -> None:
+    """Review: a ``--timeout`` or ``--loss-threshold`` that ends a search before its
+    ``--max-evals`` was said only in the log; the summary line now says it too."""
+    worker = start_worker(server.uri, db_name, "--exp-key", "cut", "--idle-timeout", "30")
+    try:
+        common = ["--mongo", server.uri, "--db", db_name, "--exp-key", "cut", "--no-progress"]
+        out = hyperfleet(
+            "search", "quadratic", *common, "--max-evals", "100000", "--timeout", "0.3"
+        )
+        assert out.returncode == 0, out.stderr
+        first = out.stdout.splitlines()[0]
+        assert first.endswith(" s (stopped early: timeout of 0.3 s reached)"), out.stdout
+        out = hyperfleet(
+            "search", "quadratic", *common, "--max-evals", "100000", "--loss-threshold", "1e9"
+        )
+        assert "(stopped early: best loss below 1e+09)" in out.stdout, out.stdout
     finally:
         stop_all([worker])
 

@@ -162,6 +162,8 @@ def test_a_search_stopped_before_any_trial_trained_through_still_trains_its_best
         "sleep=0.3", "--promote-wait", "--timeout", "0.5",
     )  # fmt: skip
     assert search.returncode == 0, search.stderr
+    cut = "(stopped early: timeout of 0.5 s reached; paused trials were promoted past it"
+    assert cut in search.stdout, search.stdout
     db = pymongo.MongoClient(server.uri)[db_name]
     trials = list(db.jobs.find({"exp_key": key}))
     assert 1 <= len(trials) < 40 and all(d["state"] == TrialState.DONE for d in trials)
