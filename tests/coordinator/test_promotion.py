@@ -239,3 +239,54 @@ def test_a_coordinator_killed_while_trials_are_paused_loses_none(
     ]
     assert any(at > killed for at in promoted_at), promoted_at  # the second one promoted
     assert db["fs.files"].count_documents({"kind": "checkpoint"}) == 0
+
+
+def test_cancel_ends_a_promote_wait_search_and_stops_its_paused_trials(
+    server: EmbeddedServer, db_name: str, tmp_path: Path
+) -> None:
+    """Closing-note limitation, now tried end to end: ``hyperfleet cancel`` on a
+    ``--promote-wait`` search while trials are paused. The search ends CANCELLED (exit 0)
+    without the end-of-search promotion that ``--promote-wait`` makes when a search ends by
+    itself, nothing is promoted after the cancel, and every paused trial is stopped for good:
+    its rung record says so and its checkpoint is deleted."""
+    key = "promote-cancel"
+    common = ["--mongo", server.uri, "--db", db_name]
+    worker = start_worker(
+        server.uri, db_name, "--exp-key", key, "--spaces", SPACES, "--idle-timeout", "60"
+    )
+    search_log = tmp_path / "search.log"
+    search = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "search", "rungs", *common, "--exp-key", key,
+         "--spaces", SPACES, "--set", f"epochs={EPOCHS}", "--set", f"log={tmp_path / 'e.log'}",
+         "--set", "by_tid=true", "--set", "sleep=0.05", "--prune", "asha", "--promote",
+         "--promote-wait", "--algo", "rand", "--seed", "7", "--max-evals", "200",
+         "--no-progress"],
+        stdout=open(search_log, "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        env=cli_env(),
+    )  # fmt: skip
+    db = pymongo.MongoClient(server.uri)[db_name]
+    paused = {"exp_key": key, "result.pruned.paused": True}
+    try:
+        wait_for(lambda: db.jobs.count_documents(paused) >= 4, 120, what="4 paused trials")
+        cancel = hyperfleet("cancel", *common, "--exp-key", key)
+        assert cancel.returncode == 0, cancel.stderr
+        assert search.wait(60) == 0, search_log.read_text()[-3000:]
+    finally:
+        stop_all([search, worker])
+    text = search_log.read_text()
+    assert "(cancelled)" in text and "Traceback" not in text, text[-3000:]
+    exp = db.experiments.find_one({"_id": key})
+    assert exp["status"] == "cancelled"
+    at = exp["cancelled_at"].replace(tzinfo=None)
+    records = list(db.rungs.find({"exp_key": key}))
+    late = [r["tid"] for r in records if r.get("promoted_at") and r["promoted_at"] > at]
+    assert late == [], (at, late)
+    assert not any("as the search ends" in (r.get("why") or "") for r in records)
+    trials = list(db.jobs.find({"exp_key": key}))
+    assert not [d["tid"] for d in trials if d["state"] in (TrialState.NEW, TrialState.RUNNING)]
+    assert db.jobs.count_documents(paused) == 0
+    stopped = [r for r in records if r.get("why") == "still paused when the search ended"]
+    assert len(stopped) >= 3 and all(r["decision"] == "prune" for r in stopped), records
+    assert all(d.get("checkpoint") is None for d in trials)
+    assert db["fs.files"].count_documents({"kind": "checkpoint"}) == 0
