@@ -1,5 +1,5 @@
-"""What any ASHA could reach on ``bench/time_to_accuracy.py``'s workload: replay its recorded
-learning curves through an ideal no-pruning search and an ideal ASHA with promotions.
+"""What an ideal ASHA could reach on ``bench/time_to_accuracy.py``'s workload: replay its
+recorded learning curves through an ideal no-pruning search and an ideal ASHA with promotions.
 
 The curves are those of the trials a system trained through every epoch in recorded runs
 (``hf-none`` by default: with no pruning every trial's whole curve is known). Each replay
@@ -19,10 +19,12 @@ pausing and resuming cost ``--overhead`` units (default 0). The time to target i
 trained through every epoch first ends at or above the target (the benchmark's rule), in epoch
 lengths of wall time, with the benchmark's target (hf-none's median final best minus 0.5 points)
 and stricter ones. The ratio asha / none of the median times is what no implementation of these
-rules beats on these curves: an upper bound on what promotions can gain here.
+rules beats on these curves while it samples at random: what promotions can gain here. (A model-
+based sampler learns sooner under ASHA, whose first trials are short; the replay cannot say
+how much that adds.)
 
     .venv/bin/python bench/tta_replay.py bench/results/tta-<time>.json [--replays 2000]
-        [--system hf-none] [--eta 3] [--min-epochs 1] [--overhead 0]
+        [--system hf-none] [--eta 3] [--min-epochs 1] [--overhead 0] [--timed]
 """
 
 from __future__ import annotations
