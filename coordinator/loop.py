@@ -295,8 +295,12 @@ class SearchLoop:
 
     @property
     def cut_short(self) -> bool:
-        """Whether a stop other than a cancel left trials of ``max_evals`` unqueued."""
-        return self.stopped is not None and not self.cancelled and self._room() > 0
+        """Whether a timeout, a loss threshold or an early-stop function left trials of
+        ``max_evals`` unqueued (not a cancel, nor an algorithm with nothing more to suggest:
+        that is the search's natural end)."""
+        if self.stopped in (None, "exhausted") or self.cancelled:
+            return False
+        return self._room() > 0
 
     def _stop(self, reason: str, detail: str) -> None:
         self.stopped = reason

@@ -131,7 +131,7 @@ class SearchOutcome:
     #: the best trial's number within the experiment (:func:`rules.trial_number`)
     best_number: int | None = None
     #: why the queueing stopped before ``max_evals`` (a timeout, a loss threshold, an
-    #: early-stop function, nothing more to suggest), in words; None: it did not, or a cancel
+    #: early-stop function), in words; None: it did not, or a cancel
     stopped_early: str | None = None
 
     @property
@@ -462,5 +462,5 @@ def _stopped_early(loop: SearchLoop) -> str | None:
         return None
     detail = loop.stop_detail or str(loop.stopped)
     if loop.promoted_past_stop:  # see SearchLoop._may_promote
-        detail += "; paused trials were promoted past it until one trained through"
+        detail += "; paused trials were promoted past it to train one through"
     return detail

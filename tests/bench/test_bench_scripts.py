@@ -269,17 +269,17 @@ def _replay(
 def test_tta_replay_runs_each_rule_as_written() -> None:
     """One curve (3 epochs, rung at epoch 1, target reached at the end): no pruning and the
     default rule train the first trial straight through (3 epoch lengths); ``--promote-wait``
-    pauses the first two at the rung (fewer than η values), the third makes three and the first
-    (tied best, oldest) is promoted, resumes after epoch 1 and ends at 2 + 2 = 4."""
+    pauses the first two at the rung (fewer than η values); the third makes three, all tied,
+    and ties go on (as hyperfleet's ``promotable``): it trains on and ends at 2 + 2 = 4."""
     pool = [[0.90, 0.95, 0.99]]
     assert _replay("none", pool, 0.98) == 3.0
     assert _replay("asha", pool, 0.98) == 3.0
     assert _replay("asha-wait", pool, 0.98) == 4.0
     assert _replay("none", pool, 0.995) is None  # never reached: None, not a time
-    # a start or resume of 0.5 epoch lengths: 0.5 + 3, and for the strict rule 2.5 (two
-    # starts, the second trial's epoch) + 0.5 + 2 (the resume and two epochs)
+    # a start of 0.5 epoch lengths: 0.5 + 3; for the strict rule the third trial starts at
+    # 1.5 (the first two's start and epoch) + 0.5 and trains its 3 epochs without a pause
     assert _replay("none", pool, 0.98, overhead=0.5) == 3.5
-    assert _replay("asha-wait", pool, 0.98, overhead=0.5) == 5.5
+    assert _replay("asha-wait", pool, 0.98, overhead=0.5) == 5.0
     # timed, an epoch of this curve (1 s) is half the pool's median (2 s): half the time
     assert _replay("none", pool, 0.98, epoch_s=2.0) == 1.5
 
@@ -289,7 +289,7 @@ def test_tta_replay_shows_promotions_paying_where_the_first_rung_predicts() -> N
     9 epochs to find it, ASHA one epoch of each (the others pause at the first rung)."""
     import statistics
 
-    pool = [[0.95, *[0.97] * 7, 0.99]] + [[0.90, *[0.95] * 7, 0.96]] * 9
+    pool = [[0.95, *[0.97] * 7, 0.99]] + [[0.90 - i / 1000, *[0.95] * 7, 0.96] for i in range(9)]
     times = {
         rule: [_replay(rule, pool, 0.98, seed) for seed in range(300)] for rule in ("none", "asha")
     }
@@ -314,10 +314,32 @@ def test_tta_replay_prints_its_table_and_refuses_bad_input_in_one_line(tmp_path:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "6 curves of hf-none (3 epochs)" in proc.stdout
     assert "| 95.70 % (−0.5) |" in proc.stdout, proc.stdout  # 0.962 - 0.005
+    junk = {
+        "number.json": 42,
+        "no-epochs.json": {"runs": [{**runs[0], "trials": [{"complete": True, "end": 1.0}]}]},
+        "null-accuracy.json": {
+            "meta": {"epochs": 3},
+            "runs": [{**runs[0], "trials": [{**trials[0], "val_accuracy": None}]}],
+        },
+        "no-times.json": {
+            "meta": {"epochs": 3},
+            "runs": [
+                {**runs[0], "trials": [{**t, "epochs": [{**e, "t": 0.0} for e in good]}]}
+                for t in trials
+            ],
+        },
+    }
+    for name, content in junk.items():
+        (tmp_path / name).write_text(json.dumps(content))
     for args, reason in [
         ([str(tmp_path / "missing.json")], "No such file"),
         ([str(recorded), "--system", "hf-median"], "no fully trained hf-median trials"),
         ([str(recorded), "--eta", "1"], "--eta"),
+        ([str(recorded), "--overhead", "nan"], "--overhead must be a finite number"),
+        ([str(tmp_path / "number.json")], "not a time_to_accuracy.py results file"),
+        ([str(tmp_path / "no-epochs.json")], "not a time_to_accuracy.py results file"),
+        ([str(tmp_path / "null-accuracy.json")], "no hf-none run with a fully trained trial"),
+        ([str(tmp_path / "no-times.json"), "--timed"], "recorded times say nothing"),
     ]:
         proc = _run(str(BENCH / "tta_replay.py"), *args, timeout=120)
         assert proc.returncode == 2 and reason in proc.stderr, (args, proc.stderr)
