@@ -22,8 +22,8 @@ points) and stricter ones. The ratio asha / none of the median times estimates w
 gain on these curves while configurations are drawn at random: an estimate under these
 assumptions, not a bound. A model-based sampler learns sooner under ASHA, whose first trials are
 short (TPE's 20 random start-up results come after ~20 epochs instead of 180), and the replay
-cannot say how much that adds; the measured 27-epoch runs (docs/benchmarks.md) did much better
-than their replay.
+cannot say how much that adds: the measured runs (docs/benchmarks.md) fell on both sides of
+their replays, within their seeds' spread.
 
     .venv/bin/python bench/tta_replay.py bench/results/tta-<time>.json [--replays 2000]
         [--system hf-none] [--eta 3] [--min-epochs 1] [--overhead 0] [--timed]
