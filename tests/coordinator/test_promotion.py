@@ -245,10 +245,11 @@ def test_cancel_ends_a_promote_wait_search_and_stops_its_paused_trials(
     server: EmbeddedServer, db_name: str, tmp_path: Path
 ) -> None:
     """Closing-note limitation, now tried end to end: ``hyperfleet cancel`` on a
-    ``--promote-wait`` search while trials are paused. The search ends CANCELLED (exit 0)
-    without the end-of-search promotion that ``--promote-wait`` makes when a search ends by
-    itself, nothing is promoted after the cancel, and every paused trial is stopped for good:
-    its rung record says so and its checkpoint is deleted."""
+    ``--promote-wait`` search while trials are paused. The search ends CANCELLED without the
+    end-of-search promotion that ``--promote-wait`` makes when a search ends by itself, nothing
+    is promoted after the cancel, and every paused trial is stopped for good: its rung record
+    says so and its checkpoint is deleted. A cancel before any trial trained through leaves no
+    successful trial: the search then exits 1 and says so (it did under CI load)."""
     key = "promote-cancel"
     common = ["--mongo", server.uri, "--db", db_name]
     worker = start_worker(
@@ -271,11 +272,12 @@ def test_cancel_ends_a_promote_wait_search_and_stops_its_paused_trials(
         wait_for(lambda: db.jobs.count_documents(paused) >= 4, 120, what="4 paused trials")
         cancel = hyperfleet("cancel", *common, "--exp-key", key)
         assert cancel.returncode == 0, cancel.stderr
-        assert search.wait(60) == 0, search_log.read_text()[-3000:]
+        code = search.wait(60)
     finally:
         stop_all([search, worker])
     text = search_log.read_text()
     assert "(cancelled)" in text and "Traceback" not in text, text[-3000:]
+    assert code == 0 or (code == 1 and f"no trial of {key!r} succeeded" in text), text[-3000:]
     exp = db.experiments.find_one({"_id": key})
     assert exp["status"] == "cancelled"
     at = exp["cancelled_at"].replace(tzinfo=None)
